@@ -1,0 +1,191 @@
+//! Loading, attaching and reading netd's eBPF programs.
+//!
+//! The object is embedded in the netd binary (see build.rs): `netd` is
+//! self-contained.
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::{Context, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
+        tc::{SchedClassifierLinkId, TcAttachOptions},
+    },
+};
+use netd_common::{Counter, DropReason, maps};
+
+use crate::netns::NetNs;
+
+/// The eBPF object built by `cargo xtask build-ebpf`.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NETD_EBPF_OBJECT"));
+
+/// Program names (the functions in netd-ebpf).
+pub const FROM_CONTAINER: &str = "from_container";
+pub const FROM_WORLD: &str = "from_world";
+
+/// aya-log levels as the eBPF side numbers them.
+#[derive(Clone, Copy, Debug)]
+#[repr(u8)]
+pub enum BpfLogLevel {
+    Off = 0,
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+    Trace = 5,
+}
+
+/// Loaded programs and maps.
+pub struct Programs {
+    ebpf: Ebpf,
+    loaded: bool,
+}
+
+impl Programs {
+    /// Loads the embedded object: creates its maps and loads (verifies)
+    /// every program. `log_level` filters aya-log output in the kernel, so
+    /// disabled levels cost one load and compare.
+    pub fn load(log_level: BpfLogLevel) -> Result<Programs> {
+        raise_memlock();
+        let level = log_level as u8;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("AYA_LOG_LEVEL", &level, false)
+            .load(OBJECT)
+            .context("loading netd's eBPF object")?;
+        for name in [FROM_CONTAINER, FROM_WORLD] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("loading (verifying) {name}"))?;
+        }
+        Ok(Programs { ebpf, loaded: true })
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Forwards the programs' aya-log records to the `log`/`tracing`
+    /// facade, from a task on the current tokio runtime.
+    pub fn spawn_logger(&mut self) -> Result<()> {
+        let logger = aya_log::EbpfLogger::init(&mut self.ebpf).context("initialising aya-log")?;
+        // SAFETY: the logger owns the ring buffer fd and outlives the
+        // registration (both live in the AsyncFd, dropped together).
+        let mut fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| anyhow!("registering the aya-log ring buffer: {e}"))?;
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut guard) = fd.readable_mut().await else { break };
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        });
+        Ok(())
+    }
+
+    fn classifier(&mut self, program: &str) -> Result<&mut SchedClassifier> {
+        debug_assert!(self.loaded);
+        Ok(self
+            .ebpf
+            .program_mut(program)
+            .with_context(|| format!("no program {program}"))?
+            .try_into()?)
+    }
+
+    /// Attaches `program` with TCX to the ingress of `iface` inside `ns`
+    /// (first in the TCX chain).
+    pub fn attach_ingress(
+        &mut self,
+        program: &str,
+        ns: &NetNs,
+        iface: &str,
+    ) -> Result<SchedClassifierLinkId> {
+        let prog = self.classifier(program)?;
+        // The interface name resolves in the calling thread's namespace.
+        ns.run(|| {
+            prog.attach_with_options(
+                iface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::first()),
+            )
+            .with_context(|| format!("attaching {program} to {iface} (tcx ingress)"))
+        })
+    }
+
+    pub fn detach(&mut self, program: &str, link: SchedClassifierLinkId) -> Result<()> {
+        self.classifier(program)?
+            .detach(link)
+            .with_context(|| format!("detaching {program}"))
+    }
+
+    fn per_cpu_sums(&self, name: &str, n: u32) -> Result<Vec<u64>> {
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf.map(name).with_context(|| format!("map {name} missing"))?,
+        )?;
+        (0..n)
+            .map(|i| Ok(map.get(&i, 0)?.iter().sum()))
+            .collect::<Result<Vec<u64>>>()
+    }
+
+    /// Global counters, summed over CPUs.
+    pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>> {
+        let sums = self.per_cpu_sums(maps::COUNTERS, Counter::COUNT)?;
+        Ok(Counter::ALL.iter().map(|c| (c.name(), sums[*c as usize])).collect())
+    }
+
+    /// Drops by reason, summed over CPUs.
+    pub fn drops(&self) -> Result<BTreeMap<&'static str, u64>> {
+        let sums = self.per_cpu_sums(maps::DROPS, DropReason::COUNT)?;
+        Ok(DropReason::ALL.iter().map(|r| (r.name(), sums[*r as usize])).collect())
+    }
+
+    /// Runs `program` once on `frame` with BPF_PROG_TEST_RUN; returns the
+    /// verdict and the frame as the program left it.
+    pub fn test_run(&mut self, program: &str, frame: &[u8]) -> Result<(i32, Vec<u8>)> {
+        let prog = self.classifier(program)?;
+        // Room for programs that grow the packet; TC programs here never do.
+        let mut out = vec![0u8; frame.len() + 256];
+        let res = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .map_err(|e| anyhow!("BPF_PROG_TEST_RUN on {program}: {e}"))?;
+        out.truncate(res.data_size_out as usize);
+        Ok((res.return_value as i32, out))
+    }
+}
+
+/// On this kernel BPF memory is charged to the memory cgroup; raising
+/// RLIMIT_MEMLOCK only matters on old kernels and fails without
+/// CAP_SYS_RESOURCE, so failure is a debug note, never an error.
+fn raise_memlock() {
+    let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK (fine on memcg-accounted kernels)");
+    }
+}
+
+/// Mounts bpffs at `dir` unless one is there already.
+pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let is_bpffs = nix::sys::statfs::statfs(dir)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC);
+    if !is_bpffs {
+        nix::mount::mount(
+            Some("bpf"),
+            dir,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting bpffs at {}", dir.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! rtnetlink: links, addresses and routes, in any namespace. No `ip`.
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result, bail};
+use futures_util::TryStreamExt;
+use netlink_packet_route::{
+    AddressFamily,
+    address::AddressAttribute,
+    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
+    route::{RouteAddress, RouteAttribute, RouteMessage},
+};
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::netns::NetNs;
+
+/// A netlink connection bound to one network namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+/// What netd needs to know of a link.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub kind: Option<String>,
+    pub mac: Option<[u8; 6]>,
+    pub master: Option<u32>,
+    pub mtu: Option<u32>,
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+pub fn is_exists(e: &rtnetlink::Error) -> bool {
+    errno(e) == Some(libc::EEXIST)
+}
+
+pub fn is_not_found(e: &rtnetlink::Error) -> bool {
+    matches!(errno(e), Some(libc::ENODEV) | Some(libc::ENOENT) | Some(libc::ESRCH))
+}
+
+impl Netlink {
+    /// A connection in the calling thread's namespace. Needs a tokio
+    /// runtime (the connection task is spawned on it).
+    pub fn current() -> Result<Netlink> {
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// A connection inside `ns`: the socket is created on a thread that
+    /// entered `ns`, and stays bound to it.
+    pub fn in_ns(ns: &NetNs) -> Result<Netlink> {
+        let rt = tokio::runtime::Handle::current();
+        let (conn, handle, _) = ns.run(|| {
+            let _guard = rt.enter();
+            rtnetlink::new_connection().context("opening a netlink socket")
+        })?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let mut out = Vec::new();
+        let mut s = self.handle.link().get().execute();
+        while let Some(msg) = s.try_next().await? {
+            out.push(parse_link(&msg));
+        }
+        Ok(out)
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
+        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        match s.try_next().await {
+            Ok(Some(msg)) => Ok(Some(parse_link(&msg))),
+            Ok(None) => Ok(None),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("looking up link {name}")),
+        }
+    }
+
+    pub async fn index_of(&self, name: &str) -> Result<u32> {
+        Ok(self
+            .link_by_name(name)
+            .await?
+            .with_context(|| format!("no link named {name}"))?
+            .index)
+    }
+
+    /// Creates a bridge (up), or returns the existing one's index.
+    pub async fn ensure_bridge(&self, name: &str, mtu: u32, mac: Option<[u8; 6]>) -> Result<u32> {
+        if let Some(l) = self.link_by_name(name).await? {
+            if l.kind.as_deref() != Some("bridge") {
+                bail!("link {name} exists and is not a bridge");
+            }
+            return Ok(l.index);
+        }
+        let mut b = LinkBridge::new(name).mtu(mtu).up();
+        if let Some(mac) = mac {
+            b = b.address(mac.to_vec());
+        }
+        self.handle
+            .link()
+            .add(b.build())
+            .execute()
+            .await
+            .with_context(|| format!("creating bridge {name}"))?;
+        self.index_of(name).await
+    }
+
+    /// Creates a veth pair: `host_name` here (attached to `master`, up) and
+    /// `peer_name` directly inside `peer_ns` with `peer_mac`. One netlink
+    /// request: either both ends exist afterwards or neither does.
+    pub async fn create_veth(
+        &self,
+        host_name: &str,
+        peer_name: &str,
+        peer_ns: &NetNs,
+        peer_mac: [u8; 6],
+        mtu: u32,
+    ) -> Result<u32> {
+        let ns_file = peer_ns.open()?;
+        use std::os::fd::AsRawFd;
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer_name.to_string())
+            .mtu(mtu)
+            .address(peer_mac.to_vec())
+            .setns_by_fd(ns_file.as_raw_fd())
+            .build();
+        let msg = LinkVeth::new(host_name, peer_name)
+            .mtu(mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .with_context(|| format!("creating veth {host_name} <-> {peer_name}"))?;
+        drop(ns_file);
+        self.index_of(host_name).await
+    }
+
+    pub async fn set_master_up(&self, index: u32, master: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).controller(master).up().build())
+            .execute()
+            .await
+            .with_context(|| format!("enslaving link {index} to {master}"))
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .with_context(|| format!("setting link {index} up"))
+    }
+
+    /// Deletes a link; a link that is already gone is not an error.
+    pub async fn delete(&self, index: u32) -> Result<()> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("deleting link {index}")),
+        }
+    }
+
+    pub async fn delete_by_name(&self, name: &str) -> Result<()> {
+        match self.link_by_name(name).await? {
+            Some(l) => self.delete(l.index).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Adds an address; an identical address already present is fine.
+    pub async fn add_addr(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+        match self.handle.address().add(index, addr.into(), prefix).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_exists(&e) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("adding {addr}/{prefix} to link {index}")),
+        }
+    }
+
+    /// IPv4 addresses of a link (or of all links with `None`).
+    pub async fn addrs(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Addr, u8)>> {
+        let mut req = self.handle.address().get();
+        if let Some(i) = index {
+            req = req.set_link_index_filter(i);
+        }
+        let mut s = req.execute();
+        let mut out = Vec::new();
+        while let Some(msg) = s.try_next().await? {
+            if msg.header.family != AddressFamily::Inet {
+                continue;
+            }
+            for a in &msg.attributes {
+                if let AddressAttribute::Address(std::net::IpAddr::V4(ip)) = a {
+                    out.push((msg.header.index, *ip, msg.header.prefix_len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+        match self.handle.route().add(route).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_exists(&e) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("adding default route via {gateway}")),
+        }
+    }
+
+    /// IPv4 destinations of the main table (prefix, length), for overlap
+    /// checks; the default route is left out.
+    pub async fn route_prefixes(&self) -> Result<Vec<(Ipv4Addr, u8)>> {
+        let mut s = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = s.try_next().await? {
+            if let Some(p) = route_dst(&msg) {
+                if p.1 > 0 {
+                    out.push(p);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn route_dst(msg: &RouteMessage) -> Option<(Ipv4Addr, u8)> {
+    if msg.header.table != 254 {
+        return None;
+    }
+    msg.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
+            Some((*ip, msg.header.destination_prefix_length))
+        }
+        _ => None,
+    })
+}
+
+fn parse_link(msg: &LinkMessage) -> Link {
+    let mut l = Link {
+        index: msg.header.index,
+        name: String::new(),
+        kind: None,
+        mac: None,
+        master: None,
+        mtu: None,
+    };
+    for a in &msg.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::Address(m) if m.len() == 6 => {
+                l.mac = Some(m.as_slice().try_into().expect("6 bytes"));
+            }
+            LinkAttribute::Controller(m) => l.master = Some(*m),
+            LinkAttribute::Mtu(m) => l.mtu = Some(*m),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        l.kind = Some(match k {
+                            InfoKind::Bridge => "bridge".into(),
+                            InfoKind::Veth => "veth".into(),
+                            other => other.to_string(),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    l
+}
+
+/// Formats a MAC address the usual way.
+pub fn fmt_mac(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        bail!("invalid MAC address {s:?}: expected six hex bytes like 02:42:ac:11:00:02");
+    }
+    let mut mac = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        mac[i] = u8::from_str_radix(p, 16)
+            .ok()
+            .filter(|_| p.len() == 2)
+            .with_context(|| format!("invalid MAC address {s:?}"))?;
+    }
+    if mac[0] & 1 == 1 {
+        bail!("invalid MAC address {s:?}: a multicast address cannot be a container's MAC");
+    }
+    Ok(mac)
+}
+
+/// Docker's MAC for an address: 02:42 followed by the IPv4 address.
+pub fn mac_for_ip(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}

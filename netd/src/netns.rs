@@ -1,0 +1,202 @@
+//! Network namespaces: creating named ones (a bind mount of the namespace
+//! file, as `ip netns add` does), removing them, running code and commands
+//! inside them.
+//!
+//! A thread's namespace is changed only on a dedicated, short-lived thread
+//! (never on a tokio worker), and commands enter namespaces in `pre_exec`,
+//! in the single-threaded child.
+use std::{
+    fs::File,
+    io,
+    os::fd::{AsFd, AsRawFd},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use nix::{
+    mount::{MntFlags, MsFlags, mount, umount2},
+    sched::{CloneFlags, setns, unshare},
+};
+
+/// Directory `ip netns` uses for named namespaces.
+pub const IP_NETNS_DIR: &str = "/run/netns";
+
+/// A network namespace pinned by a bind-mounted file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetNs {
+    path: PathBuf,
+}
+
+impl NetNs {
+    /// Creates a new, empty network namespace pinned at `path` (whose
+    /// parent directory must exist). Fails if `path` exists.
+    pub fn create(path: impl Into<PathBuf>) -> Result<NetNs> {
+        let path = path.into();
+        // O_EXCL: never clobber somebody else's namespace file.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| format!("creating netns file {}", path.display()))?;
+        let target = path.clone();
+        let made = std::thread::spawn(move || -> Result<()> {
+            unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .with_context(|| format!("bind-mounting the new netns on {}", target.display()))?;
+            Ok(())
+        })
+        .join()
+        .expect("netns thread panicked");
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        let ns = NetNs { path };
+        // Every namespace starts with lo down; bring it up like Docker does.
+        ns.run(set_lo_up)?;
+        Ok(ns)
+    }
+
+    /// Creates a named namespace under /run/netns (visible to `ip netns`).
+    pub fn create_named(name: &str) -> Result<NetNs> {
+        std::fs::create_dir_all(IP_NETNS_DIR)?;
+        Self::create(Path::new(IP_NETNS_DIR).join(name))
+    }
+
+    /// Pins an existing namespace (e.g. `/proc/<pid>/ns/net`) at `path`.
+    pub fn pin(source: &Path, path: impl Into<PathBuf>) -> Result<NetNs> {
+        let path = path.into();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| format!("creating netns file {}", path.display()))?;
+        if let Err(e) = mount(Some(source), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
+            let _ = std::fs::remove_file(&path);
+            bail!("bind-mounting {} on {}: {e}", source.display(), path.display());
+        }
+        Ok(NetNs { path })
+    }
+
+    /// A handle on an existing namespace file (not checked until used).
+    pub fn at(path: impl Into<PathBuf>) -> NetNs {
+        NetNs { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True if the file exists and is a namespace (a bind mount of nsfs).
+    pub fn exists(&self) -> bool {
+        self.open().is_ok_and(|f| is_netns_fd(&f))
+    }
+
+    pub fn open(&self) -> Result<File> {
+        File::open(&self.path).with_context(|| format!("opening netns {}", self.path.display()))
+    }
+
+    /// Unmounts and removes the namespace file. The namespace itself goes
+    /// away when the last process and link in it are gone. Removing a
+    /// namespace that does not exist is not an error.
+    pub fn remove(&self) -> Result<()> {
+        match umount2(&self.path, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => bail!("unmounting {}: {e}", self.path.display()),
+        }
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", self.path.display())),
+        }
+    }
+
+    /// Runs `f` on a fresh thread that has entered this namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        let file = self.open()?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("entering netns {}", self.path.display()))?;
+                f()
+            })
+            .join()
+            .expect("thread in netns panicked")
+        })
+    }
+
+    /// A command that runs inside this namespace (like `ip netns exec`,
+    /// without the mount namespace).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+        let file = self.open()?;
+        let mut cmd = Command::new(program);
+        // SAFETY: pre_exec runs in the forked child before exec; setns is
+        // async-signal-safe and `file` is kept alive by the closure.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+
+    /// The namespace's inode: equal inodes mean the same namespace.
+    pub fn inode(&self) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.open()?.metadata()?.ino())
+    }
+}
+
+fn is_netns_fd(f: &File) -> bool {
+    nix::sys::statfs::fstatfs(f).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+}
+
+fn set_lo_up() -> Result<()> {
+    // SIOCSIFFLAGS on lo: one ioctl, no netlink connection needed.
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain data; the ioctls read/write only it.
+    unsafe {
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        ifr.ifr_name[0] = b'l' as libc::c_char;
+        ifr.ifr_name[1] = b'o' as libc::c_char;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) != 0 {
+            bail!("SIOCGIFFLAGS lo: {}", io::Error::last_os_error());
+        }
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) != 0 {
+            bail!("SIOCSIFFLAGS lo: {}", io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Writes a sysctl of the *current thread's* network namespace (call it
+/// inside [`NetNs::run`]), e.g. `net/ipv4/ip_forward`.
+pub fn sysctl_write(key: &str, value: &str) -> Result<()> {
+    let path = Path::new("/proc/sys").join(key);
+    std::fs::write(&path, value).with_context(|| format!("writing {} = {value}", path.display()))
+}
+
+pub fn sysctl_read(key: &str) -> Result<String> {
+    let path = Path::new("/proc/sys").join(key);
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_string())
+}

@@ -1,0 +1,65 @@
+//! Small traffic tools netd carries so tests, the demo and benchmarks need
+//! nothing beyond the binary: an HTTP server that reports the client's
+//! address, and a UDP echo server. Hidden from `netd --help`.
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, UdpSocket},
+};
+
+use anyhow::{Context, Result};
+
+/// Serves every request with `200 OK` and a body naming the server and the
+/// client's address (`hello from NAME to IP:PORT`), so tests can assert who
+/// answered and which source address arrived (masquerade, DNAT).
+pub fn http_serve(listen: SocketAddr, name: &str) -> Result<()> {
+    let l = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    for conn in l.incoming() {
+        let Ok(mut s) = conn else { continue };
+        let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let name = name.to_string();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut req = Vec::new();
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body = format!("hello from {name} to {peer}\n");
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        });
+    }
+    Ok(())
+}
+
+/// Echoes every datagram back, prefixed with `NAME:` and followed by the
+/// sender's address.
+pub fn udp_echo(listen: SocketAddr, name: &str) -> Result<()> {
+    let s = UdpSocket::bind(listen).with_context(|| format!("binding {listen}"))?;
+    let mut buf = [0u8; 65536];
+    loop {
+        let (n, from) = s.recv_from(&mut buf)?;
+        let reply = format!("{name}:{} from {from}", String::from_utf8_lossy(&buf[..n]));
+        let _ = s.send_to(reply.as_bytes(), from);
+    }
+}
+
+/// Sends one datagram and prints the reply (exit 1 on timeout).
+pub fn udp_send(to: SocketAddr, msg: &str, timeout_ms: u64) -> Result<()> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.set_read_timeout(Some(std::time::Duration::from_millis(timeout_ms)))?;
+    let mut buf = [0u8; 65536];
+    for _ in 0..3 {
+        s.send_to(msg.as_bytes(), to)?;
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            println!("{}", String::from_utf8_lossy(&buf[..n]));
+            return Ok(());
+        }
+    }
+    anyhow::bail!("no UDP reply from {to}")
+}
