@@ -11,15 +11,17 @@ use std::{
 };
 
 fn newest(dir: &Path, acc: &mut (SystemTime, PathBuf)) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
             newest(&p, acc);
-        } else if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
-            if m > acc.0 {
-                *acc = (m, p);
-            }
+        } else if let Ok(m) = e.metadata().and_then(|m| m.modified())
+            && m > acc.0
+        {
+            *acc = (m, p);
         }
     }
 }
@@ -28,11 +30,18 @@ fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap().to_path_buf();
     let profile = std::env::var("PROFILE").unwrap();
-    let (flag, sub) = if profile == "release" { (" --release", "release") } else { ("", "debug") };
+    let (flag, sub) = if profile == "release" {
+        (" --release", "release")
+    } else {
+        ("", "debug")
+    };
     let target_dir = std::env::var_os("NETD_EBPF_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/ebpf"));
-    let object = target_dir.join("bpfel-unknown-none").join(sub).join("netd-ebpf");
+    let object = target_dir
+        .join("bpfel-unknown-none")
+        .join(sub)
+        .join("netd-ebpf");
 
     let sources = [
         root.join("netd-ebpf/src"),
@@ -47,10 +56,10 @@ fn main() {
         println!("cargo:rerun-if-changed={}", s.display());
         if s.is_dir() {
             newest(s, &mut acc);
-        } else if let Ok(m) = std::fs::metadata(s).and_then(|m| m.modified()) {
-            if m > acc.0 {
-                acc = (m, s.clone());
-            }
+        } else if let Ok(m) = std::fs::metadata(s).and_then(|m| m.modified())
+            && m > acc.0
+        {
+            acc = (m, s.clone());
         }
     }
     let built = std::fs::metadata(&object).and_then(|m| m.modified());

@@ -23,13 +23,39 @@ pub fn run() -> Result<()> {
     let mut tb = Testbed::new("demo")?;
     let gw = Ipv4Addr::new(172, 17, 0, 1);
     tb.bridge("netd0", gw, 16)?;
-    let c1 = tb.container("c1", "netd0", "veth-c1", Ipv4Addr::new(172, 17, 0, 2), 16, gw)?;
-    let c2 = tb.container("c2", "netd0", "veth-c2", Ipv4Addr::new(172, 17, 0, 3), 16, gw)?;
-    println!("host    {}  uplink {UPLINK} {HOST_IP}/24", tb.host.path().display());
+    let c1 = tb.container(
+        "c1",
+        "netd0",
+        "veth-c1",
+        Ipv4Addr::new(172, 17, 0, 2),
+        16,
+        gw,
+    )?;
+    let c2 = tb.container(
+        "c2",
+        "netd0",
+        "veth-c2",
+        Ipv4Addr::new(172, 17, 0, 3),
+        16,
+        gw,
+    )?;
+    println!(
+        "host    {}  uplink {UPLINK} {HOST_IP}/24",
+        tb.host.path().display()
+    );
     println!("outside {}  {OUTSIDE_IP}/24", tb.outside.path().display());
-    println!("c1      {}  eth0 172.17.0.2/16 via bridge netd0 (veth-c1)", c1.path().display());
-    println!("c2      {}  eth0 172.17.0.3/16 via bridge netd0 (veth-c2)", c2.path().display());
-    tb.spawn(&c2, &[me, "tool", "http-serve", "0.0.0.0:80", "--name", "c2"])?;
+    println!(
+        "c1      {}  eth0 172.17.0.2/16 via bridge netd0 (veth-c1)",
+        c1.path().display()
+    );
+    println!(
+        "c2      {}  eth0 172.17.0.3/16 via bridge netd0 (veth-c2)",
+        c2.path().display()
+    );
+    tb.spawn(
+        &c2,
+        &[me, "tool", "http-serve", "0.0.0.0:80", "--name", "c2"],
+    )?;
 
     println!("\n== load and attach (TCX)");
     let mut progs = Programs::load(BpfLogLevel::Debug)?;
@@ -37,22 +63,47 @@ pub fn run() -> Result<()> {
     let l1 = progs.attach_ingress(bpf::FROM_CONTAINER, &tb.host, "veth-c1")?;
     let l2 = progs.attach_ingress(bpf::FROM_WORLD, &tb.host, UPLINK)?;
     println!("host$ bpftool link show   (type 11 = tcx; Debian's bpftool predates the name)");
-    println!("{}", tb.ok(&tb.host, &["bpftool", "link", "show"])?.trim_end());
+    println!(
+        "{}",
+        tb.ok(&tb.host, &["bpftool", "link", "show"])?.trim_end()
+    );
     let progs_shown = tb.ok(&tb.host, &["bpftool", "prog", "show"])?;
     for l in progs_shown.lines().filter(|l| l.contains("from_")) {
         println!("{l}");
     }
 
     println!("\n== traffic");
-    let ping = tb.ok(&c1, &["ping", "-c", "3", "-i", "0.2", "-W", "2", "172.17.0.3"])?;
-    println!("c1$ ping 172.17.0.3: {}", ping.lines().find(|l| l.contains("packets")).unwrap_or(""));
+    let ping = tb.ok(
+        &c1,
+        &["ping", "-c", "3", "-i", "0.2", "-W", "2", "172.17.0.3"],
+    )?;
+    println!(
+        "c1$ ping 172.17.0.3: {}",
+        ping.lines().find(|l| l.contains("packets")).unwrap_or("")
+    );
     testbed::wait_until(Duration::from_secs(5), || {
-        tb.exec(&c1, &["curl", "-s", "-m", "1", "http://172.17.0.3/"]).is_ok_and(|o| o.status.success())
+        tb.exec(&c1, &["curl", "-s", "-m", "1", "http://172.17.0.3/"])
+            .is_ok_and(|o| o.status.success())
     });
     let body = tb.ok(&c1, &["curl", "-s", "-m", "5", "http://172.17.0.3/"])?;
     println!("c1$ curl http://172.17.0.3/ -> {}", body.trim());
-    let ping = tb.ok(&tb.host, &["ping", "-c", "3", "-i", "0.2", "-W", "2", &OUTSIDE_IP.to_string()])?;
-    println!("host$ ping {OUTSIDE_IP}: {}", ping.lines().find(|l| l.contains("packets")).unwrap_or(""));
+    let ping = tb.ok(
+        &tb.host,
+        &[
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            &OUTSIDE_IP.to_string(),
+        ],
+    )?;
+    println!(
+        "host$ ping {OUTSIDE_IP}: {}",
+        ping.lines().find(|l| l.contains("packets")).unwrap_or("")
+    );
     // Let the logger task drain the ring buffer.
     std::thread::sleep(Duration::from_millis(200));
 

@@ -9,7 +9,9 @@ use netlink_packet_route::{
     link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
     route::{RouteAddress, RouteAttribute, RouteMessage},
 };
-use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 
 use crate::netns::NetNs;
 
@@ -42,7 +44,10 @@ pub fn is_exists(e: &rtnetlink::Error) -> bool {
 }
 
 pub fn is_not_found(e: &rtnetlink::Error) -> bool {
-    matches!(errno(e), Some(libc::ENODEV) | Some(libc::ENOENT) | Some(libc::ESRCH))
+    matches!(
+        errno(e),
+        Some(libc::ENODEV) | Some(libc::ENOENT) | Some(libc::ESRCH)
+    )
 }
 
 impl Netlink {
@@ -80,7 +85,12 @@ impl Netlink {
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match s.try_next().await {
             Ok(Some(msg)) => Ok(Some(parse_link(&msg))),
             Ok(None) => Ok(None),
@@ -154,7 +164,12 @@ impl Netlink {
     pub async fn set_master_up(&self, index: u32, master: u32) -> Result<()> {
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).controller(master).up().build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .controller(master)
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
             .with_context(|| format!("enslaving link {index} to {master}"))
@@ -187,7 +202,13 @@ impl Netlink {
 
     /// Adds an address; an identical address already present is fine.
     pub async fn add_addr(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
-        match self.handle.address().add(index, addr.into(), prefix).execute().await {
+        match self
+            .handle
+            .address()
+            .add(index, addr.into(), prefix)
+            .execute()
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if is_exists(&e) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("adding {addr}/{prefix} to link {index}")),
@@ -216,7 +237,9 @@ impl Netlink {
     }
 
     pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .build();
         match self.handle.route().add(route).execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_exists(&e) => Ok(()),
@@ -234,10 +257,10 @@ impl Netlink {
             .execute();
         let mut out = Vec::new();
         while let Some(msg) = s.try_next().await? {
-            if let Some(p) = route_dst(&msg) {
-                if p.1 > 0 {
-                    out.push(p);
-                }
+            if let Some(p) = route_dst(&msg)
+                && p.1 > 0
+            {
+                out.push(p);
             }
         }
         Ok(out)
@@ -292,7 +315,10 @@ fn parse_link(msg: &LinkMessage) -> Link {
 
 /// Formats a MAC address the usual way.
 pub fn fmt_mac(mac: [u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 pub fn parse_mac(s: &str) -> Result<[u8; 6]> {

@@ -4,7 +4,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "netd", version, about = "Container networking with an eBPF datapath")]
+#[command(
+    name = "netd",
+    version,
+    about = "Container networking with an eBPF datapath"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -58,6 +62,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Demo => netd::demo::run(),
         Cmd::Tool(Tool::HttpServe { listen, name }) => netd::tool::http_serve(listen, &name),
         Cmd::Tool(Tool::UdpEcho { listen, name }) => netd::tool::udp_echo(listen, &name),
-        Cmd::Tool(Tool::UdpSend { to, msg, timeout_ms }) => netd::tool::udp_send(to, &msg, timeout_ms),
+        Cmd::Tool(Tool::UdpSend {
+            to,
+            msg,
+            timeout_ms,
+        }) => netd::tool::udp_send(to, &msg, timeout_ms),
     }
 }

@@ -79,9 +79,19 @@ impl NetNs {
             .create_new(true)
             .open(&path)
             .with_context(|| format!("creating netns file {}", path.display()))?;
-        if let Err(e) = mount(Some(source), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
+        if let Err(e) = mount(
+            Some(source),
+            &path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        ) {
             let _ = std::fs::remove_file(&path);
-            bail!("bind-mounting {} on {}: {e}", source.display(), path.display());
+            bail!(
+                "bind-mounting {} on {}: {e}",
+                source.display(),
+                path.display()
+            );
         }
         Ok(NetNs { path })
     }

@@ -80,14 +80,21 @@ impl Testbed {
     pub fn new(tag: &str) -> Result<Testbed> {
         let stem = unique_stem(tag);
         let host = NetNs::create_named(&format!("{stem}-host"))?;
-        let mut tb = Testbed { stem, host, outside: NetNs::at("/nonexistent"), extra: vec![], procs: vec![] };
+        let mut tb = Testbed {
+            stem,
+            host,
+            outside: NetNs::at("/nonexistent"),
+            extra: vec![],
+            procs: vec![],
+        };
         tb.outside = NetNs::create_named(&format!("{}-out", tb.stem))?;
         let (host, outside) = (tb.host.clone(), tb.outside.clone());
         block_on(async move {
             let hn = Netlink::in_ns(&host)?;
             // The peer is created directly inside the outside namespace,
             // so both ends can be called eth0.
-            hn.create_veth(UPLINK, UPLINK, &outside, mac_for_ip(OUTSIDE_IP), 1500).await?;
+            hn.create_veth(UPLINK, UPLINK, &outside, mac_for_ip(OUTSIDE_IP), 1500)
+                .await?;
             let hi = hn.index_of(UPLINK).await?;
             hn.add_addr(hi, HOST_IP, UPLINK_PREFIX).await?;
             hn.set_up(hi).await?;
@@ -99,7 +106,8 @@ impl Testbed {
             anyhow::Ok(())
         })
         .context("wiring host <-> outside")?;
-        tb.host.run(|| crate::netns::sysctl_write("net/ipv4/ip_forward", "1"))?;
+        tb.host
+            .run(|| crate::netns::sysctl_write("net/ipv4/ip_forward", "1"))?;
         Ok(tb)
     }
 
@@ -132,7 +140,9 @@ impl Testbed {
         let bridge = bridge.to_string();
         block_on(async move {
             let hn = Netlink::in_ns(&host)?;
-            let vi = hn.create_veth(&host_veth, "eth0", &cns, mac_for_ip(ip), 1500).await?;
+            let vi = hn
+                .create_veth(&host_veth, "eth0", &cns, mac_for_ip(ip), 1500)
+                .await?;
             let bi = hn.index_of(&bridge).await?;
             hn.set_master_up(vi, bi).await?;
             let cn = Netlink::in_ns(&cns)?;
@@ -178,7 +188,10 @@ impl Testbed {
 
     /// Adds a command to the processes killed on drop.
     pub fn adopt(&mut self, child: Child, what: &str) {
-        self.procs.push(Bg { child, what: what.into() });
+        self.procs.push(Bg {
+            child,
+            what: what.into(),
+        });
     }
 
     /// Every namespace this testbed made.
@@ -192,9 +205,15 @@ impl Testbed {
 /// Starts `args` in `ns` with output discarded.
 pub fn spawn_in(ns: &NetNs, args: &[&str]) -> Result<Bg> {
     let mut cmd: Command = ns.command(args[0])?;
-    cmd.args(&args[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let child = cmd.spawn().with_context(|| format!("starting {args:?}"))?;
-    Ok(Bg { child, what: args.join(" ") })
+    Ok(Bg {
+        child,
+        what: args.join(" "),
+    })
 }
 
 /// Polls `f` until it returns true or `timeout` passes. For waiting on

@@ -24,7 +24,11 @@ fn test_run_counts_a_tcp_syn_and_passes_it_on() {
     let frame = Frame::default().tcp(40000, 80, TCP_SYN, b"");
     assert!(packet::ipv4_checksum_ok(&frame) && packet::l4_checksum_ok(&frame));
     let (verdict, out) = p.test_run(bpf::FROM_CONTAINER, &frame).unwrap();
-    assert_eq!(verdict, tc::ACT_UNSPEC, "not ours: handed to the next program/the stack");
+    assert_eq!(
+        verdict,
+        tc::ACT_UNSPEC,
+        "not ours: handed to the next program/the stack"
+    );
     assert_eq!(out, frame, "the frame is not modified");
     let c = p.counters().unwrap();
     assert_eq!(c["from_container.packets"], 1);
@@ -64,27 +68,55 @@ fn tcx_attached_program_counts_real_traffic_between_namespaces() {
     let mut tb = Testbed::new("t").unwrap();
     let gw = Ipv4Addr::new(10, 200, 0, 1);
     tb.bridge("br-test", gw, 24).unwrap();
-    let c1 = tb.container("c1", "br-test", "veth-c1", Ipv4Addr::new(10, 200, 0, 2), 24, gw).unwrap();
-    let _c2 = tb.container("c2", "br-test", "veth-c2", Ipv4Addr::new(10, 200, 0, 3), 24, gw).unwrap();
+    let c1 = tb
+        .container(
+            "c1",
+            "br-test",
+            "veth-c1",
+            Ipv4Addr::new(10, 200, 0, 2),
+            24,
+            gw,
+        )
+        .unwrap();
+    let _c2 = tb
+        .container(
+            "c2",
+            "br-test",
+            "veth-c2",
+            Ipv4Addr::new(10, 200, 0, 3),
+            24,
+            gw,
+        )
+        .unwrap();
 
     let mut p = load();
-    let link = p.attach_ingress(bpf::FROM_CONTAINER, &tb.host, "veth-c1").unwrap();
+    let link = p
+        .attach_ingress(bpf::FROM_CONTAINER, &tb.host, "veth-c1")
+        .unwrap();
     let links = tb.ok(&tb.host, &["bpftool", "link", "show"]).unwrap();
     assert!(!links.trim().is_empty(), "bpftool lists the tcx link");
 
-    tb.ok(&c1, &["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.200.0.3"]).unwrap();
+    tb.ok(
+        &c1,
+        &["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.200.0.3"],
+    )
+    .unwrap();
     let c = p.counters().unwrap();
     assert!(c["from_container.packets"] >= 3, "{c:?}");
     assert!(c["from_container.ipv4"] >= 3, "{c:?}");
 
     p.detach(bpf::FROM_CONTAINER, link).unwrap();
     let before = p.counters().unwrap()["from_container.packets"];
-    tb.ok(&c1, &["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.200.0.3"]).unwrap();
-    assert_eq!(p.counters().unwrap()["from_container.packets"], before, "detached: no more counting");
-}
-
-fn exists(p: &PathBuf) -> bool {
-    p.exists()
+    tb.ok(
+        &c1,
+        &["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.200.0.3"],
+    )
+    .unwrap();
+    assert_eq!(
+        p.counters().unwrap()["from_container.packets"],
+        before,
+        "detached: no more counting"
+    );
 }
 
 #[test]
@@ -96,12 +128,22 @@ fn testbed_removes_everything_on_drop_even_after_a_panic() {
     let result = std::panic::catch_unwind(|| {
         let mut tb = Testbed::new("t").unwrap();
         tb.bridge("br-x", Ipv4Addr::new(10, 201, 0, 1), 24).unwrap();
-        tb.container("c", "br-x", "veth-x", Ipv4Addr::new(10, 201, 0, 2), 24, Ipv4Addr::new(10, 201, 0, 1))
-            .unwrap();
+        tb.container(
+            "c",
+            "br-x",
+            "veth-x",
+            Ipv4Addr::new(10, 201, 0, 2),
+            24,
+            Ipv4Addr::new(10, 201, 0, 1),
+        )
+        .unwrap();
         tb.spawn(&tb.outside.clone(), &["sleep", "600"]).unwrap();
         let mut p = paths.lock().unwrap();
         p.extend(tb.namespaces().iter().map(|n| n.path().to_path_buf()));
-        assert!(p.iter().all(exists), "namespaces exist while the testbed lives");
+        assert!(
+            p.iter().all(exists),
+            "namespaces exist while the testbed lives"
+        );
         drop(p);
         panic!("a test failing half-way");
     });
@@ -109,6 +151,6 @@ fn testbed_removes_everything_on_drop_even_after_a_panic() {
     let p = paths.lock().unwrap();
     assert_eq!(p.len(), 3);
     for path in p.iter() {
-        assert!(!exists(path), "{} left behind", path.display());
+        assert!(!path.exists(), "{} left behind", path.display());
     }
 }

@@ -56,7 +56,14 @@ fn main() -> Result<()> {
             build_ebpf(false)?;
             cargo(&["fmt", "--all", "--", "--check"])
                 .context("cargo fmt found unformatted code: run `cargo fmt --all`")?;
-            cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
             let mut test = vec!["test", "--workspace", "--"];
             test.extend(args.iter().map(String::as_str));
             cargo(&test)
@@ -100,7 +107,13 @@ fn build_ebpf(release: bool) -> Result<()> {
     }
     cmd.current_dir(&dir)
         .arg(format!("+{}", setup::NIGHTLY))
-        .args(["build", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args([
+            "build",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
         .arg("--target-dir")
         .arg(ebpf_target_dir())
         // BTF so `bpftool map dump` shows typed keys and values.
@@ -125,9 +138,7 @@ fn build_ebpf(release: bool) -> Result<()> {
 
 fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo)
-        .args(args)
-        .current_dir(workspace_root()))
+    run(Command::new(cargo).args(args).current_dir(workspace_root()))
 }
 
 fn run(cmd: &mut Command) -> Result<()> {

@@ -60,7 +60,10 @@ pub fn packages() -> Result<()> {
     }
     let cmd = format!("apt-get install -y {}", missing.join(" "));
     if !is_root() {
-        bail!("missing Debian packages: {}; install them as root: {cmd}", missing.join(", "));
+        bail!(
+            "missing Debian packages: {}; install them as root: {cmd}",
+            missing.join(", ")
+        );
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     let update = Command::new("apt-get").args(["update", "-qq"]).status();
@@ -89,17 +92,29 @@ fn output(cmd: &mut Command) -> Option<String> {
 /// The pinned nightly with rust-src, and bpf-linker at the pinned version.
 pub fn ebpf_toolchain() -> Result<()> {
     if output(Command::new("rustup").arg("--version")).is_none() {
-        bail!("rustup is not installed: the eBPF build needs it to get {NIGHTLY} (https://rustup.rs)");
+        bail!(
+            "rustup is not installed: the eBPF build needs it to get {NIGHTLY} (https://rustup.rs)"
+        );
     }
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
     if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
         eprintln!("xtask: installing toolchain {NIGHTLY} with rust-src");
         let ok = Command::new("rustup")
-            .args(["toolchain", "install", NIGHTLY, "--profile", "minimal", "-c", "rust-src"])
+            .args([
+                "toolchain",
+                "install",
+                NIGHTLY,
+                "--profile",
+                "minimal",
+                "-c",
+                "rust-src",
+            ])
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            bail!("could not install {NIGHTLY}; run: rustup toolchain install {NIGHTLY} --profile minimal -c rust-src");
+            bail!(
+                "could not install {NIGHTLY}; run: rustup toolchain install {NIGHTLY} --profile minimal -c rust-src"
+            );
         }
     }
     let components = output(Command::new("rustup").args([
@@ -117,19 +132,31 @@ pub fn ebpf_toolchain() -> Result<()> {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            bail!("could not add rust-src; run: rustup component add rust-src --toolchain {NIGHTLY}");
+            bail!(
+                "could not add rust-src; run: rustup component add rust-src --toolchain {NIGHTLY}"
+            );
         }
     }
     let linker = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
     if !linker.contains(BPF_LINKER_VERSION) {
-        eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} (found: {:?})", linker.trim());
+        eprintln!(
+            "xtask: installing bpf-linker {BPF_LINKER_VERSION} (found: {:?})",
+            linker.trim()
+        );
         let ok = Command::new("cargo")
             .env_remove("RUSTUP_TOOLCHAIN")
-            .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--force"])
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+                "--force",
+            ])
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            bail!("could not install bpf-linker; run: cargo install bpf-linker@{BPF_LINKER_VERSION} --locked");
+            bail!(
+                "could not install bpf-linker; run: cargo install bpf-linker@{BPF_LINKER_VERSION} --locked"
+            );
         }
     }
     Ok(())

@@ -58,7 +58,8 @@ impl Programs {
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
-            prog.load().with_context(|| format!("loading (verifying) {name}"))?;
+            prog.load()
+                .with_context(|| format!("loading (verifying) {name}"))?;
         }
         Ok(Programs { ebpf, loaded: true })
     }
@@ -79,7 +80,9 @@ impl Programs {
         .map_err(|e| anyhow!("registering the aya-log ring buffer: {e}"))?;
         tokio::spawn(async move {
             loop {
-                let Ok(mut guard) = fd.readable_mut().await else { break };
+                let Ok(mut guard) = fd.readable_mut().await else {
+                    break;
+                };
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
@@ -124,7 +127,9 @@ impl Programs {
 
     fn per_cpu_sums(&self, name: &str, n: u32) -> Result<Vec<u64>> {
         let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.ebpf.map(name).with_context(|| format!("map {name} missing"))?,
+            self.ebpf
+                .map(name)
+                .with_context(|| format!("map {name} missing"))?,
         )?;
         (0..n)
             .map(|i| Ok(map.get(&i, 0)?.iter().sum()))
@@ -134,13 +139,19 @@ impl Programs {
     /// Global counters, summed over CPUs.
     pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>> {
         let sums = self.per_cpu_sums(maps::COUNTERS, Counter::COUNT)?;
-        Ok(Counter::ALL.iter().map(|c| (c.name(), sums[*c as usize])).collect())
+        Ok(Counter::ALL
+            .iter()
+            .map(|c| (c.name(), sums[*c as usize]))
+            .collect())
     }
 
     /// Drops by reason, summed over CPUs.
     pub fn drops(&self) -> Result<BTreeMap<&'static str, u64>> {
         let sums = self.per_cpu_sums(maps::DROPS, DropReason::COUNT)?;
-        Ok(DropReason::ALL.iter().map(|r| (r.name(), sums[*r as usize])).collect())
+        Ok(DropReason::ALL
+            .iter()
+            .map(|r| (r.name(), sums[*r as usize]))
+            .collect())
     }
 
     /// Runs `program` once on `frame` with BPF_PROG_TEST_RUN; returns the
@@ -165,7 +176,10 @@ impl Programs {
 /// RLIMIT_MEMLOCK only matters on old kernels and fails without
 /// CAP_SYS_RESOURCE, so failure is a debug note, never an error.
 fn raise_memlock() {
-    let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads the struct we pass.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK (fine on memcg-accounted kernels)");
