@@ -141,7 +141,7 @@ fn testbed_removes_everything_on_drop_even_after_a_panic() {
         let mut p = paths.lock().unwrap();
         p.extend(tb.namespaces().iter().map(|n| n.path().to_path_buf()));
         assert!(
-            p.iter().all(exists),
+            p.iter().all(|p| p.exists()),
             "namespaces exist while the testbed lives"
         );
         drop(p);
