@@ -1,26 +1,114 @@
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use netd::{
+    api::Client,
+    cli::{self, CreateArgs, NetworkCmd},
+    config::{self, Config},
+    datapath::Kind,
+};
 
 #[derive(Parser)]
-#[command(
-    name = "netd",
-    version,
-    about = "Container networking with an eBPF datapath"
-)]
+#[command(name = "netd", version, about = "Container networking with an eBPF datapath")]
 struct Cli {
+    /// The daemon's API socket.
+    #[arg(short = 'H', long = "socket", global = true, env = "NETD_SOCKET", default_value = "/run/netd/netd.sock")]
+    socket: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build a throwaway topology, attach the programs, send traffic, print counters.
+    /// Run the daemon.
+    Daemon(DaemonArgs),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Create a container (its network namespace and interfaces).
+    Create(CreateArgs),
+    /// Create a container and run a command in it.
+    Run {
+        #[command(flatten)]
+        args: CreateArgs,
+        /// Run in the background and print the container ID.
+        #[arg(short = 'd', long)]
+        detach: bool,
+        /// Remove the container when the command exits.
+        #[arg(long)]
+        rm: bool,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Run a command in a running container.
+    Exec {
+        name: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// List containers.
+    Ps {
+        #[arg(short = 'a', long)]
+        all: bool,
+    },
+    /// Show containers as JSON.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// List a container's port bindings.
+    Port { name: String },
+    /// Start a stopped container's networking again.
+    Start { name: String },
+    /// Stop a container: kill its processes, remove its networking.
+    Stop { name: String },
+    /// Remove a container.
+    Rm {
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Build a throwaway topology and show netd at work.
     Demo,
     /// Traffic tools used by tests, the demo and benchmarks.
     #[command(hide = true, subcommand)]
     Tool(Tool),
+}
+
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// iptables (the Docker-compatible baseline) or ebpf.
+    #[arg(long)]
+    datapath: Option<Kind>,
+    /// The host's uplink interface (default: the default route's).
+    #[arg(long)]
+    uplink: Option<String>,
+    #[arg(long, default_value = "/var/lib/netd")]
+    state_dir: PathBuf,
+    /// Runtime files: container namespaces, hosts/resolv.conf.
+    #[arg(long, default_value = "/run/netd")]
+    exec_root: PathBuf,
+    #[arg(long, default_value = "/sys/fs/bpf/netd")]
+    bpffs: PathBuf,
+    /// TOML file with daemon.json equivalents (bip, mtu, datapath, uplink, default-address-pools).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Default bridge address, e.g. 172.17.0.1/16.
+    #[arg(long)]
+    bip: Option<String>,
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// Device name of the default bridge network.
+    #[arg(long, default_value = "netd0")]
+    bridge_name: String,
+    /// Remove all networking netd made when the daemon exits.
+    #[arg(long)]
+    cleanup_on_exit: bool,
+    /// Enter this network namespace (a bind-mounted netns file) before starting.
+    #[arg(long)]
+    netns: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -45,27 +133,92 @@ enum Tool {
 
 fn main() {
     let cli = Cli::parse();
-    // The demo shows the programs' own aya-log output (debug level).
     let default_filter = match cli.cmd {
         Cmd::Demo => "info,netd_ebpf=debug",
         _ => "info",
     };
     netd::logging::init(default_filter);
-    if let Err(e) = run(cli) {
-        eprintln!("netd: {e:#}");
-        std::process::exit(1);
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::exit(1);
+        }
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
+    if let Some(ns) = &a.netns {
+        // Before any thread exists: the whole daemon lives in `ns`.
+        let f = std::fs::File::open(ns).with_context(|| format!("opening netns {}", ns.display()))?;
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("entering netns {}", ns.display()))?;
+    }
+    let file = match &a.config {
+        Some(p) => config::File::load(p)?,
+        None => config::File::default(),
+    };
+    let bip = a.bip.or(file.bip).unwrap_or_else(|| "172.17.0.1/16".into());
+    let cfg = Config {
+        // Until the eBPF datapath lands, iptables is the default.
+        datapath: a.datapath.or(file.datapath).unwrap_or(Kind::Iptables),
+        uplink: a.uplink.or(file.uplink),
+        state_dir: a.state_dir,
+        exec_root: a.exec_root,
+        socket,
+        bpffs: a.bpffs,
+        bip: config::parse_bip(&bip)?,
+        pools: file.default_address_pools.unwrap_or_else(netd::ipam::default_pools),
+        mtu: a.mtu.or(file.mtu).unwrap_or(1500),
+        cleanup_on_exit: a.cleanup_on_exit,
+        default_bridge: a.bridge_name,
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(netd::daemon::run(cfg))?;
+    Ok(0)
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let c = Client::new(cli.socket.clone());
     match cli.cmd {
-        Cmd::Demo => netd::demo::run(),
-        Cmd::Tool(Tool::HttpServe { listen, name }) => netd::tool::http_serve(listen, &name),
-        Cmd::Tool(Tool::UdpEcho { listen, name }) => netd::tool::udp_echo(listen, &name),
-        Cmd::Tool(Tool::UdpSend {
-            to,
-            msg,
-            timeout_ms,
-        }) => netd::tool::udp_send(to, &msg, timeout_ms),
+        Cmd::Daemon(a) => daemon(cli.socket, a),
+        Cmd::Network(n) => cli::network(&c, n),
+        Cmd::Create(a) => {
+            println!("{}", cli::create(&c, &a)?);
+            Ok(0)
+        }
+        Cmd::Run { args, detach, rm, cmd } => cli::run(&c, &args, detach, rm, &cmd),
+        Cmd::Exec { name, cmd } => cli::exec(&c, &name, &cmd),
+        Cmd::Ps { all } => cli::ps(&c, all).map(|_| 0),
+        Cmd::Inspect { names } => cli::inspect_cmd(&c, &names),
+        Cmd::Port { name } => cli::port(&c, &name).map(|_| 0),
+        Cmd::Start { name } => c.post(&format!("/containers/{name}/start"), &serde_json::json!({})).map(|_| {
+            println!("{name}");
+            0
+        }),
+        Cmd::Stop { name } => c.post(&format!("/containers/{name}/stop"), &serde_json::json!({})).map(|_| {
+            println!("{name}");
+            0
+        }),
+        Cmd::Rm { force, names } => {
+            let mut code = 0;
+            for n in names {
+                let q = if force { "?force=1" } else { "" };
+                match c.delete(&format!("/containers/{n}{q}")) {
+                    Ok(_) => println!("{n}"),
+                    Err(e) => {
+                        eprintln!("Error: {e:#}");
+                        code = 1;
+                    }
+                }
+            }
+            Ok(code)
+        }
+        Cmd::Demo => netd::demo::run().map(|_| 0),
+        Cmd::Tool(Tool::HttpServe { listen, name }) => netd::tool::http_serve(listen, &name).map(|_| 0),
+        Cmd::Tool(Tool::UdpEcho { listen, name }) => netd::tool::udp_echo(listen, &name).map(|_| 0),
+        Cmd::Tool(Tool::UdpSend { to, msg, timeout_ms }) => {
+            netd::tool::udp_send(to, &msg, timeout_ms).map(|_| 0)
+        }
     }
 }

@@ -4,3 +4,4 @@
 pub use netd::testbed::*;
 
 pub mod packet;
+pub mod daemon;

@@ -64,9 +64,9 @@ fn main() -> Result<()> {
                 "-D",
                 "warnings",
             ])?;
-            let mut test = vec!["test", "--workspace", "--"];
+            let mut test = vec!["test", "--workspace", "--all-targets", "--"];
             test.extend(args.iter().map(String::as_str));
-            cargo(&test)
+            cargo_test(&test)
         }
     }
 }
@@ -139,6 +139,39 @@ fn build_ebpf(release: bool) -> Result<()> {
 fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(cargo).args(args).current_dir(workspace_root()))
+}
+
+/// Runs `cargo test`, passing its output through, and closes with one
+/// summary line over all test binaries: `tests: N passed, N failed`.
+fn cargo_test(args: &[&str]) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|p| p.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse().ok())
+                    .unwrap_or(0)
+            };
+            passed += num("passed");
+            failed += num("failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
 }
 
 fn run(cmd: &mut Command) -> Result<()> {

@@ -1,0 +1,63 @@
+//! Daemon configuration: flags override the TOML config file, which holds
+//! Docker daemon.json equivalents.
+//!
+//! ```toml
+//! bip = "172.17.0.1/16"          # default bridge address (gateway/prefix)
+//! mtu = 1500
+//! datapath = "iptables"
+//! uplink = "eth0"
+//! default-address-pools = [ { base = "10.10.0.0/16", size = 24 } ]
+//! ```
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::{datapath::Kind, ipam::Pool};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct File {
+    pub bip: Option<String>,
+    pub mtu: Option<u32>,
+    pub datapath: Option<Kind>,
+    pub uplink: Option<String>,
+    pub default_address_pools: Option<Vec<Pool>>,
+}
+
+impl File {
+    pub fn load(path: &std::path::Path) -> Result<File> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+    }
+}
+
+/// The daemon's effective configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub datapath: Kind,
+    pub uplink: Option<String>,
+    pub state_dir: PathBuf,
+    pub exec_root: PathBuf,
+    pub socket: PathBuf,
+    pub bpffs: PathBuf,
+    /// Default bridge: gateway address and prefix.
+    pub bip: (std::net::Ipv4Addr, u8),
+    pub pools: Vec<Pool>,
+    pub mtu: u32,
+    pub cleanup_on_exit: bool,
+    /// Name of the default network's bridge device.
+    pub default_bridge: String,
+}
+
+pub fn parse_bip(s: &str) -> Result<(std::net::Ipv4Addr, u8)> {
+    let (ip, prefix) = s
+        .split_once('/')
+        .with_context(|| format!("invalid bip {s:?}: expected ADDRESS/PREFIX like 172.17.0.1/16"))?;
+    let ip = ip.parse().with_context(|| format!("invalid bip {s:?}: bad address"))?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 30).with_context(|| {
+        format!("invalid bip {s:?}: prefix must be a number up to 30")
+    })?;
+    Ok((ip, prefix))
+}

@@ -1,0 +1,104 @@
+//! netd's objects, Docker's vocabulary: networks, containers, endpoints,
+//! port bindings. These are persisted (state.rs) and served by the API.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    ipam::{Allocator, Cidr},
+    portspec::{PortBinding, Proto},
+};
+
+pub const DEFAULT_NETWORK: &str = "bridge";
+pub const HOST_NETWORK: &str = "host";
+pub const NONE_NETWORK: &str = "none";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetworkOptions {
+    pub icc: bool,
+    pub masquerade: bool,
+    pub internal: bool,
+    pub mtu: u32,
+    /// Default host address for published ports (`host-binding-ipv4`).
+    pub host_binding_ipv4: Ipv4Addr,
+}
+
+/// A bridge network (the built-ins `host` and `none` are not stored).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Network {
+    pub id: String,
+    pub name: String,
+    /// RFC 3339.
+    pub created: String,
+    pub bridge: String,
+    pub ipam: Allocator,
+    pub options: NetworkOptions,
+    /// The `-o` options as given, for inspect.
+    pub raw_options: BTreeMap<String, String>,
+    /// The default `bridge` network: no name resolution, Docker's legacy
+    /// behaviour.
+    pub default: bool,
+}
+
+impl Network {
+    pub fn subnet(&self) -> Cidr {
+        self.ipam.subnet()
+    }
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.ipam.gateway()
+    }
+}
+
+/// One container's attachment to one network.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Endpoint {
+    pub id: String,
+    pub network: String,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    /// Host-side veth name.
+    pub veth: String,
+    /// Interface name inside the container (eth0, eth1, ...).
+    pub ifname: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", content = "target", rename_all = "lowercase")]
+pub enum Mode {
+    /// Own namespace on bridge networks (the default `bridge` or user ones).
+    Bridge,
+    Host,
+    None,
+    /// Shares the namespace of the named container (by id).
+    Container(String),
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Running,
+    Exited,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub created: String,
+    pub hostname: String,
+    pub mode: Mode,
+    pub status: Status,
+    /// Endpoints by network id (bridge mode).
+    pub endpoints: BTreeMap<String, Endpoint>,
+    /// Requested at create time: the first network, --ip and --mac-address.
+    pub requested_network: Option<String>,
+    pub requested_ip: Option<Ipv4Addr>,
+    pub requested_mac: Option<[u8; 6]>,
+    /// -p specs as given, and the concrete bindings while running.
+    pub port_specs: Vec<crate::portspec::PortSpec>,
+    pub publish_all: bool,
+    pub exposed: Vec<((u16, u16), Proto)>,
+    pub ports: Vec<PortBinding>,
+    /// Processes `netd run -d` / `exec` registered, killed by stop.
+    pub pids: Vec<i32>,
+}

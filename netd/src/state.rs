@@ -1,0 +1,63 @@
+//! Crash-safe persistent state: one JSON document, replaced atomically
+//! (write to a temporary file, fsync it, rename over the old one, fsync the
+//! directory). A kill -9 at any point leaves either the old or the new
+//! state, never a torn one.
+use std::{
+    collections::BTreeMap,
+    fs::{self, File},
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    model::{Container, Network},
+    portspec::Proto,
+};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    /// By id.
+    pub networks: BTreeMap<String, Network>,
+    /// By id.
+    pub containers: BTreeMap<String, Container>,
+    /// Host ports handed out by -P / missing host ports, so a restart does
+    /// not hand them out twice.
+    pub next_ephemeral: BTreeMap<Proto, u16>,
+}
+
+pub struct Store {
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<(Store, State)> {
+        fs::create_dir_all(dir).with_context(|| format!("creating state dir {}", dir.display()))?;
+        let path = dir.join("state.json");
+        let state = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("parsing {}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Ok((Store { path }, state))
+    }
+
+    pub fn save(&self, state: &State) -> Result<()> {
+        let tmp = self.path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(state)?;
+        {
+            let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &self.path)
+            .with_context(|| format!("replacing {}", self.path.display()))?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}

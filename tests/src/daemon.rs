@@ -1,0 +1,184 @@
+//! A real netd daemon inside a testbed's host namespace, driven through
+//! the real CLI. Dropping it kills the daemon and removes everything its
+//! containers left (namespace files under its exec root), then the
+//! testbed removes the host and outside namespaces.
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use ::netd::{netns::NetNs, testbed::Testbed};
+
+/// The netd binary built next to the test executables (NETD_BIN overrides).
+pub fn netd_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NETD_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable");
+    exe.parent().and_then(|d| d.parent()).expect("target dir").join("netd")
+}
+
+pub struct Netd {
+    pub tb: Testbed,
+    pub datapath: String,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl Netd {
+    pub fn start(datapath: &str) -> Result<Netd> {
+        let tb = Testbed::new("e")?;
+        let dir = std::env::temp_dir().join(format!("{}-d", tb.stem));
+        std::fs::create_dir_all(&dir)?;
+        let socket = dir.join("netd.sock");
+        let mut n = Netd { tb, datapath: datapath.into(), dir, socket, daemon: None };
+        n.start_daemon()?;
+        Ok(n)
+    }
+
+    /// Starts (or restarts) the daemon and waits until it answers.
+    pub fn start_daemon(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))?;
+        let child = Command::new(netd_bin())
+            .arg("daemon")
+            .arg("--netns")
+            .arg(self.tb.host.path())
+            .args(["--datapath", &self.datapath])
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--exec-root")
+            .arg(self.dir.join("run"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--bpffs")
+            .arg(self.dir.join("bpffs"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting netd daemon")?;
+        self.daemon = Some(child);
+        let ok = ::netd::testbed::wait_until(Duration::from_secs(30), || {
+            self.netd(&["network", "ls"]).is_ok_and(|o| o.status.success())
+        });
+        if !ok {
+            bail!("netd daemon did not come up; log:\n{}", self.log());
+        }
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM (graceful) or SIGKILL, and wait.
+    pub fn stop_daemon(&mut self, kill9: bool) {
+        if let Some(mut c) = self.daemon.take() {
+            let sig = if kill9 { libc::SIGKILL } else { libc::SIGTERM };
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, sig) };
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the netd CLI (against this daemon's socket).
+    pub fn netd(&self, args: &[&str]) -> Result<Output> {
+        Command::new(netd_bin())
+            .arg("-H")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running netd {args:?}"))
+    }
+
+    /// The CLI must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.netd(args).unwrap();
+        assert!(
+            o.status.success(),
+            "netd {args:?} failed: {}{}\n--- daemon log ---\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// The CLI must fail; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.netd(args).unwrap();
+        assert!(!o.status.success(), "netd {args:?} should have failed: {}", String::from_utf8_lossy(&o.stdout));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["inspect", name])).unwrap();
+        v[0].clone()
+    }
+
+    pub fn ip_of(&self, name: &str) -> String {
+        self.inspect(name)["NetworkSettings"]["IPAddress"].as_str().unwrap().to_string()
+    }
+
+    /// Snapshot of the host namespace's links, for "nothing changed" checks.
+    pub fn host_links(&self) -> Vec<String> {
+        let out = self.tb.ok(&self.tb.host, &["ip", "-o", "link", "show"]).unwrap();
+        let mut v: Vec<String> = out
+            .lines()
+            .filter_map(|l| l.split(':').nth(1).map(|s| s.trim().split('@').next().unwrap_or("").to_string()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn netns_files(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.join("run/netns"))
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub fn iptables_save(&self) -> String {
+        self.tb.ok(&self.tb.host, &["iptables-save"]).unwrap_or_default()
+    }
+}
+
+impl Drop for Netd {
+    fn drop(&mut self) {
+        self.stop_daemon(true);
+        // Processes started in containers (netd run -d) die with their
+        // namespaces' users: kill anything still inside them.
+        for f in self.netns_files() {
+            let ns = NetNs::at(self.dir.join("run/netns").join(&f));
+            if let Ok(ino) = ns.inode() {
+                for p in procs_in(ino) {
+                    // SAFETY: plain kill(2).
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+            }
+            let _ = ns.remove();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn procs_in(ino: u64) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| *p != me)
+        .filter(|p| std::fs::metadata(format!("/proc/{p}/ns/net")).is_ok_and(|m| m.ino() == ino))
+        .collect()
+}
