@@ -26,7 +26,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
     pub fn bad(m: impl std::fmt::Display) -> ApiError {
         ApiError::new(400, m.to_string())
@@ -174,8 +177,17 @@ async fn read_request(stream: &mut tokio::net::UnixStream) -> Result<Request> {
             (unescape(k), unescape(v))
         })
         .collect();
-    let body = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body)? };
-    Ok(Request { method, path: unescape(path), query, body })
+    let body = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body)?
+    };
+    Ok(Request {
+        method,
+        path: unescape(path),
+        query,
+        body,
+    })
 }
 
 fn unescape(s: &str) -> String {
@@ -184,7 +196,9 @@ fn unescape(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%'
-            && let Some(h) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+            && let Some(h) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(h);
             i += 3;
@@ -225,9 +239,15 @@ impl Client {
                 self.socket.display()
             )
         })?;
-        let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default()).unwrap_or_default();
+        let body = body
+            .map(|b| serde_json::to_vec(b).unwrap_or_default())
+            .unwrap_or_default();
         let (p, q) = path.split_once('?').unwrap_or((path, ""));
-        let target = if q.is_empty() { escape(p) } else { format!("{}?{q}", escape(p)) };
+        let target = if q.is_empty() {
+            escape(p)
+        } else {
+            format!("{}?{q}", escape(p))
+        };
         let head = format!(
             "{method} {target} HTTP/1.1\r\nhost: netd\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
             body.len()

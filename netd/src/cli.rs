@@ -106,7 +106,15 @@ fn print_json(v: &Value) {
 
 pub fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
     match cmd {
-        NetworkCmd::Create { driver, subnet, gateway, ip_range, internal, opt, name } => {
+        NetworkCmd::Create {
+            driver,
+            subnet,
+            gateway,
+            ip_range,
+            internal,
+            opt,
+            name,
+        } => {
             let mut options = serde_json::Map::new();
             for o in &opt {
                 let (k, v) = o
@@ -128,7 +136,10 @@ pub fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
                     println!("{}", serde_json::to_string(n)?);
                 }
             } else {
-                println!("{:<14}{:<20}{:<10}{:<8}SUBNET", "NETWORK ID", "NAME", "DRIVER", "SCOPE");
+                println!(
+                    "{:<14}{:<20}{:<10}{:<8}SUBNET",
+                    "NETWORK ID", "NAME", "DRIVER", "SCOPE"
+                );
                 for n in v.as_array().into_iter().flatten() {
                     let id = n["Id"].as_str().unwrap_or_default();
                     println!(
@@ -137,7 +148,9 @@ pub fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
                         n["Name"].as_str().unwrap_or_default(),
                         n["Driver"].as_str().unwrap_or_default(),
                         n["Scope"].as_str().unwrap_or_default(),
-                        n["IPAM"]["Config"][0]["Subnet"].as_str().unwrap_or_default()
+                        n["IPAM"]["Config"][0]["Subnet"]
+                            .as_str()
+                            .unwrap_or_default()
                     );
                 }
             }
@@ -170,11 +183,21 @@ pub fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
             }
             return Ok(code);
         }
-        NetworkCmd::Connect { ip, network, container } => {
-            c.post(&format!("/networks/{network}/connect"), &json!({ "Container": container, "Ip": ip }))?;
+        NetworkCmd::Connect {
+            ip,
+            network,
+            container,
+        } => {
+            c.post(
+                &format!("/networks/{network}/connect"),
+                &json!({ "Container": container, "Ip": ip }),
+            )?;
         }
         NetworkCmd::Disconnect { network, container } => {
-            c.post(&format!("/networks/{network}/disconnect"), &json!({ "Container": container }))?;
+            c.post(
+                &format!("/networks/{network}/disconnect"),
+                &json!({ "Container": container }),
+            )?;
         }
     }
     Ok(0)
@@ -199,14 +222,21 @@ pub fn command_in(info: &Value, cmd: &[String]) -> Result<Command> {
     if cmd.is_empty() {
         bail!("no command given: netd exec NAME -- CMD [ARG]...");
     }
-    let sandbox = info["NetworkSettings"]["SandboxKey"].as_str().context("no SandboxKey")?;
+    let sandbox = info["NetworkSettings"]["SandboxKey"]
+        .as_str()
+        .context("no SandboxKey")?;
     let host_mode = info["HostConfig"]["NetworkMode"] == "host";
     let ns = std::fs::File::open(sandbox)
         .with_context(|| format!("opening the container's network namespace {sandbox}"))?;
     let hosts = cstr(info["HostsPath"].as_str().unwrap_or_default())?;
     let resolv = cstr(info["ResolvConfPath"].as_str().unwrap_or_default())?;
-    let hostname = info["Config"]["Hostname"].as_str().unwrap_or_default().as_bytes().to_vec();
-    let (etc_hosts, etc_resolv, root) = (cstr("/etc/hosts")?, cstr("/etc/resolv.conf")?, cstr("/")?);
+    let hostname = info["Config"]["Hostname"]
+        .as_str()
+        .unwrap_or_default()
+        .as_bytes()
+        .to_vec();
+    let (etc_hosts, etc_resolv, root) =
+        (cstr("/etc/hosts")?, cstr("/etc/resolv.conf")?, cstr("/")?);
     let mut command = Command::new(&cmd[0]);
     command.args(&cmd[1..]);
     use std::os::fd::AsRawFd;
@@ -215,7 +245,11 @@ pub fn command_in(info: &Value, cmd: &[String]) -> Result<Command> {
     unsafe {
         command.pre_exec(move || {
             let check = |r: libc::c_int| {
-                if r != 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+                if r != 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
             };
             check(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET))?;
             if host_mode {
@@ -272,7 +306,10 @@ pub fn run(c: &Client, args: &CreateArgs, detach: bool, rm: bool, cmd: &[String]
     let info = inspect(c, &id)?;
     let mut command = command_in(&info, cmd)?;
     if detach {
-        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         // SAFETY: setsid is async-signal-safe.
         unsafe {
             command.pre_exec(|| {
@@ -287,7 +324,10 @@ pub fn run(c: &Client, args: &CreateArgs, detach: bool, rm: bool, cmd: &[String]
                 return Err(e).with_context(|| format!("starting {:?}", cmd[0]));
             }
         };
-        c.post(&format!("/containers/{id}/pids"), &json!({ "Pid": child.id() }))?;
+        c.post(
+            &format!("/containers/{id}/pids"),
+            &json!({ "Pid": child.id() }),
+        )?;
         println!("{id}");
         return Ok(0);
     }
@@ -300,8 +340,15 @@ pub fn run(c: &Client, args: &CreateArgs, detach: bool, rm: bool, cmd: &[String]
 }
 
 pub fn ps(c: &Client, all: bool) -> Result<()> {
-    let v = c.get(if all { "/containers/json?all=1" } else { "/containers/json" })?;
-    println!("{:<14}{:<18}{:<10}{:<16}{:<16}PORTS", "CONTAINER ID", "NAMES", "STATUS", "NETWORK", "IP");
+    let v = c.get(if all {
+        "/containers/json?all=1"
+    } else {
+        "/containers/json"
+    })?;
+    println!(
+        "{:<14}{:<18}{:<10}{:<16}{:<16}PORTS",
+        "CONTAINER ID", "NAMES", "STATUS", "NETWORK", "IP"
+    );
     for ct in v.as_array().into_iter().flatten() {
         let id = ct["Id"].as_str().unwrap_or_default();
         let ports: Vec<&str> = ct["PortBindings"]
@@ -313,10 +360,15 @@ pub fn ps(c: &Client, all: bool) -> Result<()> {
         println!(
             "{:<14}{:<18}{:<10}{:<16}{:<16}{}",
             &id[..id.len().min(12)],
-            ct["Name"].as_str().unwrap_or_default().trim_start_matches('/'),
+            ct["Name"]
+                .as_str()
+                .unwrap_or_default()
+                .trim_start_matches('/'),
             ct["State"]["Status"].as_str().unwrap_or_default(),
             ct["HostConfig"]["NetworkMode"].as_str().unwrap_or_default(),
-            ct["NetworkSettings"]["IPAddress"].as_str().unwrap_or_default(),
+            ct["NetworkSettings"]["IPAddress"]
+                .as_str()
+                .unwrap_or_default(),
             ports.join(", ")
         );
     }

@@ -52,12 +52,16 @@ pub struct Config {
 }
 
 pub fn parse_bip(s: &str) -> Result<(std::net::Ipv4Addr, u8)> {
-    let (ip, prefix) = s
-        .split_once('/')
-        .with_context(|| format!("invalid bip {s:?}: expected ADDRESS/PREFIX like 172.17.0.1/16"))?;
-    let ip = ip.parse().with_context(|| format!("invalid bip {s:?}: bad address"))?;
-    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 30).with_context(|| {
-        format!("invalid bip {s:?}: prefix must be a number up to 30")
+    let (ip, prefix) = s.split_once('/').with_context(|| {
+        format!("invalid bip {s:?}: expected ADDRESS/PREFIX like 172.17.0.1/16")
     })?;
+    let ip = ip
+        .parse()
+        .with_context(|| format!("invalid bip {s:?}: bad address"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| *p <= 30)
+        .with_context(|| format!("invalid bip {s:?}: prefix must be a number up to 30"))?;
     Ok((ip, prefix))
 }

@@ -88,8 +88,13 @@ fn conflict<T>(m: impl std::fmt::Display) -> Result<T> {
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 #[derive(Deserialize, Default)]
@@ -130,9 +135,16 @@ impl Daemon {
         std::fs::create_dir_all(cfg.exec_root.join("netns"))?;
         std::fs::create_dir_all(cfg.exec_root.join("containers"))?;
         let mut dp = datapath::new(cfg.datapath)?;
-        dp.init().with_context(|| format!("initialising the {} datapath", dp.name()))?;
+        dp.init()
+            .with_context(|| format!("initialising the {} datapath", dp.name()))?;
         let nl = Netlink::current()?;
-        let mut d = Daemon { cfg, store, state, dp, nl };
+        let mut d = Daemon {
+            cfg,
+            store,
+            state,
+            dp,
+            nl,
+        };
         d.ensure_default_network()?;
         d.reconcile().await?;
         d.dp.sync(&d.state, &Change::All)?;
@@ -190,7 +202,10 @@ impl Daemon {
                 continue;
             }
             if let Err(e) = self.reconcile_container(&c).await {
-                tracing::warn!("container {}: could not restore its networking: {e:#}", c.name);
+                tracing::warn!(
+                    "container {}: could not restore its networking: {e:#}",
+                    c.name
+                );
             }
         }
         // Unknown objects.
@@ -201,10 +216,16 @@ impl Daemon {
             .filter(|c| c.status == Status::Running)
             .flat_map(|c| c.endpoints.values().map(|e| e.veth.clone()))
             .collect();
-        let known_bridges: Vec<String> = self.state.networks.values().map(|n| n.bridge.clone()).collect();
+        let known_bridges: Vec<String> = self
+            .state
+            .networks
+            .values()
+            .map(|n| n.bridge.clone())
+            .collect();
         for l in self.nl.links().await? {
             let ours_veth = l.name.starts_with(VETH_PREFIX) && l.kind.as_deref() == Some("veth");
-            let ours_bridge = l.name.starts_with(BRIDGE_PREFIX) && l.kind.as_deref() == Some("bridge");
+            let ours_bridge =
+                l.name.starts_with(BRIDGE_PREFIX) && l.kind.as_deref() == Some("bridge");
             if (ours_veth && !known_veths.contains(&l.name))
                 || (ours_bridge && !known_bridges.contains(&l.name))
             {
@@ -243,10 +264,14 @@ impl Daemon {
                     let _ = ns.remove();
                     NetNs::create(ns.path())?;
                 }
-                let eps: Vec<Endpoint> = c.endpoints.values().cloned().collect();
+                let eps: Vec<Endpoint> = c.endpoints_in_order().into_iter().cloned().collect();
                 for (i, ep) in eps.iter().enumerate() {
                     if self.nl.link_by_name(&ep.veth).await?.is_none() {
-                        tracing::info!("reconcile: re-creating endpoint {} of {}", ep.ifname, c.name);
+                        tracing::info!(
+                            "reconcile: re-creating endpoint {} of {}",
+                            ep.ifname,
+                            c.name
+                        );
                         let cn = Netlink::in_ns(&ns)?;
                         cn.delete_by_name(&ep.ifname).await?;
                         self.wire_endpoint(&ns, ep, i == 0).await?;
@@ -259,7 +284,10 @@ impl Daemon {
     }
 
     async fn ensure_bridge(&self, n: &Network) -> Result<()> {
-        let i = self.nl.ensure_bridge(&n.bridge, n.options.mtu, None).await?;
+        let i = self
+            .nl
+            .ensure_bridge(&n.bridge, n.options.mtu, None)
+            .await?;
         self.nl.add_addr(i, n.gateway(), n.subnet().prefix).await?;
         self.nl.set_up(i).await
     }
@@ -303,7 +331,9 @@ impl Daemon {
     async fn network_create(&mut self, req: NetworkCreate) -> Result<Value> {
         let name = req.name.trim().to_string();
         if !valid_name(&name) {
-            return bad(format!("invalid network name {name:?}: use letters, digits, '_', '.', '-'"));
+            return bad(format!(
+                "invalid network name {name:?}: use letters, digits, '_', '.', '-'"
+            ));
         }
         if [HOST_NETWORK, NONE_NETWORK].contains(&name.as_str())
             || self.state.networks.values().any(|n| n.name == name)
@@ -313,7 +343,9 @@ impl Daemon {
         if let Some(d) = &req.driver
             && d != "bridge"
         {
-            return bad(format!("unsupported driver {d:?}: netd supports the bridge driver"));
+            return bad(format!(
+                "unsupported driver {d:?}: netd supports the bridge driver"
+            ));
         }
         let mut opts = NetworkOptions {
             icc: true,
@@ -325,12 +357,16 @@ impl Daemon {
         let mut bridge = None;
         for (k, v) in &req.options {
             let key = k.strip_prefix("com.docker.network.bridge.").unwrap_or(k);
-            let key = key.strip_prefix("com.docker.network.driver.").unwrap_or(key);
+            let key = key
+                .strip_prefix("com.docker.network.driver.")
+                .unwrap_or(key);
             let boolean = || -> Result<bool> {
                 match v.as_str() {
                     "true" | "1" => Ok(true),
                     "false" | "0" => Ok(false),
-                    _ => bad(format!("invalid value {v:?} for option {k}: expected true or false")),
+                    _ => bad(format!(
+                        "invalid value {v:?} for option {k}: expected true or false"
+                    )),
                 }
             };
             match key {
@@ -341,11 +377,15 @@ impl Daemon {
                         .parse()
                         .ok()
                         .filter(|m| (68..=65535).contains(m))
-                        .ok_or_else(|| ApiError::bad(format!("invalid mtu {v:?}: expected 68-65535")))?
+                        .ok_or_else(|| {
+                            ApiError::bad(format!("invalid mtu {v:?}: expected 68-65535"))
+                        })?
                 }
                 "bridge-name" | "name" => {
                     if v.is_empty() || v.len() > 15 || v.contains(['/', ' ', ':']) {
-                        return bad(format!("invalid bridge name {v:?}: at most 15 characters, no '/', ':' or spaces"));
+                        return bad(format!(
+                            "invalid bridge name {v:?}: at most 15 characters, no '/', ':' or spaces"
+                        ));
                     }
                     bridge = Some(v.clone())
                 }
@@ -354,7 +394,11 @@ impl Daemon {
                         .parse()
                         .map_err(|_| ApiError::bad(format!("invalid host-binding-ipv4 {v:?}")))?
                 }
-                _ => return bad(format!("unknown network option {k:?} (known: icc, masquerade, mtu, bridge-name, host-binding-ipv4)")),
+                _ => {
+                    return bad(format!(
+                        "unknown network option {k:?} (known: icc, masquerade, mtu, bridge-name, host-binding-ipv4)"
+                    ));
+                }
             }
         }
         let bridge = bridge.unwrap_or_else(|| format!("{BRIDGE_PREFIX}{}", &rand_id()[..10]));
@@ -366,8 +410,15 @@ impl Daemon {
         let taken: Vec<Cidr> = self.state.networks.values().map(|n| n.subnet()).collect();
         let subnet = match &req.subnet {
             Some(s) => {
-                let s: Cidr = s.parse().map_err(|e: anyhow::Error| ApiError::bad(format!("{e:#}")))?;
-                if let Some(o) = self.state.networks.values().find(|n| n.subnet().overlaps(&s)) {
+                let s: Cidr = s
+                    .parse()
+                    .map_err(|e: anyhow::Error| ApiError::bad(format!("{e:#}")))?;
+                if let Some(o) = self
+                    .state
+                    .networks
+                    .values()
+                    .find(|n| n.subnet().overlaps(&s))
+                {
                     return conflict(format!(
                         "subnet {s} overlaps with network {} ({})",
                         o.name,
@@ -377,7 +428,9 @@ impl Daemon {
                 for (addr, prefix) in self.nl.route_prefixes().await? {
                     let r = Cidr::containing(addr, prefix);
                     if r.overlaps(&s) && !self.state.networks.values().any(|n| n.subnet() == r) {
-                        return conflict(format!("subnet {s} overlaps with a route of the host ({r})"));
+                        return conflict(format!(
+                            "subnet {s} overlaps with a route of the host ({r})"
+                        ));
                     }
                 }
                 s
@@ -390,20 +443,25 @@ impl Daemon {
                 for (addr, prefix) in self.nl.route_prefixes().await? {
                     all.push(Cidr::containing(addr, prefix));
                 }
-                ipam::pick_subnet(&self.cfg.pools, &all).map_err(|e| ApiError::bad(format!("{e:#}")))?
+                ipam::pick_subnet(&self.cfg.pools, &all)
+                    .map_err(|e| ApiError::bad(format!("{e:#}")))?
             }
         };
         let gateway = match &req.gateway {
-            Some(g) => g
-                .parse()
-                .map_err(|_| ApiError::bad(format!("invalid gateway {g:?}: not an IPv4 address")))?,
+            Some(g) => g.parse().map_err(|_| {
+                ApiError::bad(format!("invalid gateway {g:?}: not an IPv4 address"))
+            })?,
             None => subnet.first_host(),
         };
         let ip_range = match &req.ip_range {
-            Some(r) => Some(r.parse::<Cidr>().map_err(|e| ApiError::bad(format!("{e:#}")))?),
+            Some(r) => Some(
+                r.parse::<Cidr>()
+                    .map_err(|e| ApiError::bad(format!("{e:#}")))?,
+            ),
             None => None,
         };
-        let ipam = Allocator::new(subnet, gateway, ip_range).map_err(|e| ApiError::bad(format!("{e:#}")))?;
+        let ipam = Allocator::new(subnet, gateway, ip_range)
+            .map_err(|e| ApiError::bad(format!("{e:#}")))?;
         let net = Network {
             id: rand_id(),
             name,
@@ -435,7 +493,9 @@ impl Daemon {
 
     async fn network_rm(&mut self, name: &str) -> Result<Value> {
         if [HOST_NETWORK, NONE_NETWORK].contains(&name) {
-            return bad(format!("{name} is a pre-defined network and cannot be removed"));
+            return bad(format!(
+                "{name} is a pre-defined network and cannot be removed"
+            ));
         }
         let id = self.network_id(name)?;
         let net = self.state.networks[&id].clone();
@@ -484,7 +544,8 @@ impl Daemon {
                 ))
             })
             .collect();
-        let mut cfg = json!({ "Subnet": n.subnet().to_string(), "Gateway": n.gateway().to_string() });
+        let mut cfg =
+            json!({ "Subnet": n.subnet().to_string(), "Gateway": n.gateway().to_string() });
         if let Some(r) = n.ipam.ip_range() {
             cfg["IPRange"] = json!(r.to_string());
         }
@@ -531,7 +592,12 @@ impl Daemon {
     }
 
     fn network_list(&self) -> Value {
-        let mut v: Vec<Value> = self.state.networks.values().map(|n| self.network_json(n)).collect();
+        let mut v: Vec<Value> = self
+            .state
+            .networks
+            .values()
+            .map(|n| self.network_json(n))
+            .collect();
         v.push(Self::builtin_json(HOST_NETWORK));
         v.push(Self::builtin_json(NONE_NETWORK));
         Value::Array(v)
@@ -562,7 +628,12 @@ impl Daemon {
         let mut specs = c.port_specs.clone();
         if c.publish_all {
             for ((a, b), proto) in &c.exposed {
-                specs.push(PortSpec { host_ip: None, host_ports: None, container_ports: (*a, *b), proto: *proto });
+                specs.push(PortSpec {
+                    host_ip: None,
+                    host_ports: None,
+                    container_ports: (*a, *b),
+                    proto: *proto,
+                });
             }
         }
         let mut next = self.state.next_ephemeral.clone();
@@ -578,17 +649,35 @@ impl Daemon {
                 let span = u32::from(EPHEMERAL.1 - EPHEMERAL.0) + 1;
                 for i in 0..span {
                     let p = EPHEMERAL.0 + ((u32::from(start - EPHEMERAL.0) + i) % span) as u16;
-                    let cand = PortBinding { host_ip: ip, host_port: p, container_port: 0, proto };
-                    if !taken.iter().chain(out.iter()).any(|b| Self::conflicts(b, &cand)) {
+                    let cand = PortBinding {
+                        host_ip: ip,
+                        host_port: p,
+                        container_port: 0,
+                        proto,
+                    };
+                    if !taken
+                        .iter()
+                        .chain(out.iter())
+                        .any(|b| Self::conflicts(b, &cand))
+                    {
                         next.insert(proto, if p == EPHEMERAL.1 { EPHEMERAL.0 } else { p + 1 });
                         return Ok(p);
                     }
                 }
-                Err(anyhow!("no free host port left in {}-{}", EPHEMERAL.0, EPHEMERAL.1))
+                Err(anyhow!(
+                    "no free host port left in {}-{}",
+                    EPHEMERAL.0,
+                    EPHEMERAL.1
+                ))
             };
-            let bs = portspec::expand(&spec, &mut alloc).map_err(|e| ApiError::bad(format!("{e:#}")))?;
+            let bs =
+                portspec::expand(&spec, &mut alloc).map_err(|e| ApiError::bad(format!("{e:#}")))?;
             for b in bs {
-                if let Some(o) = used.iter().chain(out.iter()).find(|o| Self::conflicts(o, &b)) {
+                if let Some(o) = used
+                    .iter()
+                    .chain(out.iter())
+                    .find(|o| Self::conflicts(o, &b))
+                {
                     return conflict(format!(
                         "port is already allocated: {}:{}/{} is published already ({}:{})",
                         b.host_ip, b.host_port, b.proto, o.host_ip, o.host_port
@@ -606,7 +695,9 @@ impl Daemon {
         let id = rand_id();
         let name = match req.name.clone() {
             Some(n) if !valid_name(&n) => {
-                return bad(format!("invalid container name {n:?}: use letters, digits, '_', '.', '-'"));
+                return bad(format!(
+                    "invalid container name {n:?}: use letters, digits, '_', '.', '-'"
+                ));
             }
             Some(n) => n,
             None => format!("netd_{}", &id[..8]),
@@ -614,7 +705,10 @@ impl Daemon {
         if self.state.containers.values().any(|c| c.name == name) {
             return conflict(format!("the container name {name:?} is already in use"));
         }
-        let mode_s = req.network.clone().unwrap_or_else(|| DEFAULT_NETWORK.into());
+        let mode_s = req
+            .network
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NETWORK.into());
         let mut specs = Vec::new();
         for p in &req.publish {
             specs.push(portspec::parse(p).map_err(|e| ApiError::bad(format!("{e:#}")))?);
@@ -629,7 +723,8 @@ impl Daemon {
         let mut warnings = Vec::new();
         let mode = if mode_s == HOST_NETWORK {
             if !specs.is_empty() || req.publish_all {
-                warnings.push("Published ports are discarded when using host network mode".to_string());
+                warnings
+                    .push("Published ports are discarded when using host network mode".to_string());
                 specs.clear();
             }
             Mode::Host
@@ -640,11 +735,15 @@ impl Daemon {
             Mode::None
         } else if let Some(target) = mode_s.strip_prefix("container:") {
             if !specs.is_empty() || req.publish_all {
-                return bad("Conflicting options: port publishing and the container type network mode");
+                return bad(
+                    "Conflicting options: port publishing and the container type network mode",
+                );
             }
             let tid = self.container_id(target)?;
             if self.state.containers[&tid].status != Status::Running {
-                return conflict(format!("cannot join the network of container {target}: it is not running"));
+                return conflict(format!(
+                    "cannot join the network of container {target}: it is not running"
+                ));
             }
             Mode::Container(tid)
         } else {
@@ -658,7 +757,10 @@ impl Daemon {
             _ => None,
         };
         let requested_ip = match &req.ip {
-            Some(s) => Some(s.parse::<Ipv4Addr>().map_err(|_| ApiError::bad(format!("invalid --ip {s:?}")))?),
+            Some(s) => Some(
+                s.parse::<Ipv4Addr>()
+                    .map_err(|_| ApiError::bad(format!("invalid --ip {s:?}")))?,
+            ),
             None => None,
         };
         let requested_mac = match &req.mac_address {
@@ -668,7 +770,11 @@ impl Daemon {
         if let (Some(ip), Some(net)) = (requested_ip, &network) {
             let n = &self.state.networks[net];
             if !n.subnet().contains(ip) {
-                return bad(format!("--ip {ip} is outside the subnet {} of network {}", n.subnet(), n.name));
+                return bad(format!(
+                    "--ip {ip} is outside the subnet {} of network {}",
+                    n.subnet(),
+                    n.name
+                ));
             }
         }
         let c = Container {
@@ -703,7 +809,12 @@ impl Daemon {
                 self.state.containers.insert(c.id.clone(), c.clone());
                 let r = self
                     .dp
-                    .sync(&self.state, &Change::Ports { container: c.id.clone() })
+                    .sync(
+                        &self.state,
+                        &Change::Ports {
+                            container: c.id.clone(),
+                        },
+                    )
                     .and_then(|_| self.store.save(&self.state));
                 if let Err(e) = r {
                     self.teardown_sandbox(&c).await;
@@ -736,24 +847,34 @@ impl Daemon {
                 let nets: Vec<String> = if c.endpoints.is_empty() {
                     c.requested_network.iter().cloned().collect()
                 } else {
-                    c.endpoints.keys().cloned().collect()
+                    c.endpoints_in_order()
+                        .iter()
+                        .map(|e| e.network.clone())
+                        .collect()
                 };
                 let mut eps = BTreeMap::new();
                 for (i, nid) in nets.iter().enumerate() {
                     let prev = c.endpoints.get(nid).cloned();
-                    let want_ip = prev.as_ref().map(|e| e.ip).or(if i == 0 { c.requested_ip } else { None });
-                    let want_mac = prev.as_ref().map(|e| e.mac).or(if i == 0 { c.requested_mac } else { None });
+                    let want_ip =
+                        prev.as_ref()
+                            .map(|e| e.ip)
+                            .or(if i == 0 { c.requested_ip } else { None });
+                    let want_mac = prev.as_ref().map(|e| e.mac).or(if i == 0 {
+                        c.requested_mac
+                    } else {
+                        None
+                    });
                     let ep = self.new_endpoint(nid, want_ip, want_mac, i, prev.is_some())?;
                     eps.insert(nid.clone(), ep);
                 }
                 c.endpoints = eps;
-                let first = c.endpoints.keys().next().cloned();
+                let first = c.primary().map(|e| e.network.clone());
                 if let Some(nid) = first {
                     let net = self.state.networks[&nid].clone();
                     c.ports = self.allocate_ports(c, &net)?;
                 }
                 let ns = NetNs::create(&ns_path)?;
-                for (i, ep) in c.endpoints.values().enumerate() {
+                for (i, ep) in c.endpoints_in_order().into_iter().enumerate() {
                     self.wire_endpoint(&ns, ep, i == 0).await?;
                 }
             }
@@ -771,14 +892,23 @@ impl Daemon {
         index: usize,
         already_reserved: bool,
     ) -> Result<Endpoint> {
-        let net = self.state.networks.get_mut(nid).context("network vanished")?;
+        let net = self
+            .state
+            .networks
+            .get_mut(nid)
+            .context("network vanished")?;
         let ip = match ip {
             Some(ip) if already_reserved && net.ipam.is_used(ip) => ip,
             Some(ip) => {
-                net.ipam.reserve(ip).map_err(|e| ApiError::conflict(format!("{e:#}")))?;
+                net.ipam
+                    .reserve(ip)
+                    .map_err(|e| ApiError::conflict(format!("{e:#}")))?;
                 ip
             }
-            None => net.ipam.allocate().map_err(|e| ApiError::conflict(format!("{e:#}")))?,
+            None => net
+                .ipam
+                .allocate()
+                .map_err(|e| ApiError::conflict(format!("{e:#}")))?,
         };
         let id = rand_id();
         Ok(Endpoint {
@@ -874,7 +1004,12 @@ impl Daemon {
             nc.ports.clear();
             nc.pids.clear();
         }
-        self.dp.sync(&next, &Change::Ports { container: id.clone() })?;
+        self.dp.sync(
+            &next,
+            &Change::Ports {
+                container: id.clone(),
+            },
+        )?;
         self.teardown_sandbox(&c).await;
         self.store.save(&next)?;
         self.state = next;
@@ -935,24 +1070,38 @@ impl Daemon {
         let cid = self.container_id(&req.container)?;
         let c = self.state.containers[&cid].clone();
         if c.mode != Mode::Bridge {
-            return bad(format!("container {} is not in bridge mode: cannot connect it to a network", c.name));
+            return bad(format!(
+                "container {} is not in bridge mode: cannot connect it to a network",
+                c.name
+            ));
         }
         if c.endpoints.contains_key(&nid) {
-            return conflict(format!("container {} is already connected to network {net}", c.name));
+            return conflict(format!(
+                "container {} is already connected to network {net}",
+                c.name
+            ));
         }
         let ip = match &req.ip {
             Some(s) => {
-                let ip: Ipv4Addr = s.parse().map_err(|_| ApiError::bad(format!("invalid --ip {s:?}")))?;
+                let ip: Ipv4Addr = s
+                    .parse()
+                    .map_err(|_| ApiError::bad(format!("invalid --ip {s:?}")))?;
                 let n = &self.state.networks[&nid];
                 if !n.subnet().contains(ip) {
-                    return bad(format!("--ip {ip} is outside the subnet {} of network {}", n.subnet(), n.name));
+                    return bad(format!(
+                        "--ip {ip} is outside the subnet {} of network {}",
+                        n.subnet(),
+                        n.name
+                    ));
                 }
                 Some(ip)
             }
             None => None,
         };
         let saved = self.state.clone();
-        let index = (0..).find(|i| !c.endpoints.values().any(|e| e.ifname == format!("eth{i}"))).unwrap_or(0);
+        let index = (0..)
+            .find(|i| !c.endpoints.values().any(|e| e.ifname == format!("eth{i}")))
+            .unwrap_or(0);
         let ep = self.new_endpoint(&nid, ip, None, index, false)?;
         let mut nc = c.clone();
         nc.endpoints.insert(nid.clone(), ep.clone());
@@ -963,7 +1112,13 @@ impl Daemon {
                 self.write_files(&nc)?;
                 let mut next = self.state.clone();
                 next.containers.insert(cid.clone(), nc.clone());
-                self.dp.sync(&next, &Change::Endpoint { container: cid.clone(), network: nid.clone() })?;
+                self.dp.sync(
+                    &next,
+                    &Change::Endpoint {
+                        container: cid.clone(),
+                        network: nid.clone(),
+                    },
+                )?;
                 self.store.save(&next)?;
                 self.state = next;
                 anyhow::Ok(())
@@ -987,7 +1142,10 @@ impl Daemon {
         let cid = self.container_id(&req.container)?;
         let c = self.state.containers[&cid].clone();
         let Some(ep) = c.endpoints.get(&nid).cloned() else {
-            return bad(format!("container {} is not connected to network {net}", c.name));
+            return bad(format!(
+                "container {} is not connected to network {net}",
+                c.name
+            ));
         };
         let mut next = self.state.clone();
         {
@@ -996,9 +1154,19 @@ impl Daemon {
             if nc.endpoints.is_empty() {
                 nc.ports.clear();
             }
-            next.networks.get_mut(&nid).expect("exists").ipam.release(ep.ip);
+            next.networks
+                .get_mut(&nid)
+                .expect("exists")
+                .ipam
+                .release(ep.ip);
         }
-        self.dp.sync(&next, &Change::Endpoint { container: cid.clone(), network: nid })?;
+        self.dp.sync(
+            &next,
+            &Change::Endpoint {
+                container: cid.clone(),
+                network: nid,
+            },
+        )?;
         self.nl.delete_by_name(&ep.veth).await?;
         self.write_files(&next.containers[&cid])?;
         self.store.save(&next)?;
@@ -1029,7 +1197,7 @@ impl Daemon {
                 );
             }
         }
-        let first = c.endpoints.values().next();
+        let first = c.primary();
         let first_net = first.and_then(|e| self.state.networks.get(&e.network));
         let mut ports = serde_json::Map::new();
         for ((a, b), proto) in &c.exposed {
@@ -1038,7 +1206,9 @@ impl Daemon {
             }
         }
         for b in &c.ports {
-            let e = ports.entry(format!("{}/{}", b.container_port, b.proto)).or_insert(json!([]));
+            let e = ports
+                .entry(format!("{}/{}", b.container_port, b.proto))
+                .or_insert(json!([]));
             if e.is_null() {
                 *e = json!([]);
             }
@@ -1052,13 +1222,23 @@ impl Daemon {
                 .requested_network
                 .as_ref()
                 .and_then(|n| self.state.networks.get(n))
-                .map(|n| if n.default { "bridge".to_string() } else { n.name.clone() })
+                .map(|n| {
+                    if n.default {
+                        "bridge".to_string()
+                    } else {
+                        n.name.clone()
+                    }
+                })
                 .unwrap_or_else(|| "bridge".into()),
             Mode::Host => "host".into(),
             Mode::None => "none".into(),
             Mode::Container(t) => format!(
                 "container:{}",
-                self.state.containers.get(t).map(|c| c.name.as_str()).unwrap_or(t)
+                self.state
+                    .containers
+                    .get(t)
+                    .map(|c| c.name.as_str())
+                    .unwrap_or(t)
             ),
         };
         let files = self.files_dir(&c.id);
@@ -1121,8 +1301,12 @@ impl Daemon {
             ("POST", ["networks", "create"]) => self.network_create(parse_body(body)?).await,
             ("GET", ["networks", id]) => self.network_inspect(id),
             ("DELETE", ["networks", id]) => self.network_rm(id).await,
-            ("POST", ["networks", id, "connect"]) => self.network_connect(id, parse_body(body)?).await,
-            ("POST", ["networks", id, "disconnect"]) => self.network_disconnect(id, parse_body(body)?).await,
+            ("POST", ["networks", id, "connect"]) => {
+                self.network_connect(id, parse_body(body)?).await
+            }
+            ("POST", ["networks", id, "disconnect"]) => {
+                self.network_disconnect(id, parse_body(body)?).await
+            }
             ("GET", ["containers", "json"]) => {
                 let all = req.query_flag("all");
                 Ok(Value::Array(
@@ -1135,17 +1319,21 @@ impl Daemon {
                 ))
             }
             ("POST", ["containers", "create"]) => self.container_create(parse_body(body)?).await,
-            ("GET", ["containers", id, "json"]) => {
-                self.container_id(id).map(|i| self.container_json(&self.state.containers[&i]))
-            }
+            ("GET", ["containers", id, "json"]) => self
+                .container_id(id)
+                .map(|i| self.container_json(&self.state.containers[&i])),
             ("POST", ["containers", id, "start"]) => self.container_start(id).await,
             ("POST", ["containers", id, "stop"]) => self.container_stop(id).await,
             ("POST", ["containers", id, "pids"]) => {
-                let pid = body["Pid"].as_i64().ok_or_else(|| ApiError::bad("missing Pid"))? as i32;
+                let pid = body["Pid"]
+                    .as_i64()
+                    .ok_or_else(|| ApiError::bad("missing Pid"))? as i32;
                 match self.container_id(id) {
                     Ok(i) => {
                         let c = self.state.containers.get_mut(&i).expect("exists");
-                        c.pids.retain(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), None).is_ok());
+                        c.pids.retain(|p| {
+                            nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), None).is_ok()
+                        });
                         c.pids.push(pid);
                         self.store.save(&self.state).map(|_| json!({}))
                     }
@@ -1153,7 +1341,12 @@ impl Daemon {
                 }
             }
             ("DELETE", ["containers", id]) => self.container_rm(id, req.query_flag("force")).await,
-            _ => return Err(ApiError::not_found(format!("no such endpoint: {} {}", req.method, req.path))),
+            _ => {
+                return Err(ApiError::not_found(format!(
+                    "no such endpoint: {} {}",
+                    req.method, req.path
+                )));
+            }
         };
         r.map_err(ApiError::from)
     }

@@ -1,7 +1,12 @@
-//! `netd demo`: builds a throwaway host/outside topology with two
-//! containers on a bridge, attaches netd's programs, sends real traffic and
-//! prints what the kernel counted.
-use std::{net::Ipv4Addr, time::Duration};
+//! `netd demo`: the README walkthrough, for real, in throwaway namespaces.
+//! A "host" namespace runs the daemon (its uplink eth0 198.18.0.2), an
+//! "outside" namespace plays the world (198.18.0.1). Then netd's eBPF
+//! programs are attached and their kernel counters printed.
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
 
@@ -10,113 +15,338 @@ use crate::{
     testbed::{self, HOST_IP, OUTSIDE_IP, Testbed, UPLINK},
 };
 
+struct Demo {
+    me: PathBuf,
+    dir: PathBuf,
+    socket: PathBuf,
+    daemon: Option<Child>,
+    tb: Testbed,
+}
+
+impl Demo {
+    /// Runs `netd ARGS` against the demo daemon, printing it as a user
+    /// would type it, and its output.
+    fn netd(&self, args: &[&str]) -> Result<String> {
+        println!("$ netd {}", args.join(" "));
+        let out = Command::new(&self.me)
+            .arg("-H")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        print!("{text}");
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() {
+            bail!("netd {args:?} failed");
+        }
+        Ok(text)
+    }
+
+    fn ip_of(&self, name: &str) -> Result<String> {
+        let out = Command::new(&self.me)
+            .arg("-H")
+            .arg(&self.socket)
+            .args(["inspect", name])
+            .output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(v[0]["NetworkSettings"]["IPAddress"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    fn serve(&self, name: &str, port: u16) -> Result<()> {
+        let cmd = format!(
+            "{} tool http-serve 0.0.0.0:{port} --name {name} >/dev/null 2>&1 &",
+            self.me.display()
+        );
+        Command::new(&self.me)
+            .arg("-H")
+            .arg(&self.socket)
+            .args(["exec", name, "--", "sh", "-c", &cmd])
+            .status()?;
+        Ok(())
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+            let _ = d.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn section(t: &str) {
+    println!("\n== {t}");
+}
+
 pub fn run() -> Result<()> {
     if !testbed::is_root() {
         bail!("the demo creates network namespaces: run it as root");
     }
     let me = std::env::current_exe()?;
-    let me = me.to_str().context("non-UTF-8 path")?;
-    let rt = tokio::runtime::Runtime::new()?;
-    let _rt = rt.enter();
-
-    println!("== topology (throwaway namespaces; the machine's own is untouched)");
-    let mut tb = Testbed::new("demo")?;
-    let gw = Ipv4Addr::new(172, 17, 0, 1);
-    tb.bridge("netd0", gw, 16)?;
-    let c1 = tb.container(
-        "c1",
-        "netd0",
-        "veth-c1",
-        Ipv4Addr::new(172, 17, 0, 2),
-        16,
-        gw,
-    )?;
-    let c2 = tb.container(
-        "c2",
-        "netd0",
-        "veth-c2",
-        Ipv4Addr::new(172, 17, 0, 3),
-        16,
-        gw,
-    )?;
+    let tb = Testbed::new("demo")?;
+    let dir = std::env::temp_dir().join(format!("{}-d", tb.stem));
+    std::fs::create_dir_all(&dir)?;
+    let socket = dir.join("netd.sock");
+    section("a throwaway host (netd runs here) and an outside world");
     println!(
         "host    {}  uplink {UPLINK} {HOST_IP}/24",
         tb.host.path().display()
     );
     println!("outside {}  {OUTSIDE_IP}/24", tb.outside.path().display());
-    println!(
-        "c1      {}  eth0 172.17.0.2/16 via bridge netd0 (veth-c1)",
-        c1.path().display()
-    );
-    println!(
-        "c2      {}  eth0 172.17.0.3/16 via bridge netd0 (veth-c2)",
-        c2.path().display()
-    );
-    tb.spawn(
-        &c2,
-        &[me, "tool", "http-serve", "0.0.0.0:80", "--name", "c2"],
-    )?;
-
-    println!("\n== load and attach (TCX)");
-    let mut progs = Programs::load(BpfLogLevel::Debug)?;
-    progs.spawn_logger()?;
-    let l1 = progs.attach_ingress(bpf::FROM_CONTAINER, &tb.host, "veth-c1")?;
-    let l2 = progs.attach_ingress(bpf::FROM_WORLD, &tb.host, UPLINK)?;
-    println!("host$ bpftool link show   (type 11 = tcx; Debian's bpftool predates the name)");
-    println!(
-        "{}",
-        tb.ok(&tb.host, &["bpftool", "link", "show"])?.trim_end()
-    );
-    let progs_shown = tb.ok(&tb.host, &["bpftool", "prog", "show"])?;
-    for l in progs_shown.lines().filter(|l| l.contains("from_")) {
-        println!("{l}");
+    let daemon = Command::new(&me)
+        .arg("-H")
+        .arg(&socket)
+        .arg("daemon")
+        .arg("--netns")
+        .arg(tb.host.path())
+        .args(["--datapath", "iptables", "--cleanup-on-exit"])
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--exec-root")
+        .arg(dir.join("run"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the daemon")?;
+    let mut d = Demo {
+        me,
+        dir,
+        socket,
+        daemon: Some(daemon),
+        tb,
+    };
+    if !testbed::wait_until(Duration::from_secs(20), || d.socket.exists()) {
+        bail!("the daemon did not start");
     }
-
-    println!("\n== traffic");
-    let ping = tb.ok(
-        &c1,
-        &["ping", "-c", "3", "-i", "0.2", "-W", "2", "172.17.0.3"],
-    )?;
-    println!(
-        "c1$ ping 172.17.0.3: {}",
-        ping.lines().find(|l| l.contains("packets")).unwrap_or("")
-    );
-    testbed::wait_until(Duration::from_secs(5), || {
-        tb.exec(&c1, &["curl", "-s", "-m", "1", "http://172.17.0.3/"])
-            .is_ok_and(|o| o.status.success())
-    });
-    let body = tb.ok(&c1, &["curl", "-s", "-m", "5", "http://172.17.0.3/"])?;
-    println!("c1$ curl http://172.17.0.3/ -> {}", body.trim());
-    let ping = tb.ok(
-        &tb.host,
-        &[
-            "ping",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            &OUTSIDE_IP.to_string(),
-        ],
-    )?;
-    println!(
-        "host$ ping {OUTSIDE_IP}: {}",
-        ping.lines().find(|l| l.contains("packets")).unwrap_or("")
-    );
-    // Let the logger task drain the ring buffer.
-    std::thread::sleep(Duration::from_millis(200));
-
-    println!("\n== counters read from the kernel (per-CPU maps, summed)");
-    for (name, v) in progs.counters()? {
-        println!("{name:<24} {v}");
-    }
-    let drops: u64 = progs.drops()?.values().sum();
-    println!("{:<24} {drops}", "drops (all reasons)");
-
-    progs.detach(bpf::FROM_CONTAINER, l1)?;
-    progs.detach(bpf::FROM_WORLD, l2)?;
-    println!("\n== detached; removing the topology");
-    drop(tb);
+    d.walkthrough()?;
+    d.ebpf_preview()?;
+    // Containers of the demo go with the daemon (--cleanup-on-exit) and
+    // the namespaces with the testbed.
+    drop(d);
+    println!("\n== done; every namespace, link and rule the demo made is gone");
     Ok(())
+}
+
+impl Demo {
+    fn walkthrough(&mut self) -> Result<()> {
+        section("networks: the default bridge, host and none");
+        self.netd(&["network", "ls"])?;
+
+        section("bridge mode (default): a container with a published port");
+        self.netd(&[
+            "run", "-d", "--name", "web", "-p", "8080:80", "--", "sleep", "infinity",
+        ])?;
+        self.serve("web", 80)?;
+        self.netd(&["exec", "web", "--", "ip", "-br", "addr", "show", "eth0"])?;
+        self.netd(&["port", "web"])?;
+        self.netd(&["run", "-d", "--name", "tomcat01", "--", "sleep", "infinity"])?;
+        let web = self.ip_of("web")?;
+        self.netd(&[
+            "exec", "tomcat01", "--", "ping", "-c", "2", "-i", "0.2", &web,
+        ])?;
+        section(&format!(
+            "from the outside world: curl http://{HOST_IP}:8080/ (published port, DNAT)"
+        ));
+        testbed::wait_until(Duration::from_secs(5), || {
+            self.tb
+                .exec(
+                    &self.tb.outside,
+                    &["curl", "-s", "-m", "1", &format!("http://{HOST_IP}:8080/")],
+                )
+                .is_ok_and(|o| o.status.success())
+        });
+        println!("outside$ curl http://{HOST_IP}:8080/");
+        print!(
+            "{}",
+            self.tb.ok(
+                &self.tb.outside,
+                &["curl", "-s", "-m", "3", &format!("http://{HOST_IP}:8080/")]
+            )?
+        );
+        println!("  (the server sees the client's own address: DNAT, no proxy)");
+
+        section("egress: masquerade to the uplink address");
+        let me = self.me.to_string_lossy().into_owned();
+        self.tb.spawn(
+            &self.tb.outside.clone(),
+            &[&me, "tool", "http-serve", "0.0.0.0:8000", "--name", "world"],
+        )?;
+        testbed::wait_until(Duration::from_secs(5), || {
+            self.tb
+                .exec(
+                    &self.tb.outside,
+                    &["curl", "-s", "-m", "1", "http://127.0.0.1:8000/"],
+                )
+                .is_ok_and(|o| o.status.success())
+        });
+        self.netd(&[
+            "exec",
+            "web",
+            "--",
+            "curl",
+            "-s",
+            "-m",
+            "3",
+            &format!("http://{OUTSIDE_IP}:8000/"),
+        ])?;
+        println!("  (the world sees the host's uplink address {HOST_IP})");
+
+        section("host mode: the host's own interfaces");
+        self.netd(&[
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            "--",
+            "ip",
+            "-br",
+            "-4",
+            "addr",
+        ])?;
+        section("none mode: only lo");
+        self.netd(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--",
+            "ip",
+            "-br",
+            "link",
+        ])?;
+        section("container mode: share web's namespace, talk over lo");
+        self.netd(&[
+            "run",
+            "--rm",
+            "--network",
+            "container:web",
+            "--",
+            "curl",
+            "-s",
+            "-m",
+            "3",
+            "http://127.0.0.1:80/",
+        ])?;
+
+        section("a user-defined network");
+        self.netd(&[
+            "network",
+            "create",
+            "--driver",
+            "bridge",
+            "--subnet",
+            "192.168.0.0/16",
+            "--gateway",
+            "192.168.0.1",
+            "mynet",
+        ])?;
+        self.netd(&[
+            "run",
+            "-d",
+            "--name",
+            "tomcat02",
+            "--network",
+            "mynet",
+            "--",
+            "sleep",
+            "infinity",
+        ])?;
+        let t2 = self.ip_of("tomcat02")?;
+        println!("(tomcat01 on the default bridge cannot reach tomcat02 on mynet:)");
+        let blocked = Command::new(&self.me)
+            .arg("-H")
+            .arg(&self.socket)
+            .args(["exec", "tomcat01", "--", "ping", "-c", "1", "-W", "1", &t2])
+            .stdout(Stdio::null())
+            .status()?;
+        println!(
+            "$ netd exec tomcat01 -- ping -c 1 {t2}   -> {}",
+            if blocked.success() {
+                "reached (unexpected)"
+            } else {
+                "no reply (isolated)"
+            }
+        );
+        self.netd(&["network", "connect", "mynet", "tomcat01"])?;
+        self.netd(&["exec", "tomcat01", "--", "ip", "-br", "-4", "addr"])?;
+        self.netd(&["exec", "tomcat01", "--", "ping", "-c", "1", &t2])?;
+        self.netd(&["ps"])?;
+        section("docker-style inspect (excerpt)");
+        let v: serde_json::Value =
+            serde_json::from_str(&self.netd_quiet(&["network", "inspect", "mynet"])?)?;
+        println!("{}", serde_json::to_string_pretty(&v[0]["IPAM"])?);
+        println!("{}", serde_json::to_string_pretty(&v[0]["Containers"])?);
+        Ok(())
+    }
+
+    fn netd_quiet(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.me)
+            .arg("-H")
+            .arg(&self.socket)
+            .args(args)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// netd's own eBPF programs on the demo's interfaces (the eBPF datapath
+    /// is built on them): attach with TCX, count real traffic, detach.
+    fn ebpf_preview(&mut self) -> Result<()> {
+        section("eBPF: from_container/from_world attached with TCX, counting in the kernel");
+        let rt = tokio::runtime::Runtime::new()?;
+        let _rt = rt.enter();
+        let mut progs = Programs::load(BpfLogLevel::Debug)?;
+        progs.spawn_logger()?;
+        let v: serde_json::Value = serde_json::from_str(&self.netd_quiet(&["inspect", "web"])?)?;
+        let veth = v[0]["NetworkSettings"]["Networks"]["bridge"]["HostInterfaceName"]
+            .as_str()
+            .context("web's host veth")?
+            .to_string();
+        let l1 = progs.attach_ingress(bpf::FROM_CONTAINER, &self.tb.host, &veth)?;
+        let l2 = progs.attach_ingress(bpf::FROM_WORLD, &self.tb.host, UPLINK)?;
+        println!("host$ bpftool prog show  (netd's programs)");
+        for l in self
+            .tb
+            .ok(&self.tb.host, &["bpftool", "prog", "show"])?
+            .lines()
+            .filter(|l| l.contains("from_"))
+        {
+            println!("{l}");
+        }
+        println!("host$ bpftool link show  (type 11 = tcx)");
+        print!(
+            "{}",
+            self.tb.ok(&self.tb.host, &["bpftool", "link", "show"])?
+        );
+        self.netd(&[
+            "exec",
+            "web",
+            "--",
+            "curl",
+            "-s",
+            "-m",
+            "3",
+            &format!("http://{OUTSIDE_IP}:8000/"),
+        ])?;
+        let _ = self.tb.ok(
+            &self.tb.outside,
+            &["curl", "-s", "-m", "3", &format!("http://{HOST_IP}:8080/")],
+        )?;
+        std::thread::sleep(Duration::from_millis(200));
+        println!("counters read from the kernel (per-CPU maps, summed):");
+        for (name, v) in progs.counters()? {
+            println!("  {name:<24} {v}");
+        }
+        let drops: u64 = progs.drops()?.values().sum();
+        println!("  {:<24} {drops}", "drops (all reasons)");
+        progs.detach(bpf::FROM_CONTAINER, l1)?;
+        progs.detach(bpf::FROM_WORLD, l2)?;
+        Ok(())
+    }
 }

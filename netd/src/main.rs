@@ -10,10 +10,20 @@ use netd::{
 };
 
 #[derive(Parser)]
-#[command(name = "netd", version, about = "Container networking with an eBPF datapath")]
+#[command(
+    name = "netd",
+    version,
+    about = "Container networking with an eBPF datapath"
+)]
 struct Cli {
     /// The daemon's API socket.
-    #[arg(short = 'H', long = "socket", global = true, env = "NETD_SOCKET", default_value = "/run/netd/netd.sock")]
+    #[arg(
+        short = 'H',
+        long = "socket",
+        global = true,
+        env = "NETD_SOCKET",
+        default_value = "/run/netd/netd.sock"
+    )]
     socket: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
@@ -150,7 +160,8 @@ fn main() {
 fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
     if let Some(ns) = &a.netns {
         // Before any thread exists: the whole daemon lives in `ns`.
-        let f = std::fs::File::open(ns).with_context(|| format!("opening netns {}", ns.display()))?;
+        let f =
+            std::fs::File::open(ns).with_context(|| format!("opening netns {}", ns.display()))?;
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
             .with_context(|| format!("entering netns {}", ns.display()))?;
     }
@@ -168,7 +179,9 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
         socket,
         bpffs: a.bpffs,
         bip: config::parse_bip(&bip)?,
-        pools: file.default_address_pools.unwrap_or_else(netd::ipam::default_pools),
+        pools: file
+            .default_address_pools
+            .unwrap_or_else(netd::ipam::default_pools),
         mtu: a.mtu.or(file.mtu).unwrap_or(1500),
         cleanup_on_exit: a.cleanup_on_exit,
         default_bridge: a.bridge_name,
@@ -187,19 +200,28 @@ fn run(cli: Cli) -> Result<i32> {
             println!("{}", cli::create(&c, &a)?);
             Ok(0)
         }
-        Cmd::Run { args, detach, rm, cmd } => cli::run(&c, &args, detach, rm, &cmd),
+        Cmd::Run {
+            args,
+            detach,
+            rm,
+            cmd,
+        } => cli::run(&c, &args, detach, rm, &cmd),
         Cmd::Exec { name, cmd } => cli::exec(&c, &name, &cmd),
         Cmd::Ps { all } => cli::ps(&c, all).map(|_| 0),
         Cmd::Inspect { names } => cli::inspect_cmd(&c, &names),
         Cmd::Port { name } => cli::port(&c, &name).map(|_| 0),
-        Cmd::Start { name } => c.post(&format!("/containers/{name}/start"), &serde_json::json!({})).map(|_| {
-            println!("{name}");
-            0
-        }),
-        Cmd::Stop { name } => c.post(&format!("/containers/{name}/stop"), &serde_json::json!({})).map(|_| {
-            println!("{name}");
-            0
-        }),
+        Cmd::Start { name } => c
+            .post(&format!("/containers/{name}/start"), &serde_json::json!({}))
+            .map(|_| {
+                println!("{name}");
+                0
+            }),
+        Cmd::Stop { name } => c
+            .post(&format!("/containers/{name}/stop"), &serde_json::json!({}))
+            .map(|_| {
+                println!("{name}");
+                0
+            }),
         Cmd::Rm { force, names } => {
             let mut code = 0;
             for n in names {
@@ -215,10 +237,14 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(code)
         }
         Cmd::Demo => netd::demo::run().map(|_| 0),
-        Cmd::Tool(Tool::HttpServe { listen, name }) => netd::tool::http_serve(listen, &name).map(|_| 0),
-        Cmd::Tool(Tool::UdpEcho { listen, name }) => netd::tool::udp_echo(listen, &name).map(|_| 0),
-        Cmd::Tool(Tool::UdpSend { to, msg, timeout_ms }) => {
-            netd::tool::udp_send(to, &msg, timeout_ms).map(|_| 0)
+        Cmd::Tool(Tool::HttpServe { listen, name }) => {
+            netd::tool::http_serve(listen, &name).map(|_| 0)
         }
+        Cmd::Tool(Tool::UdpEcho { listen, name }) => netd::tool::udp_echo(listen, &name).map(|_| 0),
+        Cmd::Tool(Tool::UdpSend {
+            to,
+            msg,
+            timeout_ms,
+        }) => netd::tool::udp_send(to, &msg, timeout_ms).map(|_| 0),
     }
 }

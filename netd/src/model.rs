@@ -102,3 +102,23 @@ pub struct Container {
     /// Processes `netd run -d` / `exec` registered, killed by stop.
     pub pids: Vec<i32>,
 }
+
+impl Container {
+    /// Endpoints in attachment order (eth0 first).
+    pub fn endpoints_in_order(&self) -> Vec<&Endpoint> {
+        let mut v: Vec<&Endpoint> = self.endpoints.values().collect();
+        v.sort_by_key(|e| {
+            e.ifname
+                .trim_start_matches("eth")
+                .parse::<u32>()
+                .unwrap_or(u32::MAX)
+        });
+        v
+    }
+
+    /// The first endpoint (eth0): default route, published ports,
+    /// `IPAddress` in inspect.
+    pub fn primary(&self) -> Option<&Endpoint> {
+        self.endpoints_in_order().into_iter().next()
+    }
+}

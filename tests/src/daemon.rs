@@ -8,8 +8,8 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
 use ::netd::{netns::NetNs, testbed::Testbed};
+use anyhow::{Context, Result, bail};
 
 /// The netd binary built next to the test executables (NETD_BIN overrides).
 pub fn netd_bin() -> PathBuf {
@@ -17,7 +17,10 @@ pub fn netd_bin() -> PathBuf {
         return p.into();
     }
     let exe = std::env::current_exe().expect("test executable");
-    exe.parent().and_then(|d| d.parent()).expect("target dir").join("netd")
+    exe.parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("netd")
 }
 
 pub struct Netd {
@@ -34,7 +37,13 @@ impl Netd {
         let dir = std::env::temp_dir().join(format!("{}-d", tb.stem));
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("netd.sock");
-        let mut n = Netd { tb, datapath: datapath.into(), dir, socket, daemon: None };
+        let mut n = Netd {
+            tb,
+            datapath: datapath.into(),
+            dir,
+            socket,
+            daemon: None,
+        };
         n.start_daemon()?;
         Ok(n)
     }
@@ -65,7 +74,8 @@ impl Netd {
             .context("starting netd daemon")?;
         self.daemon = Some(child);
         let ok = ::netd::testbed::wait_until(Duration::from_secs(30), || {
-            self.netd(&["network", "ls"]).is_ok_and(|o| o.status.success())
+            self.netd(&["network", "ls"])
+                .is_ok_and(|o| o.status.success())
         });
         if !ok {
             bail!("netd daemon did not come up; log:\n{}", self.log());
@@ -114,7 +124,11 @@ impl Netd {
     /// The CLI must fail; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let o = self.netd(args).unwrap();
-        assert!(!o.status.success(), "netd {args:?} should have failed: {}", String::from_utf8_lossy(&o.stdout));
+        assert!(
+            !o.status.success(),
+            "netd {args:?} should have failed: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
         String::from_utf8_lossy(&o.stderr).into_owned()
     }
 
@@ -124,15 +138,25 @@ impl Netd {
     }
 
     pub fn ip_of(&self, name: &str) -> String {
-        self.inspect(name)["NetworkSettings"]["IPAddress"].as_str().unwrap().to_string()
+        self.inspect(name)["NetworkSettings"]["IPAddress"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     /// Snapshot of the host namespace's links, for "nothing changed" checks.
     pub fn host_links(&self) -> Vec<String> {
-        let out = self.tb.ok(&self.tb.host, &["ip", "-o", "link", "show"]).unwrap();
+        let out = self
+            .tb
+            .ok(&self.tb.host, &["ip", "-o", "link", "show"])
+            .unwrap();
         let mut v: Vec<String> = out
             .lines()
-            .filter_map(|l| l.split(':').nth(1).map(|s| s.trim().split('@').next().unwrap_or("").to_string()))
+            .filter_map(|l| {
+                l.split(':')
+                    .nth(1)
+                    .map(|s| s.trim().split('@').next().unwrap_or("").to_string())
+            })
             .collect();
         v.sort();
         v
@@ -140,14 +164,20 @@ impl Netd {
 
     pub fn netns_files(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.dir.join("run/netns"))
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
     }
 
     pub fn iptables_save(&self) -> String {
-        self.tb.ok(&self.tb.host, &["iptables-save"]).unwrap_or_default()
+        self.tb
+            .ok(&self.tb.host, &["iptables-save"])
+            .unwrap_or_default()
     }
 }
 

@@ -3,5 +3,5 @@
 //! packet crafting for BPF_PROG_TEST_RUN tests.
 pub use netd::testbed::*;
 
-pub mod packet;
 pub mod daemon;
+pub mod packet;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use netd_tests::{
     HOST_IP, OUTSIDE_IP,
     daemon::{Netd, netd_bin},
-    require_root, wait_until,
+    wait_until,
 };
 
 fn me() -> String {
@@ -18,13 +18,29 @@ fn me() -> String {
 fn serve_http(n: &Netd, name: &str, port: u16) {
     let listen = format!("0.0.0.0:{port}");
     n.ok(&["exec", name, "--", "true"]);
-    let out = n.netd(&["exec", name, "--", "sh", "-c", &format!("{} tool http-serve {listen} --name {name} >/dev/null 2>&1 & echo $!", me())]).unwrap();
+    let out = n
+        .netd(&[
+            "exec",
+            name,
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "{} tool http-serve {listen} --name {name} >/dev/null 2>&1 & echo $!",
+                me()
+            ),
+        ])
+        .unwrap();
     assert!(out.status.success());
 }
 
 fn curl(n: &Netd, from: &str, url: &str) -> Option<String> {
-    let o = n.netd(&["exec", from, "--", "curl", "-s", "-m", "3", url]).ok()?;
-    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    let o = n
+        .netd(&["exec", from, "--", "curl", "-s", "-m", "3", url])
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 fn curl_wait(n: &Netd, from: &str, url: &str) -> String {
@@ -42,8 +58,12 @@ fn ping(n: &Netd, from: &str, ip: &str) -> bool {
 }
 
 fn outside_curl(n: &Netd, url: &str) -> Option<String> {
-    let o = n.tb.exec(&n.tb.outside, &["curl", "-s", "-m", "3", url]).ok()?;
-    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    let o =
+        n.tb.exec(&n.tb.outside, &["curl", "-s", "-m", "3", url])
+            .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 fn four_modes(dp: &str) {
@@ -51,25 +71,43 @@ fn four_modes(dp: &str) {
     // Default bridge.
     n.ok(&["run", "-d", "--name", "web", "--", "sleep", "600"]);
     let web = n.inspect("web");
-    let ip = web["NetworkSettings"]["IPAddress"].as_str().unwrap().to_string();
+    let ip = web["NetworkSettings"]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(ip.starts_with("172.17.0."), "{ip}");
     assert_eq!(web["NetworkSettings"]["Gateway"], "172.17.0.1");
     assert_eq!(web["NetworkSettings"]["IPPrefixLen"], 16);
     let mac = web["NetworkSettings"]["MacAddress"].as_str().unwrap();
     assert!(mac.starts_with("02:42:ac:11:00:"), "{mac}");
-    let addrs = n.ok(&["exec", "web", "--", "ip", "-o", "-4", "addr", "show", "eth0"]);
+    let addrs = n.ok(&[
+        "exec", "web", "--", "ip", "-o", "-4", "addr", "show", "eth0",
+    ]);
     assert!(addrs.contains(&format!("{ip}/16")), "{addrs}");
     // Host reaches the container; the container reaches the host's uplink address.
-    assert!(n.tb.exec(&n.tb.host, &["ping", "-c", "1", "-W", "2", &ip]).unwrap().status.success());
+    assert!(
+        n.tb.exec(&n.tb.host, &["ping", "-c", "1", "-W", "2", &ip])
+            .unwrap()
+            .status
+            .success()
+    );
     n.ok(&["run", "-d", "--name", "web2", "--", "sleep", "600"]);
     let ip2 = n.ip_of("web2");
-    assert!(ping(&n, "web", &ip2), "containers on the default bridge reach each other");
+    assert!(
+        ping(&n, "web", &ip2),
+        "containers on the default bridge reach each other"
+    );
 
     // Host mode: the host's interfaces.
     n.ok(&["create", "--name", "h", "--network", "host"]);
     let links = n.ok(&["exec", "h", "--", "ip", "-o", "-4", "addr"]);
-    assert!(links.contains(&HOST_IP.to_string()), "host mode sees the uplink: {links}");
-    let warn = n.netd(&["create", "--name", "h2", "--network", "host", "-p", "80:80"]).unwrap();
+    assert!(
+        links.contains(&HOST_IP.to_string()),
+        "host mode sees the uplink: {links}"
+    );
+    let warn = n
+        .netd(&["create", "--name", "h2", "--network", "host", "-p", "80:80"])
+        .unwrap();
     assert!(warn.status.success());
     assert!(String::from_utf8_lossy(&warn.stderr).contains("discarded"));
 
@@ -82,12 +120,25 @@ fn four_modes(dp: &str) {
     // container:NAME shares the namespace (same IP, talk over lo).
     serve_http(&n, "web", 8080);
     n.ok(&["create", "--name", "side", "--network", "container:web"]);
-    let addrs = n.ok(&["exec", "side", "--", "ip", "-o", "-4", "addr", "show", "eth0"]);
+    let addrs = n.ok(&[
+        "exec", "side", "--", "ip", "-o", "-4", "addr", "show", "eth0",
+    ]);
     assert!(addrs.contains(&ip), "{addrs}");
     let body = curl_wait(&n, "side", "http://127.0.0.1:8080/");
     assert!(body.contains("hello from web"), "{body}");
-    let e = n.fails(&["create", "--name", "side2", "--network", "container:web", "-p", "80:80"]);
-    assert!(e.contains("Conflicting options: port publishing and the container type network mode"), "{e}");
+    let e = n.fails(&[
+        "create",
+        "--name",
+        "side2",
+        "--network",
+        "container:web",
+        "-p",
+        "80:80",
+    ]);
+    assert!(
+        e.contains("Conflicting options: port publishing and the container type network mode"),
+        "{e}"
+    );
 
     // ps / rm
     let ps = n.ok(&["ps"]);
@@ -103,24 +154,69 @@ fn four_modes(dp: &str) {
 
 fn published_ports_and_egress(dp: &str) {
     let mut n = Netd::start(dp).unwrap();
-    n.ok(&["run", "-d", "--name", "web", "-p", "8080:80", "-p", "5353:53/udp", "-p", "9000-9001:7000-7001", "--", "sleep", "600"]);
+    n.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "8080:80",
+        "-p",
+        "5353:53/udp",
+        "-p",
+        "9000-9001:7000-7001",
+        "--",
+        "sleep",
+        "600",
+    ]);
     serve_http(&n, "web", 80);
     serve_http(&n, "web", 7001);
-    n.netd(&["exec", "web", "--", "sh", "-c", &format!("{} tool udp-echo 0.0.0.0:53 --name web >/dev/null 2>&1 &", me())]).unwrap();
+    n.netd(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "{} tool udp-echo 0.0.0.0:53 --name web >/dev/null 2>&1 &",
+            me()
+        ),
+    ])
+    .unwrap();
     let url = format!("http://{HOST_IP}:8080/");
     let mut body = None;
     wait_until(Duration::from_secs(10), || {
         body = outside_curl(&n, &url);
         body.is_some()
     });
-    let body = body.unwrap_or_else(|| panic!("published port unreachable\n{}\n{}", n.log(), n.iptables_save()));
+    let body = body.unwrap_or_else(|| {
+        panic!(
+            "published port unreachable\n{}\n{}",
+            n.log(),
+            n.iptables_save()
+        )
+    });
     assert!(body.contains("hello from web"), "{body}");
-    assert!(body.contains(&OUTSIDE_IP.to_string()), "DNAT keeps the client's address: {body}");
-    let body = outside_curl(&n, &format!("http://{HOST_IP}:9001/")).expect("range 9000-9001 -> 7000-7001");
+    assert!(
+        body.contains(&OUTSIDE_IP.to_string()),
+        "DNAT keeps the client's address: {body}"
+    );
+    let body =
+        outside_curl(&n, &format!("http://{HOST_IP}:9001/")).expect("range 9000-9001 -> 7000-7001");
     assert!(body.contains("hello from web"));
-    let udp = n
-        .tb
-        .ok(&n.tb.outside, &[&me(), "tool", "udp-send", &format!("{HOST_IP}:5353"), "ping", "--timeout-ms", "1000"])
+    let udp =
+        n.tb.ok(
+            &n.tb.outside,
+            &[
+                &me(),
+                "tool",
+                "udp-send",
+                &format!("{HOST_IP}:5353"),
+                "ping",
+                "--timeout-ms",
+                "1000",
+            ],
+        )
         .unwrap();
     assert!(udp.starts_with("web:ping"), "{udp}");
     let port = n.ok(&["port", "web"]);
@@ -130,19 +226,38 @@ fn published_ports_and_egress(dp: &str) {
     assert!(outside_curl(&n, &format!("http://{HOST_IP}:80/")).is_none());
 
     // -P picks free host ports for exposed ports.
-    n.ok(&["run", "-d", "--name", "auto", "--expose", "80", "-P", "--", "sleep", "600"]);
+    n.ok(&[
+        "run", "-d", "--name", "auto", "--expose", "80", "-P", "--", "sleep", "600",
+    ]);
     let p = n.ok(&["port", "auto"]);
     let hp: u16 = p.trim().rsplit(':').next().unwrap().parse().unwrap();
     assert!(hp >= 32768, "{p}");
 
     // Egress: masqueraded to the uplink address.
-    n.tb.spawn(&n.tb.outside.clone(), &[&me(), "tool", "http-serve", "0.0.0.0:8000", "--name", "world"]).unwrap();
+    n.tb.spawn(
+        &n.tb.outside.clone(),
+        &[
+            &me(),
+            "tool",
+            "http-serve",
+            "0.0.0.0:8000",
+            "--name",
+            "world",
+        ],
+    )
+    .unwrap();
     let body = curl_wait(&n, "web", &format!("http://{OUTSIDE_IP}:8000/"));
-    assert!(body.contains(&format!("to {HOST_IP}:")), "egress source is the uplink address: {body}");
+    assert!(
+        body.contains(&format!("to {HOST_IP}:")),
+        "egress source is the uplink address: {body}"
+    );
 
     // Daemon restart (SIGTERM): containers keep connectivity; state survives.
     n.stop_daemon(false);
-    assert!(outside_curl(&n, &url).is_some(), "published port works while the daemon is down");
+    assert!(
+        outside_curl(&n, &url).is_some(),
+        "published port works while the daemon is down"
+    );
     n.start_daemon().unwrap();
     assert!(outside_curl(&n, &url).is_some());
     assert!(n.ok(&["port", "web"]).contains("0.0.0.0:8080"));
@@ -153,31 +268,81 @@ fn published_ports_and_egress(dp: &str) {
 
 fn user_networks_isolation(dp: &str) {
     let n = Netd::start(dp).unwrap();
-    n.ok(&["network", "create", "--driver", "bridge", "--subnet", "192.168.0.0/16", "--gateway", "192.168.0.1", "mynet"]);
-    let inspect: serde_json::Value = serde_json::from_str(&n.ok(&["network", "inspect", "mynet"])).unwrap();
+    n.ok(&[
+        "network",
+        "create",
+        "--driver",
+        "bridge",
+        "--subnet",
+        "192.168.0.0/16",
+        "--gateway",
+        "192.168.0.1",
+        "mynet",
+    ]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&n.ok(&["network", "inspect", "mynet"])).unwrap();
     let net = &inspect[0];
     assert_eq!(net["Name"], "mynet");
     assert_eq!(net["Driver"], "bridge");
     assert_eq!(net["IPAM"]["Config"][0]["Subnet"], "192.168.0.0/16");
     assert_eq!(net["IPAM"]["Config"][0]["Gateway"], "192.168.0.1");
-    for k in ["Id", "Created", "Scope", "EnableIPv6", "Internal", "Attachable", "Containers", "Options", "Labels"] {
+    for k in [
+        "Id",
+        "Created",
+        "Scope",
+        "EnableIPv6",
+        "Internal",
+        "Attachable",
+        "Containers",
+        "Options",
+        "Labels",
+    ] {
         assert!(net.get(k).is_some(), "inspect has {k}");
     }
     let ls = n.ok(&["network", "ls"]);
     for name in ["bridge", "host", "none", "mynet"] {
         assert!(ls.contains(name), "{ls}");
     }
-    n.ok(&["run", "-d", "--name", "t1", "--network", "mynet", "--", "sleep", "600"]);
-    n.ok(&["run", "-d", "--name", "t2", "--network", "mynet", "--ip", "192.168.0.50", "--", "sleep", "600"]);
+    n.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "t1",
+        "--network",
+        "mynet",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    n.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "t2",
+        "--network",
+        "mynet",
+        "--ip",
+        "192.168.0.50",
+        "--",
+        "sleep",
+        "600",
+    ]);
     n.ok(&["run", "-d", "--name", "b1", "--", "sleep", "600"]);
     assert_eq!(n.ip_of("t2"), "192.168.0.50");
     let t1 = n.ip_of("t1");
     assert!(t1.starts_with("192.168.0."), "{t1}");
-    let inspect: serde_json::Value = serde_json::from_str(&n.ok(&["network", "inspect", "mynet"])).unwrap();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&n.ok(&["network", "inspect", "mynet"])).unwrap();
     assert_eq!(inspect[0]["Containers"].as_object().unwrap().len(), 2);
     assert!(ping(&n, "t1", "192.168.0.50"), "same network");
-    assert!(!ping(&n, "b1", "192.168.0.50"), "default bridge cannot reach mynet");
-    assert!(!ping(&n, "t1", &n.ip_of("b1")), "mynet cannot reach the default bridge");
+    assert!(
+        !ping(&n, "b1", "192.168.0.50"),
+        "default bridge cannot reach mynet"
+    );
+    assert!(
+        !ping(&n, "t1", &n.ip_of("b1")),
+        "mynet cannot reach the default bridge"
+    );
 
     // connect: one container, two IPs.
     n.ok(&["network", "connect", "mynet", "b1"]);
@@ -191,19 +356,78 @@ fn user_networks_isolation(dp: &str) {
 
     // icc=false.
     n.ok(&["network", "create", "-o", "icc=false", "noicc"]);
-    n.ok(&["run", "-d", "--name", "q1", "--network", "noicc", "--", "sleep", "600"]);
-    n.ok(&["run", "-d", "--name", "q2", "--network", "noicc", "--", "sleep", "600"]);
-    assert!(!ping(&n, "q1", &n.ip_of("q2")), "icc=false blocks container to container");
-    let gw = n.inspect("q1")["NetworkSettings"]["Gateway"].as_str().unwrap().to_string();
+    n.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "q1",
+        "--network",
+        "noicc",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    n.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "q2",
+        "--network",
+        "noicc",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    assert!(
+        !ping(&n, "q1", &n.ip_of("q2")),
+        "icc=false blocks container to container"
+    );
+    let gw = n.inspect("q1")["NetworkSettings"]["Gateway"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(ping(&n, "q1", &gw), "icc=false still reaches the gateway");
 
     // Internal networks reach nothing outside their subnet.
-    n.ok(&["network", "create", "--internal", "--subnet", "10.99.0.0/24", "inside"]);
-    n.ok(&["run", "-d", "--name", "i1", "--network", "inside", "--", "sleep", "600"]);
-    n.ok(&["run", "-d", "--name", "i2", "--network", "inside", "--", "sleep", "600"]);
+    n.ok(&[
+        "network",
+        "create",
+        "--internal",
+        "--subnet",
+        "10.99.0.0/24",
+        "inside",
+    ]);
+    n.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "i1",
+        "--network",
+        "inside",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    n.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "i2",
+        "--network",
+        "inside",
+        "--",
+        "sleep",
+        "600",
+    ]);
     assert!(ping(&n, "i1", &n.ip_of("i2")));
-    assert!(!ping(&n, "i1", &OUTSIDE_IP.to_string()), "internal cannot reach the world");
-    assert!(ping(&n, "t1", &OUTSIDE_IP.to_string()), "a normal network reaches the world");
+    assert!(
+        !ping(&n, "i1", &OUTSIDE_IP.to_string()),
+        "internal cannot reach the world"
+    );
+    assert!(
+        ping(&n, "t1", &OUTSIDE_IP.to_string()),
+        "a normal network reaches the world"
+    );
 
     // rm with endpoints fails; after removing them it works.
     let e = n.fails(&["network", "rm", "mynet"]);
@@ -216,13 +440,49 @@ fn user_networks_isolation(dp: &str) {
 fn bad_input_changes_nothing(dp: &str) {
     let n = Netd::start(dp).unwrap();
     n.ok(&["network", "create", "--subnet", "10.50.0.0/24", "taken"]);
-    n.ok(&["run", "-d", "--name", "c1", "--network", "taken", "--ip", "10.50.0.10", "-p", "8080:80", "--", "sleep", "600"]);
+    n.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "c1",
+        "--network",
+        "taken",
+        "--ip",
+        "10.50.0.10",
+        "-p",
+        "8080:80",
+        "--",
+        "sleep",
+        "600",
+    ]);
     let (links, files, rules) = (n.host_links(), n.netns_files(), n.iptables_save());
-    let strip = |s: &str| s.lines().filter(|l| !l.starts_with('#') && !l.starts_with(':')).collect::<Vec<_>>().join("\n");
+    let strip = |s: &str| {
+        s.lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with(':'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     let cases: &[(&[&str], &str)] = &[
-        (&["network", "create", "--subnet", "10.0.0/24", "x"], "10.0.0/24"),
-        (&["network", "create", "--subnet", "10.60.0.0/24", "--gateway", "10.61.0.1", "x"], "outside"),
-        (&["network", "create", "--subnet", "10.50.0.0/16", "x"], "overlaps"),
+        (
+            &["network", "create", "--subnet", "10.0.0/24", "x"],
+            "10.0.0/24",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "--subnet",
+                "10.60.0.0/24",
+                "--gateway",
+                "10.61.0.1",
+                "x",
+            ],
+            "outside",
+        ),
+        (
+            &["network", "create", "--subnet", "10.50.0.0/16", "x"],
+            "overlaps",
+        ),
         (&["network", "create", "taken"], "already exists"),
         (&["network", "create", "-o", "icc=maybe", "x"], "icc"),
         (&["network", "rm", "nosuchnet"], "not found"),
@@ -235,15 +495,27 @@ fn bad_input_changes_nothing(dp: &str) {
         (&["create", "-p", "0:80"], "0"),
         (&["create", "-p", "70000:80"], "70000"),
         (&["create", "--network", "none", "-p", "80"], "none"),
-        (&["create", "--network", "container:c1", "-p", "80"], "Conflicting options"),
-        (&["create", "--network", "taken", "--ip", "10.51.0.5"], "outside the subnet"),
-        (&["create", "--network", "taken", "--ip", "10.50.0.10"], "in use"),
+        (
+            &["create", "--network", "container:c1", "-p", "80"],
+            "Conflicting options",
+        ),
+        (
+            &["create", "--network", "taken", "--ip", "10.51.0.5"],
+            "outside the subnet",
+        ),
+        (
+            &["create", "--network", "taken", "--ip", "10.50.0.10"],
+            "in use",
+        ),
         (&["exec", "nosuch", "--", "true"], "no such container"),
         (&["rm", "c1"], "running"),
     ];
     for (args, needle) in cases {
         let e = n.fails(args);
-        assert!(e.to_lowercase().contains(&needle.to_lowercase()), "netd {args:?}: {e:?} should mention {needle:?}");
+        assert!(
+            e.to_lowercase().contains(&needle.to_lowercase()),
+            "netd {args:?}: {e:?} should mention {needle:?}"
+        );
     }
     assert_eq!(n.host_links(), links, "no link left behind");
     assert_eq!(n.netns_files(), files, "no namespace left behind");
@@ -252,18 +524,29 @@ fn bad_input_changes_nothing(dp: &str) {
     assert_eq!(ps.lines().count(), 2, "only c1 exists: {ps}");
 
     // Daemon not running: the CLI says so and where it looked.
-    let o = std::process::Command::new(netd_bin()).args(["-H", "/nonexistent/netd.sock", "ps"]).output().unwrap();
+    let o = std::process::Command::new(netd_bin())
+        .args(["-H", "/nonexistent/netd.sock", "ps"])
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(e.contains("/nonexistent/netd.sock") && e.contains("daemon"), "{e}");
+    assert!(
+        e.contains("/nonexistent/netd.sock") && e.contains("daemon"),
+        "{e}"
+    );
 }
 
 fn kill9_and_reconcile(dp: &str) {
     let mut n = Netd::start(dp).unwrap();
-    n.ok(&["run", "-d", "--name", "keep", "-p", "8081:80", "--", "sleep", "600"]);
+    n.ok(&[
+        "run", "-d", "--name", "keep", "-p", "8081:80", "--", "sleep", "600",
+    ]);
     serve_http(&n, "keep", 80);
     let url = format!("http://{HOST_IP}:8081/");
-    assert!(wait_until(Duration::from_secs(10), || outside_curl(&n, &url).is_some()));
+    assert!(wait_until(Duration::from_secs(10), || outside_curl(
+        &n, &url
+    )
+    .is_some()));
     // Start an operation and kill the daemon while it runs.
     let mut child = std::process::Command::new(netd_bin())
         .arg("-H")
@@ -274,18 +557,46 @@ fn kill9_and_reconcile(dp: &str) {
     n.stop_daemon(true);
     let _ = child.wait();
     // Leftovers a crash can leave: a veth and a namespace nobody knows.
-    n.tb.ok(&n.tb.host, &["ip", "link", "add", "vndstale01", "type", "veth", "peer", "name", "vndstale02"]).unwrap();
-    assert!(outside_curl(&n, &url).is_some(), "published port works while the daemon is dead");
+    n.tb.ok(
+        &n.tb.host,
+        &[
+            "ip",
+            "link",
+            "add",
+            "vndstale01",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vndstale02",
+        ],
+    )
+    .unwrap();
+    assert!(
+        outside_curl(&n, &url).is_some(),
+        "published port works while the daemon is dead"
+    );
     n.start_daemon().unwrap();
     let links = n.host_links();
-    assert!(!links.iter().any(|l| l.starts_with("vndstale")), "stale veth removed: {links:?}");
+    assert!(
+        !links.iter().any(|l| l.starts_with("vndstale")),
+        "stale veth removed: {links:?}"
+    );
     assert!(outside_curl(&n, &url).is_some());
     // Whatever happened to "half", the state and the kernel agree.
     let ps = n.ok(&["ps", "-a"]);
     let veths: Vec<&String> = links.iter().filter(|l| l.starts_with("vnd")).collect();
     let running = ps.lines().skip(1).filter(|l| l.contains("running")).count();
-    assert_eq!(veths.len(), running, "one veth per running bridge container: {veths:?}\n{ps}");
-    assert_eq!(n.netns_files().len(), running, "one namespace per running container");
+    assert_eq!(
+        veths.len(),
+        running,
+        "one veth per running bridge container: {veths:?}\n{ps}"
+    );
+    assert_eq!(
+        n.netns_files().len(),
+        running,
+        "one namespace per running container"
+    );
 }
 
 macro_rules! scenarios {
@@ -305,8 +616,3 @@ macro_rules! scenarios {
 }
 
 scenarios!(iptables: four_modes, published_ports_and_egress, user_networks_isolation, bad_input_changes_nothing, kill9_and_reconcile);
-
-#[allow(dead_code)]
-fn _uses() {
-    let _ = require_root;
-}

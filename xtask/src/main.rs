@@ -159,7 +159,15 @@ fn cargo_test(args: &[&str]) -> Result<()> {
         if let Some(rest) = line.strip_prefix("test result: ") {
             let num = |word: &str| -> u64 {
                 rest.split(';')
-                    .find_map(|p| p.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse().ok())
+                    .find_map(|p| {
+                        p.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse()
+                            .ok()
+                    })
                     .unwrap_or(0)
             };
             passed += num("passed");

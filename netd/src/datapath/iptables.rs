@@ -25,13 +25,22 @@ use crate::{
 /// Jumps from built-in chains: (table, chain, rule spec).
 const HOOKS: &[(&str, &str, &str)] = &[
     ("nat", "PREROUTING", "-m addrtype --dst-type LOCAL -j NETD"),
-    ("nat", "OUTPUT", "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j NETD"),
+    (
+        "nat",
+        "OUTPUT",
+        "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j NETD",
+    ),
     ("nat", "POSTROUTING", "-j NETD-POSTROUTING"),
     ("filter", "FORWARD", "-j NETD-FORWARD"),
 ];
 
 const NAT_CHAINS: &[&str] = &["NETD", "NETD-POSTROUTING"];
-const FILTER_CHAINS: &[&str] = &["NETD-FORWARD", "NETD-ISOLATION-1", "NETD-ISOLATION-2", "NETD-PORTS"];
+const FILTER_CHAINS: &[&str] = &[
+    "NETD-FORWARD",
+    "NETD-ISOLATION-1",
+    "NETD-ISOLATION-2",
+    "NETD-PORTS",
+];
 
 #[derive(Default)]
 pub struct Iptables {
@@ -58,7 +67,11 @@ fn restore(batch: &str) -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .context("running iptables-restore (is the iptables package installed?)")?;
-    child.stdin.take().expect("piped").write_all(batch.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(batch.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!(
@@ -83,13 +96,22 @@ pub fn render(state: &State) -> String {
             let _ = writeln!(iso1, "-A NETD-ISOLATION-1 -i {br} ! -d {subnet} -j DROP");
             let _ = writeln!(iso1, "-A NETD-ISOLATION-1 -o {br} ! -s {subnet} -j DROP");
         } else {
-            let _ = writeln!(iso1, "-A NETD-ISOLATION-1 -i {br} ! -o {br} -j NETD-ISOLATION-2");
+            let _ = writeln!(
+                iso1,
+                "-A NETD-ISOLATION-1 -i {br} ! -o {br} -j NETD-ISOLATION-2"
+            );
             let _ = writeln!(iso2, "-A NETD-ISOLATION-2 -o {br} -j DROP");
             if o.masquerade {
-                let _ = writeln!(nat, "-A NETD-POSTROUTING -s {subnet} ! -o {br} -j MASQUERADE");
+                let _ = writeln!(
+                    nat,
+                    "-A NETD-POSTROUTING -s {subnet} ! -o {br} -j MASQUERADE"
+                );
             }
         }
-        let _ = writeln!(fwd, "-A NETD-FORWARD -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT");
+        let _ = writeln!(
+            fwd,
+            "-A NETD-FORWARD -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        );
         let _ = writeln!(fwd, "-A NETD-FORWARD -o {br} -j NETD-PORTS");
         let icc = if o.icc { "ACCEPT" } else { "DROP" };
         let _ = writeln!(fwd, "-A NETD-FORWARD -i {br} -o {br} -j {icc}");
@@ -98,12 +120,18 @@ pub fn render(state: &State) -> String {
         }
         let _ = writeln!(fwd, "-A NETD-FORWARD -o {br} -j DROP");
     }
-    for c in state.containers.values().filter(|c| c.status == Status::Running) {
-        // Ports are published on the container's first network (Docker
-        // publishes on every attached network; netd picks the first
-        // endpoint, in network-id order).
-        let Some(ep) = c.endpoints.values().next() else { continue };
-        let Some(net) = state.networks.get(&ep.network) else { continue };
+    for c in state
+        .containers
+        .values()
+        .filter(|c| c.status == Status::Running)
+    {
+        // Ports are published to the container's first endpoint (eth0).
+        let Some(ep) = c.primary() else {
+            continue;
+        };
+        let Some(net) = state.networks.get(&ep.network) else {
+            continue;
+        };
         for b in &c.ports {
             let p = b.proto.as_str();
             let dst = match b.host_ip {
@@ -162,7 +190,9 @@ impl Datapath for Iptables {
         if sysctl_read("net/bridge/bridge-nf-call-iptables").is_ok() {
             sysctl_write("net/bridge/bridge-nf-call-iptables", "1")?;
         } else {
-            tracing::warn!("br_netfilter is not available: icc=false cannot be enforced by iptables");
+            tracing::warn!(
+                "br_netfilter is not available: icc=false cannot be enforced by iptables"
+            );
         }
         // Chains first (empty), then the jumps to them.
         restore(&render(&State::default()))?;
@@ -174,7 +204,10 @@ impl Datapath for Iptables {
                 let mut add = vec!["-t", table, "-I", chain, "1"];
                 add.extend(&spec);
                 if !iptables(&add)? {
-                    bail!("could not install the jump {table}/{chain} {}", spec.join(" "));
+                    bail!(
+                        "could not install the jump {table}/{chain} {}",
+                        spec.join(" ")
+                    );
                 }
             }
         }
