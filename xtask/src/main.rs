@@ -64,6 +64,9 @@ fn main() -> Result<()> {
                 "-D",
                 "warnings",
             ])?;
+            // The end-to-end tests drive the real netd binary, which
+            // `cargo test` does not build for another package's tests.
+            cargo(&["build", "-p", "netd", "--bin", "netd"])?;
             let mut test = vec!["test", "--workspace", "--all-targets", "--"];
             test.extend(args.iter().map(String::as_str));
             cargo_test(&test)
