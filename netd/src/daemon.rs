@@ -974,7 +974,7 @@ impl Daemon {
         if matches!(c.mode, Mode::Bridge | Mode::None)
             && let Ok(ino) = NetNs::at(self.netns_path(&c.id)).inode()
         {
-            pids.extend(pids_in_netns(ino));
+            pids.extend(crate::netns::pids_in(ino));
         }
         for p in &pids {
             let _ = kill(Pid::from_raw(*p), Signal::SIGTERM);
@@ -1355,20 +1355,6 @@ impl Daemon {
 fn parse_body<T: serde::de::DeserializeOwned>(v: Value) -> std::result::Result<T, ApiError> {
     serde_json::from_value(if v.is_null() { json!({}) } else { v })
         .map_err(|e| ApiError::bad(format!("malformed request body: {e}")))
-}
-
-/// Pids of processes whose network namespace has inode `ino`.
-fn pids_in_netns(ino: u64) -> Vec<i32> {
-    use std::os::unix::fs::MetadataExt;
-    let me = std::process::id() as i32;
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| *p != me)
-        .filter(|p| std::fs::metadata(format!("/proc/{p}/ns/net")).is_ok_and(|m| m.ino() == ino))
-        .collect()
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.

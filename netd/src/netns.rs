@@ -210,3 +210,18 @@ pub fn sysctl_read(key: &str) -> Result<String> {
         .trim()
         .to_string())
 }
+
+/// Pids of the processes (other than this one) whose network namespace has
+/// inode `ino` (see [`NetNs::inode`]).
+pub fn pids_in(ino: u64) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| *p != me)
+        .filter(|p| std::fs::metadata(format!("/proc/{p}/ns/net")).is_ok_and(|m| m.ino() == ino))
+        .collect()
+}

@@ -189,7 +189,7 @@ impl Drop for Netd {
         for f in self.netns_files() {
             let ns = NetNs::at(self.dir.join("run/netns").join(&f));
             if let Ok(ino) = ns.inode() {
-                for p in procs_in(ino) {
+                for p in ::netd::netns::pids_in(ino) {
                     // SAFETY: plain kill(2).
                     unsafe { libc::kill(p, libc::SIGKILL) };
                 }
@@ -198,17 +198,4 @@ impl Drop for Netd {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn procs_in(ino: u64) -> Vec<i32> {
-    use std::os::unix::fs::MetadataExt;
-    let me = std::process::id() as i32;
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| *p != me)
-        .filter(|p| std::fs::metadata(format!("/proc/{p}/ns/net")).is_ok_and(|m| m.ino() == ino))
-        .collect()
 }
