@@ -295,35 +295,16 @@ impl Daemon {
     // ---- lookups -------------------------------------------------------
 
     fn network_id(&self, name: &str) -> Result<String> {
-        if let Some(n) = self.state.networks.values().find(|n| n.name == name) {
-            return Ok(n.id.clone());
-        }
-        let m: Vec<&Network> = self
-            .state
-            .networks
-            .values()
-            .filter(|n| !name.is_empty() && n.id.starts_with(name))
-            .collect();
-        match m.as_slice() {
-            [n] => Ok(n.id.clone()),
-            _ => not_found(format!("network {name} not found")),
-        }
+        resolve(self.state.networks.values().map(|n| (&n.id, &n.name)), name)
+            .map_or_else(|| not_found(format!("network {name} not found")), Ok)
     }
 
     fn container_id(&self, name: &str) -> Result<String> {
-        if let Some(c) = self.state.containers.values().find(|c| c.name == name) {
-            return Ok(c.id.clone());
-        }
-        let m: Vec<&Container> = self
-            .state
-            .containers
-            .values()
-            .filter(|c| !name.is_empty() && c.id.starts_with(name))
-            .collect();
-        match m.as_slice() {
-            [c] => Ok(c.id.clone()),
-            _ => not_found(format!("no such container: {name}")),
-        }
+        resolve(
+            self.state.containers.values().map(|c| (&c.id, &c.name)),
+            name,
+        )
+        .map_or_else(|| not_found(format!("no such container: {name}")), Ok)
     }
 
     // ---- networks ------------------------------------------------------
@@ -1349,6 +1330,21 @@ impl Daemon {
             }
         };
         r.map_err(ApiError::from)
+    }
+}
+
+/// Docker's lookup: an exact name, else a unique id prefix.
+fn resolve<'a>(
+    objs: impl Iterator<Item = (&'a String, &'a String)> + Clone,
+    name: &str,
+) -> Option<String> {
+    if let Some((id, _)) = objs.clone().find(|(_, n)| *n == name) {
+        return Some(id.clone());
+    }
+    let mut m = objs.filter(|(id, _)| !name.is_empty() && id.starts_with(name));
+    match (m.next(), m.next()) {
+        (Some((id, _)), None) => Some(id.clone()),
+        _ => None,
     }
 }
 

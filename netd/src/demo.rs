@@ -186,16 +186,7 @@ impl Demo {
                 )
                 .is_ok_and(|o| o.status.success())
         });
-        self.netd(&[
-            "exec",
-            "web",
-            "--",
-            "curl",
-            "-s",
-            "-m",
-            "3",
-            &format!("http://{OUTSIDE_IP}:8000/"),
-        ])?;
+        self.egress_curl()?;
         println!("  (the world sees the host's uplink address {HOST_IP})");
 
         section("host mode: the host's own interfaces");
@@ -286,6 +277,12 @@ impl Demo {
         Ok(())
     }
 
+    /// web -> the outside world's HTTP server (masqueraded).
+    fn egress_curl(&self) -> Result<String> {
+        let url = format!("http://{OUTSIDE_IP}:8000/");
+        self.netd(&["exec", "web", "--", "curl", "-s", "-m", "3", &url])
+    }
+
     fn netd_quiet(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(&self.me)
             .arg("-H")
@@ -324,16 +321,7 @@ impl Demo {
             "{}",
             self.tb.ok(&self.tb.host, &["bpftool", "link", "show"])?
         );
-        self.netd(&[
-            "exec",
-            "web",
-            "--",
-            "curl",
-            "-s",
-            "-m",
-            "3",
-            &format!("http://{OUTSIDE_IP}:8000/"),
-        ])?;
+        self.egress_curl()?;
         let _ = self.tb.ok(
             &self.tb.outside,
             &["curl", "-s", "-m", "3", &format!("http://{HOST_IP}:8080/")],

@@ -34,6 +34,21 @@ fn serve_http(n: &Netd, name: &str, port: u16) {
     assert!(out.status.success());
 }
 
+/// `netd run -d --name NAME --network NET -- sleep 600`.
+fn sleeper(n: &Netd, name: &str, net: &str) {
+    n.ok(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        net,
+        "--",
+        "sleep",
+        "600",
+    ]);
+}
+
 fn curl(n: &Netd, from: &str, url: &str) -> Option<String> {
     let o = n
         .netd(&["exec", from, "--", "curl", "-s", "-m", "3", url])
@@ -303,17 +318,7 @@ fn user_networks_isolation(dp: &str) {
     for name in ["bridge", "host", "none", "mynet"] {
         assert!(ls.contains(name), "{ls}");
     }
-    n.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "t1",
-        "--network",
-        "mynet",
-        "--",
-        "sleep",
-        "600",
-    ]);
+    sleeper(&n, "t1", "mynet");
     n.ok(&[
         "run",
         "-d",
@@ -356,28 +361,8 @@ fn user_networks_isolation(dp: &str) {
 
     // icc=false.
     n.ok(&["network", "create", "-o", "icc=false", "noicc"]);
-    n.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "q1",
-        "--network",
-        "noicc",
-        "--",
-        "sleep",
-        "600",
-    ]);
-    n.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "q2",
-        "--network",
-        "noicc",
-        "--",
-        "sleep",
-        "600",
-    ]);
+    sleeper(&n, "q1", "noicc");
+    sleeper(&n, "q2", "noicc");
     assert!(
         !ping(&n, "q1", &n.ip_of("q2")),
         "icc=false blocks container to container"
@@ -397,28 +382,8 @@ fn user_networks_isolation(dp: &str) {
         "10.99.0.0/24",
         "inside",
     ]);
-    n.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "i1",
-        "--network",
-        "inside",
-        "--",
-        "sleep",
-        "600",
-    ]);
-    n.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "i2",
-        "--network",
-        "inside",
-        "--",
-        "sleep",
-        "600",
-    ]);
+    sleeper(&n, "i1", "inside");
+    sleeper(&n, "i2", "inside");
     assert!(ping(&n, "i1", &n.ip_of("i2")));
     assert!(
         !ping(&n, "i1", &OUTSIDE_IP.to_string()),
