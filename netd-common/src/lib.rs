@@ -17,7 +17,39 @@ pub const MAP_VERSION: &str = "v1";
 pub mod maps {
     pub const COUNTERS: &str = "NETD_COUNTERS";
     pub const DROPS: &str = "NETD_DROPS";
+    /// u32 (IPv4, network order) -> [`Endpoint`](super::Endpoint).
+    pub const ENDPOINTS: &str = "NETD_EP";
+    /// [`EndpointKey`](super::EndpointKey) (host veth ifindex) -> [`Endpoint`](super::Endpoint).
+    pub const ENDPOINTS_BY_IF: &str = "NETD_EP_IF";
+    /// u32 network id -> [`Network`](super::Network).
+    pub const NETWORKS: &str = "NETD_NET";
+    /// LPM trie: [`PortKey`](super::PortKey) -> [`PortTarget`](super::PortTarget).
+    pub const PORTS: &str = "NETD_PORTS";
+    /// [`CtKey`](super::CtKey) -> [`CtEntry`](super::CtEntry).
+    pub const CT: &str = "NETD_CT";
+    /// Per-CPU [`EndpointKey`](super::EndpointKey) -> [`EndpointStats`](super::EndpointStats).
+    pub const EP_STATS: &str = "NETD_EP_STATS";
+    /// Array of one [`Config`](super::Config).
+    pub const CONFIG: &str = "NETD_CFG";
+    /// Every map netd pins, for cleanup.
+    pub const ALL: [&str; 9] = [
+        COUNTERS,
+        DROPS,
+        ENDPOINTS,
+        ENDPOINTS_BY_IF,
+        NETWORKS,
+        PORTS,
+        CT,
+        EP_STATS,
+        CONFIG,
+    ];
 }
+
+/// Maximum sizes (the conntrack table's is set at load time from config).
+pub const MAX_ENDPOINTS: u32 = 16384;
+pub const MAX_NETWORKS: u32 = 1024;
+pub const MAX_PORT_PREFIXES: u32 = 65536;
+pub const DEFAULT_CT_ENTRIES: u32 = 65536;
 
 /// Why a program dropped a packet. Values are indexes into the per-CPU
 /// `NETD_DROPS` array and are part of the on-disk (pinned) ABI: never
@@ -44,11 +76,13 @@ pub enum DropReason {
     FibLookupFailed = 7,
     /// A protocol or packet shape the program refuses to translate.
     Unsupported = 8,
+    /// A checksum or header rewrite helper failed.
+    RewriteFailed = 9,
 }
 
 impl DropReason {
     /// Number of reasons: the size of the drops array.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Malformed,
         DropReason::SpoofedSource,
@@ -59,6 +93,7 @@ impl DropReason {
         DropReason::NatPortsExhausted,
         DropReason::FibLookupFailed,
         DropReason::Unsupported,
+        DropReason::RewriteFailed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -72,6 +107,7 @@ impl DropReason {
             DropReason::NatPortsExhausted => "nat-ports-exhausted",
             DropReason::FibLookupFailed => "fib-lookup-failed",
             DropReason::Unsupported => "unsupported",
+            DropReason::RewriteFailed => "rewrite-failed",
         }
     }
 }
@@ -93,10 +129,22 @@ pub enum Counter {
     FromWorldPackets = 4,
     /// Bytes seen by `from_world`.
     FromWorldBytes = 5,
+    /// Container -> container redirects on one network (bpf_redirect_peer).
+    Forwarded = 6,
+    /// Packets source-NATed towards the uplink.
+    Snat = 7,
+    /// Replies to masqueraded flows, translated back.
+    RevSnat = 8,
+    /// Packets to published ports, destination-NATed.
+    Dnat = 9,
+    /// Replies of published-port flows, translated back.
+    RevDnat = 10,
+    /// Conntrack entries created.
+    CtCreated = 11,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 12;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::FromContainerPackets,
         Counter::FromContainerBytes,
@@ -104,6 +152,12 @@ impl Counter {
         Counter::FromContainerTcp,
         Counter::FromWorldPackets,
         Counter::FromWorldBytes,
+        Counter::Forwarded,
+        Counter::Snat,
+        Counter::RevSnat,
+        Counter::Dnat,
+        Counter::RevDnat,
+        Counter::CtCreated,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -114,6 +168,12 @@ impl Counter {
             Counter::FromContainerTcp => "from_container.tcp",
             Counter::FromWorldPackets => "from_world.packets",
             Counter::FromWorldBytes => "from_world.bytes",
+            Counter::Forwarded => "forwarded",
+            Counter::Snat => "snat",
+            Counter::RevSnat => "rev_snat",
+            Counter::Dnat => "dnat",
+            Counter::RevDnat => "rev_dnat",
+            Counter::CtCreated => "ct.created",
         }
     }
 }
@@ -133,12 +193,182 @@ const _: () = assert!(core::mem::size_of::<EndpointStats>() == 32);
 
 /// Key of per-endpoint maps: the host-side veth's ifindex.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
 pub struct EndpointKey {
     pub ifindex: u32,
 }
 const _: () = assert!(core::mem::size_of::<EndpointKey>() == 4);
+
+/// A container endpoint (value of NETD_EP and NETD_EP_IF).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Endpoint {
+    /// Host-side veth: redirect target and key of NETD_EP_IF.
+    pub ifindex: u32,
+    /// Network id (key of NETD_NET).
+    pub net_id: u32,
+    /// IPv4 address, network order.
+    pub ip: u32,
+    pub mac: [u8; 6],
+    /// The network's bridge (gateway) MAC: source MAC of frames netd
+    /// delivers into the container.
+    pub gw_mac: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 24);
+
+pub const NET_ICC: u32 = 1;
+pub const NET_MASQUERADE: u32 = 2;
+pub const NET_INTERNAL: u32 = 4;
+
+/// A network (value of NETD_NET).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Network {
+    /// NET_* flags.
+    pub flags: u32,
+    /// Bridge ifindex.
+    pub bridge_ifindex: u32,
+}
+const _: () = assert!(core::mem::size_of::<Network>() == 8);
+
+/// Host-wide settings (NETD_CFG[0]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Config {
+    pub uplink_ifindex: u32,
+    /// The uplink's address (masquerade source), network order.
+    pub uplink_ip: u32,
+    /// Masquerade source port range, host order, inclusive.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
+
+/// Data of a NETD_PORTS LPM key: protocol, host address, host port, in
+/// that order (network byte order), matched by prefix: 8 + 32 bits are
+/// always exact, the port's high bits cover a prefix-aligned block of a
+/// published range. Wildcard (0.0.0.0) bindings use address 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PortKey {
+    pub proto: u8,
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
+
+/// Prefix length of a NETD_PORTS key that matches exactly one port.
+pub const PORT_KEY_FULL_PREFIX: u32 = 8 + 32 + 16;
+
+/// Where a published range goes: host port `p` in
+/// [host_port_min, host_port_max] maps to
+/// `container_port_min + (p - host_port_min)` on `container_ip`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PortTarget {
+    /// Network order.
+    pub container_ip: u32,
+    pub host_port_min: u16,
+    pub host_port_max: u16,
+    pub container_port_min: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<PortTarget>() == 12);
+
+/// A conntrack key: the packet's tuple as it arrives. Addresses in
+/// network order, ports in host order. ICMP echo: requests use
+/// (sport = id, dport = 0), replies (sport = 0, dport = id), so a request
+/// and its reply map onto each other like ports do.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+
+/// What to do with a packet that matches a conntrack entry.
+pub mod ct_kind {
+    /// Container -> world: rewrite the source to (addr, port), out the uplink.
+    pub const SNAT: u8 = 1;
+    /// World -> container reply: rewrite the destination, to `ifindex`.
+    pub const REV_SNAT: u8 = 2;
+    /// World -> published port: rewrite the destination, to `ifindex`.
+    pub const DNAT: u8 = 3;
+    /// Container reply of a published-port flow: rewrite the source, out the uplink.
+    pub const REV_DNAT: u8 = 4;
+}
+
+/// Conntrack states, for timeouts.
+pub mod ct_state {
+    pub const NEW: u8 = 0;
+    pub const ESTABLISHED: u8 = 1;
+    pub const CLOSING: u8 = 2;
+}
+
+/// A conntrack entry. Each flow has two: one per direction, each the
+/// other's reverse (see `CtEntry::reverse_key`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct CtEntry {
+    /// bpf_ktime_get_ns() of the last packet (CLOCK_MONOTONIC).
+    pub last_seen: u64,
+    /// The address to write (network order).
+    pub addr: u32,
+    /// The port (or ICMP id) to write, host order.
+    pub port: u16,
+    /// ct_kind::*.
+    pub kind: u8,
+    /// ct_state::*.
+    pub state: u8,
+    /// Redirect target for REV_SNAT/DNAT (a container's host veth).
+    pub ifindex: u32,
+    /// The container's address (network order): lets the control plane
+    /// remove a container's or a port's entries.
+    pub container_ip: u32,
+}
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 24);
+
+impl CtKey {
+    /// The key under which the other direction of a flow is stored, given
+    /// this key and its entry's rewrite (addr, port).
+    pub const fn reverse(&self, e: &CtEntry) -> CtKey {
+        match e.kind {
+            // Source rewritten: the reply comes from daddr to (addr, port).
+            ct_kind::SNAT | ct_kind::REV_DNAT => CtKey {
+                saddr: self.daddr,
+                daddr: e.addr,
+                sport: self.dport,
+                dport: e.port,
+                proto: self.proto,
+                _pad: [0; 3],
+            },
+            // Destination rewritten: the reply comes from (addr, port).
+            _ => CtKey {
+                saddr: e.addr,
+                daddr: self.saddr,
+                sport: e.port,
+                dport: self.sport,
+                proto: self.proto,
+                _pad: [0; 3],
+            },
+        }
+    }
+}
 
 /// TC verdicts (the classic `TC_ACT_*` values; TCX maps them onto
 /// `TCX_NEXT`/`TCX_PASS`/`TCX_DROP`/`TCX_REDIRECT`).
@@ -157,4 +387,11 @@ mod user {
     // every bit pattern valid.
     unsafe impl aya::Pod for EndpointStats {}
     unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for Network {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for PortTarget {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
 }

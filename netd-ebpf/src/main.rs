@@ -1,18 +1,50 @@
-//! netd's eBPF programs. One thin entry point per attach point; the logic
-//! lives in per-concern modules.
+//! netd's eBPF datapath. One thin entry point per attach point; the logic
+//! lives in per-concern modules (parse, maps, ct, nat, counters).
+//!
+//! Walks (see DESIGN.md section 5):
+//! - from_container (TC ingress of each container's host-side veth):
+//!   anti-spoofing, conntrack hits (masquerade out, published-port replies
+//!   back out), same-network unicast straight to the peer container with
+//!   bpf_redirect_peer (icc enforced), isolation between networks, and new
+//!   masqueraded flows out of the uplink (FIB lookup + bpf_redirect_neigh).
+//! - from_world (TC ingress of the uplink): replies of masqueraded flows
+//!   and connections to published ports, translated and redirected into
+//!   the container.
+//! Everything else (ARP, broadcast, the gateway, the host's own traffic,
+//! fragments, protocols netd does not translate) is passed on untouched.
 #![no_std]
 #![no_main]
 
 mod counters;
+mod ct;
+mod maps;
+mod nat;
 mod parse;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
-use netd_common::{Counter, DropReason, tc};
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
+    },
+    helpers::generated::{bpf_fib_lookup, bpf_redirect_neigh, bpf_redirect_peer},
+    macros::classifier,
+    programs::TcContext,
+};
+use netd_common::{
+    Config, Counter, CtEntry, DropReason, Endpoint, EndpointKey, NET_ICC, NET_INTERNAL,
+    NET_MASQUERADE, PORT_KEY_FULL_PREFIX, PortKey, ct_kind, ct_state, tc,
+};
 
-use crate::parse::{ETH_HLEN, ETH_P_IP, IPPROTO_TCP};
+use crate::{
+    ct::Insert,
+    maps::{NETD_CFG, NETD_EP, NETD_EP_IF, NETD_NET, NETD_PORTS, PortLpmKey},
+    parse::{ETH_HLEN, ETH_P_IP, IP_DADDR_OFF, IP_SADDR_OFF, Ipv4, L4},
+};
 
-/// TC ingress on every host-side container veth: everything a container
-/// sends enters the host here.
+const AF_INET: u8 = 2;
+/// How many source ports masquerade tries before giving up.
+const NAT_PROBES: u32 = 32;
+
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
     match try_from_container(&ctx) {
@@ -21,39 +53,355 @@ pub fn from_container(ctx: TcContext) -> i32 {
     }
 }
 
+#[classifier]
+pub fn from_world(ctx: TcContext) -> i32 {
+    match try_from_world(&ctx) {
+        Ok(verdict) => verdict,
+        Err(reason) => counters::drop(&ctx, reason),
+    }
+}
+
+#[inline(always)]
+fn ingress_ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: reading the context.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+#[inline(always)]
+fn config() -> Option<Config> {
+    NETD_CFG.get(0).copied()
+}
+
 fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     counters::add(Counter::FromContainerPackets, 1);
     counters::add(Counter::FromContainerBytes, u64::from(ctx.len()));
+    let ifindex = ingress_ifindex(ctx);
+    // SAFETY: map value copied out.
+    let Some(ep) = (unsafe { NETD_EP_IF.get(EndpointKey { ifindex }) }).copied() else {
+        return Ok(tc::ACT_UNSPEC);
+    };
+    counters::endpoint_rx(ifindex, ctx.len());
 
     let eth = parse::eth(ctx)?;
+    if eth.src != ep.mac {
+        return Err(DropReason::SpoofedSource);
+    }
     if eth.proto != ETH_P_IP {
         return Ok(tc::ACT_UNSPEC);
     }
     let ip = parse::ipv4(ctx, ETH_HLEN)?;
     counters::add(Counter::FromContainerIpv4, 1);
-    if ip.proto == IPPROTO_TCP && !ip.is_fragment() {
-        let tcp = parse::tcp(ctx, ETH_HLEN + ip.hdr_len)?;
-        counters::add(Counter::FromContainerTcp, 1);
-        if tcp.is_syn() {
-            aya_log_ebpf::debug!(
-                ctx,
-                "from_container: SYN {:i}:{} -> {:i}:{}",
-                u32::from_be(ip.saddr),
-                tcp.sport,
-                u32::from_be(ip.daddr),
-                tcp.dport
-            );
+    if ip.saddr != ep.ip && ip.saddr != 0 {
+        return Err(DropReason::SpoofedSource);
+    }
+    if eth.dst_group || ip.is_fragment() {
+        return Ok(tc::ACT_UNSPEC);
+    }
+    let l4 = parse::l4(ctx, ip.proto, ETH_HLEN + ip.hdr_len)?;
+    if let Some(l4) = &l4 {
+        if ip.proto == parse::IPPROTO_TCP {
+            counters::add(Counter::FromContainerTcp, 1);
+            if l4.is_syn() {
+                aya_log_ebpf::debug!(
+                    ctx,
+                    "from_container: SYN {:i}:{} -> {:i}:{}",
+                    u32::from_be(ip.saddr),
+                    l4.sport,
+                    u32::from_be(ip.daddr),
+                    l4.dport
+                );
+            }
+        }
+        // A flow netd translates already: masquerade or a published-port reply.
+        let key = ct::key(ip.saddr, ip.daddr, ip.proto, l4);
+        if let Some(e) = ct::lookup(&key, l4) {
+            if e.kind == ct_kind::SNAT || e.kind == ct_kind::REV_DNAT {
+                nat::rewrite_addr(ctx, ip.proto, l4, IP_SADDR_OFF, ip.saddr, e.addr)?;
+                nat::rewrite_port(ctx, ip.proto, l4, true, l4.sport, e.port)?;
+                let c = if e.kind == ct_kind::SNAT {
+                    Counter::Snat
+                } else {
+                    Counter::RevDnat
+                };
+                counters::add(c, 1);
+                return to_uplink(ctx, &ip, e.addr);
+            }
         }
     }
-    Ok(tc::ACT_UNSPEC)
+
+    // Another container?
+    // SAFETY: map value copied out.
+    if let Some(peer) = unsafe { NETD_EP.get(ip.daddr) }.copied() {
+        if peer.net_id != ep.net_id {
+            return Err(DropReason::NetworkIsolation);
+        }
+        // SAFETY: map value copied out.
+        let net = unsafe { NETD_NET.get(ep.net_id) }
+            .copied()
+            .unwrap_or_default();
+        if net.flags & NET_ICC == 0 {
+            return Err(DropReason::IccDenied);
+        }
+        counters::add(Counter::Forwarded, 1);
+        counters::endpoint_tx(peer.ifindex, ctx.len());
+        // SAFETY: helper call.
+        return Ok(unsafe { bpf_redirect_peer(peer.ifindex, 0) } as i32);
+    }
+
+    // Somewhere else: the host itself (pass), the world (masquerade), or
+    // another network (isolation).
+    let cfg = config().ok_or(DropReason::Unsupported)?;
+    let mut fib = fib_params(&ip, ifindex);
+    // SAFETY: helper call on a properly sized, initialised struct.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb as *mut _,
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    } as u32;
+    match rc {
+        BPF_FIB_LKUP_RET_NOT_FWDED | BPF_FIB_LKUP_RET_FRAG_NEEDED => return Ok(tc::ACT_UNSPEC),
+        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => {}
+        _ => return Err(DropReason::FibLookupFailed),
+    }
+    // SAFETY: map value copied out.
+    let net = unsafe { NETD_NET.get(ep.net_id) }
+        .copied()
+        .unwrap_or_default();
+    if fib.ifindex != cfg.uplink_ifindex {
+        return Err(DropReason::NetworkIsolation);
+    }
+    if net.flags & NET_INTERNAL != 0 {
+        return Err(DropReason::InternalNetwork);
+    }
+    if net.flags & NET_MASQUERADE == 0 {
+        return redirect_neigh(cfg.uplink_ifindex);
+    }
+    let Some(l4) = l4 else {
+        return Err(DropReason::Unsupported);
+    };
+    let port = snat_new_flow(&ip, &l4, &cfg, &ep)?;
+    nat::rewrite_addr(ctx, ip.proto, &l4, IP_SADDR_OFF, ip.saddr, cfg.uplink_ip)?;
+    nat::rewrite_port(ctx, ip.proto, &l4, true, l4.sport, port)?;
+    counters::add(Counter::Snat, 1);
+    redirect_neigh(cfg.uplink_ifindex)
 }
 
-/// TC ingress on the host's uplink: everything the world sends the host.
-#[classifier]
-pub fn from_world(ctx: TcContext) -> i32 {
+/// Creates both conntrack entries of a new masqueraded flow; returns the
+/// source port: the original one when it is in the NAT range and free,
+/// else the first free one probing from a hash.
+#[inline(always)]
+fn snat_new_flow(ip: &Ipv4, l4: &L4, cfg: &Config, ep: &Endpoint) -> Result<u16, DropReason> {
+    let (min, max) = (u32::from(cfg.nat_port_min), u32::from(cfg.nat_port_max));
+    if max < min {
+        return Err(DropReason::NatPortsExhausted);
+    }
+    let span = max - min + 1;
+    let orig = u32::from(l4.sport);
+    let start = if orig >= min && orig <= max {
+        orig - min
+    } else {
+        (orig ^ u32::from_be(ip.daddr) ^ (u32::from(l4.dport) << 3)) % span
+    };
+    let fwd = ct::key(ip.saddr, ip.daddr, ip.proto, l4);
+    let now = ct::now();
+    for i in 0..NAT_PROBES {
+        let port = (min + (start + i) % span) as u16;
+        let out = CtEntry {
+            last_seen: now,
+            addr: cfg.uplink_ip,
+            port,
+            kind: ct_kind::SNAT,
+            state: ct_state::NEW,
+            ifindex: 0,
+            container_ip: ip.saddr,
+        };
+        let rev = fwd.reverse(&out);
+        let back = CtEntry {
+            last_seen: now,
+            addr: ip.saddr,
+            port: l4.sport,
+            kind: ct_kind::REV_SNAT,
+            state: ct_state::NEW,
+            ifindex: ep.ifindex,
+            container_ip: ip.saddr,
+        };
+        match ct::insert(&rev, &back)? {
+            Insert::Exists => continue,
+            Insert::Ok => {}
+        }
+        if let Err(e) = ct::insert(&fwd, &out) {
+            ct::remove(&rev);
+            return Err(e);
+        }
+        counters::add(Counter::CtCreated, 2);
+        return Ok(port);
+    }
+    Err(DropReason::NatPortsExhausted)
+}
+
+fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
     counters::add(Counter::FromWorldPackets, 1);
     counters::add(Counter::FromWorldBytes, u64::from(ctx.len()));
-    tc::ACT_UNSPEC
+    let eth = parse::eth(ctx)?;
+    if eth.proto != ETH_P_IP || eth.dst_group {
+        return Ok(tc::ACT_UNSPEC);
+    }
+    // A malformed packet to the host is the host stack's business.
+    let Ok(ip) = parse::ipv4(ctx, ETH_HLEN) else {
+        return Ok(tc::ACT_UNSPEC);
+    };
+    if ip.is_fragment() {
+        return Ok(tc::ACT_UNSPEC);
+    }
+    let Ok(Some(l4)) = parse::l4(ctx, ip.proto, ETH_HLEN + ip.hdr_len) else {
+        return Ok(tc::ACT_UNSPEC);
+    };
+    let key = ct::key(ip.saddr, ip.daddr, ip.proto, &l4);
+    if let Some(e) = ct::lookup(&key, &l4)
+        && (e.kind == ct_kind::REV_SNAT || e.kind == ct_kind::DNAT)
+    {
+        let c = if e.kind == ct_kind::REV_SNAT {
+            Counter::RevSnat
+        } else {
+            Counter::Dnat
+        };
+        counters::add(c, 1);
+        return to_container(ctx, &ip, &l4, e.addr, e.port, e.ifindex);
+    }
+    if ip.proto == parse::IPPROTO_ICMP {
+        return Ok(tc::ACT_UNSPEC);
+    }
+    // A published port? Exact host address first, then the wildcard.
+    let cfg = config().ok_or(DropReason::Unsupported)?;
+    let mut target = port_lookup(ip.proto, ip.daddr, l4.dport);
+    if target.is_none() && ip.daddr == cfg.uplink_ip {
+        target = port_lookup(ip.proto, 0, l4.dport);
+    }
+    let Some(t) = target else {
+        return Ok(tc::ACT_UNSPEC);
+    };
+    if l4.dport < t.host_port_min || l4.dport > t.host_port_max {
+        return Ok(tc::ACT_UNSPEC);
+    }
+    // SAFETY: map value copied out.
+    let Some(ep) = (unsafe { NETD_EP.get(t.container_ip) }).copied() else {
+        return Ok(tc::ACT_UNSPEC);
+    };
+    let cport = t.container_port_min + (l4.dport - t.host_port_min);
+    let now = ct::now();
+    let fwd = CtEntry {
+        last_seen: now,
+        addr: t.container_ip,
+        port: cport,
+        kind: ct_kind::DNAT,
+        state: ct_state::NEW,
+        ifindex: ep.ifindex,
+        container_ip: t.container_ip,
+    };
+    let rev_key = key.reverse(&fwd);
+    let back = CtEntry {
+        last_seen: now,
+        addr: ip.daddr,
+        port: l4.dport,
+        kind: ct_kind::REV_DNAT,
+        state: ct_state::NEW,
+        ifindex: 0,
+        container_ip: t.container_ip,
+    };
+    // A stale entry of an earlier flow with the same tuple is replaced.
+    ct::remove(&rev_key);
+    ct::insert(&rev_key, &back)?;
+    if let Err(e) = ct::insert(&key, &fwd) {
+        ct::remove(&rev_key);
+        return Err(e);
+    }
+    counters::add(Counter::CtCreated, 2);
+    counters::add(Counter::Dnat, 1);
+    to_container(ctx, &ip, &l4, t.container_ip, cport, ep.ifindex)
+}
+
+#[inline(always)]
+fn port_lookup(proto: u8, addr: u32, port: u16) -> Option<netd_common::PortTarget> {
+    let key = PortLpmKey::new(
+        PORT_KEY_FULL_PREFIX,
+        PortKey {
+            proto,
+            addr: addr.to_ne_bytes(),
+            port: port.to_be_bytes(),
+            _pad: 0,
+        },
+    );
+    NETD_PORTS.get(&key).copied()
+}
+
+/// Rewrites the destination to (addr, port) and delivers into the
+/// container behind host veth `ifindex`.
+#[inline(always)]
+fn to_container(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    l4: &L4,
+    addr: u32,
+    port: u16,
+    ifindex: u32,
+) -> Result<i32, DropReason> {
+    // SAFETY: map value copied out.
+    let Some(ep) = (unsafe { NETD_EP_IF.get(EndpointKey { ifindex }) }).copied() else {
+        return Err(DropReason::Unsupported);
+    };
+    nat::rewrite_addr(ctx, ip.proto, l4, IP_DADDR_OFF, ip.daddr, addr)?;
+    nat::rewrite_port(ctx, ip.proto, l4, false, l4.dport, port)?;
+    nat::set_macs(ctx, &ep.gw_mac, &ep.mac)?;
+    counters::endpoint_tx(ifindex, ctx.len());
+    // SAFETY: helper call.
+    Ok(unsafe { bpf_redirect_peer(ifindex, 0) } as i32)
+}
+
+/// Sends a (translated) packet out of the uplink: FIB lookup for the
+/// egress, the kernel resolves the neighbour.
+#[inline(always)]
+fn to_uplink(ctx: &TcContext, ip: &Ipv4, new_saddr: u32) -> Result<i32, DropReason> {
+    let cfg = config().ok_or(DropReason::Unsupported)?;
+    let mut fib = fib_params(ip, cfg.uplink_ifindex);
+    fib.__bindgen_anon_3.ipv4_src = new_saddr;
+    // SAFETY: helper call on a properly sized, initialised struct.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb as *mut _,
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    } as u32;
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => redirect_neigh(fib.ifindex),
+        // A reply to the host itself (or a hairpin): let the stack route it.
+        BPF_FIB_LKUP_RET_NOT_FWDED => Ok(tc::ACT_UNSPEC),
+        _ => Err(DropReason::FibLookupFailed),
+    }
+}
+
+#[inline(always)]
+fn redirect_neigh(ifindex: u32) -> Result<i32, DropReason> {
+    // SAFETY: helper call; NULL params = the kernel picks the next hop.
+    Ok(unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) } as i32)
+}
+
+#[inline(always)]
+fn fib_params(ip: &Ipv4, ifindex: u32) -> FibParams {
+    // SAFETY: an all-zero bpf_fib_lookup is valid.
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = ip.proto;
+    // tot_len 0: the kernel checks the MTU GSO-aware (is_skb_forwardable).
+    p.ifindex = ifindex;
+    p.__bindgen_anon_2.tos = ip.tos;
+    p.__bindgen_anon_3.ipv4_src = ip.saddr;
+    p.__bindgen_anon_4.ipv4_dst = ip.daddr;
+    p
 }
 
 #[cfg(not(test))]

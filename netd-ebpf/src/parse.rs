@@ -6,12 +6,26 @@ use netd_common::DropReason;
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+pub const ICMP_ECHOREPLY: u8 = 0;
+pub const ICMP_ECHO: u8 = 8;
 
 const IPV4_MIN_HLEN: usize = 20;
 const TCP_MIN_HLEN: usize = 20;
-const TCP_FLAG_SYN: u8 = 0x02;
-const TCP_FLAG_ACK: u8 = 0x10;
+const UDP_HLEN: usize = 8;
+const ICMP_HLEN: usize = 8;
+pub const TCP_FLAG_FIN: u8 = 0x01;
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_RST: u8 = 0x04;
+pub const TCP_FLAG_ACK: u8 = 0x10;
+
+/// Offsets of fields netd rewrites.
+pub const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+pub const IP_SADDR_OFF: usize = ETH_HLEN + 12;
+pub const IP_DADDR_OFF: usize = ETH_HLEN + 16;
 
 /// A pointer to `len` bytes at `offset`, or `Malformed` if the packet is
 /// shorter.
@@ -38,21 +52,39 @@ fn raw32(p: *const u8, off: usize) -> u32 {
 }
 
 pub struct Eth {
+    pub src: [u8; 6],
     /// EtherType, host order.
     pub proto: u16,
+    /// Destination is a group (broadcast/multicast) address.
+    pub dst_group: bool,
 }
 
 #[inline(always)]
 pub fn eth(ctx: &TcContext) -> Result<Eth, DropReason> {
     let p = bytes_at(ctx, 0, ETH_HLEN)?;
-    Ok(Eth { proto: be16(p, 12) })
+    // SAFETY: within the checked 14 bytes.
+    unsafe {
+        Ok(Eth {
+            src: [
+                *p.add(6),
+                *p.add(7),
+                *p.add(8),
+                *p.add(9),
+                *p.add(10),
+                *p.add(11),
+            ],
+            proto: be16(p, 12),
+            dst_group: *p & 1 == 1,
+        })
+    }
 }
 
 pub struct Ipv4 {
     /// Header length in bytes (IHL * 4).
     pub hdr_len: usize,
     pub proto: u8,
-    /// Fragment offset + MF flag, host order, flags masked except MF.
+    pub tos: u8,
+    /// Fragment offset + flags, host order.
     pub frag: u16,
     /// Addresses in network order.
     pub saddr: u32,
@@ -60,6 +92,8 @@ pub struct Ipv4 {
 }
 
 impl Ipv4 {
+    /// A fragment (MF set or a non-zero offset): passed on, never
+    /// translated (only the first one carries ports).
     #[inline(always)]
     pub fn is_fragment(&self) -> bool {
         self.frag & 0x3fff != 0
@@ -84,32 +118,82 @@ pub fn ipv4(ctx: &TcContext, off: usize) -> Result<Ipv4, DropReason> {
         hdr_len,
         // SAFETY: within the checked 20 bytes.
         proto: unsafe { *p.add(9) },
+        tos: unsafe { *p.add(1) },
         frag: be16(p, 6),
         saddr: raw32(p, 12),
         daddr: raw32(p, 16),
     })
 }
 
-pub struct Tcp {
+/// The L4 part netd tracks: ports (or ICMP echo id), TCP flags, and where
+/// the L4 checksum and ports live.
+#[derive(Clone, Copy)]
+pub struct L4 {
     pub sport: u16,
     pub dport: u16,
-    pub flags: u8,
+    pub tcp_flags: u8,
+    /// Offset of the L4 header.
+    pub off: usize,
+    /// Offset of the L4 checksum.
+    pub csum_off: usize,
+    /// UDP with checksum 0 ("none").
+    pub udp_no_csum: bool,
 }
 
-impl Tcp {
+impl L4 {
     #[inline(always)]
     pub fn is_syn(&self) -> bool {
-        self.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+        self.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
     }
 }
 
+/// Parses TCP, UDP or ICMP echo at `off`; `Ok(None)` for anything else
+/// (other protocols, other ICMP types): those are not translated.
 #[inline(always)]
-pub fn tcp(ctx: &TcContext, off: usize) -> Result<Tcp, DropReason> {
-    let p = bytes_at(ctx, off, TCP_MIN_HLEN)?;
-    Ok(Tcp {
-        sport: be16(p, 0),
-        dport: be16(p, 2),
-        // SAFETY: within the checked 20 bytes.
-        flags: unsafe { *p.add(13) },
-    })
+pub fn l4(ctx: &TcContext, proto: u8, off: usize) -> Result<Option<L4>, DropReason> {
+    match proto {
+        IPPROTO_TCP => {
+            let p = bytes_at(ctx, off, TCP_MIN_HLEN)?;
+            Ok(Some(L4 {
+                sport: be16(p, 0),
+                dport: be16(p, 2),
+                // SAFETY: within the checked 20 bytes.
+                tcp_flags: unsafe { *p.add(13) },
+                off,
+                csum_off: off + 16,
+                udp_no_csum: false,
+            }))
+        }
+        IPPROTO_UDP => {
+            let p = bytes_at(ctx, off, UDP_HLEN)?;
+            Ok(Some(L4 {
+                sport: be16(p, 0),
+                dport: be16(p, 2),
+                tcp_flags: 0,
+                off,
+                csum_off: off + 6,
+                udp_no_csum: be16(p, 6) == 0,
+            }))
+        }
+        IPPROTO_ICMP => {
+            let p = bytes_at(ctx, off, ICMP_HLEN)?;
+            // SAFETY: within the checked 8 bytes.
+            let ty = unsafe { *p };
+            let id = be16(p, 4);
+            let (sport, dport) = match ty {
+                ICMP_ECHO => (id, 0),
+                ICMP_ECHOREPLY => (0, id),
+                _ => return Ok(None),
+            };
+            Ok(Some(L4 {
+                sport,
+                dport,
+                tcp_flags: 0,
+                off,
+                csum_off: off + 2,
+                udp_no_csum: false,
+            }))
+        }
+        _ => Ok(None),
+    }
 }

@@ -402,3 +402,56 @@ pub fn inspect_cmd(c: &Client, names: &[String]) -> Result<i32> {
 pub fn default_socket() -> PathBuf {
     PathBuf::from("/run/netd/netd.sock")
 }
+
+/// `netd stats [NAME] [--format json]`.
+pub fn stats(c: &Client, name: Option<&str>, format: Option<&str>) -> Result<()> {
+    let mut v = c.get("/stats")?;
+    if let Some(n) = name {
+        // Resolves (and checks) the name.
+        let info = inspect(c, n)?;
+        let n = info["Name"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string();
+        if let Some(eps) = v.get_mut("Endpoints").and_then(|e| e.as_object_mut()) {
+            eps.retain(|k, _| k.split('/').next() == Some(n.as_str()));
+        }
+    }
+    if format == Some("json") {
+        print_json(&v);
+        return Ok(());
+    }
+    println!("datapath: {}", v["Datapath"].as_str().unwrap_or("?"));
+    if let Some(eps) = v["Endpoints"].as_object() {
+        println!(
+            "{:<24}{:<16}{:>12}{:>14}{:>12}{:>14}",
+            "ENDPOINT", "NETWORK", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES"
+        );
+        for (k, s) in eps {
+            println!(
+                "{:<24}{:<16}{:>12}{:>14}{:>12}{:>14}",
+                k,
+                s["Network"].as_str().unwrap_or_default(),
+                s["rx_packets"],
+                s["rx_bytes"],
+                s["tx_packets"],
+                s["tx_bytes"]
+            );
+        }
+    }
+    if name.is_none() {
+        for (title, key) in [("counters", "Counters"), ("drops by reason", "Drops")] {
+            if let Some(m) = v[key].as_object() {
+                println!("{title}:");
+                for (k, n) in m {
+                    println!("  {k:<24}{n}");
+                }
+            }
+        }
+        if let Some(n) = v["ConntrackEntries"].as_u64() {
+            println!("conntrack entries: {n}");
+        }
+    }
+    Ok(())
+}

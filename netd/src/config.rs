@@ -23,6 +23,10 @@ pub struct File {
     pub datapath: Option<Kind>,
     pub uplink: Option<String>,
     pub default_address_pools: Option<Vec<Pool>>,
+    /// Masquerade source ports for the eBPF datapath, "MIN-MAX".
+    pub nat_port_range: Option<String>,
+    /// Conntrack table size of the eBPF datapath (entries; two per flow).
+    pub conntrack_size: Option<u32>,
 }
 
 impl File {
@@ -49,6 +53,26 @@ pub struct Config {
     pub cleanup_on_exit: bool,
     /// Name of the default network's bridge device.
     pub default_bridge: String,
+    pub nat_ports: (u16, u16),
+    pub ct_entries: u32,
+}
+
+pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {
+    let (a, b) = s
+        .split_once('-')
+        .with_context(|| format!("invalid port range {s:?}: expected MIN-MAX"))?;
+    let a: u16 = a
+        .trim()
+        .parse()
+        .with_context(|| format!("invalid port range {s:?}"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .with_context(|| format!("invalid port range {s:?}"))?;
+    if a == 0 || b < a {
+        anyhow::bail!("invalid port range {s:?}: need 1 <= MIN <= MAX");
+    }
+    Ok((a, b))
 }
 
 pub fn parse_bip(s: &str) -> Result<(std::net::Ipv4Addr, u8)> {

@@ -134,7 +134,15 @@ impl Daemon {
         let (store, state) = Store::open(&cfg.state_dir)?;
         std::fs::create_dir_all(cfg.exec_root.join("netns"))?;
         std::fs::create_dir_all(cfg.exec_root.join("containers"))?;
-        let mut dp = datapath::new(cfg.datapath)?;
+        let mut dp = datapath::new(
+            cfg.datapath,
+            datapath::ebpf::EbpfConfig {
+                bpffs: cfg.bpffs.clone(),
+                uplink: cfg.uplink.clone(),
+                nat_ports: cfg.nat_ports,
+                ct_entries: cfg.ct_entries,
+            },
+        );
         dp.init()
             .with_context(|| format!("initialising the {} datapath", dp.name()))?;
         let nl = Netlink::current()?;
@@ -1247,6 +1255,31 @@ impl Daemon {
         })
     }
 
+    /// Datapath counters, with per-endpoint figures keyed by container.
+    fn stats(&mut self) -> Result<Value> {
+        let mut v = self.dp.stats()?;
+        if let Some(eps) = v.get_mut("Endpoints").and_then(|e| e.as_object_mut()) {
+            let mut by_name = serde_json::Map::new();
+            for c in self.state.containers.values() {
+                for ep in c.endpoints.values() {
+                    let idx = std::ffi::CString::new(ep.veth.clone())
+                        // SAFETY: a valid C string.
+                        .map(|n| unsafe { libc::if_nametoindex(n.as_ptr()) })
+                        .unwrap_or(0);
+                    if let Some(s) = eps.get(&idx.to_string()) {
+                        let net = self.state.networks.get(&ep.network).map(|n| n.name.clone());
+                        let mut s = s.clone();
+                        s["Network"] = json!(net);
+                        s["Interface"] = json!(ep.veth);
+                        by_name.insert(format!("{}/{}", c.name, ep.ifname), s);
+                    }
+                }
+            }
+            *eps = by_name;
+        }
+        Ok(v)
+    }
+
     pub async fn shutdown(&mut self) {
         if !self.cfg.cleanup_on_exit {
             tracing::info!("shutting down; containers keep their networking (live restore)");
@@ -1278,6 +1311,7 @@ impl Daemon {
         let r = match (req.method.as_str(), parts.as_slice()) {
             ("GET", ["_ping"]) => Ok(json!("OK")),
             ("GET", ["info"]) => Ok(json!({ "Datapath": self.dp.name() })),
+            ("GET", ["stats"]) => self.stats(),
             ("GET", ["networks"]) => Ok(self.network_list()),
             ("POST", ["networks", "create"]) => self.network_create(parse_body(body)?).await,
             ("GET", ["networks", id]) => self.network_inspect(id),
@@ -1367,6 +1401,19 @@ pub async fn run(cfg: Config) -> Result<()> {
     let handler = Arc::new(move |req: Request| {
         let d = d2.clone();
         async move { d.lock().await.handle(req).await }
+    });
+    // Conntrack GC.
+    let gc = daemon.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            match gc.lock().await.dp.gc() {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!("conntrack gc: {n} entries expired"),
+                Err(e) => tracing::warn!("conntrack gc: {e:#}"),
+            }
+        }
     });
     let server = tokio::spawn({
         let socket = socket.clone();

@@ -80,6 +80,13 @@ enum Cmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Datapath counters: per-endpoint traffic, drops by reason, NAT and conntrack.
+    Stats {
+        /// Only this container's endpoints.
+        name: Option<String>,
+        #[arg(long)]
+        format: Option<String>,
+    },
     /// Build a throwaway topology and show netd at work.
     Demo,
     /// Traffic tools used by tests, the demo and benchmarks.
@@ -89,9 +96,15 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct DaemonArgs {
-    /// iptables (the Docker-compatible baseline) or ebpf.
+    /// ebpf (default) or iptables (the Docker-compatible baseline).
     #[arg(long)]
     datapath: Option<Kind>,
+    /// Masquerade source ports of the ebpf datapath, MIN-MAX.
+    #[arg(long)]
+    nat_port_range: Option<String>,
+    /// Conntrack table size of the ebpf datapath (two entries per flow).
+    #[arg(long)]
+    conntrack_size: Option<u32>,
     /// The host's uplink interface (default: the default route's).
     #[arg(long)]
     uplink: Option<String>,
@@ -171,8 +184,7 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
     };
     let bip = a.bip.or(file.bip).unwrap_or_else(|| "172.17.0.1/16".into());
     let cfg = Config {
-        // Until the eBPF datapath lands, iptables is the default.
-        datapath: a.datapath.or(file.datapath).unwrap_or(Kind::Iptables),
+        datapath: a.datapath.or(file.datapath).unwrap_or(Kind::Ebpf),
         uplink: a.uplink.or(file.uplink),
         state_dir: a.state_dir,
         exec_root: a.exec_root,
@@ -185,6 +197,15 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
         mtu: a.mtu.or(file.mtu).unwrap_or(1500),
         cleanup_on_exit: a.cleanup_on_exit,
         default_bridge: a.bridge_name,
+        nat_ports: config::parse_port_range(
+            &a.nat_port_range
+                .or(file.nat_port_range)
+                .unwrap_or_else(|| "61000-65535".into()),
+        )?,
+        ct_entries: a
+            .conntrack_size
+            .or(file.conntrack_size)
+            .unwrap_or(netd_common::DEFAULT_CT_ENTRIES),
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(netd::daemon::run(cfg))?;
@@ -235,6 +256,9 @@ fn run(cli: Cli) -> Result<i32> {
                 }
             }
             Ok(code)
+        }
+        Cmd::Stats { name, format } => {
+            cli::stats(&c, name.as_deref(), format.as_deref()).map(|_| 0)
         }
         Cmd::Demo => netd::demo::run().map(|_| 0),
         Cmd::Tool(Tool::HttpServe { listen, name }) => {

@@ -196,6 +196,8 @@ impl Drop for Netd {
             }
             let _ = ns.remove();
         }
+        // The daemon's bpffs (pinned maps and links) goes with its mount.
+        let _ = nix::mount::umount2(&self.dir.join("bpffs"), nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -56,6 +56,11 @@ fn main() -> Result<()> {
             build_ebpf(false)?;
             cargo(&["fmt", "--all", "--", "--check"])
                 .context("cargo fmt found unformatted code: run `cargo fmt --all`")?;
+            // netd-ebpf is its own workspace: check it with rustfmt directly.
+            run(Command::new("rustfmt")
+                .args(["--edition", "2024", "--check"])
+                .arg(workspace_root().join("netd-ebpf/src/main.rs")))
+            .context("netd-ebpf is unformatted: run `rustfmt --edition 2024 netd-ebpf/src/main.rs`")?;
             cargo(&[
                 "clippy",
                 "--workspace",

@@ -47,12 +47,34 @@ impl Programs {
     /// every program. `log_level` filters aya-log output in the kernel, so
     /// disabled levels cost one load and compare.
     pub fn load(log_level: BpfLogLevel) -> Result<Programs> {
+        Self::load_with(log_level, None, netd_common::DEFAULT_CT_ENTRIES)
+    }
+
+    /// Like [`load`](Self::load), with every map pinned under
+    /// `pin_dir` as `<NAME>_<MAP_VERSION>`: maps already pinned there are
+    /// reused (a restarted daemon adopts the running datapath's state).
+    pub fn load_with(
+        log_level: BpfLogLevel,
+        pin_dir: Option<&Path>,
+        ct_entries: u32,
+    ) -> Result<Programs> {
         raise_memlock();
         let level = log_level as u8;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global("AYA_LOG_LEVEL", &level, false)
-            .load(OBJECT)
-            .context("loading netd's eBPF object")?;
+            .map_max_entries(maps::CT, ct_entries);
+        let paths: Vec<(&str, std::path::PathBuf)> = match pin_dir {
+            Some(dir) => maps::ALL
+                .iter()
+                .map(|m| (*m, dir.join(format!("{m}_{}", netd_common::MAP_VERSION))))
+                .collect(),
+            None => vec![],
+        };
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).context("loading netd's eBPF object")?;
         for name in [FROM_CONTAINER, FROM_WORLD] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -66,6 +88,52 @@ impl Programs {
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
+    }
+
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    /// A map by name, for typed access (`HashMap::try_from(..)`).
+    pub fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing"))
+    }
+
+    /// Attaches `program` to the ingress of `iface` in the calling thread's
+    /// namespace, adopting the TCX link pinned at `pin` if there is one
+    /// (atomically replacing its program: no packet sees no program), else
+    /// attaching anew and pinning the link there.
+    pub fn attach_pinned(&mut self, program: &str, iface: &str, pin: &Path) -> Result<()> {
+        use aya::programs::{
+            links::{FdLink, PinnedLink},
+            tc::SchedClassifierLink,
+        };
+        let prog = self.classifier(program)?;
+        if let Ok(old) = PinnedLink::from_pin(pin) {
+            let link = SchedClassifierLink::try_from(FdLink::from(old))
+                .map_err(|e| anyhow!("pinned link {} is not a TCX link: {e}", pin.display()))?;
+            match prog.attach_to_link(link) {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!("could not adopt {}: {e}; attaching anew", pin.display());
+                    let _ = std::fs::remove_file(pin);
+                }
+            }
+        }
+        let id = prog
+            .attach_with_options(
+                iface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::first()),
+            )
+            .with_context(|| format!("attaching {program} to {iface} (tcx ingress)"))?;
+        let link = prog.take_link(id)?;
+        let fd: FdLink = link.try_into().map_err(|e| anyhow!("tcx link: {e}"))?;
+        fd.pin(pin)
+            .with_context(|| format!("pinning the link at {}", pin.display()))?;
+        Ok(())
     }
 
     /// Forwards the programs' aya-log records to the `log`/`tracing`

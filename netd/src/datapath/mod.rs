@@ -9,6 +9,7 @@ use anyhow::{Result, bail};
 
 use crate::state::State;
 
+pub mod ebpf;
 pub mod iptables;
 
 /// What changed since the last sync (a hint; `All` means re-check
@@ -29,6 +30,14 @@ pub trait Datapath: Send + Sync {
     fn sync(&mut self, state: &State, change: &Change) -> Result<()>;
     /// Removes everything this datapath installed (`--cleanup-on-exit`).
     fn cleanup(&mut self) -> Result<()>;
+    /// Expires idle connection-tracking entries; returns how many went.
+    fn gc(&mut self) -> Result<usize> {
+        Ok(0)
+    }
+    /// Counters for `netd stats` (JSON).
+    fn stats(&mut self) -> Result<serde_json::Value> {
+        Ok(serde_json::json!({ "Datapath": self.name() }))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -58,12 +67,9 @@ impl std::fmt::Display for Kind {
     }
 }
 
-pub fn new(kind: Kind) -> Result<Box<dyn Datapath>> {
+pub fn new(kind: Kind, ebpf: ebpf::EbpfConfig) -> Box<dyn Datapath> {
     match kind {
-        Kind::Iptables => Ok(Box::new(iptables::Iptables::default())),
-        Kind::Ebpf => bail!(
-            "the ebpf datapath is not implemented yet (see the eBPF datapath issue); \
-             run `netd daemon --datapath iptables`"
-        ),
+        Kind::Iptables => Box::new(iptables::Iptables::default()),
+        Kind::Ebpf => Box::new(ebpf::Ebpf::new(ebpf)),
     }
 }
