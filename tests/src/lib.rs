@@ -3,5 +3,6 @@
 //! packet crafting for BPF_PROG_TEST_RUN tests.
 pub use netd::testbed::*;
 
+pub mod bpfmaps;
 pub mod daemon;
 pub mod packet;

@@ -104,6 +104,67 @@ impl Frame {
     }
 }
 
+impl Frame {
+    /// An ICMP echo request (or reply) with `id`.
+    pub fn icmp_echo(&self, id: u16, reply: bool) -> Vec<u8> {
+        let mut m = vec![0u8; 8];
+        m[0] = if reply { 0 } else { 8 };
+        m[4..6].copy_from_slice(&id.to_be_bytes());
+        m[6..8].copy_from_slice(&1u16.to_be_bytes());
+        m.extend_from_slice(b"netd-ping");
+        let c = ip_checksum(&m);
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+        self.ipv4(1, &m)
+    }
+}
+
+/// The fields tests assert on, read from a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Fields {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// Ports, or for ICMP (id, 0).
+    pub sport: u16,
+    pub dport: u16,
+}
+
+pub fn fields(f: &[u8]) -> Fields {
+    let ip = &f[ETH_HLEN..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let l4 = &ip[ihl..];
+    let (sport, dport) = if ip[9] == 1 {
+        (u16::from_be_bytes([l4[4], l4[5]]), 0)
+    } else {
+        (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        )
+    };
+    Fields {
+        dst_mac: f[0..6].try_into().unwrap(),
+        src_mac: f[6..12].try_into().unwrap(),
+        src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        sport,
+        dport,
+    }
+}
+
+/// True if every checksum of `frame` verifies: IPv4 header, and TCP/UDP
+/// (pseudo-header included) or ICMP.
+pub fn checksums_ok(frame: &[u8]) -> bool {
+    let ip = &frame[ETH_HLEN..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    ipv4_checksum_ok(frame)
+        && match ip[9] {
+            1 => fold(sum16(&ip[ihl..total])) == 0xffff,
+            _ => l4_checksum_ok(frame),
+        }
+}
+
 /// True if the IPv4 header checksum of `frame` verifies.
 pub fn ipv4_checksum_ok(frame: &[u8]) -> bool {
     let ihl = usize::from(frame[ETH_HLEN] & 0x0f) * 4;

@@ -6,18 +6,35 @@ use std::{net::Ipv4Addr, path::PathBuf};
 use netd::bpf::{self, BpfLogLevel, Programs};
 use netd_common::tc;
 use netd_tests::{
-    Testbed,
+    Testbed, bpfmaps,
     packet::{self, Frame, TCP_SYN},
     require_root,
 };
 
+/// Loads the programs with endpoint A (the default frame's source) on
+/// BPF_PROG_TEST_RUN's ingress device (lo, ifindex 1) and B beside it.
 fn load() -> Programs {
-    Programs::load(BpfLogLevel::Warn).expect("programs load and pass the verifier")
+    let mut p = Programs::load(BpfLogLevel::Warn).expect("programs load and pass the verifier");
+    let f = Frame::default();
+    bpfmaps::add_network(&mut p, 1, netd_common::NET_ICC);
+    for (ifindex, ip, mac) in [(1, f.src, f.src_mac), (77, f.dst, f.dst_mac)] {
+        bpfmaps::add_endpoint(
+            &mut p,
+            netd_common::Endpoint {
+                ifindex,
+                net_id: 1,
+                ip: bpfmaps::be(ip),
+                mac,
+                gw_mac: [2, 0, 0, 0, 0, 1],
+            },
+        );
+    }
+    p
 }
 
 #[test]
-fn test_run_counts_a_tcp_syn_and_passes_it_on() {
-    if !require_root("test_run_counts_a_tcp_syn_and_passes_it_on") {
+fn test_run_counts_a_tcp_syn_and_redirects_it() {
+    if !require_root("test_run_counts_a_tcp_syn_and_redirects_it") {
         return;
     }
     let mut p = load();
@@ -26,8 +43,8 @@ fn test_run_counts_a_tcp_syn_and_passes_it_on() {
     let (verdict, out) = p.test_run(bpf::FROM_CONTAINER, &frame).unwrap();
     assert_eq!(
         verdict,
-        tc::ACT_UNSPEC,
-        "not ours: handed to the next program/the stack"
+        tc::ACT_REDIRECT,
+        "same network: straight to the peer"
     );
     assert_eq!(out, frame, "the frame is not modified");
     let c = p.counters().unwrap();
@@ -89,7 +106,27 @@ fn tcx_attached_program_counts_real_traffic_between_namespaces() {
         )
         .unwrap();
 
-    let mut p = load();
+    // c1 and c2 as netd endpoints: c1's traffic to c2 goes by
+    // bpf_redirect_peer, past the bridge.
+    let mut p = Programs::load(BpfLogLevel::Warn).unwrap();
+    bpfmaps::add_network(&mut p, 1, netd_common::NET_ICC);
+    for (veth, last) in [("veth-c1", 2u8), ("veth-c2", 3)] {
+        let ip = Ipv4Addr::new(10, 200, 0, last);
+        let ifindex = tb
+            .host
+            .run(|| Ok(netd::datapath::ebpf::ifindex(veth)))
+            .unwrap();
+        bpfmaps::add_endpoint(
+            &mut p,
+            netd_common::Endpoint {
+                ifindex,
+                net_id: 1,
+                ip: bpfmaps::be(ip),
+                mac: netd::link::mac_for_ip(ip),
+                gw_mac: [2, 0, 0, 0, 0, 1],
+            },
+        );
+    }
     let link = p
         .attach_ingress(bpf::FROM_CONTAINER, &tb.host, "veth-c1")
         .unwrap();
@@ -104,6 +141,10 @@ fn tcx_attached_program_counts_real_traffic_between_namespaces() {
     let c = p.counters().unwrap();
     assert!(c["from_container.packets"] >= 3, "{c:?}");
     assert!(c["from_container.ipv4"] >= 3, "{c:?}");
+    assert!(
+        c["forwarded"] >= 3,
+        "echo requests went by redirect_peer: {c:?}"
+    );
 
     p.detach(bpf::FROM_CONTAINER, link).unwrap();
     let before = p.counters().unwrap()["from_container.packets"];

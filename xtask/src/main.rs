@@ -60,7 +60,9 @@ fn main() -> Result<()> {
             run(Command::new("rustfmt")
                 .args(["--edition", "2024", "--check"])
                 .arg(workspace_root().join("netd-ebpf/src/main.rs")))
-            .context("netd-ebpf is unformatted: run `rustfmt --edition 2024 netd-ebpf/src/main.rs`")?;
+            .context(
+                "netd-ebpf is unformatted: run `rustfmt --edition 2024 netd-ebpf/src/main.rs`",
+            )?;
             cargo(&[
                 "clippy",
                 "--workspace",

@@ -234,7 +234,7 @@ impl Programs {
                 data_out: Some(&mut out),
                 ..TestRunOptions::new()
             })
-            .map_err(|e| anyhow!("BPF_PROG_TEST_RUN on {program}: {e}"))?;
+            .map_err(|e| anyhow!("BPF_PROG_TEST_RUN on {program}: {e:?}"))?;
         out.truncate(res.data_size_out as usize);
         Ok((res.return_value as i32, out))
     }

@@ -90,7 +90,8 @@ pub fn net_id(id: &str) -> u32 {
     u32::from_str_radix(&id[..8.min(id.len())], 16).unwrap_or(0)
 }
 
-fn ifindex(name: &str) -> u32 {
+/// if_nametoindex in the calling thread's namespace (0: no such link).
+pub fn ifindex(name: &str) -> u32 {
     let Ok(c) = CString::new(name) else { return 0 };
     // SAFETY: a valid C string.
     unsafe { libc::if_nametoindex(c.as_ptr()) }
