@@ -1,7 +1,8 @@
 //! `netd demo`: the README walkthrough, for real, in throwaway namespaces.
-//! A "host" namespace runs the daemon (its uplink eth0 198.18.0.2), an
-//! "outside" namespace plays the world (198.18.0.1). Then netd's eBPF
-//! programs are attached and their kernel counters printed.
+//! A "host" namespace runs the daemon with the eBPF datapath (its uplink
+//! eth0 198.18.0.2), an "outside" namespace plays the world (198.18.0.1).
+//! Then it shows the programs at work: TCX links, no iptables rule, and
+//! `netd stats`.
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -10,10 +11,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{
-    bpf::{self, BpfLogLevel, Programs},
-    testbed::{self, HOST_IP, OUTSIDE_IP, Testbed, UPLINK},
-};
+use crate::testbed::{self, HOST_IP, OUTSIDE_IP, Testbed, UPLINK};
 
 struct Demo {
     me: PathBuf,
@@ -77,6 +75,7 @@ impl Drop for Demo {
             unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
             let _ = d.wait();
         }
+        let _ = nix::mount::umount2(&self.dir.join("bpffs"), nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -106,11 +105,13 @@ pub fn run() -> Result<()> {
         .arg("daemon")
         .arg("--netns")
         .arg(tb.host.path())
-        .args(["--datapath", "iptables", "--cleanup-on-exit"])
+        .args(["--datapath", "ebpf", "--cleanup-on-exit"])
         .arg("--state-dir")
         .arg(dir.join("state"))
         .arg("--exec-root")
         .arg(dir.join("run"))
+        .arg("--bpffs")
+        .arg(dir.join("bpffs"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -126,7 +127,7 @@ pub fn run() -> Result<()> {
         bail!("the daemon did not start");
     }
     d.walkthrough()?;
-    d.ebpf_preview()?;
+    d.datapath_view()?;
     // Containers of the demo go with the daemon (--cleanup-on-exit) and
     // the namespaces with the testbed.
     drop(d);
@@ -292,21 +293,10 @@ impl Demo {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// netd's own eBPF programs on the demo's interfaces (the eBPF datapath
-    /// is built on them): attach with TCX, count real traffic, detach.
-    fn ebpf_preview(&mut self) -> Result<()> {
-        section("eBPF: from_container/from_world attached with TCX, counting in the kernel");
-        let rt = tokio::runtime::Runtime::new()?;
-        let _rt = rt.enter();
-        let mut progs = Programs::load(BpfLogLevel::Debug)?;
-        progs.spawn_logger()?;
-        let v: serde_json::Value = serde_json::from_str(&self.netd_quiet(&["inspect", "web"])?)?;
-        let veth = v[0]["NetworkSettings"]["Networks"]["bridge"]["HostInterfaceName"]
-            .as_str()
-            .context("web's host veth")?
-            .to_string();
-        let l1 = progs.attach_ingress(bpf::FROM_CONTAINER, &self.tb.host, &veth)?;
-        let l2 = progs.attach_ingress(bpf::FROM_WORLD, &self.tb.host, UPLINK)?;
+    /// What the eBPF datapath did: its programs attached with TCX, no
+    /// iptables rule, and the counters it kept in the kernel.
+    fn datapath_view(&mut self) -> Result<()> {
+        section("the eBPF datapath: programs attached with TCX, no iptables");
         println!("host$ bpftool prog show  (netd's programs)");
         for l in self
             .tb
@@ -316,25 +306,20 @@ impl Demo {
         {
             println!("{l}");
         }
-        println!("host$ bpftool link show  (type 11 = tcx)");
+        println!(
+            "host$ bpftool link show  (type 11 = tcx: one per container veth, one on the uplink)"
+        );
         print!(
             "{}",
             self.tb.ok(&self.tb.host, &["bpftool", "link", "show"])?
         );
-        self.egress_curl()?;
-        let _ = self.tb.ok(
-            &self.tb.outside,
-            &["curl", "-s", "-m", "3", &format!("http://{HOST_IP}:8080/")],
-        )?;
-        std::thread::sleep(Duration::from_millis(200));
-        println!("counters read from the kernel (per-CPU maps, summed):");
-        for (name, v) in progs.counters()? {
-            println!("  {name:<24} {v}");
-        }
-        let drops: u64 = progs.drops()?.values().sum();
-        println!("  {:<24} {drops}", "drops (all reasons)");
-        progs.detach(bpf::FROM_CONTAINER, l1)?;
-        progs.detach(bpf::FROM_WORLD, l2)?;
+        let rules = self.tb.ok(&self.tb.host, &["iptables-save"])?;
+        println!(
+            "host$ iptables-save | grep -c -- '-A'  -> {}",
+            rules.lines().filter(|l| l.starts_with("-A")).count()
+        );
+        section("netd stats");
+        self.netd(&["stats"])?;
         Ok(())
     }
 }
