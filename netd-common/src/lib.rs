@@ -141,10 +141,12 @@ pub enum Counter {
     RevDnat = 10,
     /// Conntrack entries created.
     CtCreated = 11,
+    /// ICMP errors about translated flows, translated back.
+    IcmpErrors = 12,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::FromContainerPackets,
         Counter::FromContainerBytes,
@@ -158,6 +160,7 @@ impl Counter {
         Counter::Dnat,
         Counter::RevDnat,
         Counter::CtCreated,
+        Counter::IcmpErrors,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -174,6 +177,7 @@ impl Counter {
             Counter::Dnat => "dnat",
             Counter::RevDnat => "rev_dnat",
             Counter::CtCreated => "ct.created",
+            Counter::IcmpErrors => "icmp_errors",
         }
     }
 }

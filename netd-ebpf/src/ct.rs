@@ -68,3 +68,10 @@ pub fn now() -> u64 {
     // SAFETY: no preconditions.
     unsafe { bpf_ktime_get_ns() }
 }
+
+/// The entry for `key`, untouched.
+#[inline(always)]
+pub fn peek(key: &CtKey) -> Option<CtEntry> {
+    // SAFETY: copied out of a valid map value.
+    unsafe { NETD_CT.get(key) }.copied()
+}

@@ -17,6 +17,7 @@
 
 mod counters;
 mod ct;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
@@ -96,6 +97,15 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     if eth.dst_group || ip.is_fragment() {
         return Ok(tc::ACT_UNSPEC);
+    }
+    // An ICMP error about a flow netd translated on its way in.
+    if let Some(inner) = icmp::parse(ctx, &ip)?
+        && let Some(e) = icmp::flow(&inner.reply_key())
+        && icmp::from_container_kind(e.kind)
+    {
+        inner.untranslate_to_world(ctx, &ip, &e)?;
+        counters::add(Counter::IcmpErrors, 1);
+        return to_uplink(ctx, &ip, e.addr);
     }
     let l4 = parse::l4(ctx, ip.proto, ETH_HLEN + ip.hdr_len)?;
     if let Some(l4) = &l4 {
@@ -256,6 +266,16 @@ fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
     if ip.is_fragment() {
         return Ok(tc::ACT_UNSPEC);
     }
+    // An ICMP error about a flow netd translated on its way out
+    // (fragmentation needed: path-MTU discovery through the NAT).
+    if let Ok(Some(inner)) = icmp::parse(ctx, &ip)
+        && let Some(e) = icmp::flow(&inner.reply_key())
+        && icmp::from_world_kind(e.kind)
+    {
+        inner.untranslate_to_container(ctx, &ip, &e)?;
+        counters::add(Counter::IcmpErrors, 1);
+        return deliver(ctx, e.ifindex);
+    }
     let Ok(Some(l4)) = parse::l4(ctx, ip.proto, ETH_HLEN + ip.hdr_len) else {
         return Ok(tc::ACT_UNSPEC);
     };
@@ -348,12 +368,19 @@ fn to_container(
     port: u16,
     ifindex: u32,
 ) -> Result<i32, DropReason> {
+    nat::rewrite_addr(ctx, ip.proto, l4, IP_DADDR_OFF, ip.daddr, addr)?;
+    nat::rewrite_port(ctx, ip.proto, l4, false, l4.dport, port)?;
+    deliver(ctx, ifindex)
+}
+
+/// Delivers an already translated packet into the container behind host
+/// veth `ifindex`.
+#[inline(always)]
+fn deliver(ctx: &TcContext, ifindex: u32) -> Result<i32, DropReason> {
     // SAFETY: map value copied out.
     let Some(ep) = (unsafe { NETD_EP_IF.get(EndpointKey { ifindex }) }).copied() else {
         return Err(DropReason::Unsupported);
     };
-    nat::rewrite_addr(ctx, ip.proto, l4, IP_DADDR_OFF, ip.daddr, addr)?;
-    nat::rewrite_port(ctx, ip.proto, l4, false, l4.dport, port)?;
     nat::set_macs(ctx, &ep.gw_mac, &ep.mac)?;
     counters::endpoint_tx(ifindex, ctx.len());
     // SAFETY: helper call.

@@ -49,16 +49,25 @@ pub fn udp_echo(listen: SocketAddr, name: &str) -> Result<()> {
     }
 }
 
-/// Sends one datagram and prints the reply (exit 1 on timeout).
+/// Sends one datagram on a connected socket and prints the reply; fails
+/// on timeout, and says "connection refused" when an ICMP port
+/// unreachable comes back.
 pub fn udp_send(to: SocketAddr, msg: &str, timeout_ms: u64) -> Result<()> {
     let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.connect(to)?;
     s.set_read_timeout(Some(std::time::Duration::from_millis(timeout_ms)))?;
     let mut buf = [0u8; 65536];
     for _ in 0..3 {
-        s.send_to(msg.as_bytes(), to)?;
-        if let Ok((n, _)) = s.recv_from(&mut buf) {
-            println!("{}", String::from_utf8_lossy(&buf[..n]));
-            return Ok(());
+        s.send(msg.as_bytes())?;
+        match s.recv(&mut buf) {
+            Ok(n) => {
+                println!("{}", String::from_utf8_lossy(&buf[..n]));
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                anyhow::bail!("{to}: connection refused (ICMP port unreachable)")
+            }
+            Err(_) => {}
         }
     }
     anyhow::bail!("no UDP reply from {to}")

@@ -118,6 +118,42 @@ impl Frame {
     }
 }
 
+impl Frame {
+    /// An ICMP error (type, code) quoting the IP header and first 8 L4
+    /// bytes of `about` (a whole frame).
+    pub fn icmp_error(&self, ty: u8, code: u8, next_mtu: u16, about: &[u8]) -> Vec<u8> {
+        let ip = &about[ETH_HLEN..];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        let mut m = vec![0u8; 8];
+        m[0] = ty;
+        m[1] = code;
+        m[6..8].copy_from_slice(&next_mtu.to_be_bytes());
+        m.extend_from_slice(&ip[..ihl + 8]);
+        let c = ip_checksum(&m);
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+        self.ipv4(1, &m)
+    }
+}
+
+/// The quoted header of an ICMP error: (src, dst, sport, dport), and
+/// whether its IPv4 checksum verifies.
+pub fn icmp_inner(f: &[u8]) -> ((Ipv4Addr, Ipv4Addr, u16, u16), bool) {
+    let ip = &f[ETH_HLEN..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let inner = &ip[ihl + 8..];
+    let iihl = usize::from(inner[0] & 0x0f) * 4;
+    let l4 = &inner[iihl..];
+    (
+        (
+            Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]),
+            Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]),
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        ),
+        fold(sum16(&inner[..iihl])) == 0xffff,
+    )
+}
+
 /// The fields tests assert on, read from a frame.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Fields {

@@ -394,3 +394,70 @@ fn fragments_and_other_protocols_pass_untranslated() {
     assert_eq!(w.run(bpf::FROM_CONTAINER, &gre).0, tc::ACT_SHOT);
     assert_eq!(w.drops("unsupported"), 1);
 }
+
+#[test]
+fn icmp_errors_about_translated_flows_are_translated_back() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    // A masqueraded UDP flow out...
+    let (_, out) = w.run(
+        bpf::FROM_CONTAINER,
+        &a_to(OUTSIDE_IP).udp(5000, 53, b"query"),
+    );
+    let nat_port = packet::fields(&out).sport;
+    // ...and the world says "fragmentation needed" about it.
+    let err = world_to_host().icmp_error(3, 4, 1400, &out);
+    let (v, back) = w.run(bpf::FROM_WORLD, &err);
+    assert_eq!(v, tc::ACT_REDIRECT, "into the container");
+    let f = packet::fields(&back);
+    assert_eq!(
+        (f.src, f.dst),
+        (OUTSIDE_IP, A_IP),
+        "outer destination restored"
+    );
+    let (inner, inner_ok) = packet::icmp_inner(&back);
+    assert_eq!(
+        inner,
+        (A_IP, OUTSIDE_IP, 5000, 53),
+        "quoted packet restored (was {HOST_IP}:{nat_port})"
+    );
+    assert!(inner_ok, "inner IPv4 checksum verifies");
+    assert!(
+        packet::checksums_ok(&back),
+        "outer IPv4 and ICMP checksums verify"
+    );
+    assert_eq!(
+        back[packet::ETH_HLEN + 20 + 6..packet::ETH_HLEN + 20 + 8],
+        1400u16.to_be_bytes(),
+        "next-hop MTU kept"
+    );
+
+    // A published UDP port; the container answers "port unreachable".
+    bpfmaps::add_ports(&mut w.p, 17, Ipv4Addr::UNSPECIFIED, 5353, 5353, A_IP, 53);
+    let (_, dnated) = w.run(bpf::FROM_WORLD, &world_to_host().udp(5555, 5353, b"q"));
+    assert_eq!(packet::fields(&dnated).dst, A_IP);
+    let unreach = Frame {
+        src_mac: A_MAC,
+        dst_mac: GW_MAC,
+        src: A_IP,
+        dst: OUTSIDE_IP,
+        ttl: 64,
+    }
+    .icmp_error(3, 3, 0, &dnated);
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &unreach);
+    assert_eq!(v, tc::ACT_REDIRECT, "out of the uplink");
+    let f = packet::fields(&out);
+    assert_eq!(
+        (f.src, f.dst),
+        (HOST_IP, OUTSIDE_IP),
+        "outer source is the host's"
+    );
+    let (inner, inner_ok) = packet::icmp_inner(&out);
+    assert_eq!(
+        inner,
+        (OUTSIDE_IP, HOST_IP, 5555, 5353),
+        "quoted packet as the client sent it"
+    );
+    assert!(inner_ok && packet::checksums_ok(&out));
+    assert_eq!(w.counter("icmp_errors"), 2);
+}

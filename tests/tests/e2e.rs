@@ -179,6 +179,8 @@ fn published_ports_and_egress(dp: &str) {
         "-p",
         "5353:53/udp",
         "-p",
+        "5354:54/udp",
+        "-p",
         "9000-9001:7000-7001",
         "--",
         "sleep",
@@ -234,6 +236,14 @@ fn published_ports_and_egress(dp: &str) {
         )
         .unwrap();
     assert!(udp.starts_with("web:ping"), "{udp}");
+    // A published UDP port with nothing listening: the container's port
+    // unreachable travels back, translated, and the client hears "refused".
+    let refused = n
+        .tb
+        .exec(&n.tb.outside, &[&me(), "tool", "udp-send", &format!("{HOST_IP}:5354"), "x", "--timeout-ms", "1000"])
+        .unwrap();
+    let msg = String::from_utf8_lossy(&refused.stderr);
+    assert!(msg.contains("connection refused"), "ICMP error through the NAT: {msg}");
     let port = n.ok(&["port", "web"]);
     assert!(port.contains("80/tcp -> 0.0.0.0:8080"), "{port}");
     assert!(port.contains("53/udp -> 0.0.0.0:5353"), "{port}");
