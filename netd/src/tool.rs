@@ -72,3 +72,49 @@ pub fn udp_send(to: SocketAddr, msg: &str, timeout_ms: u64) -> Result<()> {
     }
     anyhow::bail!("no UDP reply from {to}")
 }
+
+/// TCP request/response server: answers every 1-byte request with 1 byte,
+/// on one connection per client, until the client closes.
+pub fn rr_server(listen: SocketAddr) -> Result<()> {
+    let l = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    for conn in l.incoming() {
+        let Ok(mut s) = conn else { continue };
+        let _ = s.set_nodelay(true);
+        std::thread::spawn(move || {
+            let mut b = [0u8; 1];
+            while s.read_exact(&mut b).is_ok() {
+                if s.write_all(&b).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// TCP_RR: one connection, 1-byte request, 1-byte response, back to back
+/// for `secs`; prints transactions/s and latency p50/p99 (microseconds).
+pub fn rr_client(to: SocketAddr, secs: f64) -> Result<()> {
+    let mut s = std::net::TcpStream::connect(to).with_context(|| format!("connecting {to}"))?;
+    s.set_nodelay(true)?;
+    let mut lat = Vec::with_capacity(1 << 20);
+    let start = std::time::Instant::now();
+    let mut b = [0u8; 1];
+    while start.elapsed().as_secs_f64() < secs {
+        let t = std::time::Instant::now();
+        s.write_all(b"x")?;
+        s.read_exact(&mut b)?;
+        lat.push(t.elapsed().as_nanos() as u64);
+    }
+    let total = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+    println!(
+        "{{\"transactions_per_sec\": {:.0}, \"p50_us\": {:.1}, \"p99_us\": {:.1}, \"transactions\": {}}}",
+        lat.len() as f64 / total,
+        pct(0.50),
+        pct(0.99),
+        lat.len()
+    );
+    Ok(())
+}

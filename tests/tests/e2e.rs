@@ -238,12 +238,25 @@ fn published_ports_and_egress(dp: &str) {
     assert!(udp.starts_with("web:ping"), "{udp}");
     // A published UDP port with nothing listening: the container's port
     // unreachable travels back, translated, and the client hears "refused".
-    let refused = n
-        .tb
-        .exec(&n.tb.outside, &[&me(), "tool", "udp-send", &format!("{HOST_IP}:5354"), "x", "--timeout-ms", "1000"])
+    let refused =
+        n.tb.exec(
+            &n.tb.outside,
+            &[
+                &me(),
+                "tool",
+                "udp-send",
+                &format!("{HOST_IP}:5354"),
+                "x",
+                "--timeout-ms",
+                "1000",
+            ],
+        )
         .unwrap();
     let msg = String::from_utf8_lossy(&refused.stderr);
-    assert!(msg.contains("connection refused"), "ICMP error through the NAT: {msg}");
+    assert!(
+        msg.contains("connection refused"),
+        "ICMP error through the NAT: {msg}"
+    );
     let port = n.ok(&["port", "web"]);
     assert!(port.contains("80/tcp -> 0.0.0.0:8080"), "{port}");
     assert!(port.contains("53/udp -> 0.0.0.0:5353"), "{port}");
