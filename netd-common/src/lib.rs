@@ -10,7 +10,7 @@
 /// Suffix of every map name. Bump it whenever the layout of any map key or
 /// value changes: a new netd then creates fresh maps next to (and removes)
 /// the pinned ones of the old layout instead of misreading them.
-pub const MAP_VERSION: &str = "v1";
+pub const MAP_VERSION: &str = "v2";
 
 /// Map names (without the version suffix; userspace pins them as
 /// `<name>_<MAP_VERSION>`).
@@ -31,8 +31,13 @@ pub mod maps {
     pub const EP_STATS: &str = "NETD_EP_STATS";
     /// Array of one [`Config`](super::Config).
     pub const CONFIG: &str = "NETD_CFG";
+    /// u32 (IPv4, network order) -> u32: the host's own addresses.
+    pub const LOCAL_ADDRS: &str = "NETD_LOCAL";
+    /// LRU [`SockKey`](super::SockKey) -> [`SockOrig`](super::SockOrig):
+    /// what a host socket asked for before the cgroup programs rewrote it.
+    pub const SOCKETS: &str = "NETD_SOCK";
     /// Every map netd pins, for cleanup.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 11] = [
         COUNTERS,
         DROPS,
         ENDPOINTS,
@@ -42,6 +47,8 @@ pub mod maps {
         CT,
         EP_STATS,
         CONFIG,
+        LOCAL_ADDRS,
+        SOCKETS,
     ];
 }
 
@@ -50,6 +57,8 @@ pub const MAX_ENDPOINTS: u32 = 16384;
 pub const MAX_NETWORKS: u32 = 1024;
 pub const MAX_PORT_PREFIXES: u32 = 65536;
 pub const DEFAULT_CT_ENTRIES: u32 = 65536;
+pub const MAX_LOCAL_ADDRS: u32 = 256;
+pub const MAX_SOCKETS: u32 = 65536;
 
 /// Why a program dropped a packet. Values are indexes into the per-CPU
 /// `NETD_DROPS` array and are part of the on-disk (pinned) ABI: never
@@ -143,10 +152,14 @@ pub enum Counter {
     CtCreated = 11,
     /// ICMP errors about translated flows, translated back.
     IcmpErrors = 12,
+    /// Hairpin packets (container -> a host address's published port).
+    Hairpin = 13,
+    /// Host sockets redirected to a published port's container.
+    HostSockets = 14,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 15;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::FromContainerPackets,
         Counter::FromContainerBytes,
@@ -161,6 +174,8 @@ impl Counter {
         Counter::RevDnat,
         Counter::CtCreated,
         Counter::IcmpErrors,
+        Counter::Hairpin,
+        Counter::HostSockets,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -178,6 +193,8 @@ impl Counter {
             Counter::RevDnat => "rev_dnat",
             Counter::CtCreated => "ct.created",
             Counter::IcmpErrors => "icmp_errors",
+            Counter::Hairpin => "hairpin",
+            Counter::HostSockets => "host_sockets",
         }
     }
 }
@@ -250,8 +267,11 @@ pub struct Config {
     pub nat_port_min: u16,
     pub nat_port_max: u16,
     pub _pad: u32,
+    /// The host namespace's cookie: the cgroup socket programs only
+    /// rewrite sockets of this namespace.
+    pub netns_cookie: u64,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 24);
 
 /// Data of a NETD_PORTS LPM key: protocol, host address, host port, in
 /// that order (network byte order), matched by prefix: 8 + 32 bits are
@@ -314,6 +334,12 @@ pub mod ct_kind {
     pub const DNAT: u8 = 3;
     /// Container reply of a published-port flow: rewrite the source, out the uplink.
     pub const REV_DNAT: u8 = 4;
+    /// Container -> a host address's published port (hairpin): rewrite
+    /// the source to (addr2, port2) and the destination to (addr, port),
+    /// deliver to `ifindex`.
+    pub const HAIRPIN: u8 = 5;
+    /// The target's reply of a hairpin flow: same rewrite, back.
+    pub const REV_HAIRPIN: u8 = 6;
 }
 
 /// Conntrack states, for timeouts.
@@ -344,14 +370,27 @@ pub struct CtEntry {
     /// The container's address (network order): lets the control plane
     /// remove a container's or a port's entries.
     pub container_ip: u32,
+    /// Hairpin kinds: the source to write (network order / host order).
+    pub addr2: u32,
+    pub port2: u16,
+    pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 24);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);
 
 impl CtKey {
     /// The key under which the other direction of a flow is stored, given
     /// this key and its entry's rewrite (addr, port).
     pub const fn reverse(&self, e: &CtEntry) -> CtKey {
         match e.kind {
+            // Both rewritten: the reply comes from (addr, port) to (addr2, port2).
+            ct_kind::HAIRPIN | ct_kind::REV_HAIRPIN => CtKey {
+                saddr: e.addr,
+                daddr: e.addr2,
+                sport: e.port,
+                dport: e.port2,
+                proto: self.proto,
+                _pad: [0; 3],
+            },
             // Source rewritten: the reply comes from daddr to (addr, port).
             ct_kind::SNAT | ct_kind::REV_DNAT => CtKey {
                 saddr: self.daddr,
@@ -373,6 +412,33 @@ impl CtKey {
         }
     }
 }
+
+/// Key of NETD_SOCK: a socket (its cookie) and the container address and
+/// port it was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SockKey {
+    pub cookie: u64,
+    /// Network order.
+    pub ip: u32,
+    /// Host order.
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockKey>() == 16);
+
+/// What the socket asked for: family 4 (ip4) or 6 (ip6), and the port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SockOrig {
+    pub ip6: [u32; 4],
+    pub ip4: u32,
+    pub port: u16,
+    pub family: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockOrig>() == 24);
 
 /// TC verdicts (the classic `TC_ACT_*` values; TCX maps them onto
 /// `TCX_NEXT`/`TCX_PASS`/`TCX_DROP`/`TCX_REDIRECT`).
@@ -398,4 +464,6 @@ mod user {
     unsafe impl aya::Pod for PortTarget {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for SockKey {}
+    unsafe impl aya::Pod for SockOrig {}
 }

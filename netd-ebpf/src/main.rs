@@ -21,6 +21,7 @@ mod icmp;
 mod maps;
 mod nat;
 mod parse;
+mod sock;
 
 use aya_ebpf::{
     bindings::{
@@ -38,7 +39,7 @@ use netd_common::{
 
 use crate::{
     ct::Insert,
-    maps::{NETD_CFG, NETD_EP, NETD_EP_IF, NETD_NET, NETD_PORTS, PortLpmKey},
+    maps::{NETD_CFG, NETD_EP, NETD_EP_IF, NETD_LOCAL, NETD_NET, NETD_PORTS, PortLpmKey},
     parse::{ETH_HLEN, ETH_P_IP, IP_DADDR_OFF, IP_SADDR_OFF, Ipv4, L4},
 };
 
@@ -69,7 +70,7 @@ fn ingress_ifindex(ctx: &TcContext) -> u32 {
 }
 
 #[inline(always)]
-fn config() -> Option<Config> {
+pub(crate) fn config() -> Option<Config> {
     NETD_CFG.get(0).copied()
 }
 
@@ -125,6 +126,9 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         // A flow netd translates already: masquerade or a published-port reply.
         let key = ct::key(ip.saddr, ip.daddr, ip.proto, l4);
         if let Some(e) = ct::lookup(&key, l4) {
+            if e.kind == ct_kind::HAIRPIN || e.kind == ct_kind::REV_HAIRPIN {
+                return hairpin_rewrite(ctx, &ip, l4, &e);
+            }
             if e.kind == ct_kind::SNAT || e.kind == ct_kind::REV_DNAT {
                 nat::rewrite_addr(ctx, ip.proto, l4, IP_SADDR_OFF, ip.saddr, e.addr)?;
                 nat::rewrite_port(ctx, ip.proto, l4, true, l4.sport, e.port)?;
@@ -137,6 +141,16 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
                 return to_uplink(ctx, &ip, e.addr);
             }
         }
+    }
+
+    // A host address's published port (hairpin): translated both ways
+    // and delivered straight into the target container.
+    if let Some(l4) = &l4
+        && ip.proto != parse::IPPROTO_ICMP
+        && is_local(ip.daddr)
+        && let Some(t) = published(ip.proto, ip.daddr, l4.dport)
+    {
+        return hairpin_new_flow(ctx, &ip, l4, &t, ifindex);
     }
 
     // Another container?
@@ -227,6 +241,7 @@ fn snat_new_flow(ip: &Ipv4, l4: &L4, cfg: &Config, ep: &Endpoint) -> Result<u16,
             state: ct_state::NEW,
             ifindex: 0,
             container_ip: ip.saddr,
+            ..CtEntry::default()
         };
         let rev = fwd.reverse(&out);
         let back = CtEntry {
@@ -237,6 +252,7 @@ fn snat_new_flow(ip: &Ipv4, l4: &L4, cfg: &Config, ep: &Endpoint) -> Result<u16,
             state: ct_state::NEW,
             ifindex: ep.ifindex,
             container_ip: ip.saddr,
+            ..CtEntry::default()
         };
         match ct::insert(&rev, &back)? {
             Insert::Exists => continue,
@@ -294,18 +310,10 @@ fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
     if ip.proto == parse::IPPROTO_ICMP {
         return Ok(tc::ACT_UNSPEC);
     }
-    // A published port? Exact host address first, then the wildcard.
-    let cfg = config().ok_or(DropReason::Unsupported)?;
-    let mut target = port_lookup(ip.proto, ip.daddr, l4.dport);
-    if target.is_none() && ip.daddr == cfg.uplink_ip {
-        target = port_lookup(ip.proto, 0, l4.dport);
-    }
-    let Some(t) = target else {
+    // A published port?
+    let Some(t) = published(ip.proto, ip.daddr, l4.dport) else {
         return Ok(tc::ACT_UNSPEC);
     };
-    if l4.dport < t.host_port_min || l4.dport > t.host_port_max {
-        return Ok(tc::ACT_UNSPEC);
-    }
     // SAFETY: map value copied out.
     let Some(ep) = (unsafe { NETD_EP.get(t.container_ip) }).copied() else {
         return Ok(tc::ACT_UNSPEC);
@@ -320,6 +328,7 @@ fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
         state: ct_state::NEW,
         ifindex: ep.ifindex,
         container_ip: t.container_ip,
+        ..CtEntry::default()
     };
     let rev_key = key.reverse(&fwd);
     let back = CtEntry {
@@ -330,6 +339,7 @@ fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
         state: ct_state::NEW,
         ifindex: 0,
         container_ip: t.container_ip,
+        ..CtEntry::default()
     };
     // A stale entry of an earlier flow with the same tuple is replaced.
     ct::remove(&rev_key);
@@ -341,6 +351,103 @@ fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
     counters::add(Counter::CtCreated, 2);
     counters::add(Counter::Dnat, 1);
     to_container(ctx, &ip, &l4, t.container_ip, cport, ep.ifindex)
+}
+
+/// One of the host's own addresses (the uplink's always is).
+#[inline(always)]
+pub(crate) fn is_local(addr: u32) -> bool {
+    // SAFETY: presence check only.
+    unsafe { NETD_LOCAL.get(addr) }.is_some() || config().is_some_and(|c| c.uplink_ip == addr)
+}
+
+/// The published binding for (proto, host address, port): an exact host
+/// address first, then the wildcard (for the host's own addresses).
+#[inline(always)]
+pub(crate) fn published(proto: u8, daddr: u32, port: u16) -> Option<netd_common::PortTarget> {
+    let mut t = port_lookup(proto, daddr, port);
+    if t.is_none() && is_local(daddr) {
+        t = port_lookup(proto, 0, port);
+    }
+    t.filter(|t| port >= t.host_port_min && port <= t.host_port_max)
+}
+
+/// Applies a hairpin entry: source to (addr2, port2), destination to
+/// (addr, port), into the container behind `ifindex`.
+#[inline(always)]
+fn hairpin_rewrite(ctx: &TcContext, ip: &Ipv4, l4: &L4, e: &CtEntry) -> Result<i32, DropReason> {
+    nat::rewrite_addr(ctx, ip.proto, l4, IP_SADDR_OFF, ip.saddr, e.addr2)?;
+    nat::rewrite_port(ctx, ip.proto, l4, true, l4.sport, e.port2)?;
+    nat::rewrite_addr(ctx, ip.proto, l4, IP_DADDR_OFF, ip.daddr, e.addr)?;
+    nat::rewrite_port(ctx, ip.proto, l4, false, l4.dport, e.port)?;
+    counters::add(Counter::Hairpin, 1);
+    deliver(ctx, e.ifindex)
+}
+
+/// A container reaching a published port through a host address: the
+/// target sees the connection come from that host address and a NAT port
+/// (as Docker's hairpin masquerade does), so its replies come back here
+/// whichever network either container is on (or when both are one).
+#[inline(always)]
+fn hairpin_new_flow(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    l4: &L4,
+    t: &netd_common::PortTarget,
+    from_ifindex: u32,
+) -> Result<i32, DropReason> {
+    let cfg = config().ok_or(DropReason::Unsupported)?;
+    // SAFETY: map value copied out.
+    let Some(target) = (unsafe { NETD_EP.get(t.container_ip) }).copied() else {
+        return Ok(tc::ACT_UNSPEC);
+    };
+    let cport = t.container_port_min + (l4.dport - t.host_port_min);
+    let (min, max) = (u32::from(cfg.nat_port_min), u32::from(cfg.nat_port_max));
+    if max < min {
+        return Err(DropReason::NatPortsExhausted);
+    }
+    let span = max - min + 1;
+    let start = (u32::from(l4.sport) ^ u32::from_be(ip.saddr)) % span;
+    let fwd_key = ct::key(ip.saddr, ip.daddr, ip.proto, l4);
+    let now = ct::now();
+    for i in 0..NAT_PROBES {
+        let np = (min + (start + i) % span) as u16;
+        let fwd = CtEntry {
+            last_seen: now,
+            addr: t.container_ip,
+            port: cport,
+            kind: ct_kind::HAIRPIN,
+            state: ct_state::NEW,
+            ifindex: target.ifindex,
+            container_ip: t.container_ip,
+            addr2: ip.daddr,
+            port2: np,
+            _pad: 0,
+        };
+        let rev_key = fwd_key.reverse(&fwd);
+        let rev = CtEntry {
+            last_seen: now,
+            addr: ip.saddr,
+            port: l4.sport,
+            kind: ct_kind::REV_HAIRPIN,
+            state: ct_state::NEW,
+            ifindex: from_ifindex,
+            container_ip: t.container_ip,
+            addr2: ip.daddr,
+            port2: l4.dport,
+            _pad: 0,
+        };
+        match ct::insert(&rev_key, &rev)? {
+            Insert::Exists => continue,
+            Insert::Ok => {}
+        }
+        if let Err(e) = ct::insert(&fwd_key, &fwd) {
+            ct::remove(&rev_key);
+            return Err(e);
+        }
+        counters::add(Counter::CtCreated, 2);
+        return hairpin_rewrite(ctx, ip, l4, &fwd);
+    }
+    Err(DropReason::NatPortsExhausted)
 }
 
 #[inline(always)]

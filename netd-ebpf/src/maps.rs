@@ -2,7 +2,7 @@
 //! are the map names userspace looks up (netd_common::maps); userspace
 //! pins them with a version suffix.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, lpm_trie::Key},
     macros::btf_map,
 };
 use netd_common::{
@@ -37,3 +37,17 @@ pub static NETD_EP_STATS: PerCpuHashMap<EndpointKey, EndpointStats, { MAX_ENDPOI
 pub static NETD_CFG: Array<Config, 1> = Array::new();
 
 pub type PortLpmKey = Key<PortKey>;
+
+/// The host's own IPv4 addresses (network order): what "a host address"
+/// means for hairpin and for wildcard published ports from host sockets.
+#[btf_map]
+pub static NETD_LOCAL: HashMap<u32, u32, { netd_common::MAX_LOCAL_ADDRS as usize }> =
+    HashMap::new();
+
+/// Host sockets the cgroup programs rewrote: what they asked for.
+#[btf_map]
+pub static NETD_SOCK: LruHashMap<
+    netd_common::SockKey,
+    netd_common::SockOrig,
+    { netd_common::MAX_SOCKETS as usize },
+> = LruHashMap::new();

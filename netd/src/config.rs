@@ -27,6 +27,8 @@ pub struct File {
     pub nat_port_range: Option<String>,
     /// Conntrack table size of the eBPF datapath (entries; two per flow).
     pub conntrack_size: Option<u32>,
+    /// cgroup v2 directory for the host-socket programs (eBPF datapath).
+    pub cgroup: Option<PathBuf>,
 }
 
 impl File {
@@ -55,6 +57,7 @@ pub struct Config {
     pub default_bridge: String,
     pub nat_ports: (u16, u16),
     pub ct_entries: u32,
+    pub cgroup: Option<PathBuf>,
 }
 
 pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {

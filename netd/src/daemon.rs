@@ -141,6 +141,7 @@ impl Daemon {
                 uplink: cfg.uplink.clone(),
                 nat_ports: cfg.nat_ports,
                 ct_entries: cfg.ct_entries,
+                cgroup: cfg.cgroup.clone(),
             },
         );
         dp.init()
@@ -918,6 +919,7 @@ impl Daemon {
             .create_veth(&ep.veth, &ep.ifname, ns, ep.mac, net.options.mtu)
             .await?;
         self.nl.set_master_up(vi, br).await?;
+        self.nl.set_hairpin(vi).await?;
         let cn = Netlink::in_ns(ns)?;
         let ci = cn.index_of(&ep.ifname).await?;
         cn.add_addr(ci, ep.ip, net.subnet().prefix).await?;

@@ -175,6 +175,18 @@ impl Netlink {
             .with_context(|| format!("enslaving link {index} to {master}"))
     }
 
+    /// Hairpin mode on a bridge port: frames may leave by the port they
+    /// came in (a container reaching its own published port through the
+    /// host, as Docker sets it without the userland proxy).
+    pub async fn set_hairpin(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set_port(rtnetlink::LinkBridgePort::new(index).hairpin(true).build())
+            .execute()
+            .await
+            .with_context(|| format!("setting hairpin mode on bridge port {index}"))
+    }
+
     pub async fn set_up(&self, index: u32) -> Result<()> {
         self.handle
             .link()

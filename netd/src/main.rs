@@ -105,6 +105,10 @@ struct DaemonArgs {
     /// Conntrack table size of the ebpf datapath (two entries per flow).
     #[arg(long)]
     conntrack_size: Option<u32>,
+    /// cgroup v2 directory whose processes reach published ports from the
+    /// host directly (ebpf datapath; default: the cgroup v2 root).
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
     /// The host's uplink interface (default: the default route's).
     #[arg(long)]
     uplink: Option<String>,
@@ -214,6 +218,7 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
             .conntrack_size
             .or(file.conntrack_size)
             .unwrap_or(netd_common::DEFAULT_CT_ENTRIES),
+        cgroup: a.cgroup.or(file.cgroup),
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(netd::daemon::run(cfg))?;

@@ -28,6 +28,9 @@ pub struct Netd {
     pub datapath: String,
     pub dir: PathBuf,
     pub socket: PathBuf,
+    /// The test's own cgroup (v2): the ebpf datapath's host-socket
+    /// programs attach here, so nothing else on the machine is affected.
+    pub cgroup: PathBuf,
     daemon: Option<Child>,
 }
 
@@ -37,11 +40,14 @@ impl Netd {
         let dir = std::env::temp_dir().join(format!("{}-d", tb.stem));
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("netd.sock");
+        let cgroup = ::netd::datapath::ebpf::cgroup2_root()?.join(&tb.stem);
+        std::fs::create_dir_all(&cgroup)?;
         let mut n = Netd {
             tb,
             datapath: datapath.into(),
             dir,
             socket,
+            cgroup,
             daemon: None,
         };
         n.start_daemon()?;
@@ -67,6 +73,8 @@ impl Netd {
             .arg(&self.socket)
             .arg("--bpffs")
             .arg(self.dir.join("bpffs"))
+            .arg("--cgroup")
+            .arg(&self.cgroup)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -162,6 +170,33 @@ impl Netd {
         v
     }
 
+    /// Runs a command as a host process: in the host namespace and, with
+    /// `in_cgroup`, in the test's cgroup (where the ebpf datapath's socket
+    /// programs apply).
+    pub fn host(&self, in_cgroup: bool, args: &[&str]) -> Output {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = self.tb.host.command(args[0]).unwrap();
+        cmd.args(&args[1..]).stdin(Stdio::null());
+        if in_cgroup {
+            let procs = std::fs::OpenOptions::new()
+                .write(true)
+                .open(self.cgroup.join("cgroup.procs"))
+                .unwrap();
+            // SAFETY: write(2) of a constant buffer in the forked child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    use std::os::fd::AsRawFd;
+                    // "0": the writing process itself.
+                    if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd.output().unwrap()
+    }
+
     pub fn netns_files(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.dir.join("run/netns"))
             .map(|d| {
@@ -196,6 +231,16 @@ impl Drop for Netd {
             }
             let _ = ns.remove();
         }
+        // The test's cgroup: its processes first, then the directory.
+        if let Ok(procs) = std::fs::read_to_string(self.cgroup.join("cgroup.procs")) {
+            for p in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                // SAFETY: plain kill(2).
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+        let _ = ::netd::testbed::wait_until(Duration::from_secs(5), || {
+            std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists()
+        });
         // The daemon's bpffs (pinned maps and links) goes with its mount.
         let _ = nix::mount::umount2(&self.dir.join("bpffs"), nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -116,6 +116,7 @@ fn random_and_mutated_frames_get_valid_verdicts_and_leave_control_maps_alone() {
             nat_port_min: 61000,
             nat_port_max: 61100,
             _pad: 0,
+            netns_cookie: 0,
         },
     );
     bpfmaps::add_network(&mut p, 1, NET_ICC | NET_MASQUERADE);

@@ -49,6 +49,7 @@ fn setup(flags: u32, b_net: u32, ct_entries: u32) -> Walk {
             nat_port_min: NAT_MIN,
             nat_port_max: NAT_MAX,
             _pad: 0,
+            netns_cookie: 0,
         },
     );
     bpfmaps::add_network(&mut p, 1, flags);

@@ -587,6 +587,120 @@ fn kill9_and_reconcile(dp: &str) {
     );
 }
 
+fn host_curl(n: &Netd, in_cgroup: bool, url: &str) -> Option<String> {
+    let o = n.host(in_cgroup, &["curl", "-g", "-s", "-m", "3", url]);
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Published ports from the host itself (loopback and the uplink
+/// address) and from containers through a host address (hairpin), with no
+/// proxy process; a 127.0.0.1-bound port is reachable only there.
+fn host_and_hairpin(dp: &str) {
+    let mut n = Netd::start(dp).unwrap();
+    n.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "8080:80",
+        "-p",
+        "5353:53/udp",
+        "-p",
+        "127.0.0.1:8090:80",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    serve_http(&n, "web", 80);
+    n.netd(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "{} tool udp-echo 0.0.0.0:53 --name web >/dev/null 2>&1 &",
+            me()
+        ),
+    ])
+    .unwrap();
+    let port = n.ok(&["port", "web"]);
+    assert!(
+        port.contains("80/tcp -> 127.0.0.1:8090") && port.contains("80/tcp -> 0.0.0.0:8080"),
+        "{port}"
+    );
+
+    // From the host: loopback and the uplink address.
+    let mut got = None;
+    wait_until(Duration::from_secs(10), || {
+        got = host_curl(&n, true, "http://127.0.0.1:8080/");
+        got.is_some()
+    });
+    let body = got.unwrap_or_else(|| panic!("host -> 127.0.0.1:8080 failed\n{}", n.log()));
+    assert!(body.contains("hello from web"), "{body}");
+    let body =
+        host_curl(&n, true, &format!("http://{HOST_IP}:8080/")).expect("host -> uplink address");
+    assert!(body.contains("hello from web"));
+    assert!(
+        host_curl(&n, true, "http://127.0.0.1:8090/").is_some(),
+        "127.0.0.1-bound port from the host"
+    );
+    // UDP request/response from the host.
+    let o = n.host(
+        true,
+        &[
+            &me(),
+            "tool",
+            "udp-send",
+            "127.0.0.1:5353",
+            "hi",
+            "--timeout-ms",
+            "1000",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("web:hi"),
+        "{o:?}"
+    );
+
+    // The 127.0.0.1-bound port is not reachable from the outside namespace.
+    assert!(outside_curl(&n, &format!("http://{HOST_IP}:8090/")).is_none());
+
+    // Hairpin: from a container on the same network, from another
+    // network, and from the target itself, through the host's address.
+    sleeper(&n, "same", "bridge");
+    n.ok(&["network", "create", "other"]);
+    sleeper(&n, "far", "other");
+    let url = format!("http://{HOST_IP}:8080/");
+    for from in ["same", "far", "web"] {
+        let body = curl_wait(&n, from, &url);
+        assert!(
+            body.contains("hello from web"),
+            "hairpin from {from}: {body}"
+        );
+    }
+    if dp == "ebpf" {
+        // IPv6 loopback (dual-stack socket, v4-mapped rewrite).
+        let body = host_curl(&n, true, "http://[::1]:8080/").expect("host -> [::1]:8080");
+        assert!(body.contains("hello from web"), "{body}");
+        // A host process outside the datapath's cgroup is unaffected.
+        assert!(
+            host_curl(&n, false, "http://127.0.0.1:8080/").is_none(),
+            "scoped to its cgroup"
+        );
+        let s = stats(&n);
+        assert!(s["Counters"]["host_sockets"].as_u64().unwrap() > 0, "{s}");
+        assert!(s["Counters"]["hairpin"].as_u64().unwrap() > 0, "{s}");
+        // No proxy process: nothing in the host namespace listens on 8080.
+        let ss = n.tb.ok(&n.tb.host, &["ss", "-ltn"]).unwrap();
+        assert!(!ss.contains(":8080"), "{ss}");
+    }
+    n.stop_daemon(false);
+}
+
 macro_rules! scenarios {
     ($dp:ident: $($name:ident),* $(,)?) => {
         mod $dp {
@@ -603,8 +717,8 @@ macro_rules! scenarios {
     };
 }
 
-scenarios!(ebpf: four_modes, published_ports_and_egress, user_networks_isolation, bad_input_changes_nothing, kill9_and_reconcile);
-scenarios!(iptables: four_modes, published_ports_and_egress, user_networks_isolation, bad_input_changes_nothing, kill9_and_reconcile);
+scenarios!(ebpf: host_and_hairpin, four_modes, published_ports_and_egress, user_networks_isolation, bad_input_changes_nothing, kill9_and_reconcile);
+scenarios!(iptables: host_and_hairpin, four_modes, published_ports_and_egress, user_networks_isolation, bad_input_changes_nothing, kill9_and_reconcile);
 
 fn stats(n: &Netd) -> serde_json::Value {
     serde_json::from_str(&n.ok(&["stats", "--format", "json"])).unwrap()

@@ -23,6 +23,17 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NETD_EBPF_OBJECT"))
 /// Program names (the functions in netd-ebpf).
 pub const FROM_CONTAINER: &str = "from_container";
 pub const FROM_WORLD: &str = "from_world";
+/// The cgroup socket programs (host processes -> published ports).
+pub const SOCK_PROGRAMS: [&str; 8] = [
+    "netd_connect4",
+    "netd_sendmsg4",
+    "netd_recvmsg4",
+    "netd_getpeername4",
+    "netd_connect6",
+    "netd_sendmsg6",
+    "netd_recvmsg6",
+    "netd_getpeername6",
+];
 
 /// aya-log levels as the eBPF side numbers them.
 #[derive(Clone, Copy, Debug)]
@@ -77,6 +88,14 @@ impl Programs {
         let mut ebpf = loader.load(OBJECT).context("loading netd's eBPF object")?;
         for name in [FROM_CONTAINER, FROM_WORLD] {
             let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("loading (verifying) {name}"))?;
+        }
+        for name in SOCK_PROGRAMS {
+            let prog: &mut aya::programs::CgroupSockAddr = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
@@ -191,6 +210,36 @@ impl Programs {
         self.classifier(program)?
             .detach(link)
             .with_context(|| format!("detaching {program}"))
+    }
+
+    /// Attaches every cgroup socket program to the cgroup (v2 directory)
+    /// `cgroup`, pinning the links under `pin_dir` (a link pinned by an
+    /// earlier daemon is replaced).
+    pub fn attach_sock_programs(&mut self, cgroup: &Path, pin_dir: &Path) -> Result<()> {
+        use aya::programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink};
+        let cg = std::fs::File::open(cgroup)
+            .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        for name in SOCK_PROGRAMS {
+            let pin = pin_dir.join(format!("cgroup-{name}"));
+            let _ = std::fs::remove_file(&pin);
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("no program {name}"))?
+                .try_into()?;
+            let id = prog
+                // A link (kernel >= 5.7) coexists with other programs; the mode
+                // flags are for the legacy attach and must be 0 here.
+                .attach(&cg, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+            let link: FdLink = prog
+                .take_link(id)?
+                .try_into()
+                .map_err(|e| anyhow!("{name} link: {e}"))?;
+            link.pin(&pin)
+                .with_context(|| format!("pinning {}", pin.display()))?;
+        }
+        Ok(())
     }
 
     fn per_cpu_sums(&self, name: &str, n: u32) -> Result<Vec<u64>> {

@@ -50,6 +50,9 @@ pub struct EbpfConfig {
     pub uplink: Option<String>,
     pub nat_ports: (u16, u16),
     pub ct_entries: u32,
+    /// The cgroup (v2) whose processes' sockets reach published ports
+    /// directly; default: the root of the cgroup v2 hierarchy.
+    pub cgroup: Option<PathBuf>,
 }
 
 pub struct Ebpf {
@@ -147,6 +150,59 @@ pub fn default_route_iface() -> Result<String> {
         .find(|f| f.len() > 2 && f[1] == "00000000")
         .map(|f| f[0].to_string())
         .context("no default route: pass --uplink IFACE")
+}
+
+/// The calling thread's network namespace cookie (SO_NETNS_COOKIE), what
+/// bpf_get_netns_cookie() returns for its sockets.
+pub fn netns_cookie() -> Result<u64> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        bail!("SO_NETNS_COOKIE: {}", std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// Where the cgroup v2 hierarchy is mounted.
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| PathBuf::from(f[1]))
+        .context("no cgroup v2 hierarchy is mounted: pass --cgroup PATH")
+}
+
+/// The IPv4 addresses of this namespace (network order).
+fn local_addrs() -> BTreeMap<u32, u32> {
+    nix::ifaddrs::getifaddrs()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            a.address?
+                .as_sockaddr_in()
+                .map(|s| u32::from(s.ip()).to_be())
+        })
+        .map(|ip| (ip, 1))
+        .collect()
 }
 
 /// Prefix-aligned blocks covering [lo, hi]: (start, prefix bits of the port).
@@ -299,6 +355,10 @@ impl Ebpf {
         sync_hash(
             &mut HashMap::try_from(progs.map_mut(maps::NETWORKS)?)?,
             &d.networks,
+        )?;
+        sync_hash(
+            &mut HashMap::try_from(progs.map_mut(maps::LOCAL_ADDRS)?)?,
+            &local_addrs(),
         )?;
         sync_hash(
             &mut HashMap::try_from(progs.map_mut(maps::ENDPOINTS)?)?,
@@ -468,10 +528,20 @@ impl Datapath for Ebpf {
             nat_port_min: self.cfg.nat_ports.0,
             nat_port_max: self.cfg.nat_ports.1,
             _pad: 0,
+            netns_cookie: netns_cookie()?,
         };
         let mut arr: Array<&mut MapData, Config> = Array::try_from(progs.map_mut(maps::CONFIG)?)?;
         arr.set(0, cfg, 0)?;
         progs.attach_pinned(bpf::FROM_WORLD, &self.uplink, &links_dir.join(&self.uplink))?;
+        let cgroup = match &self.cfg.cgroup {
+            Some(c) => c.clone(),
+            None => cgroup2_root()?,
+        };
+        progs.attach_sock_programs(&cgroup, &links_dir)?;
+        tracing::info!(
+            "host sockets in cgroup {} reach published ports directly",
+            cgroup.display()
+        );
         // Links pinned by an earlier daemon are adopted by the first sync.
         self.progs = Some(progs);
         tracing::info!(

@@ -25,11 +25,9 @@ use crate::{
 /// Jumps from built-in chains: (table, chain, rule spec).
 const HOOKS: &[(&str, &str, &str)] = &[
     ("nat", "PREROUTING", "-m addrtype --dst-type LOCAL -j NETD"),
-    (
-        "nat",
-        "OUTPUT",
-        "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j NETD",
-    ),
+    // Host processes, loopback included (route_localnet is set on the
+    // bridges, as Docker does without the userland proxy).
+    ("nat", "OUTPUT", "-m addrtype --dst-type LOCAL -j NETD"),
     ("nat", "POSTROUTING", "-j NETD-POSTROUTING"),
     ("filter", "FORWARD", "-j NETD-FORWARD"),
 ];
@@ -108,9 +106,11 @@ pub fn render(state: &State) -> String {
                 );
             }
         }
+        // Host processes reaching published ports (127.0.0.1 included)
+        // leave with a host source address: masquerade it.
         let _ = writeln!(
-            fwd,
-            "-A NETD-FORWARD -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+            nat,
+            "-A NETD-POSTROUTING -o {br} -m addrtype --src-type LOCAL -j MASQUERADE"
         );
         let _ = writeln!(fwd, "-A NETD-FORWARD -o {br} -j NETD-PORTS");
         let icc = if o.icc { "ACCEPT" } else { "DROP" };
@@ -167,6 +167,16 @@ pub fn render(state: &State) -> String {
     for ch in FILTER_CHAINS {
         let _ = writeln!(out, ":{ch} - [0:0]");
     }
+    // A published port reached through a host address from another
+    // network (hairpin) is not isolation's business, nor are its replies.
+    let _ = writeln!(
+        out,
+        "-A NETD-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+    );
+    let _ = writeln!(
+        out,
+        "-A NETD-FORWARD -m conntrack --ctstate DNAT -j NETD-PORTS"
+    );
     let _ = writeln!(out, "-A NETD-FORWARD -j NETD-ISOLATION-1");
     out.push_str(&fwd);
     out.push_str(&iso1);
@@ -215,6 +225,14 @@ impl Datapath for Iptables {
     }
 
     fn sync(&mut self, state: &State, _change: &Change) -> Result<()> {
+        for n in state.networks.values() {
+            // 127.0.0.1 -> published port: loopback-sourced packets may be
+            // routed out of the bridge (then masqueraded).
+            let key = format!("net/ipv4/conf/{}/route_localnet", n.bridge);
+            if sysctl_read(&key).is_ok_and(|v| v != "1") {
+                sysctl_write(&key, "1")?;
+            }
+        }
         let batch = render(state);
         if batch != self.last {
             restore(&batch)?;
