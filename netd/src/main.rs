@@ -158,6 +158,11 @@ enum Tool {
         #[arg(long, default_value_t = 5.0)]
         secs: f64,
     },
+    CrrClient {
+        to: SocketAddr,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+    },
     UdpSend {
         to: SocketAddr,
         msg: String,
@@ -280,6 +285,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Tool(Tool::UdpEcho { listen, name }) => netd::tool::udp_echo(listen, &name).map(|_| 0),
         Cmd::Tool(Tool::RrServer { listen }) => netd::tool::rr_server(listen).map(|_| 0),
         Cmd::Tool(Tool::RrClient { to, secs }) => netd::tool::rr_client(to, secs).map(|_| 0),
+        Cmd::Tool(Tool::CrrClient { to, secs }) => netd::tool::crr_client(to, secs).map(|_| 0),
         Cmd::Tool(Tool::UdpSend {
             to,
             msg,

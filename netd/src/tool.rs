@@ -118,3 +118,32 @@ pub fn rr_client(to: SocketAddr, secs: f64) -> Result<()> {
     );
     Ok(())
 }
+
+/// TCP_CRR: connect, 1-byte request, 1-byte response, close (the client
+/// closes first), back to back for `secs`; prints connections/s and
+/// latency p50/p99 (microseconds) of the whole connect..close.
+pub fn crr_client(to: SocketAddr, secs: f64) -> Result<()> {
+    let mut lat = Vec::with_capacity(1 << 18);
+    let start = std::time::Instant::now();
+    let mut b = [0u8; 1];
+    while start.elapsed().as_secs_f64() < secs {
+        let t = std::time::Instant::now();
+        let mut s = std::net::TcpStream::connect(to).with_context(|| format!("connecting {to}"))?;
+        s.set_nodelay(true)?;
+        s.write_all(b"x")?;
+        s.read_exact(&mut b)?;
+        drop(s);
+        lat.push(t.elapsed().as_nanos() as u64);
+    }
+    let total = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+    println!(
+        "{{\"connections_per_sec\": {:.0}, \"p50_us\": {:.1}, \"p99_us\": {:.1}, \"connections\": {}}}",
+        lat.len() as f64 / total,
+        pct(0.50),
+        pct(0.99),
+        lat.len()
+    );
+    Ok(())
+}
