@@ -1,5 +1,6 @@
 //! netd: container networking with an eBPF datapath.
 pub mod api;
+pub mod bench;
 pub mod bpf;
 pub mod cli;
 pub mod config;

@@ -87,6 +87,28 @@ enum Cmd {
         #[arg(long)]
         format: Option<String>,
     },
+    /// Benchmark the datapaths side by side (throwaway namespaces).
+    Bench {
+        /// Comma-separated: ebpf, nftables, iptables.
+        #[arg(long, default_value = "ebpf,nftables,iptables")]
+        datapaths: String,
+        /// Comma-separated: c2c, dnat, egress, scaling, control, bpf.
+        #[arg(long, default_value = "c2c,dnat,egress,scaling,control,bpf")]
+        scenarios: String,
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Other published ports for the scaling scenario.
+        #[arg(long, default_value = "0,1000,10000")]
+        ports: String,
+        #[arg(long, default_value = "bench-report")]
+        out: PathBuf,
+        /// One short round per scenario (CI smoke test).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Build a throwaway topology and show netd at work.
     Demo,
     /// Traffic tools used by tests, the demo and benchmarks.
@@ -159,6 +181,11 @@ enum Tool {
         secs: f64,
     },
     CrrClient {
+        to: SocketAddr,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+    },
+    UdpRrClient {
         to: SocketAddr,
         #[arg(long, default_value_t = 5.0)]
         secs: f64,
@@ -278,6 +305,48 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Stats { name, format } => {
             cli::stats(&c, name.as_deref(), format.as_deref()).map(|_| 0)
         }
+        Cmd::Bench {
+            datapaths,
+            scenarios,
+            rounds,
+            duration,
+            ports,
+            out,
+            quick,
+        } => {
+            let list = |s: &str| -> Vec<String> {
+                s.split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect()
+            };
+            let ports = list(&ports)
+                .iter()
+                .map(|p| {
+                    p.parse::<u32>()
+                        .with_context(|| format!("invalid --ports entry {p:?}"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let scenarios = list(&scenarios);
+            for s in &scenarios {
+                if !netd::bench::ALL_SCENARIOS.contains(&s.as_str()) {
+                    anyhow::bail!(
+                        "unknown scenario {s:?}: expected one of {}",
+                        netd::bench::ALL_SCENARIOS.join(", ")
+                    );
+                }
+            }
+            netd::bench::run(netd::bench::Opts {
+                datapaths: list(&datapaths),
+                scenarios,
+                rounds,
+                duration,
+                ports,
+                out,
+                quick,
+            })
+            .map(|_| 0)
+        }
         Cmd::Demo => netd::demo::run().map(|_| 0),
         Cmd::Tool(Tool::HttpServe { listen, name }) => {
             netd::tool::http_serve(listen, &name).map(|_| 0)
@@ -286,6 +355,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Tool(Tool::RrServer { listen }) => netd::tool::rr_server(listen).map(|_| 0),
         Cmd::Tool(Tool::RrClient { to, secs }) => netd::tool::rr_client(to, secs).map(|_| 0),
         Cmd::Tool(Tool::CrrClient { to, secs }) => netd::tool::crr_client(to, secs).map(|_| 0),
+        Cmd::Tool(Tool::UdpRrClient { to, secs }) => netd::tool::udp_rr_client(to, secs).map(|_| 0),
         Cmd::Tool(Tool::UdpSend {
             to,
             msg,

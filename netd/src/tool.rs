@@ -147,3 +147,34 @@ pub fn crr_client(to: SocketAddr, secs: f64) -> Result<()> {
     );
     Ok(())
 }
+
+/// UDP request/response: 1-byte datagram, wait for the echo, back to back
+/// for `secs` (a lost datagram is retried after 200 ms); prints
+/// transactions/s and latency p50/p99 (microseconds).
+pub fn udp_rr_client(to: SocketAddr, secs: f64) -> Result<()> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.connect(to)?;
+    s.set_read_timeout(Some(std::time::Duration::from_millis(200)))?;
+    let mut lat = Vec::with_capacity(1 << 20);
+    let mut buf = [0u8; 2048];
+    let start = std::time::Instant::now();
+    while start.elapsed().as_secs_f64() < secs {
+        let t = std::time::Instant::now();
+        s.send(b"x")?;
+        if s.recv(&mut buf).is_ok() {
+            lat.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    anyhow::ensure!(!lat.is_empty(), "no UDP reply from {to}");
+    let total = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+    println!(
+        "{{\"transactions_per_sec\": {:.0}, \"p50_us\": {:.1}, \"p99_us\": {:.1}, \"transactions\": {}}}",
+        lat.len() as f64 / total,
+        pct(0.50),
+        pct(0.99),
+        lat.len()
+    );
+    Ok(())
+}
