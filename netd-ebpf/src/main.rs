@@ -150,6 +150,14 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         && is_local(ip.daddr)
         && let Some(t) = published(ip.proto, ip.daddr, l4.dport)
     {
+        // Nothing leaves an internal network, not even this way.
+        // SAFETY: map value copied out.
+        let net = unsafe { NETD_NET.get(ep.net_id) }
+            .copied()
+            .unwrap_or_default();
+        if net.flags & NET_INTERNAL != 0 {
+            return Err(DropReason::InternalNetwork);
+        }
         return hairpin_new_flow(ctx, &ip, l4, &t, ifindex);
     }
 

@@ -118,7 +118,8 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct DaemonArgs {
-    /// ebpf (default) or iptables (the Docker-compatible baseline).
+    /// ebpf (default), iptables (the Docker-compatible baseline) or nftables
+    /// (the same rules as one nftables table with sets and maps).
     #[arg(long)]
     datapath: Option<Kind>,
     /// Masquerade source ports of the ebpf datapath, MIN-MAX.

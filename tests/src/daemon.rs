@@ -214,6 +214,24 @@ impl Netd {
             .ok(&self.tb.host, &["iptables-save"])
             .unwrap_or_default()
     }
+
+    /// `nft list ruleset` in the host namespace.
+    pub fn nft_ruleset(&self) -> String {
+        self.tb
+            .ok(&self.tb.host, &["nft", "list", "ruleset"])
+            .unwrap_or_default()
+    }
+
+    /// The packet-filter rules this daemon's datapath is judged by, for
+    /// "nothing changed" checks: `nft list ruleset` for the nftables
+    /// datapath, `iptables-save` for the others.
+    pub fn ruleset(&self) -> String {
+        if self.datapath == "nftables" {
+            self.nft_ruleset()
+        } else {
+            self.iptables_save()
+        }
+    }
 }
 
 impl Drop for Netd {

@@ -86,13 +86,16 @@ pub fn render(state: &State) -> String {
     let mut ports = String::new();
     let mut fwd = String::new();
     let mut iso1 = String::new();
+    let mut internal = String::new();
     let mut iso2 = String::new();
     for net in state.networks.values() {
         let (br, subnet) = (&net.bridge, net.subnet());
         let o = &net.options;
         if o.internal {
-            let _ = writeln!(iso1, "-A NETD-ISOLATION-1 -i {br} ! -d {subnet} -j DROP");
-            let _ = writeln!(iso1, "-A NETD-ISOLATION-1 -o {br} ! -s {subnet} -j DROP");
+            // First in NETD-FORWARD: nothing, not even a published port
+            // reached through a host address, leaves an internal network.
+            let _ = writeln!(internal, "-A NETD-FORWARD -i {br} ! -d {subnet} -j DROP");
+            let _ = writeln!(internal, "-A NETD-FORWARD -o {br} ! -s {subnet} -j DROP");
         } else {
             let _ = writeln!(
                 iso1,
@@ -169,6 +172,7 @@ pub fn render(state: &State) -> String {
     }
     // A published port reached through a host address from another
     // network (hairpin) is not isolation's business, nor are its replies.
+    out.push_str(&internal);
     let _ = writeln!(
         out,
         "-A NETD-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"

@@ -4,13 +4,15 @@
 //! a [`Change`] hint naming what changed, so an implementation may apply
 //! incrementally (the eBPF datapath updates map entries) or re-render
 //! (the iptables datapath writes its NETD-* chains in one
-//! iptables-restore batch).
+//! iptables-restore batch, the nftables datapath replaces its table in one
+//! `nft -f` transaction).
 use anyhow::{Result, bail};
 
 use crate::state::State;
 
 pub mod ebpf;
 pub mod iptables;
+pub mod nftables;
 
 /// What changed since the last sync (a hint; `All` means re-check
 /// everything, as at startup).
@@ -45,6 +47,7 @@ pub trait Datapath: Send + Sync {
 pub enum Kind {
     Ebpf,
     Iptables,
+    Nftables,
 }
 
 impl std::str::FromStr for Kind {
@@ -53,7 +56,8 @@ impl std::str::FromStr for Kind {
         match s {
             "ebpf" => Ok(Kind::Ebpf),
             "iptables" => Ok(Kind::Iptables),
-            other => bail!("unknown datapath {other:?}: expected ebpf or iptables"),
+            "nftables" => Ok(Kind::Nftables),
+            other => bail!("unknown datapath {other:?}: expected ebpf, iptables or nftables"),
         }
     }
 }
@@ -63,6 +67,7 @@ impl std::fmt::Display for Kind {
         f.write_str(match self {
             Kind::Ebpf => "ebpf",
             Kind::Iptables => "iptables",
+            Kind::Nftables => "nftables",
         })
     }
 }
@@ -70,6 +75,7 @@ impl std::fmt::Display for Kind {
 pub fn new(kind: Kind, ebpf: ebpf::EbpfConfig) -> Box<dyn Datapath> {
     match kind {
         Kind::Iptables => Box::new(iptables::Iptables::default()),
+        Kind::Nftables => Box::new(nftables::Nftables::default()),
         Kind::Ebpf => Box::new(ebpf::Ebpf::new(ebpf)),
     }
 }

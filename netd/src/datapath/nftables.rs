@@ -1,0 +1,541 @@
+//! The nftables datapath: the iptables datapath's behaviour (Docker's
+//! rules, no userland proxy), written the way nftables is meant to be
+//! used: one table of netd's own (`table ip netd`), a fixed set of rules,
+//! and everything that grows with the state (bridges, subnets, published
+//! ports) in sets and maps. Publishing a port adds map elements, never a
+//! rule: DNAT is one map lookup whatever the number of ports.
+//!
+//! Every sync renders the whole table and applies it with `nft -f -` in
+//! one transaction (create the table if missing, delete it, define it
+//! again): the kernel switches from the old table to the new one
+//! atomically. Nothing is applied when the rendered text did not change.
+//!
+//! The table is IPv4 only (`ip` family), like the rest of netd:
+//!
+//! - `prerouting` (nat, dstnat) and `output` (nat, -100, not to
+//!   127.0.0.0/8): destinations that are the host's own addresses
+//!   (`fib daddr type local`) jump to `published-ports`, which DNATs
+//!   through `dnat_host_ports` (host IP . proto . port) then `dnat_ports`
+//!   (proto . port, for bindings on 0.0.0.0);
+//! - `postrouting` (nat, srcnat): hairpin masquerade (`hairpin`: a
+//!   container reaching its own published port) and masquerade of the
+//!   subnets in `masq_subnets` leaving by anything but their own bridge;
+//! - `forward` (filter, filter): isolation between bridges, internal
+//!   networks kept to their subnet, `ct state established,related`,
+//!   published ports (`published`), icc per bridge (`icc_verdict`), egress
+//!   of non-internal bridges, and everything else to a bridge dropped.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    io::Write,
+    net::{IpAddr, Ipv4Addr},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::{Change, Datapath};
+use crate::{
+    ipam::Cidr,
+    model::Status,
+    netns::{sysctl_read, sysctl_write},
+    portspec::Proto,
+    state::State,
+};
+
+/// The family and name of netd's table.
+pub const TABLE: &str = "ip netd";
+
+/// The rules: fixed, whatever the state (the state lives in the sets and
+/// maps). Mirrors the iptables datapath's chains in the same order.
+const CHAINS: &str = "\
+	chain prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		fib daddr type local jump published-ports
+	}
+
+	chain output {
+		type nat hook output priority -100; policy accept;
+		fib daddr type local jump published-ports
+	}
+
+	chain published-ports {
+		dnat to ip daddr . meta l4proto . th dport map @dnat_host_ports
+		dnat to meta l4proto . th dport map @dnat_ports
+	}
+
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr . ip daddr . meta l4proto . th dport @hairpin masquerade
+		ip saddr @masq_subnets ip saddr . oifname != @subnets masquerade
+		oifname @bridges ip saddr 127.0.0.0/8 masquerade
+	}
+
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		iifname @internal_bridges ip daddr . iifname != @subnets drop
+		oifname @internal_bridges ip saddr . oifname != @subnets drop
+		ct state established,related accept
+		ct status dnat oifname . ip daddr . meta l4proto . th dport @published accept
+		iifname @egress_bridges oifname @bridges iifname . oifname != @same_bridge drop
+		iifname . oifname vmap @icc_verdict
+		iifname @egress_bridges accept
+		oifname @bridges drop
+	}
+";
+
+#[derive(Default)]
+pub struct Nftables {
+    /// The last table applied, to skip identical re-applies.
+    last: String,
+}
+
+/// Runs `nft -f -` with `script` (one transaction).
+fn nft(script: &str) -> Result<()> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running nft (is the nftables package installed?)")?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "nft -f failed: {}\n--- script ---\n{script}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// An interface name as an nft string; refuses what could not be quoted.
+fn ifname(name: &str) -> Result<String> {
+    if name.is_empty()
+        || name.len() > 15
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | '+'))
+    {
+        bail!("bridge name {name:?} cannot be used in an nftables ruleset");
+    }
+    Ok(format!("\"{name}\""))
+}
+
+/// One `set`/`map` definition; `elements` sorted and one per line.
+fn define(out: &mut String, kind: &str, name: &str, ty: &str, interval: bool, elements: &[String]) {
+    let _ = writeln!(out, "\t{kind} {name} {{\n\t\ttype {ty}");
+    if interval {
+        out.push_str("\t\tflags interval\n");
+    }
+    if !elements.is_empty() {
+        out.push_str("\t\telements = {\n");
+        for (i, e) in elements.iter().enumerate() {
+            let sep = if i + 1 < elements.len() { "," } else { "" };
+            let _ = writeln!(out, "\t\t\t{e}{sep}");
+        }
+        out.push_str("\t\t}\n");
+    }
+    out.push_str("\t}\n\n");
+}
+
+/// Renders netd's whole table for `state` (the `table ip netd { ... }`
+/// block; [`apply_script`] wraps it in the replacing transaction).
+pub fn render(state: &State) -> Result<String> {
+    let mut bridges = BTreeSet::new();
+    let mut egress = BTreeSet::new();
+    let mut internal = BTreeSet::new();
+    let mut subnets: BTreeSet<(Cidr, String)> = BTreeSet::new();
+    let mut masq: BTreeSet<Cidr> = BTreeSet::new();
+    let mut icc = BTreeMap::new();
+    for net in state.networks.values() {
+        let br = ifname(&net.bridge)?;
+        let o = &net.options;
+        bridges.insert(br.clone());
+        subnets.insert((net.subnet(), br.clone()));
+        if o.internal {
+            internal.insert(br.clone());
+        } else {
+            egress.insert(br.clone());
+            if o.masquerade {
+                masq.insert(net.subnet());
+            }
+        }
+        icc.insert(br, if o.icc { "accept" } else { "drop" });
+    }
+
+    // Published ports. The first binding of a key wins, as the first
+    // matching rule does in the iptables datapath (the control plane
+    // refuses duplicates anyway).
+    type Target = (Ipv4Addr, u16);
+    let mut any_ip: BTreeMap<(Proto, u16), Target> = BTreeMap::new();
+    let mut host_ip: BTreeMap<(Ipv4Addr, Proto, u16), Target> = BTreeMap::new();
+    let mut published: BTreeSet<(String, Ipv4Addr, Proto, u16)> = BTreeSet::new();
+    let mut hairpin: BTreeSet<(Ipv4Addr, Proto, u16)> = BTreeSet::new();
+    for c in state
+        .containers
+        .values()
+        .filter(|c| c.status == Status::Running)
+    {
+        // Ports are published to the container's first endpoint (eth0).
+        let Some(ep) = c.primary() else {
+            continue;
+        };
+        let Some(net) = state.networks.get(&ep.network) else {
+            continue;
+        };
+        for b in &c.ports {
+            let target = (ep.ip, b.container_port);
+            match b.host_ip {
+                IpAddr::V4(ip) if ip == Ipv4Addr::UNSPECIFIED => {
+                    any_ip.entry((b.proto, b.host_port)).or_insert(target);
+                }
+                IpAddr::V4(ip) => {
+                    host_ip.entry((ip, b.proto, b.host_port)).or_insert(target);
+                }
+                IpAddr::V6(_) => continue,
+            }
+            published.insert((ifname(&net.bridge)?, ep.ip, b.proto, b.container_port));
+            hairpin.insert((ep.ip, b.proto, b.container_port));
+        }
+    }
+
+    let mut out = format!("table {TABLE} {{\n");
+    let service = "inet_proto . inet_service";
+    let target = "ipv4_addr . inet_service";
+    define(
+        &mut out,
+        "map",
+        "dnat_ports",
+        &format!("{service} : {target}"),
+        false,
+        &any_ip
+            .iter()
+            .map(|((p, hp), (ip, cp))| format!("{} . {hp} : {ip} . {cp}", p.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    define(
+        &mut out,
+        "map",
+        "dnat_host_ports",
+        &format!("ipv4_addr . {service} : {target}"),
+        false,
+        &host_ip
+            .iter()
+            .map(|((h, p, hp), (ip, cp))| format!("{h} . {} . {hp} : {ip} . {cp}", p.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    define(
+        &mut out,
+        "set",
+        "published",
+        &format!("ifname . ipv4_addr . {service}"),
+        false,
+        &published
+            .iter()
+            .map(|(br, ip, p, cp)| format!("{br} . {ip} . {} . {cp}", p.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    define(
+        &mut out,
+        "set",
+        "hairpin",
+        &format!("ipv4_addr . ipv4_addr . {service}"),
+        false,
+        &hairpin
+            .iter()
+            .map(|(ip, p, cp)| format!("{ip} . {ip} . {} . {cp}", p.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    let names = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>();
+    define(
+        &mut out,
+        "set",
+        "bridges",
+        "ifname",
+        false,
+        &names(&bridges),
+    );
+    define(
+        &mut out,
+        "set",
+        "egress_bridges",
+        "ifname",
+        false,
+        &names(&egress),
+    );
+    define(
+        &mut out,
+        "set",
+        "internal_bridges",
+        "ifname",
+        false,
+        &names(&internal),
+    );
+    define(
+        &mut out,
+        "set",
+        "same_bridge",
+        "ifname . ifname",
+        false,
+        &bridges
+            .iter()
+            .map(|b| format!("{b} . {b}"))
+            .collect::<Vec<_>>(),
+    );
+    define(
+        &mut out,
+        "set",
+        "subnets",
+        "ipv4_addr . ifname",
+        true,
+        &subnets
+            .iter()
+            .map(|(s, b)| format!("{s} . {b}"))
+            .collect::<Vec<_>>(),
+    );
+    define(
+        &mut out,
+        "set",
+        "masq_subnets",
+        "ipv4_addr",
+        true,
+        &masq.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+    );
+    define(
+        &mut out,
+        "map",
+        "icc_verdict",
+        "ifname . ifname : verdict",
+        false,
+        &icc.iter()
+            .map(|(b, v)| format!("{b} . {b} : {v}"))
+            .collect::<Vec<_>>(),
+    );
+    out.push_str(CHAINS);
+    out.push_str("}\n");
+    Ok(out)
+}
+
+/// The transaction that replaces netd's table with `table`: make sure it
+/// exists, delete it, define it again. `nft -f` applies it atomically.
+pub fn apply_script(table: &str) -> String {
+    format!("table {TABLE} {{}}\ndelete table {TABLE}\n{table}")
+}
+
+impl Datapath for Nftables {
+    fn name(&self) -> &'static str {
+        "nftables"
+    }
+
+    fn init(&mut self) -> Result<()> {
+        sysctl_write("net/ipv4/ip_forward", "1")?;
+        // icc=false between containers on one bridge needs bridged frames
+        // to traverse the IPv4 hooks (br_netfilter), as for iptables.
+        if sysctl_read("net/bridge/bridge-nf-call-iptables").is_ok() {
+            sysctl_write("net/bridge/bridge-nf-call-iptables", "1")?;
+        } else {
+            tracing::warn!(
+                "br_netfilter is not available: icc=false cannot be enforced by nftables"
+            );
+        }
+        // Create the table if missing, and leave a previous daemon's
+        // content in place: it keeps forwarding until the first sync
+        // replaces it.
+        nft(&format!("table {TABLE} {{}}\n"))
+    }
+
+    fn sync(&mut self, state: &State, _change: &Change) -> Result<()> {
+        let table = render(state)?;
+        if table != self.last {
+            nft(&apply_script(&table))?;
+            self.last = table;
+        }
+        Ok(())
+    }
+
+    fn cleanup(&mut self) -> Result<()> {
+        self.last.clear();
+        nft(&format!("table {TABLE} {{}}\ndelete table {TABLE}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        ipam::Allocator,
+        model::{Container, Endpoint, Mode, Network, NetworkOptions},
+        portspec::PortBinding,
+    };
+
+    fn network(id: &str, bridge: &str, subnet: &str, internal: bool, icc: bool) -> Network {
+        let subnet: Cidr = subnet.parse().unwrap();
+        Network {
+            id: id.into(),
+            name: id.into(),
+            created: String::new(),
+            bridge: bridge.into(),
+            ipam: Allocator::new(subnet, subnet.first_host(), None).unwrap(),
+            options: NetworkOptions {
+                icc,
+                masquerade: true,
+                internal,
+                mtu: 1500,
+                host_binding_ipv4: Ipv4Addr::UNSPECIFIED,
+            },
+            raw_options: BTreeMap::new(),
+            default: false,
+        }
+    }
+
+    fn container(name: &str, net: &str, ip: Ipv4Addr, ports: Vec<PortBinding>) -> Container {
+        let ep = Endpoint {
+            id: format!("ep-{name}"),
+            network: net.into(),
+            ip,
+            mac: [2, 0x42, 0, 0, 0, 2],
+            veth: format!("vnd{name}"),
+            ifname: "eth0".into(),
+        };
+        Container {
+            id: name.into(),
+            name: name.into(),
+            created: String::new(),
+            hostname: name.into(),
+            mode: Mode::Bridge,
+            status: Status::Running,
+            endpoints: BTreeMap::from([(net.to_string(), ep)]),
+            requested_network: None,
+            requested_ip: None,
+            requested_mac: None,
+            port_specs: Vec::new(),
+            publish_all: false,
+            exposed: Vec::new(),
+            ports,
+            pids: Vec::new(),
+        }
+    }
+
+    fn binding(host_ip: [u8; 4], host_port: u16, container_port: u16, proto: Proto) -> PortBinding {
+        PortBinding {
+            host_ip: IpAddr::V4(host_ip.into()),
+            host_port,
+            container_port,
+            proto,
+        }
+    }
+
+    fn small_state() -> State {
+        let mut s = State::default();
+        for n in [
+            network("def", "netd0", "172.17.0.0/16", false, true),
+            network("priv", "netd-priv", "10.99.0.0/24", true, true),
+            network("noicc", "netd-noicc", "10.98.0.0/24", false, false),
+        ] {
+            s.networks.insert(n.id.clone(), n);
+        }
+        let web = container(
+            "web",
+            "def",
+            Ipv4Addr::new(172, 17, 0, 2),
+            vec![
+                binding([0, 0, 0, 0], 8080, 80, Proto::Tcp),
+                binding([0, 0, 0, 0], 5353, 53, Proto::Udp),
+                binding([10, 0, 0, 1], 8443, 443, Proto::Tcp),
+            ],
+        );
+        let mut stopped = container(
+            "old",
+            "def",
+            Ipv4Addr::new(172, 17, 0, 3),
+            vec![binding([0, 0, 0, 0], 9090, 90, Proto::Tcp)],
+        );
+        stopped.status = Status::Exited;
+        for c in [web, stopped] {
+            s.containers.insert(c.id.clone(), c);
+        }
+        s
+    }
+
+    /// The definition of set or map `name` in a rendered table.
+    fn block(t: &str, name: &str) -> String {
+        let start = t
+            .find(&format!(" {name} {{"))
+            .unwrap_or_else(|| panic!("{name} in {t}"));
+        let end = start + t[start..].find("\n\t}\n").unwrap();
+        t[start..end].to_string()
+    }
+
+    #[test]
+    fn published_ports_are_map_elements() {
+        let t = render(&small_state()).unwrap();
+        assert!(t.starts_with("table ip netd {\n"), "{t}");
+        assert!(t.contains("\t\t\ttcp . 8080 : 172.17.0.2 . 80,\n"), "{t}");
+        assert!(t.contains("\t\t\tudp . 5353 : 172.17.0.2 . 53\n"), "{t}");
+        assert!(
+            t.contains("\t\t\t10.0.0.1 . tcp . 8443 : 172.17.0.2 . 443\n"),
+            "{t}"
+        );
+        assert!(t.contains("\"netd0\" . 172.17.0.2 . tcp . 80"), "{t}");
+        assert!(t.contains("172.17.0.2 . 172.17.0.2 . tcp . 80"), "{t}");
+        assert!(!t.contains("9090"), "a stopped container publishes nothing");
+        // The rules do not depend on the state: more ports, same rules.
+        let rules = |t: &str| t.lines().filter(|l| l.contains("@")).count();
+        assert_eq!(rules(&t), rules(&render(&State::default()).unwrap()));
+    }
+
+    #[test]
+    fn masquerade_and_isolation_sets() {
+        let t = render(&small_state()).unwrap();
+        let set = |name: &str| block(&t, name);
+        let masq = set("masq_subnets");
+        assert!(masq.contains("172.17.0.0/16"), "{masq}");
+        assert!(masq.contains("10.98.0.0/24"), "{masq}");
+        assert!(
+            !masq.contains("10.99.0.0"),
+            "internal: no masquerade {masq}"
+        );
+        assert!(set("internal_bridges").contains("\"netd-priv\""));
+        assert!(!set("egress_bridges").contains("\"netd-priv\""));
+        assert!(set("subnets").contains("10.99.0.0/24 . \"netd-priv\""));
+        let icc = set("icc_verdict");
+        assert!(
+            icc.contains("\"netd-noicc\" . \"netd-noicc\" : drop"),
+            "{icc}"
+        );
+        assert!(icc.contains("\"netd0\" . \"netd0\" : accept"), "{icc}");
+        assert!(t.contains("ip saddr @masq_subnets ip saddr . oifname != @subnets masquerade"));
+    }
+
+    #[test]
+    fn masquerade_false_and_empty_state() {
+        let mut s = small_state();
+        for n in s.networks.values_mut() {
+            n.options.masquerade = false;
+        }
+        let t = render(&s).unwrap();
+        let masq = block(&t, "masq_subnets");
+        assert!(!masq.contains("elements"), "{masq}");
+        assert!(block(&t, "subnets").contains("172.17.0.0/16 . \"netd0\""));
+        // An empty state renders sets without elements (nft refuses `{ }`).
+        let e = render(&State::default()).unwrap();
+        assert!(!e.contains("elements"), "{e}");
+        assert!(apply_script(&e).starts_with("table ip netd {}\ndelete table ip netd\n"));
+    }
+
+    #[test]
+    fn unquotable_bridge_names_are_refused() {
+        let mut s = State::default();
+        let n = network("x", "a\"b", "10.1.0.0/24", false, true);
+        s.networks.insert(n.id.clone(), n);
+        assert!(render(&s).is_err());
+    }
+}
