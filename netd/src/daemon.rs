@@ -919,7 +919,9 @@ impl Daemon {
             .create_veth(&ep.veth, &ep.ifname, ns, ep.mac, net.options.mtu)
             .await?;
         self.nl.set_master_up(vi, br).await?;
-        self.nl.set_hairpin(vi).await?;
+        if self.dp.wants_hairpin_mode() {
+            self.nl.set_hairpin(vi).await?;
+        }
         let cn = Netlink::in_ns(ns)?;
         let ci = cn.index_of(&ep.ifname).await?;
         cn.add_addr(ci, ep.ip, net.subnet().prefix).await?;

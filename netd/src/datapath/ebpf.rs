@@ -486,6 +486,10 @@ impl Datapath for Ebpf {
         "ebpf"
     }
 
+    fn wants_hairpin_mode(&self) -> bool {
+        false
+    }
+
     fn init(&mut self) -> Result<()> {
         sysctl_write("net/ipv4/ip_forward", "1")?;
         // No iptables in this datapath: bridged frames need not traverse it.

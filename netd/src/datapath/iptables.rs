@@ -229,14 +229,7 @@ impl Datapath for Iptables {
     }
 
     fn sync(&mut self, state: &State, _change: &Change) -> Result<()> {
-        for n in state.networks.values() {
-            // 127.0.0.1 -> published port: loopback-sourced packets may be
-            // routed out of the bridge (then masqueraded).
-            let key = format!("net/ipv4/conf/{}/route_localnet", n.bridge);
-            if sysctl_read(&key).is_ok_and(|v| v != "1") {
-                sysctl_write(&key, "1")?;
-            }
-        }
+        super::route_localnet(state)?;
         let batch = render(state);
         if batch != self.last {
             restore(&batch)?;

@@ -32,6 +32,13 @@ pub trait Datapath: Send + Sync {
     fn sync(&mut self, state: &State, change: &Change) -> Result<()>;
     /// Removes everything this datapath installed (`--cleanup-on-exit`).
     fn cleanup(&mut self) -> Result<()>;
+    /// Whether bridge ports need hairpin mode (a container reaching its
+    /// own published port through the host goes back out of its port).
+    /// The eBPF datapath translates hairpin traffic in TC and does not:
+    /// hairpin mode also reflects a port's broadcasts back to it.
+    fn wants_hairpin_mode(&self) -> bool {
+        true
+    }
     /// Expires idle connection-tracking entries; returns how many went.
     fn gc(&mut self) -> Result<usize> {
         Ok(0)
@@ -78,4 +85,17 @@ pub fn new(kind: Kind, ebpf: ebpf::EbpfConfig) -> Box<dyn Datapath> {
         Kind::Nftables => Box::new(nftables::Nftables::default()),
         Kind::Ebpf => Box::new(ebpf::Ebpf::new(ebpf)),
     }
+}
+
+/// 127.0.0.1 -> published port with the netfilter datapaths: loopback-
+/// sourced packets may be routed out of the bridges (then masqueraded),
+/// as Docker sets it without the userland proxy.
+pub fn route_localnet(state: &State) -> Result<()> {
+    for n in state.networks.values() {
+        let key = format!("net/ipv4/conf/{}/route_localnet", n.bridge);
+        if crate::netns::sysctl_read(&key).is_ok_and(|v| v != "1") {
+            crate::netns::sysctl_write(&key, "1")?;
+        }
+    }
+    Ok(())
 }

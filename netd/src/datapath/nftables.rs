@@ -351,6 +351,7 @@ impl Datapath for Nftables {
     }
 
     fn sync(&mut self, state: &State, _change: &Change) -> Result<()> {
+        super::route_localnet(state)?;
         let table = render(state)?;
         if table != self.last {
             nft(&apply_script(&table))?;
