@@ -56,7 +56,7 @@ pub mod maps {
 pub const MAX_ENDPOINTS: u32 = 16384;
 pub const MAX_NETWORKS: u32 = 1024;
 pub const MAX_PORT_PREFIXES: u32 = 65536;
-pub const DEFAULT_CT_ENTRIES: u32 = 65536;
+pub const DEFAULT_CT_ENTRIES: u32 = 262_144;
 pub const MAX_LOCAL_ADDRS: u32 = 256;
 pub const MAX_SOCKETS: u32 = 65536;
 

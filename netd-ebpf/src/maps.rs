@@ -26,8 +26,16 @@ pub static NETD_PORTS: LpmTrie<PortKey, PortTarget, { MAX_PORT_PREFIXES as usize
 /// Conntrack/NAT. A plain hash (not LRU): when it is full a new flow is
 /// refused (and counted) instead of silently evicting an established one.
 /// The size is set at load time from the daemon's configuration.
+///
+/// Not preallocated: memory follows the number of live flows, so the
+/// default size can be generous.
 #[btf_map]
-pub static NETD_CT: HashMap<CtKey, CtEntry, { DEFAULT_CT_ENTRIES as usize }> = HashMap::new();
+pub static NETD_CT: HashMap<
+    CtKey,
+    CtEntry,
+    { DEFAULT_CT_ENTRIES as usize },
+    { aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
 
 #[btf_map]
 pub static NETD_EP_STATS: PerCpuHashMap<EndpointKey, EndpointStats, { MAX_ENDPOINTS as usize }> =

@@ -1409,7 +1409,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     // Conntrack GC.
     let gc = daemon.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
         loop {
             tick.tick().await;
             match gc.lock().await.dp.gc() {

@@ -32,6 +32,11 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Set everything up, build (release) and run `netd bench` with these arguments.
+    Bench {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Set everything up, build, check formatting and lints, run all tests.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -50,6 +55,13 @@ fn main() -> Result<()> {
             cargo(&["build", "--release", "-p", "netd"])?;
             let netd = workspace_root().join("target/release/netd");
             run(Command::new(netd).arg("demo").args(args))
+        }
+        Cmd::Bench { args } => {
+            setup::all()?;
+            build_ebpf(true)?;
+            cargo(&["build", "--release", "-p", "netd"])?;
+            let netd = workspace_root().join("target/release/netd");
+            run(Command::new(netd).arg("bench").args(args))
         }
         Cmd::Test { args } => {
             setup::all()?;

@@ -61,6 +61,8 @@ pub struct Ebpf {
     uplink: String,
     /// Host veths whose from_container link is pinned.
     attached: BTreeSet<String>,
+    /// What the last sync wrote into the maps.
+    last: Option<Desired>,
 }
 
 impl Ebpf {
@@ -70,6 +72,7 @@ impl Ebpf {
             progs: None,
             uplink: String::new(),
             attached: BTreeSet::new(),
+            last: None,
         }
     }
 
@@ -344,38 +347,58 @@ impl Ebpf {
         }
         for (proto, host, t) in port_ranges(&d.bindings) {
             for (start, bits) in port_blocks(t.host_port_min, t.host_port_max) {
-                d.ports.push((port_key(proto, host, start, bits), t));
+                let k = port_key(proto, host, start, bits);
+                d.ports.insert(port_id(&k), (k, t));
             }
         }
+        d.local = local_addrs();
         Ok(d)
     }
 
+    /// Makes the maps match `d`. The first sync after start compares
+    /// with the maps themselves (adopting whatever an earlier daemon left);
+    /// later ones diff against the previous desired state, so a change
+    /// costs syscalls for the entries it changes, not for every entry.
     fn sync_maps(&mut self, d: &Desired) -> Result<()> {
+        let prev = self.last.take();
+        let p = prev.as_ref();
         let progs = self.progs()?;
-        sync_hash(
+        apply(
             &mut HashMap::try_from(progs.map_mut(maps::NETWORKS)?)?,
+            p.map(|p| &p.networks),
             &d.networks,
         )?;
-        sync_hash(
+        apply(
             &mut HashMap::try_from(progs.map_mut(maps::LOCAL_ADDRS)?)?,
-            &local_addrs(),
+            p.map(|p| &p.local),
+            &d.local,
         )?;
-        sync_hash(
+        apply(
             &mut HashMap::try_from(progs.map_mut(maps::ENDPOINTS)?)?,
+            p.map(|p| &p.by_ip),
             &d.by_ip,
         )?;
-        sync_hash(
+        apply(
             &mut HashMap::try_from(progs.map_mut(maps::ENDPOINTS_BY_IF)?)?,
+            p.map(|p| &p.by_if),
             &d.by_if,
         )?;
         {
             let mut stats: PerCpuHashMap<&mut MapData, EndpointKey, EndpointStats> =
                 PerCpuHashMap::try_from(progs.map_mut(maps::EP_STATS)?)?;
-            let stale: Vec<EndpointKey> = stats
-                .keys()
-                .filter_map(|k| k.ok())
-                .filter(|k| !d.by_if.contains_key(k))
-                .collect();
+            let stale: Vec<EndpointKey> = match p {
+                Some(p) => p
+                    .by_if
+                    .keys()
+                    .filter(|k| !d.by_if.contains_key(k))
+                    .copied()
+                    .collect(),
+                None => stats
+                    .keys()
+                    .filter_map(|k| k.ok())
+                    .filter(|k| !d.by_if.contains_key(k))
+                    .collect(),
+            };
             for k in stale {
                 let _ = stats.remove(&k);
             }
@@ -383,19 +406,29 @@ impl Ebpf {
         {
             let mut ports: LpmTrie<&mut MapData, PortKey, PortTarget> =
                 LpmTrie::try_from(progs.map_mut(maps::PORTS)?)?;
-            let want: BTreeMap<(u32, [u8; 8]), (Key<PortKey>, PortTarget)> = d
-                .ports
-                .iter()
-                .map(|(k, t)| ((k.prefix_len(), bytemuck::cast(k.data())), (*k, *t)))
-                .collect();
-            let have: Vec<Key<PortKey>> = ports.keys().collect::<Result<_, _>>()?;
+            let have: Vec<Key<PortKey>> = match p {
+                Some(p) => p
+                    .ports
+                    .iter()
+                    .filter(|(k, _)| !d.ports.contains_key(k))
+                    .map(|(_, (k, _))| *k)
+                    .collect(),
+                None => ports
+                    .keys()
+                    .collect::<Result<Vec<_>, _>>()?
+                    .into_iter()
+                    .filter(|k| !d.ports.contains_key(&port_id(k)))
+                    .collect(),
+            };
             for k in have {
-                if !want.contains_key(&(k.prefix_len(), bytemuck::cast(k.data()))) {
-                    ports.remove(&k)?;
-                }
+                ports.remove(&k)?;
             }
-            for (k, t) in want.values() {
-                if ports.get(k, 0).ok() != Some(*t) {
+            for (id, (k, t)) in &d.ports {
+                let unchanged = match p {
+                    Some(p) => p.ports.get(id).map(|(_, pt)| pt) == Some(t),
+                    None => ports.get(k, 0).ok().as_ref() == Some(t),
+                };
+                if !unchanged {
                     ports.insert(k, *t, 0)?;
                 }
             }
@@ -408,27 +441,43 @@ impl Ebpf {
             .iter()
             .map(|(ip, b)| (b.proto.number(), b.host_port, u32::from(*ip).to_be()))
             .collect();
-        let mut ct: HashMap<&mut MapData, CtKey, CtEntry> =
-            HashMap::try_from(progs.map_mut(maps::CT)?)?;
-        let stale: Vec<CtKey> = ct
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(k, e)| {
-                if !live_ips.contains(&e.container_ip) {
-                    return true;
-                }
-                let host_port = match e.kind {
-                    ct_kind::DNAT => k.dport,
-                    ct_kind::REV_DNAT => e.port,
-                    _ => return false,
-                };
-                !live_ports.contains(&(k.proto, host_port, e.container_ip))
-            })
-            .map(|(k, _)| k)
-            .collect();
-        for k in stale {
-            let _ = ct.remove(&k);
+        let removed = match p {
+            None => true,
+            Some(p) => {
+                p.by_ip.keys().any(|k| !live_ips.contains(k))
+                    || p.bindings.iter().any(|(ip, b)| {
+                        !live_ports.contains(&(
+                            b.proto.number(),
+                            b.host_port,
+                            u32::from(*ip).to_be(),
+                        ))
+                    })
+            }
+        };
+        if removed {
+            let mut ct: HashMap<&mut MapData, CtKey, CtEntry> =
+                HashMap::try_from(progs.map_mut(maps::CT)?)?;
+            let stale: Vec<CtKey> = ct
+                .iter()
+                .filter_map(|r| r.ok())
+                .filter(|(k, e)| {
+                    if !live_ips.contains(&e.container_ip) {
+                        return true;
+                    }
+                    let host_port = match e.kind {
+                        ct_kind::DNAT => k.dport,
+                        ct_kind::REV_DNAT => e.port,
+                        _ => return false,
+                    };
+                    !live_ports.contains(&(k.proto, host_port, e.container_ip))
+                })
+                .map(|(k, _)| k)
+                .collect();
+            for k in stale {
+                let _ = ct.remove(&k);
+            }
         }
+        self.last = Some(d.clone());
         Ok(())
     }
 
@@ -453,14 +502,49 @@ impl Ebpf {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Desired {
     networks: BTreeMap<u32, Network>,
+    local: BTreeMap<u32, u32>,
     by_ip: BTreeMap<u32, Endpoint>,
     by_if: BTreeMap<EndpointKey, Endpoint>,
     veths: BTreeSet<String>,
     bindings: Vec<(Ipv4Addr, PortBinding)>,
-    ports: Vec<(Key<PortKey>, PortTarget)>,
+    ports: BTreeMap<PortId, (Key<PortKey>, PortTarget)>,
+}
+
+/// An LPM key as an orderable value.
+type PortId = (u32, [u8; 8]);
+
+fn port_id(k: &Key<PortKey>) -> PortId {
+    (k.prefix_len(), bytemuck::cast(k.data()))
+}
+
+/// Applies `want` to a hash map: against `have` (what the previous sync
+/// wrote) when known, else against the map's own contents.
+fn apply<K, V>(
+    map: &mut HashMap<&mut MapData, K, V>,
+    have: Option<&BTreeMap<K, V>>,
+    want: &BTreeMap<K, V>,
+) -> Result<()>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod + PartialEq,
+{
+    let Some(have) = have else {
+        return sync_hash(map, want);
+    };
+    for k in have.keys() {
+        if !want.contains_key(k) {
+            map.remove(k)?;
+        }
+    }
+    for (k, v) in want {
+        if have.get(k) != Some(v) {
+            map.insert(k, v, 0)?;
+        }
+    }
+    Ok(())
 }
 
 fn timeout(proto: u8, state: u8) -> u64 {
@@ -565,6 +649,7 @@ impl Datapath for Ebpf {
 
     fn cleanup(&mut self) -> Result<()> {
         self.progs = None;
+        self.last = None;
         let _ = std::fs::remove_dir_all(self.links_dir());
         let _ = std::fs::remove_dir_all(self.maps_dir());
         self.attached.clear();

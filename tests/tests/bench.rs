@@ -1,0 +1,85 @@
+//! `netd bench --quick` as a smoke test: the harness builds its
+//! topologies, every datapath carries traffic in every scenario, and the
+//! reports are written. It asserts that figures exist and are positive,
+//! never how fast anything is.
+use netd_tests::{daemon::netd_bin, require_root};
+
+#[test]
+fn bench_quick_produces_positive_figures_for_every_datapath() {
+    if !require_root("bench_quick_produces_positive_figures_for_every_datapath") {
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("netd-bench-test-{}", std::process::id()));
+    let o = std::process::Command::new(netd_bin())
+        .args([
+            "bench",
+            "--quick",
+            "--datapaths",
+            "ebpf,nftables,iptables",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "netd bench failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| c2c | TCP_RR | per_sec |"), "{md}");
+    assert!(out.join("charts/c2c_TCP_RR_per_sec.svg").exists());
+    assert!(out.join("charts/scaling_TCP_CRR.svg").exists());
+    let samples = report["samples"].as_array().unwrap();
+    for dp in ["ebpf", "nftables", "iptables", "floor"] {
+        assert!(
+            samples.iter().any(|s| s["datapath"] == dp),
+            "no samples for {dp}"
+        );
+    }
+    for (scenario, load) in [
+        ("c2c", "TCP_RR"),
+        ("c2c", "TCP_CRR"),
+        ("c2c", "TCP_STREAM"),
+        ("dnat", "TCP_CRR"),
+        ("dnat", "TCP_RR"),
+        ("dnat", "TCP_STREAM"),
+        ("egress", "TCP_STREAM"),
+        ("egress", "TCP_CRR"),
+        ("egress", "UDP_RR"),
+        ("scaling_0", "TCP_CRR"),
+        ("scaling_1000", "TCP_CRR"),
+    ] {
+        for dp in ["ebpf", "nftables", "iptables"] {
+            let s = samples
+                .iter()
+                .find(|s| s["scenario"] == scenario && s["load"] == load && s["datapath"] == dp)
+                .unwrap_or_else(|| panic!("missing {scenario} {load} {dp}"));
+            let rate = s["figures"]["per_sec"]
+                .as_f64()
+                .or(s["figures"]["gbit_per_sec"].as_f64());
+            assert!(rate.unwrap_or(0.0) > 0.0, "{scenario} {load} {dp}: {s}");
+        }
+    }
+    let bpf = samples
+        .iter()
+        .find(|s| s["scenario"] == "bpf_c2c")
+        .expect("bpf stats");
+    assert!(
+        bpf["figures"]["from_container_ns_per_packet"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "{bpf}"
+    );
+    for dp in ["ebpf", "nftables", "iptables"] {
+        let c = samples
+            .iter()
+            .find(|s| s["scenario"] == "control" && s["datapath"] == dp)
+            .unwrap();
+        assert!(c["figures"]["publish_1000_ports_ms"].as_f64().unwrap() > 0.0);
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
