@@ -36,7 +36,7 @@ pub struct Daemon {
     cfg: Config,
     store: Store,
     state: State,
-    dp: Box<dyn Datapath>,
+    dp: datapath::Timed,
     nl: Netlink,
 }
 
@@ -134,7 +134,7 @@ impl Daemon {
         let (store, state) = Store::open(&cfg.state_dir)?;
         std::fs::create_dir_all(cfg.exec_root.join("netns"))?;
         std::fs::create_dir_all(cfg.exec_root.join("containers"))?;
-        let mut dp = datapath::new(
+        let mut dp = datapath::Timed::new(datapath::new(
             cfg.datapath,
             datapath::ebpf::EbpfConfig {
                 bpffs: cfg.bpffs.clone(),
@@ -143,7 +143,7 @@ impl Daemon {
                 ct_entries: cfg.ct_entries,
                 cgroup: cfg.cgroup.clone(),
             },
-        );
+        ));
         dp.init()
             .with_context(|| format!("initialising the {} datapath", dp.name()))?;
         let nl = Netlink::current()?;
@@ -1314,7 +1314,10 @@ impl Daemon {
         let body = req.body.clone();
         let r = match (req.method.as_str(), parts.as_slice()) {
             ("GET", ["_ping"]) => Ok(json!("OK")),
-            ("GET", ["info"]) => Ok(json!({ "Datapath": self.dp.name() })),
+            ("GET", ["info"]) => Ok(json!({
+                "Datapath": self.dp.name(),
+                "LastSyncMicros": self.dp.last_sync.as_micros() as u64,
+            })),
             ("GET", ["stats"]) => self.stats(),
             ("GET", ["networks"]) => Ok(self.network_list()),
             ("POST", ["networks", "create"]) => self.network_create(parse_body(body)?).await,

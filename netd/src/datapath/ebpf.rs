@@ -642,9 +642,19 @@ impl Datapath for Ebpf {
     }
 
     fn sync(&mut self, state: &State, _change: &Change) -> Result<()> {
+        let t = std::time::Instant::now();
         let d = self.desired(state)?;
+        let t_desired = t.elapsed();
+        self.attach(&d)?;
+        let t_attach = t.elapsed();
         self.sync_maps(&d)?;
-        self.attach(&d)
+        tracing::debug!(
+            "ebpf sync: desired {:?}, attach {:?}, maps {:?}",
+            t_desired,
+            t_attach - t_desired,
+            t.elapsed() - t_attach
+        );
+        Ok(())
     }
 
     fn cleanup(&mut self) -> Result<()> {

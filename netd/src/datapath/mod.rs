@@ -99,3 +99,47 @@ pub fn route_localnet(state: &State) -> Result<()> {
     }
     Ok(())
 }
+
+/// A datapath that remembers how long its last sync took (reported by
+/// `GET /info`, so benchmarks can tell the datapath's share of an
+/// operation from the rest: namespaces, links, state on disk).
+pub struct Timed {
+    inner: Box<dyn Datapath>,
+    pub last_sync: std::time::Duration,
+}
+
+impl Timed {
+    pub fn new(inner: Box<dyn Datapath>) -> Timed {
+        Timed {
+            inner,
+            last_sync: std::time::Duration::ZERO,
+        }
+    }
+}
+
+impl Datapath for Timed {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn init(&mut self) -> Result<()> {
+        self.inner.init()
+    }
+    fn sync(&mut self, state: &State, change: &Change) -> Result<()> {
+        let t = std::time::Instant::now();
+        let r = self.inner.sync(state, change);
+        self.last_sync = t.elapsed();
+        r
+    }
+    fn cleanup(&mut self) -> Result<()> {
+        self.inner.cleanup()
+    }
+    fn wants_hairpin_mode(&self) -> bool {
+        self.inner.wants_hairpin_mode()
+    }
+    fn gc(&mut self) -> Result<usize> {
+        self.inner.gc()
+    }
+    fn stats(&mut self) -> Result<serde_json::Value> {
+        self.inner.stats()
+    }
+}
