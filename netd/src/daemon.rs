@@ -190,7 +190,7 @@ impl Daemon {
         d.reconcile().await?;
         d.dp.sync(&d.state, &Change::All)?;
         d.store.save(&d.state)?;
-        d.sync_dns();
+        d.sync_dns().await;
         Ok(d)
     }
 
@@ -210,9 +210,10 @@ impl Daemon {
     /// /etc/hosts up to date with their targets. Called after every
     /// change, so records follow containers at once, and periodically
     /// (retrying listeners that could not bind).
-    pub fn sync_dns(&mut self) {
+    pub async fn sync_dns(&mut self) {
         self.dns
-            .update(Snapshot::build(&self.state, self.upstreams()));
+            .update(Snapshot::build(&self.state, self.upstreams()))
+            .await;
         for c in self.state.containers.values() {
             if c.status == Status::Running
                 && !c.dns.links.is_empty()
@@ -1573,7 +1574,7 @@ impl Daemon {
         if req.method != "GET" {
             // Names follow containers at once: start, stop, connect,
             // disconnect, create and rm all land here.
-            self.sync_dns();
+            self.sync_dns().await;
         }
         r.map_err(ApiError::from)
     }
@@ -1637,7 +1638,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             }
             // DNS listeners that could not bind are tried again, and a
             // changed host resolv.conf reaches the forwarders.
-            d.sync_dns();
+            d.sync_dns().await;
         }
     });
     let server = tokio::spawn({

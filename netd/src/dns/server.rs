@@ -69,6 +69,17 @@ impl Drop for Listener {
 }
 
 impl Listener {
+    /// Stops the listener and waits until its sockets are closed, so the
+    /// address can be bound again at once.
+    async fn stop(mut self) {
+        let udp = std::mem::replace(&mut self.udp, Err(String::new()));
+        let tcp = std::mem::replace(&mut self.tcp, Err(String::new()));
+        for h in [udp, tcp].into_iter().flatten() {
+            h.abort();
+            let _ = h.await;
+        }
+    }
+
     fn status(&self) -> String {
         match (&self.udp, &self.tcp) {
             (Ok(_), Ok(_)) => "running".into(),
@@ -109,15 +120,24 @@ impl Server {
     /// listeners match its zones: new networks get listeners, removed ones
     /// lose them, failed binds are tried again. Must run inside the
     /// daemon's tokio runtime and network namespace.
-    pub fn update(&mut self, snap: Snapshot) {
+    pub async fn update(&mut self, snap: Snapshot) {
         let wanted: HashMap<String, (Ipv4Addr, String)> = snap
             .zones
             .iter()
             .map(|(gw, z)| (z.network_id.clone(), (*gw, z.name.clone())))
             .collect();
         *self.shared.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
-        self.listeners
-            .retain(|id, l| wanted.get(id).is_some_and(|(gw, _)| *gw == l.gw));
+        let stale: Vec<String> = self
+            .listeners
+            .iter()
+            .filter(|(id, l)| !wanted.get(*id).is_some_and(|(gw, _)| *gw == l.gw))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            if let Some(l) = self.listeners.remove(&id) {
+                l.stop().await;
+            }
+        }
         for (id, (gw, name)) in wanted {
             let before = self.listeners.get(&id).map(Listener::status);
             let l = self.listeners.remove(&id);
@@ -149,7 +169,7 @@ impl Server {
             l.udp = bind_udp(gw)
                 .map(|s| {
                     let (shared, limits) = (self.shared.clone(), self.limits.clone());
-                    tokio::spawn(serve_udp(Arc::new(s), gw, shared, limits))
+                    tokio::spawn(serve_udp(s, gw, shared, limits))
                 })
                 .map_err(|e| format!("UDP {gw}:{PORT}: {e}"));
         }
@@ -239,10 +259,20 @@ fn current(shared: &Shared) -> Arc<Snapshot> {
     shared.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-async fn serve_udp(sock: Arc<UdpSocket>, gw: Ipv4Addr, shared: Shared, limits: Arc<Limits>) {
+/// The UDP listener. Forwarded queries are answered through a channel,
+/// so only this task holds the socket (stopping it frees the port).
+async fn serve_udp(sock: UdpSocket, gw: Ipv4Addr, shared: Shared, limits: Arc<Limits>) {
     let mut buf = vec![0u8; 65536];
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<u8>, SocketAddr)>(MAX_FORWARDS);
     loop {
-        let (n, from) = match sock.recv_from(&mut buf).await {
+        let r = tokio::select! {
+            r = sock.recv_from(&mut buf) => r,
+            Some((answer, to)) = rx.recv() => {
+                let _ = sock.try_send_to(&answer, to);
+                continue;
+            }
+        };
+        let (n, from) = match r {
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!("dns {gw}: recv: {e}");
@@ -257,10 +287,10 @@ async fn serve_udp(sock: Arc<UdpSocket>, gw: Ipv4Addr, shared: Shared, limits: A
             }
             Outcome::Forward(f) => match limits.forwards.clone().try_acquire_owned() {
                 Ok(permit) => {
-                    let sock = sock.clone();
+                    let tx = tx.clone();
                     tokio::spawn(async move {
                         let r = forward(&f, Transport::Udp).await;
-                        let _ = sock.send_to(&r, from).await;
+                        let _ = tx.try_send((r, from));
                         drop(permit);
                     });
                 }

@@ -189,7 +189,15 @@ pub fn dns_names(dp: &str) {
     n.ok(&["stop", "b"]);
     assert_eq!(getent(&n, "a", "b"), None);
     n.ok(&["start", "b"]);
-    assert_eq!(getent(&n, "a", "b").as_deref(), Some(b.as_str()));
+    let got = getent(&n, "a", "b");
+    assert_eq!(
+        got.as_deref(),
+        Some(b.as_str()),
+        "after start: {}\n{}\n{}",
+        dig(&n, "a", &gw, "b", "A", &[]),
+        n.ok(&["exec", "a", "--", "cat", "/etc/resolv.conf", "/etc/hosts"]),
+        n.log()
+    );
 
     // icc=false blocks container traffic, not DNS to the gateway.
     n.ok(&["network", "create", "-o", "icc=false", "noicc"]);
@@ -404,6 +412,14 @@ pub fn dns_port_taken(dp: &str) {
     );
     sleeper(&n, "b", "blocked");
     assert_eq!(getent(&n, "b", "a").as_deref(), Some(n.ip_of("a").as_str()));
+
+    // A removed network frees its address at once: the same subnet again
+    // gets a running DNS server straight away.
+    for _ in 0..2 {
+        n.ok(&["network", "create", "--subnet", "10.88.0.0/24", "again"]);
+        assert_eq!(net_inspect(&n, "again")["DNS"]["Status"], "running");
+        n.ok(&["network", "rm", "again"]);
+    }
 }
 
 pub fn dns_fuzz(dp: &str) {
