@@ -356,9 +356,16 @@ impl Daemon {
     }
 
     async fn ensure_bridge(&self, n: &Network) -> Result<()> {
+        // A fixed address (02:42 + the gateway's, as containers' MACs
+        // are made): the gateway's MAC never changes under the
+        // containers' ARP caches.
         let i = self
             .nl
-            .ensure_bridge(&n.bridge, n.options.mtu, None)
+            .ensure_bridge(
+                &n.bridge,
+                n.options.mtu,
+                Some(link::mac_for_ip(n.gateway())),
+            )
             .await?;
         self.nl.add_addr(i, n.gateway(), n.subnet().prefix).await?;
         self.nl.set_up(i).await
