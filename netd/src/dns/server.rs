@@ -13,7 +13,10 @@ use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     os::fd::{FromRawFd, IntoRawFd},
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     time::{Duration, Instant},
 };
 
@@ -44,6 +47,38 @@ const MAX_FORWARDS: usize = 1024;
 /// TCP connections at once, and how long one may sit idle.
 const MAX_TCP: usize = 256;
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Receive buffer of a UDP listener: room for bursts (a few thousand
+/// queries) while the responder catches up.
+const UDP_RCVBUF: usize = 1 << 20;
+
+/// One network's counters (`network inspect`, "DNS"."Stats").
+#[derive(Default)]
+pub struct Stats {
+    /// Messages received: UDP datagrams, TCP frames.
+    udp: AtomicU64,
+    tcp: AtomicU64,
+    /// Answered here (names, NXDOMAIN, FORMERR, REFUSED, ...).
+    answered: AtomicU64,
+    /// Sent upstream.
+    forwarded: AtomicU64,
+    /// Answered SERVFAIL: no upstream answered in time, or too many
+    /// forwards in flight.
+    servfail: AtomicU64,
+    /// Dropped: unreadable headers and responses.
+    dropped: AtomicU64,
+}
+
+impl Stats {
+    fn json(&self) -> Value {
+        json!({
+            "Received": { "Udp": self.udp.load(Relaxed), "Tcp": self.tcp.load(Relaxed) },
+            "Answered": self.answered.load(Relaxed),
+            "Forwarded": self.forwarded.load(Relaxed),
+            "ServFail": self.servfail.load(Relaxed),
+            "Dropped": self.dropped.load(Relaxed),
+        })
+    }
+}
 
 pub type Shared = Arc<RwLock<Arc<Snapshot>>>;
 
@@ -56,6 +91,7 @@ struct Limits {
 struct Listener {
     network: String,
     gw: Ipv4Addr,
+    stats: Arc<Stats>,
     udp: std::result::Result<JoinHandle<()>, String>,
     tcp: std::result::Result<JoinHandle<()>, String>,
 }
@@ -162,23 +198,24 @@ impl Server {
         let mut l = old.unwrap_or(Listener {
             network,
             gw,
+            stats: Arc::default(),
             udp: Err("not started".into()),
             tcp: Err("not started".into()),
         });
+        let ctx = || Ctx {
+            gw,
+            shared: self.shared.clone(),
+            limits: self.limits.clone(),
+            stats: l.stats.clone(),
+        };
         if l.udp.is_err() {
             l.udp = bind_udp(gw)
-                .map(|s| {
-                    let (shared, limits) = (self.shared.clone(), self.limits.clone());
-                    tokio::spawn(serve_udp(s, gw, shared, limits))
-                })
+                .map(|s| tokio::spawn(serve_udp(s, ctx())))
                 .map_err(|e| format!("UDP {gw}:{PORT}: {e}"));
         }
         if l.tcp.is_err() {
             l.tcp = bind_tcp(gw)
-                .map(|s| {
-                    let (shared, limits) = (self.shared.clone(), self.limits.clone());
-                    tokio::spawn(serve_tcp(s, gw, shared, limits))
-                })
+                .map(|s| tokio::spawn(serve_tcp(s, ctx())))
                 .map_err(|e| format!("TCP {gw}:{PORT}: {e}"));
         }
         l
@@ -198,6 +235,7 @@ impl Server {
                 "Enabled": true,
                 "Address": format!("{}:{PORT}", l.gw),
                 "Status": l.status(),
+                "Stats": l.stats.json(),
             }),
             None => json!({ "Enabled": false }),
         }
@@ -232,6 +270,10 @@ fn freebind_socket(ty: SockType) -> std::io::Result<std::os::fd::OwnedFd> {
 /// A UDP socket on `gw:53`.
 pub fn bind_udp(gw: Ipv4Addr) -> std::io::Result<UdpSocket> {
     let fd = freebind_socket(SockType::Datagram)?;
+    // Past net.core.rmem_max when the daemon may (it runs as root).
+    if setsockopt(&fd, sockopt::RcvBufForce, &UDP_RCVBUF).is_err() {
+        let _ = setsockopt(&fd, sockopt::RcvBuf, &UDP_RCVBUF);
+    }
     bind(
         std::os::fd::AsRawFd::as_raw_fd(&fd),
         &SockaddrIn::from(SocketAddrV4::new(gw, PORT)),
@@ -255,13 +297,57 @@ pub fn bind_tcp(gw: Ipv4Addr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(std)
 }
 
-fn current(shared: &Shared) -> Arc<Snapshot> {
-    shared.read().unwrap_or_else(|e| e.into_inner()).clone()
+/// What a listener task works with.
+#[derive(Clone)]
+struct Ctx {
+    gw: Ipv4Addr,
+    shared: Shared,
+    limits: Arc<Limits>,
+    stats: Arc<Stats>,
+}
+
+impl Ctx {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Answers one message; counts what happened.
+    fn respond(&self, from: IpAddr, msg: &[u8], t: Transport) -> Outcome {
+        match t {
+            Transport::Udp => &self.stats.udp,
+            Transport::Tcp => &self.stats.tcp,
+        }
+        .fetch_add(1, Relaxed);
+        let o = responder::respond(&self.snapshot(), self.gw, from, msg, t);
+        let c = match &o {
+            Outcome::Reply(_) => &self.stats.answered,
+            Outcome::Forward(_) => &self.stats.forwarded,
+            Outcome::Drop => &self.stats.dropped,
+        };
+        c.fetch_add(1, Relaxed);
+        o
+    }
+
+    /// Forwards within the limits: SERVFAIL at once when too many are in
+    /// flight, or when no upstream answers in time.
+    async fn forward(&self, f: &Forward, t: Transport) -> Vec<u8> {
+        let answer = match self.limits.forwards.clone().try_acquire_owned() {
+            Ok(_permit) => forward(f, t).await,
+            Err(_) => None,
+        };
+        answer.unwrap_or_else(|| {
+            self.stats.servfail.fetch_add(1, Relaxed);
+            f.servfail.clone()
+        })
+    }
 }
 
 /// The UDP listener. Forwarded queries are answered through a channel,
 /// so only this task holds the socket (stopping it frees the port).
-async fn serve_udp(sock: UdpSocket, gw: Ipv4Addr, shared: Shared, limits: Arc<Limits>) {
+async fn serve_udp(sock: UdpSocket, ctx: Ctx) {
     let mut buf = vec![0u8; 65536];
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<u8>, SocketAddr)>(MAX_FORWARDS);
     loop {
@@ -275,51 +361,44 @@ async fn serve_udp(sock: UdpSocket, gw: Ipv4Addr, shared: Shared, limits: Arc<Li
         let (n, from) = match r {
             Ok(x) => x,
             Err(e) => {
-                tracing::debug!("dns {gw}: recv: {e}");
+                tracing::debug!("dns {}: recv: {e}", ctx.gw);
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 continue;
             }
         };
-        let snap = current(&shared);
-        match responder::respond(&snap, gw, from.ip(), &buf[..n], Transport::Udp) {
+        match ctx.respond(from.ip(), &buf[..n], Transport::Udp) {
             Outcome::Reply(r) => {
                 let _ = sock.try_send_to(&r, from);
             }
-            Outcome::Forward(f) => match limits.forwards.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        let r = forward(&f, Transport::Udp).await;
-                        let _ = tx.try_send((r, from));
-                        drop(permit);
-                    });
-                }
-                Err(_) => {
-                    let _ = sock.try_send_to(&f.servfail, from);
-                }
-            },
+            Outcome::Forward(f) => {
+                let (tx, ctx) = (tx.clone(), ctx.clone());
+                tokio::spawn(async move {
+                    let r = ctx.forward(&f, Transport::Udp).await;
+                    let _ = tx.try_send((r, from));
+                });
+            }
             Outcome::Drop => {}
         }
     }
 }
 
-async fn serve_tcp(l: TcpListener, gw: Ipv4Addr, shared: Shared, limits: Arc<Limits>) {
+async fn serve_tcp(l: TcpListener, ctx: Ctx) {
     loop {
         let (stream, peer) = match l.accept().await {
             Ok(x) => x,
             Err(e) => {
                 // Out of file descriptors and the like: back off a little.
-                tracing::debug!("dns {gw}: accept: {e}");
+                tracing::debug!("dns {}: accept: {e}", ctx.gw);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Ok(permit) = limits.tcp.clone().try_acquire_owned() else {
+        let Ok(permit) = ctx.limits.tcp.clone().try_acquire_owned() else {
             continue; // dropped: closed
         };
-        let (shared, limits) = (shared.clone(), limits.clone());
+        let ctx = ctx.clone();
         tokio::spawn(async move {
-            let _ = tcp_conn(stream, peer.ip(), gw, &shared, &limits).await;
+            let _ = tcp_conn(stream, peer.ip(), &ctx).await;
             drop(permit);
         });
     }
@@ -327,26 +406,16 @@ async fn serve_tcp(l: TcpListener, gw: Ipv4Addr, shared: Shared, limits: Arc<Lim
 
 /// Length-prefixed messages, answered in order, until the client closes,
 /// idles past [`TCP_IDLE`] or sends something netd drops.
-async fn tcp_conn(
-    mut s: TcpStream,
-    peer: IpAddr,
-    gw: Ipv4Addr,
-    shared: &Shared,
-    limits: &Limits,
-) -> std::io::Result<()> {
+async fn tcp_conn(mut s: TcpStream, peer: IpAddr, ctx: &Ctx) -> std::io::Result<()> {
     let _ = s.set_nodelay(true);
     loop {
         let mut len = [0u8; 2];
         timeout(TCP_IDLE, s.read_exact(&mut len)).await??;
         let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
         timeout(TCP_IDLE, s.read_exact(&mut msg)).await??;
-        let snap = current(shared);
-        let out = match responder::respond(&snap, gw, peer, &msg, Transport::Tcp) {
+        let out = match ctx.respond(peer, &msg, Transport::Tcp) {
             Outcome::Reply(r) => r,
-            Outcome::Forward(f) => match limits.forwards.clone().try_acquire_owned() {
-                Ok(_permit) => forward(&f, Transport::Tcp).await,
-                Err(_) => f.servfail.clone(),
-            },
+            Outcome::Forward(f) => ctx.forward(&f, Transport::Tcp).await,
             Outcome::Drop => return Ok(()),
         };
         let mut framed = Vec::with_capacity(out.len() + 2);
@@ -374,9 +443,9 @@ fn random_id() -> u16 {
 }
 
 /// Forwards `f` to its upstreams in order, within [`FORWARD_DEADLINE`]
-/// (shared among the servers still to try); the first answer wins. When
-/// none answers: SERVFAIL.
-pub async fn forward(f: &Forward, transport: Transport) -> Vec<u8> {
+/// (shared among the servers still to try); the first answer wins. None
+/// when no upstream answers.
+pub async fn forward(f: &Forward, transport: Transport) -> Option<Vec<u8>> {
     let deadline = Instant::now() + FORWARD_DEADLINE;
     let n = f.upstreams.len();
     for (i, up) in f.upstreams.iter().enumerate() {
@@ -403,14 +472,14 @@ pub async fn forward(f: &Forward, transport: Transport) -> Vec<u8> {
                     Transport::Tcp => u16::MAX,
                 };
                 if let Some(b) = responder::encode(&m, max) {
-                    return b;
+                    return Some(b);
                 }
             }
             Ok(Err(e)) => tracing::debug!("dns forward to {up}: {e}"),
             Err(_) => tracing::debug!("dns forward to {up}: timed out"),
         }
     }
-    f.servfail.clone()
+    None
 }
 
 /// Whether `m` answers `q` (sent with id `id`).

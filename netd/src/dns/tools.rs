@@ -401,54 +401,75 @@ pub fn dns_bench(server: SocketAddr, name: &str, qtype: &str, secs: f64) -> Resu
     Ok(())
 }
 
+/// Whether the server owes an answer to `b`: its header can be read
+/// and it is a query (netd drops everything else).
+fn expects_answer(b: &[u8]) -> bool {
+    use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+    hickory_proto::op::Header::read(&mut BinDecoder::new(b))
+        .is_ok_and(|h| h.metadata.message_type == MessageType::Query)
+}
+
 /// `netd tool dns-fuzz SERVER --count N`: sends N random and mutated
-/// messages over UDP (at most 128 unanswered in flight, so the server
-/// sees them rather than a full socket buffer), then hostile TCP
-/// conversations: random frames, huge lengths, half frames, idle
-/// connections. Prints what it sent and how many answers came back.
+/// messages over UDP, paced so the server sees them rather than a full
+/// socket buffer (at most 64 owed answers in flight), then hostile TCP
+/// conversations: random frames, huge lengths, garbage, and connections
+/// left idle while another one must still be answered. Prints what it
+/// sent and what came back.
 pub fn dns_fuzz(server: SocketAddr, count: u32, seed: u64, tcp_conns: u32) -> Result<()> {
+    const WINDOW: u32 = 64;
     let mut rng = Rng::new(seed);
     let seeds = seed_queries();
     let s = UdpSocket::bind("0.0.0.0:0")?;
     s.connect(server)?;
-    s.set_read_timeout(Some(Duration::from_millis(20)))?;
     let mut buf = [0u8; 65536];
-    let (mut replies, mut in_flight, mut bad) = (0u64, 0u32, 0u64);
-    let mut drain = |s: &UdpSocket, in_flight: &mut u32, block: bool| -> std::io::Result<()> {
-        s.set_nonblocking(!block)?;
-        while let Ok(n) = s.recv(&mut buf) {
-            replies += 1;
-            *in_flight = in_flight.saturating_sub(1);
-            if n < 12 {
-                bad += 1;
-            }
-            if block {
-                s.set_nonblocking(true)?;
-            }
-        }
-        s.set_nonblocking(false)?;
-        Ok(())
-    };
+    let (mut replies, mut short, mut owed, mut stalls) = (0u64, 0u64, 0u32, 0u32);
     let start = Instant::now();
     for i in 0..count {
         let b = fuzz_case(&mut rng, &seeds, i);
         match s.send(&b) {
-            Ok(_) => in_flight += 1,
+            Ok(_) if expects_answer(&b) => owed += 1,
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 bail!("{server}: connection refused after {i} messages: the server is gone")
             }
             Err(_) => {}
         }
-        drain(&s, &mut in_flight, false)?;
-        if in_flight >= 128 {
-            // Wait for answers; what never comes back was dropped.
-            drain(&s, &mut in_flight, true)?;
-            in_flight = 0;
+        // Take what has come back; wait when too much is owed.
+        loop {
+            let block = owed >= WINDOW;
+            s.set_nonblocking(!block)?;
+            if block {
+                s.set_read_timeout(Some(Duration::from_millis(50)))?;
+            }
+            match s.recv(&mut buf) {
+                Ok(n) => {
+                    replies += 1;
+                    owed = owed.saturating_sub(1);
+                    if n < 12 {
+                        short += 1;
+                    }
+                }
+                Err(_) if block => {
+                    // Answers that did not come (slow forwards): move on.
+                    stalls += 1;
+                    owed = 0;
+                    break;
+                }
+                Err(_) => break,
+            }
         }
     }
-    drain(&s, &mut in_flight, true)?;
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(Duration::from_millis(300)))?;
+    while let Ok(n) = s.recv(&mut buf) {
+        replies += 1;
+        if n < 12 {
+            short += 1;
+        }
+    }
     let udp_secs = start.elapsed().as_secs_f64();
     // TCP.
+    let mut idle = Vec::new();
     let mut tcp_ok = 0u32;
     for c in 0..tcp_conns {
         let Ok(mut t) = TcpStream::connect_timeout(&server, Duration::from_secs(2)) else {
@@ -478,13 +499,25 @@ pub fn dns_fuzz(server: SocketAddr, count: u32, seed: u64, tcp_conns: u32) -> Re
                 let _ = t.write_all(&g);
             }
             _ => {
-                // Half a length prefix, then nothing (left idle).
+                // Half a length prefix, then nothing: kept open, idle.
                 let _ = t.write_all(&[0]);
+                idle.push(t);
             }
         }
     }
+    // With the idle connections still open, a well-formed query over a
+    // new connection must be answered.
+    let tcp_answered = exchange(
+        server,
+        "fuzz-check",
+        RecordType::A,
+        true,
+        Duration::from_secs(5),
+    )
+    .is_ok();
+    drop(idle);
     println!(
-        "{{\"udp_sent\": {count}, \"udp_replies\": {replies}, \"udp_short_replies\": {bad}, \"udp_secs\": {udp_secs:.2}, \"tcp_connections\": {tcp_ok}}}"
+        "{{\"udp_sent\": {count}, \"udp_replies\": {replies}, \"udp_short_replies\": {short}, \"udp_stalls\": {stalls}, \"udp_secs\": {udp_secs:.2}, \"tcp_connections\": {tcp_ok}, \"tcp_answered_while_idle_connections\": {tcp_answered}}}"
     );
     Ok(())
 }

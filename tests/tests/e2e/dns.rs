@@ -440,6 +440,12 @@ pub fn dns_fuzz(dp: &str) {
     ]);
     sleeper(&n, "f", "mynet");
     let gw = net_gw(&n, "mynet");
+    let received = |n: &Netd| {
+        net_inspect(n, "mynet")["DNS"]["Stats"]["Received"]["Udp"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = received(&n);
     let out = n.ok(&[
         "exec",
         "f",
@@ -461,6 +467,18 @@ pub fn dns_fuzz(dp: &str) {
         "the responder answered the fuzz: {v}"
     );
     assert_eq!(v["udp_short_replies"], 0, "{v}");
+    assert_eq!(v["tcp_answered_while_idle_connections"], true, "{v}");
+    // The responder itself saw every datagram (none lost in a socket
+    // buffer on the way).
+    let seen = received(&n) - before;
+    eprintln!(
+        "dns-fuzz ({dp}): the responder received {seen} datagrams: {}",
+        net_inspect(&n, "mynet")["DNS"]
+    );
+    assert!(
+        seen >= 100_000,
+        "the responder received {seen} datagrams: {v}"
+    );
     // Still answering, and correctly.
     let a = n.ip_of("a");
     assert_eq!(getent(&n, "f", "db").as_deref(), Some(a.as_str()));
