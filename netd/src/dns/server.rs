@@ -166,7 +166,7 @@ impl Server {
         let stale: Vec<String> = self
             .listeners
             .iter()
-            .filter(|(id, l)| !wanted.get(*id).is_some_and(|(gw, _)| *gw == l.gw))
+            .filter(|(id, l)| wanted.get(*id).is_none_or(|(gw, _)| *gw != l.gw))
             .map(|(id, _)| id.clone())
             .collect();
         for id in stale {
