@@ -89,7 +89,7 @@ pub fn dns_names(dp: &str) {
         "nsswitch.conf has no dns for hosts: {hosts:?}"
     );
 
-    let n = Netd::start(dp).unwrap();
+    let mut n = Netd::start(dp).unwrap();
     n.ok(&["network", "create", "mynet"]);
     n.ok(&[
         "run",
@@ -206,6 +206,16 @@ pub fn dns_names(dp: &str) {
     let q2 = n.ip_of("q2");
     assert_eq!(getent(&n, "q1", "q2").as_deref(), Some(q2.as_str()));
     assert!(!ping(&n, "q1", "q2"), "icc=false still blocks the traffic");
+
+    // container:NAME shares a's namespace and files: it resolves as a.
+    n.ok(&["create", "--name", "side", "--network", "container:a"]);
+    assert_eq!(getent(&n, "side", "b").as_deref(), Some(b.as_str()));
+
+    // A daemon killed and started again serves the same names.
+    n.stop_daemon(true);
+    n.start_daemon().unwrap();
+    assert_eq!(getent(&n, "a", "bhost").as_deref(), Some(b.as_str()));
+    assert_eq!(net_inspect(&n, "mynet")["DNS"]["Status"], "running");
 }
 
 pub fn dns_links_and_files(dp: &str) {
