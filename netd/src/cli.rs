@@ -41,6 +41,24 @@ pub struct CreateArgs {
     /// Container host name.
     #[arg(long)]
     pub hostname: Option<String>,
+    /// A name for the container on its (user-defined) network; repeatable.
+    #[arg(long = "network-alias", value_name = "NAME")]
+    pub network_alias: Vec<String>,
+    /// Upstream DNS server (repeatable).
+    #[arg(long = "dns", value_name = "IP")]
+    pub dns: Vec<String>,
+    /// DNS search domain (repeatable; "." for none).
+    #[arg(long = "dns-search", value_name = "DOMAIN")]
+    pub dns_search: Vec<String>,
+    /// resolv.conf option (repeatable), e.g. ndots:2.
+    #[arg(long = "dns-option", value_name = "OPTION")]
+    pub dns_option: Vec<String>,
+    /// An /etc/hosts entry, NAME:IP (IP may be host-gateway); repeatable.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    pub add_host: Vec<String>,
+    /// Link to another container on the default bridge: NAME[:ALIAS].
+    #[arg(long = "link", value_name = "NAME[:ALIAS]")]
+    pub link: Vec<String>,
 }
 
 impl CreateArgs {
@@ -49,6 +67,9 @@ impl CreateArgs {
             "Name": self.name, "Network": self.network, "Publish": self.publish,
             "PublishAll": self.publish_all, "Expose": self.expose, "Ip": self.ip,
             "MacAddress": self.mac_address, "Hostname": self.hostname,
+            "NetworkAliases": self.network_alias, "Dns": self.dns,
+            "DnsSearch": self.dns_search, "DnsOptions": self.dns_option,
+            "ExtraHosts": self.add_host, "Links": self.link,
         })
     }
 }
@@ -93,6 +114,9 @@ pub enum NetworkCmd {
     Connect {
         #[arg(long)]
         ip: Option<String>,
+        /// A name for the container on this network (repeatable).
+        #[arg(long = "alias", value_name = "NAME")]
+        alias: Vec<String>,
         network: String,
         container: String,
     },
@@ -185,12 +209,13 @@ pub fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
         }
         NetworkCmd::Connect {
             ip,
+            alias,
             network,
             container,
         } => {
             c.post(
                 &format!("/networks/{network}/connect"),
-                &json!({ "Container": container, "Ip": ip }),
+                &json!({ "Container": container, "Ip": ip, "Aliases": alias }),
             )?;
         }
         NetworkCmd::Disconnect { network, container } => {

@@ -7,6 +7,7 @@
 //! datapath = "iptables"
 //! uplink = "eth0"
 //! default-address-pools = [ { base = "10.10.0.0/16", size = 24 } ]
+//! dns = ["198.18.0.1"]           # upstream resolvers (default: the host's resolv.conf)
 //! ```
 use std::path::PathBuf;
 
@@ -29,6 +30,10 @@ pub struct File {
     pub conntrack_size: Option<u32>,
     /// cgroup v2 directory for the host-socket programs (eBPF datapath).
     pub cgroup: Option<PathBuf>,
+    /// Upstream resolvers for containers (Docker's `dns`): the
+    /// nameservers of default-bridge containers' resolv.conf and the
+    /// embedded DNS server's forwarders. Default: the host's resolv.conf.
+    pub dns: Option<Vec<std::net::IpAddr>>,
 }
 
 impl File {
@@ -58,6 +63,8 @@ pub struct Config {
     pub nat_ports: (u16, u16),
     pub ct_entries: u32,
     pub cgroup: Option<PathBuf>,
+    /// Upstream resolvers (`--dns`, `dns`); empty: the host's resolv.conf.
+    pub dns: Vec<std::net::IpAddr>,
 }
 
 pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {

@@ -4,7 +4,7 @@
 //! startup reconciles the kernel with the persisted state.
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -18,6 +18,11 @@ use crate::{
     api::{self, ApiError, Request, Response},
     config::Config,
     datapath::{self, Change, Datapath},
+    dns::{
+        self,
+        files::{ResolvConf, valid_hostname},
+        records::Snapshot,
+    },
     ipam::{self, Allocator, Cidr},
     link::{self, Netlink},
     model::*,
@@ -38,6 +43,8 @@ pub struct Daemon {
     state: State,
     dp: datapath::Timed,
     nl: Netlink,
+    /// The embedded DNS server of the user-defined networks.
+    dns: dns::server::Server,
 }
 
 fn rand_id() -> String {
@@ -120,6 +127,14 @@ pub struct ContainerCreate {
     pub ip: Option<String>,
     pub mac_address: Option<String>,
     pub hostname: Option<String>,
+    pub network_aliases: Vec<String>,
+    pub dns: Vec<String>,
+    pub dns_search: Vec<String>,
+    pub dns_options: Vec<String>,
+    /// `--add-host NAME:IP`.
+    pub extra_hosts: Vec<String>,
+    /// `--link NAME[:ALIAS]`.
+    pub links: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -127,6 +142,23 @@ pub struct ContainerCreate {
 pub struct Connect {
     pub container: String,
     pub ip: Option<String>,
+    pub aliases: Vec<String>,
+}
+
+/// Checks network aliases (DNS names).
+fn check_aliases(aliases: &[String]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for a in aliases {
+        if !valid_hostname(a) {
+            return bad(format!(
+                "invalid network alias {a:?}: use DNS names (letters, digits, '-', '_', dots between labels)"
+            ));
+        }
+        if !out.contains(a) {
+            out.push(a.clone());
+        }
+    }
+    Ok(out)
 }
 
 impl Daemon {
@@ -153,12 +185,44 @@ impl Daemon {
             state,
             dp,
             nl,
+            dns: dns::server::Server::new(),
         };
         d.ensure_default_network()?;
         d.reconcile().await?;
         d.dp.sync(&d.state, &Change::All)?;
         d.store.save(&d.state)?;
+        d.sync_dns().await;
         Ok(d)
+    }
+
+    /// The forwarders of the embedded DNS server: `--dns` / config, else
+    /// the host's resolv.conf (read again each time: it may change).
+    fn upstreams(&self) -> Vec<SocketAddr> {
+        let ips = if self.cfg.dns.is_empty() {
+            ResolvConf::host().nameservers
+        } else {
+            self.cfg.dns.clone()
+        };
+        ips.into_iter().map(|ip| SocketAddr::new(ip, 53)).collect()
+    }
+
+    /// Publishes the names of the current state to the DNS server (and
+    /// binds or unbinds its listeners), and brings `--link` entries in
+    /// /etc/hosts up to date with their targets. Called after every
+    /// change, so records follow containers at once, and periodically
+    /// (retrying listeners that could not bind).
+    pub async fn sync_dns(&mut self) {
+        self.dns
+            .update(Snapshot::build(&self.state, self.upstreams()))
+            .await;
+        for c in self.state.containers.values() {
+            if c.status == Status::Running
+                && !c.dns.links.is_empty()
+                && let Err(e) = self.write_files(c)
+            {
+                tracing::warn!("container {}: updating /etc/hosts: {e:#}", c.name);
+            }
+        }
     }
 
     fn ensure_default_network(&mut self) -> Result<()> {
@@ -293,9 +357,16 @@ impl Daemon {
     }
 
     async fn ensure_bridge(&self, n: &Network) -> Result<()> {
+        // A fixed address (02:42 + the gateway's, as containers' MACs
+        // are made): the gateway's MAC never changes under the
+        // containers' ARP caches.
         let i = self
             .nl
-            .ensure_bridge(&n.bridge, n.options.mtu, None)
+            .ensure_bridge(
+                &n.bridge,
+                n.options.mtu,
+                Some(link::mac_for_ip(n.gateway())),
+            )
             .await?;
         self.nl.add_addr(i, n.gateway(), n.subnet().prefix).await?;
         self.nl.set_up(i).await
@@ -552,6 +623,7 @@ impl Daemon {
             "Ingress": false,
             "ConfigOnly": false,
             "Containers": containers,
+            "DNS": self.dns.status(&n.id),
             "Options": {
                 "com.docker.network.bridge.name": n.bridge,
                 "com.docker.network.bridge.enable_icc": n.options.icc.to_string(),
@@ -767,6 +839,17 @@ impl Daemon {
                 ));
             }
         }
+        let requested_aliases = check_aliases(&req.network_aliases)?;
+        if !requested_aliases.is_empty()
+            && network
+                .as_ref()
+                .is_none_or(|n| self.state.networks[n].default)
+        {
+            return bad(
+                "network-scoped aliases are supported only for containers on user-defined networks",
+            );
+        }
+        let dns = self.dns_settings(&req, &mode, network.as_deref())?;
         let c = Container {
             id: id.clone(),
             name: name.clone(),
@@ -783,9 +866,66 @@ impl Daemon {
             exposed,
             ports: vec![],
             pids: vec![],
+            requested_aliases,
+            dns,
         };
         self.start_container(c).await?;
         Ok(json!({ "Id": id, "Warnings": warnings }))
+    }
+
+    /// Validates a container's name resolution settings.
+    fn dns_settings(
+        &self,
+        req: &ContainerCreate,
+        mode: &Mode,
+        network: Option<&str>,
+    ) -> Result<DnsSettings> {
+        let mut d = DnsSettings::default();
+        for s in &req.dns {
+            d.servers.push(
+                s.parse().map_err(|_| {
+                    ApiError::bad(format!("invalid --dns {s:?}: not an IP address"))
+                })?,
+            );
+        }
+        for s in &req.dns_search {
+            if s != "." && !valid_hostname(s.trim_end_matches('.')) {
+                return bad(format!("invalid --dns-search {s:?}: not a domain name"));
+            }
+            d.search.push(s.clone());
+        }
+        for s in &req.dns_options {
+            if s.is_empty() || s.contains(char::is_whitespace) {
+                return bad(format!("invalid --dns-option {s:?}"));
+            }
+            d.options.push(s.clone());
+        }
+        let gateway = network.map(|n| self.state.networks[n].gateway());
+        for s in &req.extra_hosts {
+            d.extra_hosts
+                .push(dns::files::parse_add_host(s, gateway).map_err(ApiError::bad)?);
+        }
+        if !req.links.is_empty() && *mode != Mode::Bridge {
+            return bad("conflicting options: --link needs a bridge network");
+        }
+        for s in &req.links {
+            let (name, alias) = s.split_once(':').unwrap_or((s, s));
+            let target = self
+                .container_id(name)
+                .map_err(|_| ApiError::not_found(format!("could not get container for {name}")))?;
+            let t = &self.state.containers[&target];
+            if t.status != Status::Running {
+                return conflict(format!("cannot link to a non running container: {name}"));
+            }
+            if !valid_hostname(alias) {
+                return bad(format!("invalid --link {s:?}: bad alias {alias:?}"));
+            }
+            d.links.push(Link {
+                target,
+                alias: alias.to_string(),
+            });
+        }
+        Ok(d)
     }
 
     /// Builds the container's networking (validating IPs and ports first)
@@ -854,7 +994,12 @@ impl Daemon {
                     } else {
                         None
                     });
-                    let ep = self.new_endpoint(nid, want_ip, want_mac, i, prev.is_some())?;
+                    let mut ep = self.new_endpoint(nid, want_ip, want_mac, i, prev.is_some())?;
+                    ep.aliases = match &prev {
+                        Some(p) => p.aliases.clone(),
+                        None if i == 0 => c.requested_aliases.clone(),
+                        None => vec![],
+                    };
                     eps.insert(nid.clone(), ep);
                 }
                 c.endpoints = eps;
@@ -908,6 +1053,7 @@ impl Daemon {
             ip,
             mac: mac.unwrap_or_else(|| link::mac_for_ip(ip)),
             ifname: format!("eth{index}"),
+            aliases: vec![],
         })
     }
 
@@ -932,19 +1078,50 @@ impl Daemon {
         Ok(())
     }
 
+    /// Writes the container's /etc/hosts, /etc/resolv.conf and hostname
+    /// files. They are bind-mounted into running processes, so they are
+    /// rewritten in place (same inode), and only when they change.
     fn write_files(&self, c: &Container) -> Result<()> {
         let dir = self.files_dir(&c.id);
         std::fs::create_dir_all(&dir)?;
-        let mut hosts = String::from(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+        let eps = c.endpoints_in_order();
+        let nets: Vec<&Network> = eps
+            .iter()
+            .filter_map(|e| self.state.networks.get(&e.network))
+            .collect();
+        // The first user-defined network's embedded DNS server.
+        let embedded = nets.iter().find(|n| !n.default).map(|n| n.gateway());
+        let resolv = dns::files::container_resolv_conf(
+            &ResolvConf::host(),
+            embedded,
+            &c.dns.servers,
+            &self.cfg.dns,
+            &c.dns.search,
+            &c.dns.options,
         );
-        for ep in c.endpoints.values() {
-            hosts.push_str(&format!("{}\t{} {}\n", ep.ip, c.hostname, c.name));
-        }
-        std::fs::write(dir.join("hosts"), hosts)?;
-        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        std::fs::write(dir.join("resolv.conf"), resolv)?;
-        std::fs::write(dir.join("hostname"), format!("{}\n", c.hostname))?;
+        let own: Vec<(IpAddr, Vec<String>)> = eps
+            .iter()
+            .map(|e| (IpAddr::V4(e.ip), vec![c.hostname.clone(), c.name.clone()]))
+            .collect();
+        // --link on the default bridge: the target's address there, one
+        // way (only this container's file has it).
+        let links: Vec<(IpAddr, Vec<String>)> = eps
+            .iter()
+            .zip(&nets)
+            .filter(|(_, n)| n.default)
+            .flat_map(|(e, _)| {
+                c.dns.links.iter().filter_map(|l| {
+                    let t = self.state.containers.get(&l.target)?;
+                    let te = t.endpoints.get(&e.network)?;
+                    (t.status == Status::Running)
+                        .then(|| (IpAddr::V4(te.ip), vec![l.alias.clone(), t.name.clone()]))
+                })
+            })
+            .collect();
+        let hosts = dns::files::hosts(&own, &links, &c.dns.extra_hosts);
+        write_if_changed(&dir.join("hosts"), &hosts)?;
+        write_if_changed(&dir.join("resolv.conf"), &resolv.render())?;
+        write_if_changed(&dir.join("hostname"), &format!("{}\n", c.hostname))?;
         Ok(())
     }
 
@@ -1095,7 +1272,12 @@ impl Daemon {
         let index = (0..)
             .find(|i| !c.endpoints.values().any(|e| e.ifname == format!("eth{i}")))
             .unwrap_or(0);
-        let ep = self.new_endpoint(&nid, ip, None, index, false)?;
+        let aliases = check_aliases(&req.aliases)?;
+        if !aliases.is_empty() && self.state.networks[&nid].default {
+            return bad("network-scoped aliases are supported only for user-defined networks");
+        }
+        let mut ep = self.new_endpoint(&nid, ip, None, index, false)?;
+        ep.aliases = aliases;
         let mut nc = c.clone();
         nc.endpoints.insert(nid.clone(), ep.clone());
         if c.status == Status::Running {
@@ -1186,6 +1368,15 @@ impl Daemon {
                         "MacAddress": link::fmt_mac(ep.mac),
                         "InterfaceName": ep.ifname,
                         "HostInterfaceName": ep.veth,
+                        "Aliases": ep.aliases,
+                        // What the network's DNS server answers for this
+                        // endpoint (none on the default bridge).
+                        "DNSNames": if n.default { vec![] } else {
+                            let mut v = vec![c.name.clone(), c.hostname.clone(), c.id[..12].to_string()];
+                            v.extend(ep.aliases.iter().cloned());
+                            v.dedup();
+                            v
+                        },
                     }),
                 );
             }
@@ -1234,7 +1425,24 @@ impl Daemon {
                     .unwrap_or(t)
             ),
         };
-        let files = self.files_dir(&c.id);
+        // container:NAME shares the target's namespace and its files.
+        let files = match &c.mode {
+            Mode::Container(t) => self.files_dir(t),
+            _ => self.files_dir(&c.id),
+        };
+        let links: Vec<String> = c
+            .dns
+            .links
+            .iter()
+            .map(|l| {
+                let t = self.state.containers.get(&l.target);
+                format!(
+                    "{}:{}",
+                    t.map(|t| t.name.as_str()).unwrap_or(&l.target),
+                    l.alias
+                )
+            })
+            .collect();
         json!({
             "Id": c.id,
             "Name": format!("/{}", c.name),
@@ -1242,7 +1450,14 @@ impl Daemon {
             "State": { "Status": match c.status { Status::Running => "running", Status::Exited => "exited" },
                        "Running": c.status == Status::Running, "Pids": c.pids },
             "Config": { "Hostname": c.hostname },
-            "HostConfig": { "NetworkMode": mode },
+            "HostConfig": {
+                "NetworkMode": mode,
+                "Dns": c.dns.servers.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+                "DnsSearch": c.dns.search,
+                "DnsOptions": c.dns.options,
+                "ExtraHosts": c.dns.extra_hosts.iter().map(|(n, i)| format!("{n}:{i}")).collect::<Vec<_>>(),
+                "Links": links,
+            },
             "HostsPath": files.join("hosts"),
             "ResolvConfPath": files.join("resolv.conf"),
             "HostnamePath": files.join("hostname"),
@@ -1370,6 +1585,11 @@ impl Daemon {
                 )));
             }
         };
+        if req.method != "GET" {
+            // Names follow containers at once: start, stop, connect,
+            // disconnect, create and rm all land here.
+            self.sync_dns().await;
+        }
         r.map_err(ApiError::from)
     }
 }
@@ -1387,6 +1607,15 @@ fn resolve<'a>(
         (Some((id, _)), None) => Some(id.clone()),
         _ => None,
     }
+}
+
+/// Replaces a file's contents in place (keeping its inode, which bind
+/// mounts refer to), unless it already has them.
+fn write_if_changed(path: &Path, contents: &str) -> Result<()> {
+    if std::fs::read(path).is_ok_and(|b| b == contents.as_bytes()) {
+        return Ok(());
+    }
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(v: Value) -> std::result::Result<T, ApiError> {
@@ -1415,11 +1644,15 @@ pub async fn run(cfg: Config) -> Result<()> {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
         loop {
             tick.tick().await;
-            match gc.lock().await.dp.gc() {
+            let mut d = gc.lock().await;
+            match d.dp.gc() {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!("conntrack gc: {n} entries expired"),
                 Err(e) => tracing::warn!("conntrack gc: {e:#}"),
             }
+            // DNS listeners that could not bind are tried again, and a
+            // changed host resolv.conf reaches the forwarders.
+            d.sync_dns().await;
         }
     });
     let server = tokio::spawn({

@@ -106,6 +106,9 @@ pub fn run() -> Result<()> {
         .arg("--netns")
         .arg(tb.host.path())
         .args(["--datapath", "ebpf", "--cleanup-on-exit"])
+        // Upstream resolver: the outside world, never the machine's own.
+        .arg("--dns")
+        .arg(OUTSIDE_IP.to_string())
         .arg("--state-dir")
         .arg(dir.join("state"))
         .arg("--exec-root")
@@ -251,30 +254,69 @@ impl Demo {
             "infinity",
         ])?;
         let t2 = self.ip_of("tomcat02")?;
-        println!("(tomcat01 on the default bridge cannot reach tomcat02 on mynet:)");
-        let blocked = Command::new(&self.me)
-            .arg("-H")
-            .arg(&self.socket)
-            .args(["exec", "tomcat01", "--", "ping", "-c", "1", "-W", "1", &t2])
-            .stdout(Stdio::null())
-            .status()?;
+        section("name resolution on mynet: its embedded DNS server (the gateway, port 53)");
+        self.netd(&[
+            "run",
+            "-d",
+            "--name",
+            "tomcat03",
+            "--network",
+            "mynet",
+            "--network-alias",
+            "db",
+            "--",
+            "sleep",
+            "infinity",
+        ])?;
+        self.netd(&["exec", "tomcat03", "--", "cat", "/etc/resolv.conf"])?;
+        self.netd(&[
+            "exec", "tomcat03", "--", "ping", "-c", "2", "-i", "0.2", "tomcat02",
+        ])?;
+        self.netd(&[
+            "exec",
+            "tomcat02",
+            "--",
+            "getent",
+            "hosts",
+            "db",
+            "tomcat03.mynet",
+        ])?;
         println!(
-            "$ netd exec tomcat01 -- ping -c 1 {t2}   -> {}",
-            if blocked.success() {
-                "reached (unexpected)"
-            } else {
-                "no reply (isolated)"
-            }
+            "(tomcat01 on the default bridge cannot reach tomcat02 on mynet, nor resolve it:)"
         );
+        for target in [t2.as_str(), "tomcat02"] {
+            let blocked = Command::new(&self.me)
+                .arg("-H")
+                .arg(&self.socket)
+                .args([
+                    "exec", "tomcat01", "--", "ping", "-c", "1", "-W", "1", target,
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?;
+            println!(
+                "$ netd exec tomcat01 -- ping -c 1 {target}   -> {}",
+                match (blocked.success(), target == t2) {
+                    (true, _) => "reached (unexpected)",
+                    (false, true) => "no reply (isolated)",
+                    (false, false) => "unknown name (no DNS on the default bridge)",
+                }
+            );
+        }
         self.netd(&["network", "connect", "mynet", "tomcat01"])?;
         self.netd(&["exec", "tomcat01", "--", "ip", "-br", "-4", "addr"])?;
-        self.netd(&["exec", "tomcat01", "--", "ping", "-c", "1", &t2])?;
+        self.netd(&["exec", "tomcat01", "--", "ping", "-c", "1", "tomcat02"])?;
+        section("the default bridge: --link NAME:ALIAS writes /etc/hosts, one way");
+        self.netd(&[
+            "run", "--rm", "--link", "web:www", "--", "ping", "-c", "1", "www",
+        ])?;
         self.netd(&["ps"])?;
         section("docker-style inspect (excerpt)");
         let v: serde_json::Value =
             serde_json::from_str(&self.netd_quiet(&["network", "inspect", "mynet"])?)?;
         println!("{}", serde_json::to_string_pretty(&v[0]["IPAM"])?);
         println!("{}", serde_json::to_string_pretty(&v[0]["Containers"])?);
+        println!("{}", serde_json::to_string_pretty(&v[0]["DNS"])?);
         Ok(())
     }
 

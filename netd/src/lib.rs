@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod demo;
+pub mod dns;
 pub mod ipam;
 pub mod link;
 pub mod logging;

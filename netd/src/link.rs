@@ -108,10 +108,27 @@ impl Netlink {
     }
 
     /// Creates a bridge (up), or returns the existing one's index.
+    /// Creates a bridge (or finds it). With `mac` its address is set
+    /// explicitly, which pins it: a bridge whose address the kernel chose
+    /// takes the lowest address of its ports and changes whenever such a
+    /// port comes or goes, and containers that cached the gateway's old
+    /// address lose it (the frames reach the host as "other host").
     pub async fn ensure_bridge(&self, name: &str, mtu: u32, mac: Option<[u8; 6]>) -> Result<u32> {
         if let Some(l) = self.link_by_name(name).await? {
             if l.kind.as_deref() != Some("bridge") {
                 bail!("link {name} exists and is not a bridge");
+            }
+            if let Some(mac) = mac {
+                self.handle
+                    .link()
+                    .set(
+                        LinkUnspec::new_with_index(l.index)
+                            .address(mac.to_vec())
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .with_context(|| format!("setting the MAC address of bridge {name}"))?;
             }
             return Ok(l.index);
         }

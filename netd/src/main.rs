@@ -1,4 +1,7 @@
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -7,6 +10,7 @@ use netd::{
     cli::{self, CreateArgs, NetworkCmd},
     config::{self, Config},
     datapath::Kind,
+    dns::tools as dns,
 };
 
 #[derive(Parser)]
@@ -159,6 +163,10 @@ struct DaemonArgs {
     /// Enter this network namespace (a bind-mounted netns file) before starting.
     #[arg(long)]
     netns: Option<PathBuf>,
+    /// Upstream DNS server for containers (repeatable); default: the
+    /// host's resolv.conf.
+    #[arg(long = "dns", value_name = "IP")]
+    dns: Vec<IpAddr>,
 }
 
 #[derive(Subcommand)]
@@ -196,6 +204,44 @@ enum Tool {
         msg: String,
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
+    },
+    /// One DNS query; prints the status and the answers.
+    DnsQuery {
+        server: IpAddr,
+        name: String,
+        #[arg(default_value = "A")]
+        qtype: String,
+        #[arg(long, default_value_t = 53)]
+        port: u16,
+        #[arg(long)]
+        tcp: bool,
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
+    /// A DNS server with fixed A records (NAME=IP), NXDOMAIN otherwise.
+    DnsServe {
+        listen: SocketAddr,
+        #[arg(long = "record")]
+        records: Vec<String>,
+    },
+    /// One client, one query in flight: queries/s and latency p50/p99.
+    DnsBench {
+        server: SocketAddr,
+        name: String,
+        #[arg(long, default_value = "A")]
+        qtype: String,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+    },
+    /// Random and mutated DNS messages over UDP and TCP.
+    DnsFuzz {
+        server: SocketAddr,
+        #[arg(long, default_value_t = 100_000)]
+        count: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 200)]
+        tcp_connections: u32,
     },
 }
 
@@ -252,6 +298,11 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
             .or(file.conntrack_size)
             .unwrap_or(netd_common::DEFAULT_CT_ENTRIES),
         cgroup: a.cgroup.or(file.cgroup),
+        dns: if a.dns.is_empty() {
+            file.dns.unwrap_or_default()
+        } else {
+            a.dns
+        },
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(netd::daemon::run(cfg))?;
@@ -362,5 +413,35 @@ fn run(cli: Cli) -> Result<i32> {
             msg,
             timeout_ms,
         }) => netd::tool::udp_send(to, &msg, timeout_ms).map(|_| 0),
+        Cmd::Tool(Tool::DnsQuery {
+            server,
+            name,
+            qtype,
+            port,
+            tcp,
+            timeout_ms,
+        }) => dns::dns_query(
+            SocketAddr::new(server, port),
+            &name,
+            &qtype,
+            tcp,
+            timeout_ms,
+        )
+        .map(|_| 0),
+        Cmd::Tool(Tool::DnsServe { listen, records }) => {
+            dns::dns_serve(listen, &records).map(|_| 0)
+        }
+        Cmd::Tool(Tool::DnsBench {
+            server,
+            name,
+            qtype,
+            secs,
+        }) => dns::dns_bench(server, &name, &qtype, secs).map(|_| 0),
+        Cmd::Tool(Tool::DnsFuzz {
+            server,
+            count,
+            seed,
+            tcp_connections,
+        }) => dns::dns_fuzz(server, count, seed, tcp_connections).map(|_| 0),
     }
 }

@@ -1,6 +1,9 @@
 //! netd's objects, Docker's vocabulary: networks, containers, endpoints,
 //! port bindings. These are persisted (state.rs) and served by the API.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +63,10 @@ pub struct Endpoint {
     pub veth: String,
     /// Interface name inside the container (eth0, eth1, ...).
     pub ifname: String,
+    /// Network-scoped names (`--network-alias`, `network connect --alias`),
+    /// answered by the network's embedded DNS server.
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -101,6 +108,35 @@ pub struct Container {
     pub ports: Vec<PortBinding>,
     /// Processes `netd run -d` / `exec` registered, killed by stop.
     pub pids: Vec<i32>,
+    /// `--network-alias` names for the first network.
+    #[serde(default)]
+    pub requested_aliases: Vec<String>,
+    /// Name resolution settings: resolv.conf, /etc/hosts, links.
+    #[serde(default)]
+    pub dns: DnsSettings,
+}
+
+/// A container's name resolution settings (Docker's `--dns`,
+/// `--dns-search`, `--dns-option`, `--add-host`, `--link`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Upstream resolvers: the nameservers of the container's resolv.conf
+    /// on the default bridge, the embedded server's forwarders on user
+    /// networks.
+    pub servers: Vec<IpAddr>,
+    pub search: Vec<String>,
+    pub options: Vec<String>,
+    /// `--add-host NAME:IP` entries for /etc/hosts.
+    pub extra_hosts: Vec<(String, IpAddr)>,
+    pub links: Vec<Link>,
+}
+
+/// `--link NAME[:ALIAS]`: a one-way name for another container.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Link {
+    /// The linked container, by id.
+    pub target: String,
+    pub alias: String,
 }
 
 impl Container {

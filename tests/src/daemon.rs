@@ -75,6 +75,10 @@ impl Netd {
             .arg(self.dir.join("bpffs"))
             .arg("--cgroup")
             .arg(&self.cgroup)
+            // Containers' upstream resolver is the outside namespace, never
+            // the machine's own.
+            .arg("--dns")
+            .arg(::netd::testbed::OUTSIDE_IP.to_string())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

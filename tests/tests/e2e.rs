@@ -712,9 +712,16 @@ macro_rules! scenarios {
     };
 }
 
-scenarios!(ebpf: host_and_hairpin, four_modes, published_ports_and_egress, user_networks_isolation, bad_input_changes_nothing, kill9_and_reconcile);
-scenarios!(iptables: host_and_hairpin, four_modes, published_ports_and_egress, user_networks_isolation, bad_input_changes_nothing, kill9_and_reconcile);
-scenarios!(nftables: host_and_hairpin, four_modes, published_ports_and_egress, user_networks_isolation, bad_input_changes_nothing, kill9_and_reconcile);
+#[path = "e2e/dns.rs"]
+mod dns;
+use dns::{dns_forwarding, dns_fuzz, dns_links_and_files, dns_names, dns_port_taken};
+
+scenarios!(ebpf: host_and_hairpin, four_modes, published_ports_and_egress, user_networks_isolation, bad_input_changes_nothing, kill9_and_reconcile,
+    dns_names, dns_links_and_files, dns_forwarding, dns_port_taken, dns_fuzz);
+scenarios!(iptables: host_and_hairpin, four_modes, published_ports_and_egress, user_networks_isolation, bad_input_changes_nothing, kill9_and_reconcile,
+    dns_names, dns_links_and_files, dns_forwarding, dns_port_taken, dns_fuzz);
+scenarios!(nftables: host_and_hairpin, four_modes, published_ports_and_egress, user_networks_isolation, bad_input_changes_nothing, kill9_and_reconcile,
+    dns_names, dns_links_and_files, dns_forwarding, dns_port_taken, dns_fuzz);
 
 fn stats(n: &Netd) -> serde_json::Value {
     serde_json::from_str(&n.ok(&["stats", "--format", "json"])).unwrap()
