@@ -405,6 +405,7 @@ mod tests {
             mac: [2, 0x42, 0, 0, 0, 2],
             veth: format!("vnd{name}"),
             ifname: "eth0".into(),
+            aliases: Vec::new(),
         };
         Container {
             id: name.into(),
@@ -422,6 +423,8 @@ mod tests {
             exposed: Vec::new(),
             ports,
             pids: Vec::new(),
+            requested_aliases: Vec::new(),
+            dns: Default::default(),
         }
     }
 
