@@ -42,6 +42,7 @@ pub fn lookup(key: &CtKey, l4: &L4) -> Option<CtEntry> {
     }
 }
 
+#[derive(PartialEq, Eq)]
 pub enum Insert {
     Ok,
     /// The key exists (a port collision for SNAT probing).
@@ -74,4 +75,23 @@ pub fn now() -> u64 {
 pub fn peek(key: &CtKey) -> Option<CtEntry> {
     // SAFETY: copied out of a valid map value.
     unsafe { NETD_CT.get(key) }.copied()
+}
+
+/// If `key` holds a TCP flow that is closing (a FIN or RST seen in either
+/// direction), removes both of its entries and returns true.
+#[inline(always)]
+pub fn reclaim_closing(key: &CtKey) -> bool {
+    if key.proto != IPPROTO_TCP {
+        return false;
+    }
+    let Some(e) = peek(key) else { return false };
+    let other = key.reverse(&e);
+    let closing = e.state == ct_state::CLOSING
+        || peek(&other).is_some_and(|o| o.state == ct_state::CLOSING);
+    if !closing {
+        return false;
+    }
+    remove(&other);
+    remove(key);
+    true
 }

@@ -232,15 +232,21 @@ fn snat_new_flow(ip: &Ipv4, l4: &L4, cfg: &Config, ep: &Endpoint) -> Result<u16,
     }
     let span = max - min + 1;
     let orig = u32::from(l4.sport);
-    let start = if orig >= min && orig <= max {
-        orig - min
-    } else {
-        (orig ^ u32::from_be(ip.daddr) ^ (u32::from(l4.dport) << 3)) % span
-    };
+    let start = (orig ^ u32::from_be(ip.daddr) ^ (u32::from(l4.dport) << 3)) % span;
     let fwd = ct::key(ip.saddr, ip.daddr, ip.proto, l4);
     let now = ct::now();
-    for i in 0..NAT_PROBES {
-        let port = (min + (start + i) % span) as u16;
+    // First the container's own port when it is in the NAT range (never
+    // outside it: the host's own sockets use the rest and are not
+    // tracked here), then the range from a hash.
+    for i in 0..NAT_PROBES + 1 {
+        let port = if i == 0 {
+            if orig < min || orig > max {
+                continue;
+            }
+            l4.sport
+        } else {
+            (min + (start + i - 1) % span) as u16
+        };
         let out = CtEntry {
             last_seen: now,
             addr: cfg.uplink_ip,
@@ -263,8 +269,15 @@ fn snat_new_flow(ip: &Ipv4, l4: &L4, cfg: &Config, ep: &Endpoint) -> Result<u16,
             ..CtEntry::default()
         };
         match ct::insert(&rev, &back)? {
-            Insert::Exists => continue,
             Insert::Ok => {}
+            // A closing TCP flow on this tuple may be reused, as the
+            // stack reuses a TIME_WAIT tuple for a new SYN.
+            Insert::Exists if l4.is_syn() && ct::reclaim_closing(&rev) => {
+                if ct::insert(&rev, &back)? != Insert::Ok {
+                    continue;
+                }
+            }
+            Insert::Exists => continue,
         }
         if let Err(e) = ct::insert(&fwd, &out) {
             ct::remove(&rev);

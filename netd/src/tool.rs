@@ -73,8 +73,10 @@ pub fn udp_send(to: SocketAddr, msg: &str, timeout_ms: u64) -> Result<()> {
     anyhow::bail!("no UDP reply from {to}")
 }
 
-/// TCP request/response server: answers every 1-byte request with 1 byte,
-/// on one connection per client, until the client closes.
+/// TCP request/response server: answers every 1-byte request with 1 byte
+/// on one connection per client. A `c` request (TCP_CRR) is answered and
+/// then the server closes (first, as an HTTP/1.0 server does, so
+/// TIME_WAIT stays here and the client's ports are never exhausted).
 pub fn rr_server(listen: SocketAddr) -> Result<()> {
     let l = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
     for conn in l.incoming() {
@@ -83,7 +85,7 @@ pub fn rr_server(listen: SocketAddr) -> Result<()> {
         std::thread::spawn(move || {
             let mut b = [0u8; 1];
             while s.read_exact(&mut b).is_ok() {
-                if s.write_all(&b).is_err() {
+                if s.write_all(&b).is_err() || b[0] == b'c' {
                     break;
                 }
             }
@@ -119,9 +121,9 @@ pub fn rr_client(to: SocketAddr, secs: f64) -> Result<()> {
     Ok(())
 }
 
-/// TCP_CRR: connect, 1-byte request, 1-byte response, close (the client
-/// closes first), back to back for `secs`; prints connections/s and
-/// latency p50/p99 (microseconds) of the whole connect..close.
+/// TCP_CRR: connect, 1-byte request, 1-byte response, the server closes
+/// (first), then the client; back to back for `secs`; prints
+/// connections/s and latency p50/p99 (microseconds) of connect..close.
 pub fn crr_client(to: SocketAddr, secs: f64) -> Result<()> {
     let mut lat = Vec::with_capacity(1 << 18);
     let start = std::time::Instant::now();
@@ -130,8 +132,10 @@ pub fn crr_client(to: SocketAddr, secs: f64) -> Result<()> {
         let t = std::time::Instant::now();
         let mut s = std::net::TcpStream::connect(to).with_context(|| format!("connecting {to}"))?;
         s.set_nodelay(true)?;
-        s.write_all(b"x")?;
+        s.write_all(b"c")?;
         s.read_exact(&mut b)?;
+        // The server closes first: wait for its FIN, then close.
+        let _ = s.read(&mut b);
         drop(s);
         lat.push(t.elapsed().as_nanos() as u64);
     }

@@ -462,3 +462,63 @@ fn icmp_errors_about_translated_flows_are_translated_back() {
     assert!(inner_ok && packet::checksums_ok(&out));
     assert_eq!(w.counter("icmp_errors"), 2);
 }
+
+#[test]
+fn a_closing_flow_gives_its_nat_port_to_a_new_syn_and_an_open_one_does_not() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    // One NAT port only.
+    let uplink =
+        w.tb.host
+            .run(|| Ok(netd::datapath::ebpf::ifindex("eth0")))
+            .unwrap();
+    bpfmaps::set_config(
+        &mut w.p,
+        Config {
+            uplink_ifindex: uplink,
+            uplink_ip: be(HOST_IP),
+            nat_port_min: 61000,
+            nat_port_max: 61000,
+            _pad: 0,
+            netns_cookie: 0,
+        },
+    );
+    let (v, _) = w.run(
+        bpf::FROM_CONTAINER,
+        &a_to(OUTSIDE_IP).tcp(40000, 80, TCP_SYN, b""),
+    );
+    assert_eq!(v, tc::ACT_REDIRECT);
+    // The port is taken by an open flow: a new one cannot have it.
+    let (v, _) = w.run(
+        bpf::FROM_CONTAINER,
+        &a_to(OUTSIDE_IP).tcp(40001, 80, TCP_SYN, b""),
+    );
+    assert_eq!(v, tc::ACT_SHOT);
+    assert_eq!(w.drops("nat-ports-exhausted"), 1);
+    // The first flow closes (FIN): its tuple may be reused by a new SYN.
+    let fin = 0x01 | packet::TCP_ACK;
+    assert_eq!(
+        w.run(
+            bpf::FROM_CONTAINER,
+            &a_to(OUTSIDE_IP).tcp(40000, 80, fin, b"")
+        )
+        .0,
+        tc::ACT_REDIRECT
+    );
+    let (v, out) = w.run(
+        bpf::FROM_CONTAINER,
+        &a_to(OUTSIDE_IP).tcp(40001, 80, TCP_SYN, b""),
+    );
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(packet::fields(&out).sport, 61000);
+    let ct = bpfmaps::ct(&mut w.p);
+    assert_eq!(
+        ct.len(),
+        2,
+        "the closed flow's entries were replaced, not added to"
+    );
+    assert!(
+        ct.iter()
+            .any(|(k, e)| e.kind == ct_kind::SNAT && k.sport == 40001)
+    );
+}
