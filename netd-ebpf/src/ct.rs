@@ -32,7 +32,10 @@ pub fn lookup(key: &CtKey, l4: &L4) -> Option<CtEntry> {
     unsafe {
         (*p).last_seen = bpf_ktime_get_ns();
         if key.proto == IPPROTO_TCP {
-            if l4.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 {
+            if l4.is_syn() {
+                // The tuple reopens (after a FIN/RST, as TIME_WAIT allows).
+                (*p).state = ct_state::NEW;
+            } else if l4.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 {
                 (*p).state = ct_state::CLOSING;
             } else if (*p).state == ct_state::NEW && l4.tcp_flags & TCP_FLAG_ACK != 0 {
                 (*p).state = ct_state::ESTABLISHED;
@@ -42,7 +45,6 @@ pub fn lookup(key: &CtKey, l4: &L4) -> Option<CtEntry> {
     }
 }
 
-#[derive(PartialEq, Eq)]
 pub enum Insert {
     Ok,
     /// The key exists (a port collision for SNAT probing).
@@ -75,23 +77,4 @@ pub fn now() -> u64 {
 pub fn peek(key: &CtKey) -> Option<CtEntry> {
     // SAFETY: copied out of a valid map value.
     unsafe { NETD_CT.get(key) }.copied()
-}
-
-/// If `key` holds a TCP flow that is closing (a FIN or RST seen in either
-/// direction), removes both of its entries and returns true.
-#[inline(always)]
-pub fn reclaim_closing(key: &CtKey) -> bool {
-    if key.proto != IPPROTO_TCP {
-        return false;
-    }
-    let Some(e) = peek(key) else { return false };
-    let other = key.reverse(&e);
-    let closing = e.state == ct_state::CLOSING
-        || peek(&other).is_some_and(|o| o.state == ct_state::CLOSING);
-    if !closing {
-        return false;
-    }
-    remove(&other);
-    remove(key);
-    true
 }

@@ -235,12 +235,13 @@ fn snat_new_flow(ip: &Ipv4, l4: &L4, cfg: &Config, ep: &Endpoint) -> Result<u16,
     let start = (orig ^ u32::from_be(ip.daddr) ^ (u32::from(l4.dport) << 3)) % span;
     let fwd = ct::key(ip.saddr, ip.daddr, ip.proto, l4);
     let now = ct::now();
-    // First the container's own port when it is in the NAT range (never
-    // outside it: the host's own sockets use the rest and are not
-    // tracked here), then the range from a hash.
+    // First the container's own port, as netfilter's masquerade keeps it
+    // when the translated tuple is free (so a container's port reuse maps
+    // onto the same tuple the server last saw from it), then the NAT range
+    // from a hash.
     for i in 0..NAT_PROBES + 1 {
         let port = if i == 0 {
-            if orig < min || orig > max {
+            if orig < 1024 && ip.proto != parse::IPPROTO_ICMP {
                 continue;
             }
             l4.sport
@@ -270,13 +271,6 @@ fn snat_new_flow(ip: &Ipv4, l4: &L4, cfg: &Config, ep: &Endpoint) -> Result<u16,
         };
         match ct::insert(&rev, &back)? {
             Insert::Ok => {}
-            // A closing TCP flow on this tuple may be reused, as the
-            // stack reuses a TIME_WAIT tuple for a new SYN.
-            Insert::Exists if l4.is_syn() && ct::reclaim_closing(&rev) => {
-                if ct::insert(&rev, &back)? != Insert::Ok {
-                    continue;
-                }
-            }
             Insert::Exists => continue,
         }
         if let Err(e) = ct::insert(&fwd, &out) {

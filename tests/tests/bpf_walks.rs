@@ -198,7 +198,7 @@ fn snat_then_reverse_snat_tcp() {
     let f = packet::fields(&out);
     assert_eq!(f.src, HOST_IP, "masqueraded to the uplink address");
     assert_eq!(f.dst, OUTSIDE_IP);
-    assert!((NAT_MIN..=NAT_MAX).contains(&f.sport), "{f:?}");
+    assert_eq!(f.sport, 40000, "the container's own port, free: kept");
     assert_eq!(f.dport, 80);
     assert!(packet::checksums_ok(&out), "IPv4 and TCP checksums verify");
     assert_eq!(&out[out.len() - 5..], b"hello", "payload untouched");
@@ -464,61 +464,32 @@ fn icmp_errors_about_translated_flows_are_translated_back() {
 }
 
 #[test]
-fn a_closing_flow_gives_its_nat_port_to_a_new_syn_and_an_open_one_does_not() {
+fn a_reopened_tuple_keeps_its_translation_and_starts_anew() {
     root!();
     let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
-    // One NAT port only.
-    let uplink =
-        w.tb.host
-            .run(|| Ok(netd::datapath::ebpf::ifindex("eth0")))
-            .unwrap();
-    bpfmaps::set_config(
-        &mut w.p,
-        Config {
-            uplink_ifindex: uplink,
-            uplink_ip: be(HOST_IP),
-            nat_port_min: 61000,
-            nat_port_max: 61000,
-            _pad: 0,
-            netns_cookie: 0,
-        },
-    );
-    let (v, _) = w.run(
-        bpf::FROM_CONTAINER,
-        &a_to(OUTSIDE_IP).tcp(40000, 80, TCP_SYN, b""),
-    );
-    assert_eq!(v, tc::ACT_REDIRECT);
-    // The port is taken by an open flow: a new one cannot have it.
-    let (v, _) = w.run(
-        bpf::FROM_CONTAINER,
-        &a_to(OUTSIDE_IP).tcp(40001, 80, TCP_SYN, b""),
-    );
-    assert_eq!(v, tc::ACT_SHOT);
-    assert_eq!(w.drops("nat-ports-exhausted"), 1);
-    // The first flow closes (FIN): its tuple may be reused by a new SYN.
+    let syn = a_to(OUTSIDE_IP).tcp(40000, 80, TCP_SYN, b"");
+    let (_, out) = w.run(bpf::FROM_CONTAINER, &syn);
+    let port = packet::fields(&out).sport;
     let fin = 0x01 | packet::TCP_ACK;
-    assert_eq!(
-        w.run(
-            bpf::FROM_CONTAINER,
-            &a_to(OUTSIDE_IP).tcp(40000, 80, fin, b"")
-        )
-        .0,
-        tc::ACT_REDIRECT
-    );
-    let (v, out) = w.run(
+    w.run(
         bpf::FROM_CONTAINER,
-        &a_to(OUTSIDE_IP).tcp(40001, 80, TCP_SYN, b""),
+        &a_to(OUTSIDE_IP).tcp(40000, 80, fin, b""),
     );
+    let closing = bpfmaps::ct(&mut w.p);
+    assert!(
+        closing
+            .iter()
+            .any(|(k, e)| k.sport == 40000 && e.state == netd_common::ct_state::CLOSING)
+    );
+    // The container reuses its port for a new connection (after its own
+    // TIME_WAIT): same translation, so the server sees the tuple it knows.
+    let (v, again) = w.run(bpf::FROM_CONTAINER, &syn);
     assert_eq!(v, tc::ACT_REDIRECT);
-    assert_eq!(packet::fields(&out).sport, 61000);
+    assert_eq!(packet::fields(&again).sport, port);
     let ct = bpfmaps::ct(&mut w.p);
-    assert_eq!(
-        ct.len(),
-        2,
-        "the closed flow's entries were replaced, not added to"
-    );
+    assert_eq!(ct.len(), 2);
     assert!(
         ct.iter()
-            .any(|(k, e)| e.kind == ct_kind::SNAT && k.sport == 40001)
+            .any(|(k, e)| k.sport == 40000 && e.state == netd_common::ct_state::NEW)
     );
 }
