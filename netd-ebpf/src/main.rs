@@ -311,6 +311,17 @@ fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(tc::ACT_UNSPEC);
     };
     let key = ct::key(ip.saddr, ip.daddr, ip.proto, &l4);
+    // A new connection (SYN) on the tuple of an earlier one to a published
+    // port starts afresh: the port may have been re-published elsewhere
+    // since, and a stale translation must not outlive it.
+    if ip.proto == parse::IPPROTO_TCP
+        && l4.is_syn()
+        && let Some(old) = ct::peek(&key)
+        && old.kind == ct_kind::DNAT
+    {
+        ct::remove(&key.reverse(&old));
+        ct::remove(&key);
+    }
     if let Some(e) = ct::lookup(&key, &l4)
         && (e.kind == ct_kind::REV_SNAT || e.kind == ct_kind::DNAT)
     {

@@ -337,6 +337,9 @@ impl Load {
                 m.insert("per_sec".into(), rate);
                 m.insert("p50_us".into(), v["p50_us"].as_f64().unwrap_or(0.0));
                 m.insert("p99_us".into(), v["p99_us"].as_f64().unwrap_or(0.0));
+                if let Some(f) = v["failed_connects"].as_f64() {
+                    m.insert("failed_connects".into(), f);
+                }
             }
         }
         Ok(m)

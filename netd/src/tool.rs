@@ -125,12 +125,20 @@ pub fn rr_client(to: SocketAddr, secs: f64) -> Result<()> {
 /// (first), then the client; back to back for `secs`; prints
 /// connections/s and latency p50/p99 (microseconds) of connect..close.
 pub fn crr_client(to: SocketAddr, secs: f64) -> Result<()> {
+    const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+    let mut failures = 0u64;
     let mut lat = Vec::with_capacity(1 << 18);
     let start = std::time::Instant::now();
     let mut b = [0u8; 1];
     while start.elapsed().as_secs_f64() < secs {
         let t = std::time::Instant::now();
-        let mut s = std::net::TcpStream::connect(to).with_context(|| format!("connecting {to}"))?;
+        let mut s = match std::net::TcpStream::connect_timeout(&to, CONNECT_TIMEOUT) {
+            Ok(s) => s,
+            Err(_) => {
+                failures += 1;
+                continue;
+            }
+        };
         s.set_nodelay(true)?;
         s.write_all(b"c")?;
         s.read_exact(&mut b)?;
@@ -142,8 +150,9 @@ pub fn crr_client(to: SocketAddr, secs: f64) -> Result<()> {
     let total = start.elapsed().as_secs_f64();
     lat.sort_unstable();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+    anyhow::ensure!(!lat.is_empty(), "no connection to {to} succeeded");
     println!(
-        "{{\"connections_per_sec\": {:.0}, \"p50_us\": {:.1}, \"p99_us\": {:.1}, \"connections\": {}}}",
+        "{{\"connections_per_sec\": {:.0}, \"p50_us\": {:.1}, \"p99_us\": {:.1}, \"connections\": {}, \"failed_connects\": {failures}}}",
         lat.len() as f64 / total,
         pct(0.50),
         pct(0.99),
