@@ -83,7 +83,7 @@ impl Instance {
         let tb = Testbed::new("bench")?;
         let dir = out.join(format!("tmp-{}", tb.stem));
         std::fs::create_dir_all(&dir)?;
-        let cgroup = crate::datapath::ebpf::cgroup2_root()?.join(&tb.stem);
+        let cgroup = crate::cgroup::cgroup2_root()?.join(&tb.stem);
         std::fs::create_dir_all(&cgroup)?;
         let socket = dir.join("netd.sock");
         let log = std::fs::File::create(dir.join("daemon.log"))?;

@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 use crate::{
     api::{self, ApiError, Request, Response},
     config::Config,
-    datapath::{self, Change, Datapath},
+    datapath::{self, Datapath},
     dns::{
         self,
         files::{ResolvConf, valid_hostname},
@@ -189,7 +189,7 @@ impl Daemon {
         };
         d.ensure_default_network()?;
         d.reconcile().await?;
-        d.dp.sync(&d.state, &Change::All)?;
+        d.dp.sync(&d.state)?;
         d.store.save(&d.state)?;
         d.sync_dns().await;
         Ok(d)
@@ -538,7 +538,7 @@ impl Daemon {
             self.ensure_bridge(&net).await?;
             let mut next = self.state.clone();
             next.networks.insert(net.id.clone(), net.clone());
-            self.dp.sync(&next, &Change::Network(net.id.clone()))?;
+            self.dp.sync(&next)?;
             self.store.save(&next)?;
             self.state = next;
             anyhow::Ok(())
@@ -546,7 +546,7 @@ impl Daemon {
         .await;
         if let Err(e) = applied {
             let _ = self.nl.delete_by_name(&net.bridge).await;
-            let _ = self.dp.sync(&self.state, &Change::All);
+            let _ = self.dp.sync(&self.state);
             return Err(e);
         }
         Ok(json!({ "Id": net.id, "Warning": "" }))
@@ -579,7 +579,7 @@ impl Daemon {
         }
         let mut next = self.state.clone();
         next.networks.remove(&id);
-        self.dp.sync(&next, &Change::Network(id.clone()))?;
+        self.dp.sync(&next)?;
         self.nl.delete_by_name(&net.bridge).await?;
         self.store.save(&next)?;
         self.state = next;
@@ -939,17 +939,12 @@ impl Daemon {
                 self.state.containers.insert(c.id.clone(), c.clone());
                 let r = self
                     .dp
-                    .sync(
-                        &self.state,
-                        &Change::Ports {
-                            container: c.id.clone(),
-                        },
-                    )
+                    .sync(&self.state)
                     .and_then(|_| self.store.save(&self.state));
                 if let Err(e) = r {
                     self.teardown_sandbox(&c).await;
                     self.state = saved;
-                    let _ = self.dp.sync(&self.state, &Change::All);
+                    let _ = self.dp.sync(&self.state);
                     return Err(e);
                 }
                 Ok(())
@@ -1174,12 +1169,7 @@ impl Daemon {
             nc.ports.clear();
             nc.pids.clear();
         }
-        self.dp.sync(
-            &next,
-            &Change::Ports {
-                container: id.clone(),
-            },
-        )?;
+        self.dp.sync(&next)?;
         self.teardown_sandbox(&c).await;
         self.store.save(&next)?;
         self.state = next;
@@ -1287,13 +1277,7 @@ impl Daemon {
                 self.write_files(&nc)?;
                 let mut next = self.state.clone();
                 next.containers.insert(cid.clone(), nc.clone());
-                self.dp.sync(
-                    &next,
-                    &Change::Endpoint {
-                        container: cid.clone(),
-                        network: nid.clone(),
-                    },
-                )?;
+                self.dp.sync(&next)?;
                 self.store.save(&next)?;
                 self.state = next;
                 anyhow::Ok(())
@@ -1302,7 +1286,7 @@ impl Daemon {
             if let Err(e) = r {
                 let _ = self.nl.delete_by_name(&ep.veth).await;
                 self.state = saved;
-                let _ = self.dp.sync(&self.state, &Change::All);
+                let _ = self.dp.sync(&self.state);
                 return Err(e);
             }
         } else {
@@ -1335,13 +1319,7 @@ impl Daemon {
                 .ipam
                 .release(ep.ip);
         }
-        self.dp.sync(
-            &next,
-            &Change::Endpoint {
-                container: cid.clone(),
-                network: nid,
-            },
-        )?;
+        self.dp.sync(&next)?;
         self.nl.delete_by_name(&ep.veth).await?;
         self.write_files(&next.containers[&cid])?;
         self.store.save(&next)?;
@@ -1476,25 +1454,23 @@ impl Daemon {
 
     /// Datapath counters, with per-endpoint figures keyed by container.
     fn stats(&mut self) -> Result<Value> {
-        let mut v = self.dp.stats()?;
-        if let Some(eps) = v.get_mut("Endpoints").and_then(|e| e.as_object_mut()) {
-            let mut by_name = serde_json::Map::new();
-            for c in self.state.containers.values() {
-                for ep in c.endpoints.values() {
-                    let idx = std::ffi::CString::new(ep.veth.clone())
-                        // SAFETY: a valid C string.
-                        .map(|n| unsafe { libc::if_nametoindex(n.as_ptr()) })
-                        .unwrap_or(0);
-                    if let Some(s) = eps.get(&idx.to_string()) {
-                        let net = self.state.networks.get(&ep.network).map(|n| n.name.clone());
-                        let mut s = s.clone();
-                        s["Network"] = json!(net);
-                        s["Interface"] = json!(ep.veth);
-                        by_name.insert(format!("{}/{}", c.name, ep.ifname), s);
-                    }
+        let st = self.dp.stats()?;
+        let mut v = serde_json::to_value(&st)?;
+        let mut by_name = serde_json::Map::new();
+        for c in self.state.containers.values() {
+            for ep in c.endpoints.values() {
+                let idx = link::ifindex(&ep.veth);
+                if let Some(s) = st.endpoints.get(&idx) {
+                    let net = self.state.networks.get(&ep.network).map(|n| n.name.clone());
+                    let mut s = serde_json::to_value(s)?;
+                    s["Network"] = json!(net);
+                    s["Interface"] = json!(ep.veth);
+                    by_name.insert(format!("{}/{}", c.name, ep.ifname), s);
                 }
             }
-            *eps = by_name;
+        }
+        if st.datapath == "ebpf" {
+            v["Endpoints"] = Value::Object(by_name);
         }
         Ok(v)
     }
@@ -1638,18 +1614,32 @@ pub async fn run(cfg: Config) -> Result<()> {
         let d = d2.clone();
         async move { d.lock().await.handle(req).await }
     });
-    // Conntrack GC.
-    let gc = daemon.clone();
+    // Conntrack GC: on a thread of its own, never under the daemon's lock.
+    if let Some(mut gc) = daemon.lock().await.dp.conntrack_gc()? {
+        std::thread::Builder::new()
+            .name("netd-ct-gc".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(2));
+                    match gc.run() {
+                        Ok(r) if r.expired > 0 => tracing::debug!(
+                            "conntrack gc: {} of {} entries expired ({} us CPU)",
+                            r.expired,
+                            r.entries,
+                            r.cpu_micros
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("conntrack gc: {e:#}"),
+                    }
+                }
+            })?;
+    }
+    let dns_retry = daemon.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
         loop {
             tick.tick().await;
-            let mut d = gc.lock().await;
-            match d.dp.gc() {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!("conntrack gc: {n} entries expired"),
-                Err(e) => tracing::warn!("conntrack gc: {e:#}"),
-            }
+            let mut d = dns_retry.lock().await;
             // DNS listeners that could not bind are tried again, and a
             // changed host resolv.conf reaches the forwarders.
             d.sync_dns().await;

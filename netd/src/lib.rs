@@ -2,6 +2,7 @@
 pub mod api;
 pub mod bench;
 pub mod bpf;
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -1,5 +1,5 @@
 //! rtnetlink: links, addresses and routes, in any namespace. No `ip`.
-use std::net::Ipv4Addr;
+use std::{ffi::CString, net::Ipv4Addr, os::fd::AsRawFd};
 
 use anyhow::{Context, Result, bail};
 use futures_util::TryStreamExt;
@@ -372,4 +372,65 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
 pub fn mac_for_ip(ip: Ipv4Addr) -> [u8; 6] {
     let o = ip.octets();
     [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
+// ---- host helpers (ioctl and /proc; the calling thread's namespace) ----
+
+/// if_nametoindex in the calling thread's namespace (0: no such link).
+pub fn ifindex(name: &str) -> u32 {
+    let Ok(c) = CString::new(name) else { return 0 };
+    // SAFETY: a valid C string.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+fn ifreq(name: &str, req: libc::c_ulong) -> Result<libc::ifreq> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain data; the ioctl writes only into it.
+    unsafe {
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in name.bytes().take(libc::IFNAMSIZ - 1).enumerate() {
+            ifr.ifr_name[i] = b as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), req, &mut ifr) != 0 {
+            bail!("ioctl on {name}: {}", std::io::Error::last_os_error());
+        }
+        Ok(ifr)
+    }
+}
+
+/// The MAC address of a link in this namespace.
+pub fn link_mac(name: &str) -> Result<[u8; 6]> {
+    let ifr = ifreq(name, libc::SIOCGIFHWADDR)?;
+    // SAFETY: SIOCGIFHWADDR filled ifru_hwaddr.
+    let sa = unsafe { ifr.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (i, m) in mac.iter_mut().enumerate() {
+        *m = sa.sa_data[i] as u8;
+    }
+    Ok(mac)
+}
+
+/// The primary IPv4 address of a link in this namespace.
+pub fn link_ipv4(name: &str) -> Result<Ipv4Addr> {
+    let ifr = ifreq(name, libc::SIOCGIFADDR)?;
+    // SAFETY: SIOCGIFADDR filled an AF_INET sockaddr.
+    let sin: libc::sockaddr_in = unsafe { std::mem::transmute_copy(&ifr.ifr_ifru.ifru_addr) };
+    Ok(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+}
+
+/// The interface of the default route (the uplink unless configured).
+pub fn default_route_iface() -> Result<String> {
+    let routes = std::fs::read_to_string("/proc/net/route").context("reading /proc/net/route")?;
+    routes
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[1] == "00000000")
+        .map(|f| f[0].to_string())
+        .context("no default route: pass --uplink IFACE")
 }

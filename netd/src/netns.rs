@@ -225,3 +225,31 @@ pub fn pids_in(ino: u64) -> Vec<i32> {
         .filter(|p| std::fs::metadata(format!("/proc/{p}/ns/net")).is_ok_and(|m| m.ino() == ino))
         .collect()
 }
+
+/// The calling thread's network namespace cookie (SO_NETNS_COOKIE), what
+/// bpf_get_netns_cookie() returns for its sockets.
+pub fn netns_cookie() -> Result<u64> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        bail!("SO_NETNS_COOKIE: {}", std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}

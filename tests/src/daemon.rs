@@ -40,7 +40,7 @@ impl Netd {
         let dir = std::env::temp_dir().join(format!("{}-d", tb.stem));
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("netd.sock");
-        let cgroup = ::netd::datapath::ebpf::cgroup2_root()?.join(&tb.stem);
+        let cgroup = ::netd::cgroup::cgroup2_root()?.join(&tb.stem);
         std::fs::create_dir_all(&cgroup)?;
         let mut n = Netd {
             tb,

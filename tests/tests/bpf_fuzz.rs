@@ -104,10 +104,7 @@ fn random_and_mutated_frames_get_valid_verdicts_and_leave_control_maps_alone() {
     }
     let tb = Testbed::new("f").unwrap();
     let mut p = Programs::load_with(BpfLogLevel::Off, None, 4096).unwrap();
-    let uplink = tb
-        .host
-        .run(|| Ok(netd::datapath::ebpf::ifindex("eth0")))
-        .unwrap();
+    let uplink = tb.host.run(|| Ok(netd::link::ifindex("eth0"))).unwrap();
     bpfmaps::set_config(
         &mut p,
         Config {

@@ -112,10 +112,7 @@ fn tcx_attached_program_counts_real_traffic_between_namespaces() {
     bpfmaps::add_network(&mut p, 1, netd_common::NET_ICC);
     for (veth, last) in [("veth-c1", 2u8), ("veth-c2", 3)] {
         let ip = Ipv4Addr::new(10, 200, 0, last);
-        let ifindex = tb
-            .host
-            .run(|| Ok(netd::datapath::ebpf::ifindex(veth)))
-            .unwrap();
+        let ifindex = tb.host.run(|| Ok(netd::link::ifindex(veth))).unwrap();
         bpfmaps::add_endpoint(
             &mut p,
             netd_common::Endpoint {

@@ -10,9 +10,7 @@
 //! on start (a changed layout is replaced deliberately, never misread).
 use std::{
     collections::{BTreeMap, BTreeSet},
-    ffi::CString,
     net::{IpAddr, Ipv4Addr},
-    os::fd::AsRawFd,
     path::PathBuf,
 };
 
@@ -26,12 +24,14 @@ use netd_common::{
     NET_INTERNAL, NET_MASQUERADE, Network, PORT_KEY_FULL_PREFIX, PortKey, PortTarget, ct_kind,
     ct_state, maps,
 };
-use serde_json::{Value, json};
 
-use super::{Change, Datapath};
+use super::{ConntrackGc, Datapath, EndpointCounters, GcRun, Stats};
 use crate::{
     bpf::{self, BpfLogLevel, Programs},
+    cgroup::cgroup2_root,
+    link::{default_route_iface, ifindex, link_ipv4, link_mac},
     model::Status,
+    netns::netns_cookie,
     netns::{sysctl_read, sysctl_write},
     portspec::PortBinding,
     state::State,
@@ -94,104 +94,6 @@ impl Ebpf {
 /// A stable u32 id for a network: the first 8 hex digits of its id.
 pub fn net_id(id: &str) -> u32 {
     u32::from_str_radix(&id[..8.min(id.len())], 16).unwrap_or(0)
-}
-
-/// if_nametoindex in the calling thread's namespace (0: no such link).
-pub fn ifindex(name: &str) -> u32 {
-    let Ok(c) = CString::new(name) else { return 0 };
-    // SAFETY: a valid C string.
-    unsafe { libc::if_nametoindex(c.as_ptr()) }
-}
-
-fn ifreq(name: &str, req: libc::c_ulong) -> Result<libc::ifreq> {
-    let sock = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Datagram,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    // SAFETY: ifreq is plain data; the ioctl writes only into it.
-    unsafe {
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        for (i, b) in name.bytes().take(libc::IFNAMSIZ - 1).enumerate() {
-            ifr.ifr_name[i] = b as libc::c_char;
-        }
-        if libc::ioctl(sock.as_raw_fd(), req, &mut ifr) != 0 {
-            bail!("ioctl on {name}: {}", std::io::Error::last_os_error());
-        }
-        Ok(ifr)
-    }
-}
-
-/// The MAC address of a link in this namespace.
-pub fn link_mac(name: &str) -> Result<[u8; 6]> {
-    let ifr = ifreq(name, libc::SIOCGIFHWADDR)?;
-    // SAFETY: SIOCGIFHWADDR filled ifru_hwaddr.
-    let sa = unsafe { ifr.ifr_ifru.ifru_hwaddr };
-    let mut mac = [0u8; 6];
-    for (i, m) in mac.iter_mut().enumerate() {
-        *m = sa.sa_data[i] as u8;
-    }
-    Ok(mac)
-}
-
-/// The primary IPv4 address of a link in this namespace.
-pub fn link_ipv4(name: &str) -> Result<Ipv4Addr> {
-    let ifr = ifreq(name, libc::SIOCGIFADDR)?;
-    // SAFETY: SIOCGIFADDR filled an AF_INET sockaddr.
-    let sin: libc::sockaddr_in = unsafe { std::mem::transmute_copy(&ifr.ifr_ifru.ifru_addr) };
-    Ok(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
-}
-
-/// The interface of the default route (the uplink unless configured).
-pub fn default_route_iface() -> Result<String> {
-    let routes = std::fs::read_to_string("/proc/net/route").context("reading /proc/net/route")?;
-    routes
-        .lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.len() > 2 && f[1] == "00000000")
-        .map(|f| f[0].to_string())
-        .context("no default route: pass --uplink IFACE")
-}
-
-/// The calling thread's network namespace cookie (SO_NETNS_COOKIE), what
-/// bpf_get_netns_cookie() returns for its sockets.
-pub fn netns_cookie() -> Result<u64> {
-    let sock = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Datagram,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    const SO_NETNS_COOKIE: libc::c_int = 71;
-    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        bail!("SO_NETNS_COOKIE: {}", std::io::Error::last_os_error());
-    }
-    Ok(cookie)
-}
-
-/// Where the cgroup v2 hierarchy is mounted.
-pub fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    mounts
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.len() > 2 && f[2] == "cgroup2")
-        .map(|f| PathBuf::from(f[1]))
-        .context("no cgroup v2 hierarchy is mounted: pass --cgroup PATH")
 }
 
 /// The IPv4 addresses of this namespace (network order).
@@ -641,7 +543,7 @@ impl Datapath for Ebpf {
         Ok(())
     }
 
-    fn sync(&mut self, state: &State, _change: &Change) -> Result<()> {
+    fn sync(&mut self, state: &State) -> Result<()> {
         let t = std::time::Instant::now();
         let d = self.desired(state)?;
         let t_desired = t.elapsed();
@@ -666,61 +568,84 @@ impl Datapath for Ebpf {
         Ok(())
     }
 
-    fn gc(&mut self) -> Result<usize> {
-        let now = monotonic_ns();
-        let progs = self.progs()?;
-        let mut ct: HashMap<&mut MapData, CtKey, CtEntry> =
-            HashMap::try_from(progs.map_mut(maps::CT)?)?;
-        let entries: BTreeMap<CtKey, CtEntry> = ct.iter().filter_map(|r| r.ok()).collect();
-        let expired = |e: &CtEntry, k: &CtKey| {
-            now.saturating_sub(e.last_seen) > timeout(k.proto, e.state) * 1_000_000_000
-        };
-        let mut removed = 0;
-        for (k, e) in &entries {
-            // A flow goes when both of its directions are idle.
-            let rev = k.reverse(e);
-            let rev_expired = entries.get(&rev).is_none_or(|re| expired(re, &rev));
-            if expired(e, k) && rev_expired {
-                let _ = ct.remove(k);
-                removed += 1;
-            }
-        }
-        Ok(removed)
+    fn conntrack_gc(&mut self) -> Result<Option<Box<dyn ConntrackGc>>> {
+        // Its own handle on the pinned table: the collector never needs
+        // the daemon (or this datapath) while it walks the map.
+        let pin = self.maps_dir().join(format!("{}_{MAP_VERSION}", maps::CT));
+        let data = MapData::from_pin(&pin)
+            .with_context(|| format!("opening the conntrack table {}", pin.display()))?;
+        let ct = HashMap::try_from(aya::maps::Map::HashMap(data))?;
+        Ok(Some(Box::new(CtGc { ct })))
     }
 
-    fn stats(&mut self) -> Result<Value> {
+    fn stats(&mut self) -> Result<Stats> {
         let progs = self.progs()?;
-        let counters = progs.counters()?;
-        let drops = progs.drops()?;
+        let mut out = Stats::new("ebpf");
+        out.counters = progs
+            .counters()?
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        out.drops = progs
+            .drops()?
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         let stats: PerCpuHashMap<&MapData, EndpointKey, EndpointStats> =
             PerCpuHashMap::try_from(progs.ebpf().map(maps::EP_STATS).context("stats map")?)?;
-        let mut eps = serde_json::Map::new();
         for r in stats.iter() {
             let (k, per_cpu) = r?;
-            let mut t = EndpointStats::default();
+            let mut t = EndpointCounters::default();
             for s in per_cpu.iter() {
                 t.rx_packets += s.rx_packets;
                 t.rx_bytes += s.rx_bytes;
                 t.tx_packets += s.tx_packets;
                 t.tx_bytes += s.tx_bytes;
             }
-            eps.insert(
-                k.ifindex.to_string(),
-                json!({ "rx_packets": t.rx_packets, "rx_bytes": t.rx_bytes,
-                        "tx_packets": t.tx_packets, "tx_bytes": t.tx_bytes }),
-            );
+            out.endpoints.insert(k.ifindex, t);
         }
         let ct: HashMap<&MapData, CtKey, CtEntry> =
             HashMap::try_from(progs.ebpf().map(maps::CT).context("ct map")?)?;
-        let ct_entries = ct.keys().count();
-        Ok(json!({
-            "Datapath": "ebpf",
-            "Counters": counters,
-            "Drops": drops,
-            "Endpoints": eps,
-            "ConntrackEntries": ct_entries,
-        }))
+        out.conntrack_entries = Some(ct.keys().count() as u64);
+        Ok(out)
     }
+}
+
+/// The conntrack garbage collector: a flow goes when both of its
+/// directions are idle past their state's timeout.
+struct CtGc {
+    ct: HashMap<MapData, CtKey, CtEntry>,
+}
+
+impl ConntrackGc for CtGc {
+    fn run(&mut self) -> Result<GcRun> {
+        let cpu = thread_cpu_time();
+        let now = monotonic_ns();
+        let entries: BTreeMap<CtKey, CtEntry> = self.ct.iter().filter_map(|r| r.ok()).collect();
+        let expired = |e: &CtEntry, k: &CtKey| {
+            now.saturating_sub(e.last_seen) > timeout(k.proto, e.state) * 1_000_000_000
+        };
+        let mut run = GcRun {
+            entries: entries.len() as u64,
+            ..GcRun::default()
+        };
+        for (k, e) in &entries {
+            let rev = k.reverse(e);
+            let rev_expired = entries.get(&rev).is_none_or(|re| expired(re, &rev));
+            if expired(e, k) && rev_expired && self.ct.remove(k).is_ok() {
+                run.expired += 1;
+            }
+        }
+        run.cpu_micros = thread_cpu_time().saturating_sub(cpu).as_micros() as u64;
+        Ok(run)
+    }
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu_time() -> std::time::Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(std::time::Duration::from)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{Change, Datapath};
+use super::Datapath;
 use crate::{
     model::Status,
     netns::{sysctl_read, sysctl_write},
@@ -228,7 +228,7 @@ impl Datapath for Iptables {
         Ok(())
     }
 
-    fn sync(&mut self, state: &State, _change: &Change) -> Result<()> {
+    fn sync(&mut self, state: &State) -> Result<()> {
         super::route_localnet(state)?;
         let batch = render(state);
         if batch != self.last {

@@ -1,12 +1,14 @@
 //! The datapath contract. The control plane owns the desired state; a
 //! datapath makes the kernel match it. The contract is declarative: after
-//! any change the daemon calls [`Datapath::sync`] with the whole state and
-//! a [`Change`] hint naming what changed, so an implementation may apply
-//! incrementally (the eBPF datapath updates map entries) or re-render
-//! (the iptables datapath writes its NETD-* chains in one
-//! iptables-restore batch, the nftables datapath replaces its table in one
-//! `nft -f` transaction).
+//! any change the daemon calls [`Datapath::sync`] with the whole state, and
+//! an implementation applies the difference from what it applied last (the
+//! eBPF datapath updates map entries) or re-renders (the iptables datapath
+//! writes its NETD-* chains in one iptables-restore batch, the nftables
+//! datapath replaces its table in one `nft -f` transaction).
+use std::collections::BTreeMap;
+
 use anyhow::{Result, bail};
+use serde::Serialize;
 
 use crate::state::State;
 
@@ -14,23 +16,16 @@ pub mod ebpf;
 pub mod iptables;
 pub mod nftables;
 
-/// What changed since the last sync (a hint; `All` means re-check
-/// everything, as at startup).
-#[derive(Clone, Debug)]
-pub enum Change {
-    All,
-    Network(String),
-    Endpoint { container: String, network: String },
-    Ports { container: String },
-}
-
 pub trait Datapath: Send + Sync {
     fn name(&self) -> &'static str;
     /// Host-level setup at daemon start (hooks, sysctls).
     fn init(&mut self) -> Result<()>;
     /// Makes the kernel match `state`.
-    fn sync(&mut self, state: &State, change: &Change) -> Result<()>;
-    /// Removes everything this datapath installed (`--cleanup-on-exit`).
+    fn sync(&mut self, state: &State) -> Result<()>;
+    /// Removes everything this datapath installed. Works on an instance
+    /// that was never initialised too: the daemon calls it on a fresh
+    /// instance of the datapath that programmed the host before, when it
+    /// starts with another `--datapath`.
     fn cleanup(&mut self) -> Result<()>;
     /// Whether bridge ports need hairpin mode (a container reaching its
     /// own published port through the host goes back out of its port).
@@ -39,13 +34,67 @@ pub trait Datapath: Send + Sync {
     fn wants_hairpin_mode(&self) -> bool {
         true
     }
-    /// Expires idle connection-tracking entries; returns how many went.
-    fn gc(&mut self) -> Result<usize> {
-        Ok(0)
+    /// A collector of idle connection-tracking entries that runs on its
+    /// own, without the daemon's lock (`None`: the kernel's conntrack
+    /// expires entries itself).
+    fn conntrack_gc(&mut self) -> Result<Option<Box<dyn ConntrackGc>>> {
+        Ok(None)
     }
-    /// Counters for `netd stats` (JSON).
-    fn stats(&mut self) -> Result<serde_json::Value> {
-        Ok(serde_json::json!({ "Datapath": self.name() }))
+    /// Counters for `netd stats`.
+    fn stats(&mut self) -> Result<Stats> {
+        Ok(Stats::new(self.name()))
+    }
+}
+
+/// Expires idle conntrack entries; called every few seconds by the daemon
+/// outside its lock.
+pub trait ConntrackGc: Send {
+    fn run(&mut self) -> Result<GcRun>;
+}
+
+/// What one garbage-collection pass did.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GcRun {
+    /// Entries walked.
+    pub entries: u64,
+    /// Entries removed.
+    pub expired: u64,
+    /// CPU time the pass took (this thread's), microseconds.
+    pub cpu_micros: u64,
+}
+
+/// One endpoint's traffic as the datapath counted it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EndpointCounters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+/// Datapath counters (`GET /stats`; the daemon names the endpoints).
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Stats {
+    pub datapath: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub counters: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub drops: BTreeMap<String, u64>,
+    /// By host-side interface index.
+    #[serde(skip)]
+    pub endpoints: BTreeMap<u32, EndpointCounters>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conntrack_entries: Option<u64>,
+}
+
+impl Stats {
+    pub fn new(datapath: &str) -> Stats {
+        Stats {
+            datapath: datapath.to_string(),
+            ..Stats::default()
+        }
     }
 }
 
@@ -124,9 +173,9 @@ impl Datapath for Timed {
     fn init(&mut self) -> Result<()> {
         self.inner.init()
     }
-    fn sync(&mut self, state: &State, change: &Change) -> Result<()> {
+    fn sync(&mut self, state: &State) -> Result<()> {
         let t = std::time::Instant::now();
-        let r = self.inner.sync(state, change);
+        let r = self.inner.sync(state);
         self.last_sync = t.elapsed();
         r
     }
@@ -136,10 +185,10 @@ impl Datapath for Timed {
     fn wants_hairpin_mode(&self) -> bool {
         self.inner.wants_hairpin_mode()
     }
-    fn gc(&mut self) -> Result<usize> {
-        self.inner.gc()
+    fn conntrack_gc(&mut self) -> Result<Option<Box<dyn ConntrackGc>>> {
+        self.inner.conntrack_gc()
     }
-    fn stats(&mut self) -> Result<serde_json::Value> {
+    fn stats(&mut self) -> Result<Stats> {
         self.inner.stats()
     }
 }

@@ -34,7 +34,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{Change, Datapath};
+use super::Datapath;
 use crate::{
     ipam::Cidr,
     model::Status,
@@ -350,7 +350,7 @@ impl Datapath for Nftables {
         nft(&format!("table {TABLE} {{}}\n"))
     }
 
-    fn sync(&mut self, state: &State, _change: &Change) -> Result<()> {
+    fn sync(&mut self, state: &State) -> Result<()> {
         super::route_localnet(state)?;
         let table = render(state)?;
         if table != self.last {
