@@ -158,28 +158,30 @@ impl Instance {
         Ok(())
     }
 
-    /// `netd run -d` equivalent: create, then a process in the container.
+    /// `netd run -d` equivalent: a container whose main process is `cmd`.
     fn run_detached(&self, name: &str, publish: &[&str], cmd: &[String]) -> Result<()> {
-        self.create(name, publish)?;
-        let info = self.client.get(&format!("/containers/{name}/json"))?;
-        let mut c = crate::cli::command_in(&info, cmd)?;
-        c.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = c.spawn()?;
+        let env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
         self.client.post(
-            &format!("/containers/{name}/pids"),
-            &json!({ "Pid": child.id() }),
+            "/containers/create",
+            &json!({ "Name": name, "Publish": publish, "Cmd": cmd, "Env": env }),
         )?;
+        self.client
+            .post(&format!("/containers/{name}/start"), &json!({}))?;
         Ok(())
     }
 
-    /// Runs a client inside container `name` (pinned to CPU 1).
+    /// Runs a client inside container `name` (pinned to CPU 1), through
+    /// `netd exec`, and returns its output.
     fn in_container(&self, name: &str, args: &[String]) -> Result<String> {
-        let info = self.client.get(&format!("/containers/{name}/json"))?;
         let mut full = pin(1);
         full.extend(args.iter().cloned());
-        let out = crate::cli::command_in(&info, &full)?.output()?;
+        let out = Command::new(&self.me)
+            .arg("-H")
+            .arg(&self.client.socket)
+            .args(["exec", name, "--"])
+            .args(&full)
+            .stdin(Stdio::null())
+            .output()?;
         if !out.status.success() {
             bail!(
                 "{args:?} in {name}: {}",

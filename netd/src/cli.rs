@@ -1,13 +1,9 @@
 //! The CLI: Docker's words and flags, a client of the daemon's API.
-//! `run` and `exec` start the process themselves, inside the container's
-//! namespaces (as `ip netns exec` does), after asking the daemon where the
-//! container's network namespace and files are.
-use std::{
-    ffi::CString,
-    os::unix::process::CommandExt,
-    path::PathBuf,
-    process::{Command, Stdio},
-};
+//! `run` and `exec` ask the daemon to start the process, which gets the
+//! CLI's standard streams, environment and working directory (the daemon
+//! takes the streams through the connection's pidfd), so the CLI needs
+//! neither the container's namespace files nor any privilege of its own.
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -236,132 +232,109 @@ pub fn create(c: &Client, args: &CreateArgs) -> Result<String> {
     Ok(r["Id"].as_str().unwrap_or_default().to_string())
 }
 
-fn cstr(s: &str) -> Result<CString> {
-    CString::new(s).context("NUL in a path")
-}
-
-/// Starts `cmd` inside the container described by `info` (its inspect
-/// JSON): network namespace, a private mount namespace with the
-/// container's /etc/hosts and /etc/resolv.conf, and its hostname.
-pub fn command_in(info: &Value, cmd: &[String]) -> Result<Command> {
-    if cmd.is_empty() {
-        bail!("no command given: netd exec NAME -- CMD [ARG]...");
-    }
-    let sandbox = info["NetworkSettings"]["SandboxKey"]
-        .as_str()
-        .context("no SandboxKey")?;
-    let host_mode = info["HostConfig"]["NetworkMode"] == "host";
-    let ns = std::fs::File::open(sandbox)
-        .with_context(|| format!("opening the container's network namespace {sandbox}"))?;
-    let hosts = cstr(info["HostsPath"].as_str().unwrap_or_default())?;
-    let resolv = cstr(info["ResolvConfPath"].as_str().unwrap_or_default())?;
-    let hostname = info["Config"]["Hostname"]
-        .as_str()
-        .unwrap_or_default()
-        .as_bytes()
-        .to_vec();
-    let (etc_hosts, etc_resolv, root) =
-        (cstr("/etc/hosts")?, cstr("/etc/resolv.conf")?, cstr("/")?);
-    let mut command = Command::new(&cmd[0]);
-    command.args(&cmd[1..]);
-    use std::os::fd::AsRawFd;
-    // SAFETY: runs in the forked child before exec and only makes
-    // async-signal-safe system calls on data prepared before the fork.
-    unsafe {
-        command.pre_exec(move || {
-            let check = |r: libc::c_int| {
-                if r != 0 {
-                    Err(std::io::Error::last_os_error())
-                } else {
-                    Ok(())
-                }
-            };
-            check(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET))?;
-            if host_mode {
-                return Ok(());
-            }
-            check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS))?;
-            check(libc::mount(
-                std::ptr::null(),
-                root.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_SLAVE,
-                std::ptr::null(),
-            ))?;
-            for (src, dst) in [(&hosts, &etc_hosts), (&resolv, &etc_resolv)] {
-                if !src.as_bytes().is_empty() {
-                    check(libc::mount(
-                        src.as_ptr(),
-                        dst.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND,
-                        std::ptr::null(),
-                    ))?;
-                }
-            }
-            if !hostname.is_empty() {
-                check(libc::sethostname(hostname.as_ptr().cast(), hostname.len()))?;
-            }
-            Ok(())
-        });
-    }
-    Ok(command)
+/// The caller's environment and working directory: a process `run` or
+/// `exec` starts sees them, as with `ip netns exec`.
+fn caller_context() -> (Vec<String>, Option<String>) {
+    let env = std::env::vars_os()
+        .filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v.to_str()?)))
+        .collect();
+    let cwd = std::env::current_dir()
+        .ok()
+        .and_then(|d| d.to_str().map(str::to_string));
+    (env, cwd)
 }
 
 fn inspect(c: &Client, name: &str) -> Result<Value> {
     c.get(&format!("/containers/{name}/json"))
 }
 
+/// `exec`: the daemon starts the command in the container (its
+/// namespaces and cgroup) with this process's standard streams, and
+/// answers with its exit code.
 pub fn exec(c: &Client, name: &str, cmd: &[String]) -> Result<i32> {
-    let info = inspect(c, name)?;
-    if info["State"]["Running"] != true {
-        bail!("container {name} is not running");
+    if cmd.is_empty() {
+        bail!("no command given: netd exec NAME -- CMD [ARG]...");
     }
-    let status = command_in(&info, cmd)?
-        .status()
-        .with_context(|| format!("running {:?} in {name}", cmd[0]))?;
-    Ok(status.code().unwrap_or(128 + 9))
+    let (env, cwd) = caller_context();
+    let r = c.post(
+        &format!("/containers/{name}/exec"),
+        &json!({ "Cmd": cmd, "Env": env, "WorkingDir": cwd }),
+    )?;
+    Ok(r["ExitCode"].as_i64().unwrap_or(255) as i32)
 }
 
 pub fn run(c: &Client, args: &CreateArgs, detach: bool, rm: bool, cmd: &[String]) -> Result<i32> {
     if cmd.is_empty() {
         bail!("no command given: netd run [OPTIONS] -- CMD [ARG]...");
     }
-    let id = create(c, args)?;
-    let info = inspect(c, &id)?;
-    let mut command = command_in(&info, cmd)?;
+    let (env, cwd) = caller_context();
+    let mut body = args.body();
+    body["Cmd"] = json!(cmd);
+    body["Env"] = json!(env);
+    body["WorkingDir"] = json!(cwd);
+    body["AutoRemove"] = json!(rm);
+    let r = c.post("/containers/create", &body)?;
+    for w in r["Warnings"].as_array().into_iter().flatten() {
+        eprintln!("WARNING: {}", w.as_str().unwrap_or_default());
+    }
+    let id = r["Id"].as_str().unwrap_or_default().to_string();
     if detach {
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: setsid is async-signal-safe.
-        unsafe {
-            command.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        let child = match command.spawn() {
-            Ok(ch) => ch,
-            Err(e) => {
-                let _ = c.delete(&format!("/containers/{id}?force=1"));
-                return Err(e).with_context(|| format!("starting {:?}", cmd[0]));
+        if let Err(e) = c.post(&format!("/containers/{id}/start"), &json!({})) {
+            if rm && let Err(e2) = c.delete(&format!("/containers/{id}?force=1")) {
+                eprintln!("Error: removing {id}: {e2:#}");
             }
-        };
-        c.post(
-            &format!("/containers/{id}/pids"),
-            &json!({ "Pid": child.id() }),
-        )?;
+            return Err(e);
+        }
         println!("{id}");
         return Ok(0);
     }
-    let status = command.status();
-    if rm {
-        let _ = c.delete(&format!("/containers/{id}?force=1"));
+    // Attached: the main process gets our streams; signals we receive
+    // go to it (Docker's --sig-proxy), and its exit code is ours.
+    sig_proxy(c.clone(), id.clone())?;
+    let r = c.post(
+        &format!("/containers/{id}/start"),
+        &json!({ "Attach": true }),
+    );
+    match r {
+        Ok(v) => Ok(v["StatusCode"].as_i64().unwrap_or(255) as i32),
+        Err(e) => {
+            if rm && let Err(e2) = c.delete(&format!("/containers/{id}?force=1")) {
+                eprintln!("Error: removing {id}: {e2:#}");
+            }
+            Err(e)
+        }
     }
-    let status = status.with_context(|| format!("running {:?}", cmd[0]))?;
-    Ok(status.code().unwrap_or(128 + 9))
+}
+
+/// Forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the
+/// container's main process, from a thread that lives as long as the CLI.
+fn sig_proxy(c: Client, id: String) -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        set.add(s);
+    }
+    // Blocked here and in every thread started later: only the proxy
+    // thread takes them, with sigwait.
+    set.thread_block().context("blocking signals")?;
+    std::thread::Builder::new()
+        .name("sig-proxy".into())
+        .spawn(move || {
+            while let Ok(sig) = set.wait() {
+                let path = format!("/containers/{id}/kill?signal={}", sig as i32);
+                if let Err(e) = c.post(&path, &json!({})) {
+                    eprintln!("Error: forwarding {sig}: {e:#}");
+                }
+            }
+        })?;
+    Ok(())
 }
 
 pub fn ps(c: &Client, all: bool) -> Result<()> {
@@ -447,36 +420,115 @@ pub fn stats(c: &Client, name: Option<&str>, format: Option<&str>) -> Result<()>
         print_json(&v);
         return Ok(());
     }
-    println!("datapath: {}", v["Datapath"].as_str().unwrap_or("?"));
+    print!("{}", render_stats(&v, name.is_none()));
+    Ok(())
+}
+
+/// The stats as aligned text: one table of endpoints, then (for the
+/// whole host) the counters, drops and conntrack size.
+pub fn render_stats(v: &Value, global: bool) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    writeln!(out, "datapath: {}", v["Datapath"].as_str().unwrap_or("?")).ok();
     if let Some(eps) = v["Endpoints"].as_object() {
-        println!(
-            "{:<24}{:<16}{:>12}{:>14}{:>12}{:>14}",
-            "ENDPOINT", "NETWORK", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES"
-        );
+        let mut rows = vec![[
+            "ENDPOINT".to_string(),
+            "NETWORK".into(),
+            "RX PKTS".into(),
+            "RX BYTES".into(),
+            "TX PKTS".into(),
+            "TX BYTES".into(),
+        ]];
         for (k, s) in eps {
-            println!(
-                "{:<24}{:<16}{:>12}{:>14}{:>12}{:>14}",
-                k,
-                s["Network"].as_str().unwrap_or_default(),
-                s["rx_packets"],
-                s["rx_bytes"],
-                s["tx_packets"],
-                s["tx_bytes"]
-            );
+            let n = |f: &str| s[f].as_u64().unwrap_or(0).to_string();
+            rows.push([
+                k.clone(),
+                s["Network"].as_str().unwrap_or_default().to_string(),
+                n("rx_packets"),
+                n("rx_bytes"),
+                n("tx_packets"),
+                n("tx_bytes"),
+            ]);
         }
+        out.push_str(&table(&rows, 2));
     }
-    if name.is_none() {
+    if global {
         for (title, key) in [("counters", "Counters"), ("drops by reason", "Drops")] {
             if let Some(m) = v[key].as_object() {
-                println!("{title}:");
-                for (k, n) in m {
-                    println!("  {k:<24}{n}");
-                }
+                writeln!(out, "{title}:").ok();
+                let rows: Vec<[String; 2]> = m
+                    .iter()
+                    .map(|(k, n)| [format!("  {k}"), n.to_string()])
+                    .collect();
+                out.push_str(&table(&rows, 1));
             }
         }
         if let Some(n) = v["ConntrackEntries"].as_u64() {
-            println!("conntrack entries: {n}");
+            writeln!(out, "conntrack entries: {n}").ok();
         }
     }
-    Ok(())
+    out
+}
+
+/// Columns padded to their widest cell, two spaces apart; the first
+/// `left` columns left-aligned, the rest (numbers) right-aligned.
+fn table<const N: usize>(rows: &[[String; N]], left: usize) -> String {
+    let mut width = [0usize; N];
+    for r in rows {
+        for (w, cell) in width.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| {
+                if i < left {
+                    format!("{cell:<w$}", w = width[i])
+                } else {
+                    format!("{cell:>w$}", w = width[i])
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_columns_align() {
+        let v = json!({
+            "Datapath": "ebpf",
+            "Endpoints": {
+                "tomcat01/eth0": { "Network": "bridge", "rx_packets": 1410766580u64, "rx_bytes": 5, "tx_packets": 7, "tx_bytes": 9 },
+                "a/eth1": { "Network": "mynet", "rx_packets": 1, "rx_bytes": 22, "tx_packets": 333, "tx_bytes": 4444 },
+            },
+            "Counters": { "snat": 1, "forwarded": 12345 },
+        });
+        let text = render_stats(&v, true);
+        let lines: Vec<&str> = text.lines().collect();
+        // Header and rows: every column starts where the header's does.
+        let header = lines[1];
+        let col = header.find("RX PKTS").unwrap();
+        assert!(lines[2].starts_with("a/eth1 "), "{text}");
+        // The numbers are right-aligned under their header's end.
+        let end = col + "RX PKTS".len();
+        let rx = header.find("RX PKTS").unwrap();
+        assert!(rx > 0);
+        let row = lines[3];
+        assert!(row.contains("tomcat01/eth0  bridge"), "{text}");
+        assert!(
+            row[..end].ends_with("1410766580") || row.len() >= end,
+            "{text}"
+        );
+        assert!(!row.contains("bridge1410766580"), "{text}");
+        assert!(text.contains("  forwarded  12345"), "{text}");
+    }
 }

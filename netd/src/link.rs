@@ -30,6 +30,8 @@ pub struct Link {
     pub mac: Option<[u8; 6]>,
     pub master: Option<u32>,
     pub mtu: Option<u32>,
+    /// IFLA_IFALIAS: netd marks its links with its instance.
+    pub alias: Option<String>,
 }
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
@@ -114,6 +116,18 @@ impl Netlink {
     /// port comes or goes, and containers that cached the gateway's old
     /// address lose it (the frames reach the host as "other host").
     pub async fn ensure_bridge(&self, name: &str, mtu: u32, mac: Option<[u8; 6]>) -> Result<u32> {
+        self.ensure_bridge_marked(name, mtu, mac, None).await
+    }
+
+    /// [`ensure_bridge`](Self::ensure_bridge), the bridge created with
+    /// `alias` (netd's instance marker) in the same request.
+    pub async fn ensure_bridge_marked(
+        &self,
+        name: &str,
+        mtu: u32,
+        mac: Option<[u8; 6]>,
+        alias: Option<&str>,
+    ) -> Result<u32> {
         if let Some(l) = self.link_by_name(name).await? {
             if l.kind.as_deref() != Some("bridge") {
                 bail!("link {name} exists and is not a bridge");
@@ -136,6 +150,9 @@ impl Netlink {
         if let Some(mac) = mac {
             b = b.address(mac.to_vec());
         }
+        if let Some(a) = alias {
+            b = b.alias(a);
+        }
         self.handle
             .link()
             .add(b.build())
@@ -156,6 +173,22 @@ impl Netlink {
         peer_mac: [u8; 6],
         mtu: u32,
     ) -> Result<u32> {
+        self.create_veth_marked(host_name, peer_name, peer_ns, peer_mac, mtu, None)
+            .await
+    }
+
+    /// [`create_veth`](Self::create_veth), the host end created with
+    /// `alias` (netd's instance marker) in the same request: a crash never
+    /// leaves an unmarked veth of ours behind.
+    pub async fn create_veth_marked(
+        &self,
+        host_name: &str,
+        peer_name: &str,
+        peer_ns: &NetNs,
+        peer_mac: [u8; 6],
+        mtu: u32,
+        alias: Option<&str>,
+    ) -> Result<u32> {
         let ns_file = peer_ns.open()?;
         use std::os::fd::AsRawFd;
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
@@ -164,8 +197,11 @@ impl Netlink {
             .address(peer_mac.to_vec())
             .setns_by_fd(ns_file.as_raw_fd())
             .build();
-        let msg = LinkVeth::new(host_name, peer_name)
-            .mtu(mtu)
+        let mut host = LinkVeth::new(host_name, peer_name).mtu(mtu);
+        if let Some(a) = alias {
+            host = host.alias(a);
+        }
+        let msg = host
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
         self.handle
@@ -202,6 +238,16 @@ impl Netlink {
             .execute()
             .await
             .with_context(|| format!("setting hairpin mode on bridge port {index}"))
+    }
+
+    /// Sets a link's alias (IFLA_IFALIAS).
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).alias(alias).build())
+            .execute()
+            .await
+            .with_context(|| format!("setting the alias of link {index}"))
     }
 
     pub async fn set_up(&self, index: u32) -> Result<()> {
@@ -316,6 +362,7 @@ fn parse_link(msg: &LinkMessage) -> Link {
         mac: None,
         master: None,
         mtu: None,
+        alias: None,
     };
     for a in &msg.attributes {
         match a {
@@ -325,6 +372,7 @@ fn parse_link(msg: &LinkMessage) -> Link {
             }
             LinkAttribute::Controller(m) => l.master = Some(*m),
             LinkAttribute::Mtu(m) => l.mtu = Some(*m),
+            LinkAttribute::IfAlias(a) => l.alias = Some(a.clone()),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     if let LinkInfo::Kind(k) = i {

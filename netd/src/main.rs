@@ -73,10 +73,21 @@ enum Cmd {
     },
     /// List a container's port bindings.
     Port { name: String },
-    /// Start a stopped container's networking again.
+    /// Start a stopped container again: its networking, then its command.
     Start { name: String },
-    /// Stop a container: kill its processes, remove its networking.
+    /// Stop a container: SIGTERM its processes (SIGKILL after 3 s), remove
+    /// its networking.
     Stop { name: String },
+    /// Send a signal to a container's main process.
+    Kill {
+        #[arg(short = 's', long, default_value = "KILL")]
+        signal: String,
+        name: String,
+    },
+    /// Wait until a container stops; print its main process's exit code.
+    Wait { name: String },
+    /// Print the output of a container's detached main process.
+    Logs { name: String },
     /// Remove a container.
     Rm {
         #[arg(short = 'f', long)]
@@ -340,6 +351,25 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("{name}");
                 0
             }),
+        Cmd::Kill { signal, name } => c
+            .post(
+                &format!("/containers/{name}/kill?signal={signal}"),
+                &serde_json::json!({}),
+            )
+            .map(|_| {
+                println!("{name}");
+                0
+            }),
+        Cmd::Wait { name } => c
+            .post(&format!("/containers/{name}/wait"), &serde_json::json!({}))
+            .map(|v| {
+                println!("{}", v["StatusCode"]);
+                0
+            }),
+        Cmd::Logs { name } => c.get(&format!("/containers/{name}/logs")).map(|v| {
+            print!("{}", v.as_str().unwrap_or_default());
+            0
+        }),
         Cmd::Rm { force, names } => {
             let mut code = 0;
             for n in names {

@@ -67,12 +67,17 @@ pub struct Endpoint {
     /// answered by the network's embedded DNS server.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// The address was asked for (`--ip`): a restart must get it back.
+    /// Otherwise `ip` is only held while the container runs.
+    #[serde(default)]
+    pub static_ip: bool,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "kind", content = "target", rename_all = "lowercase")]
 pub enum Mode {
     /// Own namespace on bridge networks (the default `bridge` or user ones).
+    #[default]
     Bridge,
     Host,
     None,
@@ -80,14 +85,18 @@ pub enum Mode {
     Container(String),
 }
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// A container is `running` while its sandbox (namespace, interfaces,
+/// published ports) exists, and `exited` when it does not: after `stop`,
+/// when its main process ended, or after a reboot.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Running,
+    #[default]
     Exited,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Container {
     pub id: String,
     pub name: String,
@@ -106,8 +115,27 @@ pub struct Container {
     pub publish_all: bool,
     pub exposed: Vec<((u16, u16), Proto)>,
     pub ports: Vec<PortBinding>,
-    /// Processes `netd run -d` / `exec` registered, killed by stop.
-    pub pids: Vec<i32>,
+    /// The main process's command (`run`, and `start` again), with the
+    /// environment and directory it was given; empty for a bare sandbox
+    /// (`create`).
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub cwd: Option<std::path::PathBuf>,
+    /// `--rm`: the daemon removes the container when it exits.
+    #[serde(default)]
+    pub auto_remove: bool,
+    /// The running main process.
+    #[serde(default)]
+    pub main: Option<crate::process::ProcId>,
+    /// How the last main process ended (255 when the daemon could not
+    /// tell: it ended while the daemon was down).
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub finished_at: Option<String>,
     /// `--network-alias` names for the first network.
     #[serde(default)]
     pub requested_aliases: Vec<String>,

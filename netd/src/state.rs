@@ -26,6 +26,19 @@ pub struct State {
     /// Host ports handed out by -P / missing host ports, so a restart does
     /// not hand them out twice.
     pub next_ephemeral: BTreeMap<Proto, u16>,
+    /// This instance's marker: the alias of every link it creates, the
+    /// name of its cgroup (`netd-<instance>`). Reconcile removes only
+    /// links that carry it, never another instance's.
+    #[serde(default)]
+    pub instance: String,
+    /// The boot the running containers belong to: after a reboot none of
+    /// them is running any more.
+    #[serde(default)]
+    pub boot_id: String,
+    /// The datapath that programmed the host last: a daemon started with
+    /// another one removes its rules, tables and pins first.
+    #[serde(default)]
+    pub datapath: Option<crate::datapath::Kind>,
 }
 
 pub struct Store {

@@ -253,18 +253,37 @@ impl Drop for Netd {
             }
             let _ = ns.remove();
         }
-        // The test's cgroup: its processes first, then the directory.
-        if let Ok(procs) = std::fs::read_to_string(self.cgroup.join("cgroup.procs")) {
-            for p in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
-                // SAFETY: plain kill(2).
-                unsafe { libc::kill(p, libc::SIGKILL) };
-            }
-        }
-        let _ = ::netd::testbed::wait_until(Duration::from_secs(5), || {
-            std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists()
-        });
+        // The namespace directory is a (shared) mount of its own.
+        let _ = nix::mount::umount2(
+            &self.dir.join("run/netns"),
+            nix::mount::MntFlags::MNT_DETACH,
+        );
+        // The test's cgroup and the container cgroups the daemon made
+        // inside it: processes first, then the directories, deepest first.
+        remove_cgroup_tree(&self.cgroup);
         // The daemon's bpffs (pinned maps and links) goes with its mount.
         let _ = nix::mount::umount2(&self.dir.join("bpffs"), nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Kills every process in a cgroup subtree and removes its directories.
+pub fn remove_cgroup_tree(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        for p in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+    let _ = ::netd::testbed::wait_until(Duration::from_secs(5), || {
+        std::fs::remove_dir(dir).is_ok() || !dir.exists()
+    });
 }

@@ -303,20 +303,36 @@ fn raise_memlock() {
     }
 }
 
-/// Mounts bpffs at `dir` unless one is there already.
+/// Makes `dir` a directory on a bpffs. Under `/sys/fs/bpf` (the
+/// default), a `/sys/fs/bpf` that is not a bpffs yet gets one mounted
+/// first, as Cilium does (hosts without systemd, `ip netns exec`, which
+/// remounts /sys); anywhere else a bpffs is mounted at `dir` itself
+/// unless it already is on one.
 pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let sys = Path::new("/sys/fs/bpf");
+    if dir.starts_with(sys) && !is_bpffs(sys) {
+        mount_bpffs(sys)?;
+        tracing::info!("mounted a bpffs at {}", sys.display());
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let is_bpffs = nix::sys::statfs::statfs(dir)
-        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC);
-    if !is_bpffs {
-        nix::mount::mount(
-            Some("bpf"),
-            dir,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .with_context(|| format!("mounting bpffs at {}", dir.display()))?;
+    if !is_bpffs(dir) {
+        mount_bpffs(dir)?;
     }
     Ok(())
+}
+
+fn is_bpffs(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+}
+
+fn mount_bpffs(dir: &Path) -> Result<()> {
+    nix::mount::mount(
+        Some("bpf"),
+        dir,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting a bpffs at {}", dir.display()))
 }

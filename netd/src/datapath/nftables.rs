@@ -406,6 +406,7 @@ mod tests {
             veth: format!("vnd{name}"),
             ifname: "eth0".into(),
             aliases: Vec::new(),
+            static_ip: false,
         };
         Container {
             id: name.into(),
@@ -422,9 +423,9 @@ mod tests {
             publish_all: false,
             exposed: Vec::new(),
             ports,
-            pids: Vec::new(),
             requested_aliases: Vec::new(),
             dns: Default::default(),
+            ..Container::default()
         }
     }
 

@@ -1,4 +1,4 @@
-//! Name resolution scenarios (included by e2e.rs, run per datapath):
+//! Name resolution scenarios (run per datapath):
 //! the embedded DNS server of user-defined networks, `--link` and the
 //! resolver files on the default bridge, forwarding to an upstream played
 //! by the outside namespace, a taken port 53, and a fuzzer.

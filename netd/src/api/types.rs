@@ -1,0 +1,527 @@
+//! Request bodies, as the API receives them, and their validation: each
+//! request's `validate()` checks everything that can be checked without
+//! the daemon's state and yields a spec of parsed, checked values. What
+//! needs the state (name taken, subnet overlaps, address in use) is
+//! checked by the daemon before it touches anything.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use super::{ApiError, bad};
+use crate::{
+    ipam::Cidr,
+    link,
+    model::NetworkOptions,
+    portspec::{self, PortSpec, Proto},
+    validate::{self, MAX_LIST, bounded},
+};
+
+/// Turns a validation failure into a 400.
+fn invalid(e: anyhow::Error) -> anyhow::Error {
+    if e.is::<ApiError>() {
+        e
+    } else {
+        ApiError::bad(format!("{e:#}")).into()
+    }
+}
+
+/// Container and network names: Docker's `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(default, rename_all = "PascalCase")]
+pub struct NetworkCreate {
+    pub name: String,
+    pub driver: Option<String>,
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    pub ip_range: Option<String>,
+    pub internal: bool,
+    pub options: BTreeMap<String, String>,
+}
+
+/// A checked `network create`.
+#[derive(Debug)]
+pub struct NetworkSpec {
+    pub name: String,
+    pub subnet: Option<Cidr>,
+    pub gateway: Option<Ipv4Addr>,
+    pub ip_range: Option<Cidr>,
+    pub options: NetworkOptions,
+    pub bridge: Option<String>,
+    pub raw_options: BTreeMap<String, String>,
+}
+
+impl NetworkCreate {
+    pub fn validate(self, default_mtu: u32) -> Result<NetworkSpec> {
+        self.check(default_mtu).map_err(invalid)
+    }
+
+    fn check(self, default_mtu: u32) -> Result<NetworkSpec> {
+        let name = self.name.trim().to_string();
+        if !valid_name(&name) {
+            return bad(format!(
+                "invalid network name {name:?}: use letters, digits, '_', '.', '-'"
+            ));
+        }
+        if let Some(d) = &self.driver
+            && d != "bridge"
+        {
+            return bad(format!(
+                "unsupported driver {d:?}: netd supports the bridge driver"
+            ));
+        }
+        bounded("options", &self.options.keys().collect::<Vec<_>>(), 64)?;
+        let mut opts = NetworkOptions {
+            icc: true,
+            masquerade: true,
+            internal: self.internal,
+            mtu: default_mtu,
+            host_binding_ipv4: Ipv4Addr::UNSPECIFIED,
+        };
+        let mut bridge = None;
+        for (k, v) in &self.options {
+            let key = k.strip_prefix("com.docker.network.bridge.").unwrap_or(k);
+            let key = key
+                .strip_prefix("com.docker.network.driver.")
+                .unwrap_or(key);
+            let boolean = || -> Result<bool> {
+                match v.as_str() {
+                    "true" | "1" => Ok(true),
+                    "false" | "0" => Ok(false),
+                    _ => bad(format!(
+                        "invalid value {v:?} for option {k}: expected true or false"
+                    )),
+                }
+            };
+            match key {
+                "icc" | "enable_icc" => opts.icc = boolean()?,
+                "masquerade" | "enable_ip_masquerade" => opts.masquerade = boolean()?,
+                "mtu" => {
+                    opts.mtu = v
+                        .parse()
+                        .ok()
+                        .filter(|m| (68..=65535).contains(m))
+                        .with_context(|| format!("invalid mtu {v:?}: expected 68-65535"))?
+                }
+                "bridge-name" | "name" => {
+                    validate::ifname("bridge name", v)?;
+                    bridge = Some(v.clone())
+                }
+                "host-binding-ipv4" | "host_binding_ipv4" => {
+                    opts.host_binding_ipv4 = v
+                        .parse()
+                        .with_context(|| format!("invalid host-binding-ipv4 {v:?}"))?
+                }
+                _ => {
+                    return bad(format!(
+                        "unknown network option {k:?} (known: icc, masquerade, mtu, bridge-name, host-binding-ipv4)"
+                    ));
+                }
+            }
+        }
+        let subnet = match &self.subnet {
+            Some(s) => {
+                let s: Cidr = s.parse()?;
+                validate::subnet(&s)?;
+                Some(s)
+            }
+            None => {
+                if self.gateway.is_some() || self.ip_range.is_some() {
+                    return bad("--gateway and --ip-range need --subnet");
+                }
+                None
+            }
+        };
+        let gateway = match &self.gateway {
+            Some(g) => {
+                let g: Ipv4Addr = g
+                    .parse()
+                    .with_context(|| format!("invalid gateway {g:?}: not an IPv4 address"))?;
+                validate::host_in("gateway", g, subnet.as_ref().expect("checked above"))?;
+                Some(g)
+            }
+            None => None,
+        };
+        let ip_range = match &self.ip_range {
+            Some(r) => Some(r.parse::<Cidr>()?),
+            None => None,
+        };
+        Ok(NetworkSpec {
+            name,
+            subnet,
+            gateway,
+            ip_range,
+            options: opts,
+            bridge,
+            raw_options: self.options,
+        })
+    }
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(default, rename_all = "PascalCase")]
+pub struct ContainerCreate {
+    pub name: Option<String>,
+    pub network: Option<String>,
+    pub publish: Vec<String>,
+    pub publish_all: bool,
+    pub expose: Vec<String>,
+    pub ip: Option<String>,
+    pub mac_address: Option<String>,
+    pub hostname: Option<String>,
+    pub network_aliases: Vec<String>,
+    pub dns: Vec<String>,
+    pub dns_search: Vec<String>,
+    pub dns_options: Vec<String>,
+    /// `--add-host NAME:IP`.
+    pub extra_hosts: Vec<String>,
+    /// `--link NAME[:ALIAS]`.
+    pub links: Vec<String>,
+    /// The main process (`run`); none for a bare sandbox (`create`).
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    /// `--rm`.
+    pub auto_remove: bool,
+}
+
+/// A checked `create`/`run`.
+#[derive(Debug, Default)]
+pub struct ContainerSpec {
+    pub name: Option<String>,
+    /// `bridge`, `host`, `none`, `container:NAME` or a network name.
+    pub network: String,
+    pub publish: Vec<PortSpec>,
+    pub publish_all: bool,
+    pub exposed: Vec<((u16, u16), Proto)>,
+    pub ip: Option<Ipv4Addr>,
+    pub mac: Option<[u8; 6]>,
+    pub hostname: Option<String>,
+    pub aliases: Vec<String>,
+    pub dns: Vec<IpAddr>,
+    pub dns_search: Vec<String>,
+    pub dns_options: Vec<String>,
+    /// Checked for shape; `host-gateway` is resolved by the daemon.
+    pub extra_hosts: Vec<String>,
+    /// (target name, alias).
+    pub links: Vec<(String, String)>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub auto_remove: bool,
+}
+
+/// Checks network aliases (RFC 1123 names), dropping repeats.
+pub fn check_aliases(aliases: &[String]) -> Result<Vec<String>> {
+    bounded("network aliases", aliases, 64)?;
+    let mut out: Vec<String> = Vec::new();
+    for a in aliases {
+        validate::hostname("network alias", a)?;
+        if !out.contains(a) {
+            out.push(a.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Checks an environment: `KEY=VALUE` entries without NUL bytes.
+pub fn check_env(env: &[String]) -> Result<()> {
+    bounded("environment variables", env, 4096)?;
+    for kv in env {
+        if !kv.contains('=') || kv.starts_with('=') || kv.contains('\0') {
+            return bad(format!(
+                "invalid environment entry {kv:?}: expected KEY=VALUE"
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl ContainerCreate {
+    pub fn validate(self) -> Result<ContainerSpec> {
+        self.check().map_err(invalid)
+    }
+
+    fn check(self) -> Result<ContainerSpec> {
+        for (what, list) in [
+            ("published ports", &self.publish),
+            ("exposed ports", &self.expose),
+            ("--add-host entries", &self.extra_hosts),
+        ] {
+            bounded(what, list, MAX_LIST)?;
+        }
+        for (what, list) in [
+            ("--dns servers", &self.dns),
+            ("--dns-search domains", &self.dns_search),
+            ("--dns-option options", &self.dns_options),
+            ("links", &self.links),
+        ] {
+            bounded(what, list, 64)?;
+        }
+        if let Some(n) = &self.name
+            && !valid_name(n)
+        {
+            return bad(format!(
+                "invalid container name {n:?}: use letters, digits, '_', '.', '-'"
+            ));
+        }
+        let mut publish = Vec::new();
+        for p in &self.publish {
+            publish.push(portspec::parse(p)?);
+        }
+        let mut exposed = Vec::new();
+        for e in &self.expose {
+            exposed.push(portspec::parse_expose(e)?);
+        }
+        for s in &publish {
+            exposed.push((s.container_ports, s.proto));
+        }
+        let ip = match &self.ip {
+            Some(s) => Some(
+                s.parse::<Ipv4Addr>()
+                    .with_context(|| format!("invalid --ip {s:?}: not an IPv4 address"))?,
+            ),
+            None => None,
+        };
+        let mac = match &self.mac_address {
+            Some(s) => {
+                let m = link::parse_mac(s)?;
+                validate::mac(&m)?;
+                Some(m)
+            }
+            None => None,
+        };
+        if let Some(h) = &self.hostname {
+            validate::hostname("hostname", h)?;
+        }
+        let aliases = check_aliases(&self.network_aliases)?;
+        let mut dns = Vec::new();
+        for s in &self.dns {
+            dns.push(
+                s.parse()
+                    .with_context(|| format!("invalid --dns {s:?}: not an IP address"))?,
+            );
+        }
+        for s in &self.dns_search {
+            if s != "." {
+                validate::hostname("--dns-search domain", s.trim_end_matches('.'))?;
+            }
+        }
+        for s in &self.dns_options {
+            if s.is_empty() || s.contains(char::is_whitespace) || s.contains('\0') {
+                return bad(format!("invalid --dns-option {s:?}"));
+            }
+        }
+        for s in &self.extra_hosts {
+            // The shape now; host-gateway needs the network's gateway.
+            crate::dns::files::parse_add_host(s, Some(Ipv4Addr::UNSPECIFIED))
+                .map_err(ApiError::bad)?;
+        }
+        let mut links = Vec::new();
+        for s in &self.links {
+            let (name, alias) = s.split_once(':').unwrap_or((s, s));
+            validate::hostname("--link alias", alias)
+                .with_context(|| format!("invalid --link {s:?}"))?;
+            links.push((name.to_string(), alias.to_string()));
+        }
+        if !self.cmd.is_empty() {
+            validate::command(&self.cmd)?;
+        }
+        check_env(&self.env)?;
+        Ok(ContainerSpec {
+            name: self.name,
+            network: self
+                .network
+                .unwrap_or_else(|| crate::model::DEFAULT_NETWORK.into()),
+            publish,
+            publish_all: self.publish_all,
+            exposed,
+            ip,
+            mac,
+            hostname: self.hostname,
+            aliases,
+            dns,
+            dns_search: self.dns_search,
+            dns_options: self.dns_options,
+            extra_hosts: self.extra_hosts,
+            links,
+            cmd: self.cmd,
+            env: self.env,
+            cwd: self.working_dir.map(PathBuf::from),
+            auto_remove: self.auto_remove,
+        })
+    }
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(default, rename_all = "PascalCase")]
+pub struct Connect {
+    pub container: String,
+    pub ip: Option<String>,
+    pub aliases: Vec<String>,
+}
+
+/// A checked `network connect`.
+#[derive(Debug)]
+pub struct ConnectSpec {
+    pub container: String,
+    pub ip: Option<Ipv4Addr>,
+    pub aliases: Vec<String>,
+}
+
+impl Connect {
+    pub fn validate(self) -> Result<ConnectSpec> {
+        let ip = match &self.ip {
+            Some(s) => Some(
+                s.parse::<Ipv4Addr>()
+                    .map_err(|_| ApiError::bad(format!("invalid --ip {s:?}")))?,
+            ),
+            None => None,
+        };
+        Ok(ConnectSpec {
+            container: self.container,
+            ip,
+            aliases: check_aliases(&self.aliases).map_err(invalid)?,
+        })
+    }
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(default, rename_all = "PascalCase")]
+pub struct Exec {
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+}
+
+impl Exec {
+    pub fn validate(&self) -> Result<()> {
+        validate::command(&self.cmd)
+            .and_then(|_| check_env(&self.env))
+            .map_err(invalid)
+    }
+}
+
+/// `POST /containers/{id}/start`.
+#[derive(Deserialize, Default, Debug)]
+#[serde(default, rename_all = "PascalCase")]
+pub struct Start {
+    /// Give the main process the caller's standard streams and answer
+    /// when it exits (`netd run` without `-d`).
+    pub attach: bool,
+}
+
+/// Parses a request body (an absent body is an empty object).
+pub fn parse_body<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiError> {
+    serde_json::from_value(if v.is_null() {
+        serde_json::json!({})
+    } else {
+        v
+    })
+    .map_err(|e| ApiError::bad(format!("malformed request body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(r: Result<impl std::fmt::Debug>) -> u16 {
+        r.unwrap_err().downcast::<ApiError>().unwrap().status
+    }
+
+    #[test]
+    fn network_create_checks() {
+        let ok = NetworkCreate {
+            name: "n".into(),
+            subnet: Some("10.9.0.0/24".into()),
+            gateway: Some("10.9.0.1".into()),
+            ..Default::default()
+        }
+        .validate(1500)
+        .unwrap();
+        assert_eq!(ok.gateway, Some("10.9.0.1".parse().unwrap()));
+        for (subnet, gw) in [
+            ("127.1.0.0/24", None),
+            ("10.0.0.1/32", None),
+            ("10.0.0.0/31", None),
+            ("10.9.0.0/24", Some("10.9.0.0")),
+            ("10.9.0.0/24", Some("10.8.0.1")),
+        ] {
+            let r = NetworkCreate {
+                name: "n".into(),
+                subnet: Some(subnet.into()),
+                gateway: gw.map(Into::into),
+                ..Default::default()
+            }
+            .validate(1500);
+            assert_eq!(status(r), 400, "{subnet} {gw:?}");
+        }
+        let r = NetworkCreate {
+            name: "n".into(),
+            options: BTreeMap::from([("bridge-name".into(), "eth+".into())]),
+            ..Default::default()
+        }
+        .validate(1500);
+        assert_eq!(status(r), 400);
+    }
+
+    #[test]
+    fn container_create_checks() {
+        let bad_inputs = [
+            ContainerCreate {
+                hostname: Some("a\nb".into()),
+                ..Default::default()
+            },
+            ContainerCreate {
+                mac_address: Some("00:00:00:00:00:00".into()),
+                ..Default::default()
+            },
+            ContainerCreate {
+                network_aliases: vec!["x y".into()],
+                ..Default::default()
+            },
+            ContainerCreate {
+                publish: vec!["1".into(); MAX_LIST + 1],
+                ..Default::default()
+            },
+            ContainerCreate {
+                cmd: vec!["a\0".into()],
+                ..Default::default()
+            },
+            ContainerCreate {
+                env: vec!["NOEQUALS".into()],
+                ..Default::default()
+            },
+        ];
+        for c in bad_inputs {
+            let d = format!("{c:?}");
+            assert_eq!(status(c.validate()), 400, "{d}");
+        }
+        let ok = ContainerCreate {
+            hostname: Some("web-1.example".into()),
+            publish: vec!["8080:80".into()],
+            cmd: vec!["sleep".into(), "1".into()],
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(ok.network, "bridge");
+        assert_eq!(ok.exposed.len(), 1);
+    }
+}

@@ -1,0 +1,150 @@
+//! Making the kernel match the state when the daemon starts, after a
+//! clean stop, a kill -9 at any step, or a reboot.
+//!
+//! 1. Containers that cannot be running any more become `exited`, their
+//!    ports and addresses free: all of them after a reboot (the boot id
+//!    changed), else those whose namespace is gone, whose main process
+//!    ended while the daemon was down, or whose shared namespace's owner
+//!    is no longer running. Nothing of theirs is rebuilt; `start` does
+//!    that, as in Docker.
+//! 2. Bridges, and the endpoints and files of running containers, are
+//!    verified or made again.
+//! 3. What the state does not name is removed: links that carry this
+//!    instance's marker, namespace files under the exec root, cgroups
+//!    under this instance's cgroup, container directories. (A crash in
+//!    the middle of an operation leaves exactly such objects: see txn.)
+//!    Another instance's links are never touched.
+use std::collections::BTreeSet;
+
+use anyhow::Result;
+
+use super::{Daemon, blocking, containers::EXIT_UNKNOWN};
+use crate::{model::*, netns::NetNs};
+
+impl Daemon {
+    pub(crate) async fn reconcile(&mut self) -> Result<()> {
+        let rebooted = !self.state.boot_id.is_empty() && self.state.boot_id != super::boot_id();
+        // Containers sharing another's namespace last: their target's fate
+        // decides theirs.
+        let mut ids: Vec<String> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.status == Status::Running)
+            .map(|c| c.id.clone())
+            .collect();
+        ids.sort_by_key(|id| matches!(self.state.containers[id].mode, Mode::Container(_)));
+        for id in &ids {
+            let c = &self.state.containers[id];
+            let why = if rebooted {
+                Some("the host rebooted")
+            } else {
+                self.why_not_running(c)
+            };
+            if let Some(why) = why {
+                tracing::info!(
+                    "reconcile: container {} is no longer running: {why}",
+                    c.name
+                );
+                let code = c.main.map(|_| EXIT_UNKNOWN);
+                self.state = super::containers::exited(&self.state, id, code);
+            }
+        }
+        for n in self.state.networks.values() {
+            self.sandboxes.ensure_bridge(n).await?;
+        }
+        for id in &ids {
+            let c = self.state.containers[id].clone();
+            if c.status != Status::Running {
+                continue;
+            }
+            if let Err(e) = self.restore_container(&c).await {
+                tracing::warn!(
+                    "container {}: could not restore its networking: {e:#}",
+                    c.name
+                );
+            }
+        }
+        self.remove_unknown().await
+    }
+
+    /// Why a container the state calls running cannot be.
+    fn why_not_running(&self, c: &Container) -> Option<&'static str> {
+        match &c.mode {
+            Mode::Container(t) => {
+                if self.state.containers.get(t).map(|t| t.status) != Some(Status::Running) {
+                    return Some("the container whose namespace it shares is not running");
+                }
+            }
+            _ => {
+                if !NetNs::at(self.sandboxes.netns_path(&c.id)).exists() {
+                    return Some("its network namespace is gone");
+                }
+            }
+        }
+        if let Some(m) = c.main
+            && m.open().is_none()
+        {
+            return Some("its main process ended while the daemon was down");
+        }
+        None
+    }
+
+    /// Removes this instance's objects that the state does not name.
+    async fn remove_unknown(&mut self) -> Result<()> {
+        let running: Vec<&Container> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.status == Status::Running)
+            .collect();
+        let veths: BTreeSet<&str> = running
+            .iter()
+            .flat_map(|c| c.endpoints.values().map(|e| e.veth.as_str()))
+            .collect();
+        let bridges: BTreeSet<&str> = self
+            .state
+            .networks
+            .values()
+            .map(|n| n.bridge.as_str())
+            .collect();
+        for l in self.nl.links().await? {
+            if self.sandboxes.is_ours(&l)
+                && !veths.contains(l.name.as_str())
+                && !bridges.contains(l.name.as_str())
+            {
+                tracing::info!("reconcile: removing stale link {}", l.name);
+                self.nl.delete(l.index).await?;
+            }
+        }
+        let namespaces: BTreeSet<&str> = running
+            .iter()
+            .filter(|c| !matches!(c.mode, Mode::Container(_)))
+            .map(|c| c.id.as_str())
+            .collect();
+        for e in std::fs::read_dir(self.sandboxes.netns_dir())?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !namespaces.contains(name.as_str()) {
+                tracing::info!("reconcile: removing stale namespace {name}");
+                NetNs::at(e.path()).remove()?;
+            }
+        }
+        let ids: BTreeSet<&str> = running.iter().map(|c| c.id.as_str()).collect();
+        for id in self.cgroups.list() {
+            if !ids.contains(id.as_str()) {
+                tracing::info!("reconcile: stopping and removing the stale cgroup of {id}");
+                let cgroups = self.cgroups.clone();
+                blocking(|| cgroups.remove(&id))?;
+            }
+        }
+        let known: BTreeSet<&String> = self.state.containers.keys().collect();
+        let dir = self.sandboxes.files_dir("");
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !known.contains(&name) {
+                std::fs::remove_dir_all(e.path())?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,258 @@
+//! The JSON the API answers with, in Docker's shapes (`docker inspect`,
+//! `docker network inspect`).
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use super::Daemon;
+use crate::{datapath::Datapath, link, model::*};
+
+impl Daemon {
+    pub fn network_json(&self, n: &Network) -> Value {
+        let containers: serde_json::Map<String, Value> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.status == Status::Running)
+            .filter_map(|c| {
+                let ep = c.endpoints.get(&n.id)?;
+                Some((
+                    c.id.clone(),
+                    json!({
+                        "Name": c.name,
+                        "EndpointID": ep.id,
+                        "MacAddress": link::fmt_mac(ep.mac),
+                        "IPv4Address": format!("{}/{}", ep.ip, n.subnet().prefix),
+                        "IPv6Address": "",
+                    }),
+                ))
+            })
+            .collect();
+        let mut cfg =
+            json!({ "Subnet": n.subnet().to_string(), "Gateway": n.gateway().to_string() });
+        if let Some(r) = n.ipam.ip_range() {
+            cfg["IPRange"] = json!(r.to_string());
+        }
+        json!({
+            "Name": n.name,
+            "Id": n.id,
+            "Created": n.created,
+            "Scope": "local",
+            "Driver": "bridge",
+            "EnableIPv6": false,
+            "IPAM": { "Driver": "default", "Options": {}, "Config": [cfg] },
+            "Internal": n.options.internal,
+            "Attachable": false,
+            "Ingress": false,
+            "ConfigOnly": false,
+            "Containers": containers,
+            "DNS": self.dns.status(&n.id),
+            "Options": {
+                "com.docker.network.bridge.name": n.bridge,
+                "com.docker.network.bridge.enable_icc": n.options.icc.to_string(),
+                "com.docker.network.bridge.enable_ip_masquerade": n.options.masquerade.to_string(),
+                "com.docker.network.bridge.host_binding_ipv4": n.options.host_binding_ipv4.to_string(),
+                "com.docker.network.driver.mtu": n.options.mtu.to_string(),
+                "com.docker.network.bridge.default_bridge": n.default.to_string(),
+            },
+            "Labels": {},
+        })
+    }
+
+    fn builtin_json(name: &str) -> Value {
+        json!({
+            "Name": name, "Id": name, "Created": "", "Scope": "local", "Driver": name,
+            "EnableIPv6": false, "IPAM": { "Driver": "default", "Options": {}, "Config": [] },
+            "Internal": false, "Attachable": false, "Ingress": false, "ConfigOnly": false,
+            "Containers": {}, "Options": {}, "Labels": {},
+        })
+    }
+
+    pub fn network_inspect(&self, name: &str) -> Result<Value> {
+        if [HOST_NETWORK, NONE_NETWORK].contains(&name) {
+            return Ok(Self::builtin_json(name));
+        }
+        let id = self.network_id(name)?;
+        Ok(self.network_json(&self.state.networks[&id]))
+    }
+
+    pub fn network_list(&self) -> Value {
+        let mut v: Vec<Value> = self
+            .state
+            .networks
+            .values()
+            .map(|n| self.network_json(n))
+            .collect();
+        v.push(Self::builtin_json(HOST_NETWORK));
+        v.push(Self::builtin_json(NONE_NETWORK));
+        Value::Array(v)
+    }
+
+    pub fn container_list(&self, all: bool) -> Value {
+        Value::Array(
+            self.state
+                .containers
+                .values()
+                .filter(|c| all || c.status == Status::Running)
+                .map(|c| self.container_json(c))
+                .collect(),
+        )
+    }
+
+    pub fn container_inspect(&self, name: &str) -> Result<Value> {
+        let id = self.container_id(name)?;
+        Ok(self.container_json(&self.state.containers[&id]))
+    }
+
+    pub fn container_json(&self, c: &Container) -> Value {
+        let running = c.status == Status::Running;
+        let mut networks = serde_json::Map::new();
+        for ep in c.endpoints.values() {
+            if let Some(n) = self.state.networks.get(&ep.network) {
+                let addr = |s: String| if running { s } else { String::new() };
+                networks.insert(
+                    n.name.clone(),
+                    json!({
+                        "NetworkID": n.id,
+                        "EndpointID": if running { ep.id.clone() } else { String::new() },
+                        "Gateway": addr(n.gateway().to_string()),
+                        "IPAddress": addr(ep.ip.to_string()),
+                        "IPPrefixLen": if running { n.subnet().prefix } else { 0 },
+                        "MacAddress": link::fmt_mac(ep.mac),
+                        "InterfaceName": ep.ifname,
+                        "HostInterfaceName": ep.veth,
+                        "Aliases": ep.aliases,
+                        // What the network's DNS server answers for this
+                        // endpoint (none on the default bridge).
+                        "DNSNames": if n.default { vec![] } else {
+                            let mut v = vec![c.name.clone(), c.hostname.clone(), c.id[..12].to_string()];
+                            v.extend(ep.aliases.iter().cloned());
+                            v.dedup();
+                            v
+                        },
+                    }),
+                );
+            }
+        }
+        let first = c.primary().filter(|_| running);
+        let first_net = first.and_then(|e| self.state.networks.get(&e.network));
+        let mut ports = serde_json::Map::new();
+        for ((a, b), proto) in &c.exposed {
+            for p in *a..=*b {
+                ports.entry(format!("{p}/{proto}")).or_insert(Value::Null);
+            }
+        }
+        for b in &c.ports {
+            let e = ports
+                .entry(format!("{}/{}", b.container_port, b.proto))
+                .or_insert(json!([]));
+            if e.is_null() {
+                *e = json!([]);
+            }
+            e.as_array_mut().expect("array").push(json!({
+                "HostIp": b.host_ip.to_string(),
+                "HostPort": b.host_port.to_string(),
+            }));
+        }
+        let mode = match &c.mode {
+            Mode::Bridge => c
+                .requested_network
+                .as_ref()
+                .and_then(|n| self.state.networks.get(n))
+                .map(|n| {
+                    if n.default {
+                        "bridge".to_string()
+                    } else {
+                        n.name.clone()
+                    }
+                })
+                .unwrap_or_else(|| "bridge".into()),
+            Mode::Host => "host".into(),
+            Mode::None => "none".into(),
+            Mode::Container(t) => format!(
+                "container:{}",
+                self.state
+                    .containers
+                    .get(t)
+                    .map(|c| c.name.as_str())
+                    .unwrap_or(t)
+            ),
+        };
+        let files = self.sandboxes.files_of(c);
+        let links: Vec<String> = c
+            .dns
+            .links
+            .iter()
+            .map(|l| {
+                let t = self.state.containers.get(&l.target);
+                format!(
+                    "{}:{}",
+                    t.map(|t| t.name.as_str()).unwrap_or(&l.target),
+                    l.alias
+                )
+            })
+            .collect();
+        let status = match c.status {
+            Status::Running => "running",
+            Status::Exited => "exited",
+        };
+        json!({
+            "Id": c.id,
+            "Name": format!("/{}", c.name),
+            "Created": c.created,
+            "State": {
+                "Status": status,
+                "Running": running,
+                "Pid": c.main.map(|p| p.pid).unwrap_or(0),
+                "ExitCode": c.exit_code.unwrap_or(0),
+                "FinishedAt": c.finished_at.clone().unwrap_or_default(),
+            },
+            "Config": { "Hostname": c.hostname, "Cmd": c.cmd },
+            "HostConfig": {
+                "NetworkMode": mode,
+                "AutoRemove": c.auto_remove,
+                "Dns": c.dns.servers.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+                "DnsSearch": c.dns.search,
+                "DnsOptions": c.dns.options,
+                "ExtraHosts": c.dns.extra_hosts.iter().map(|(n, i)| format!("{n}:{i}")).collect::<Vec<_>>(),
+                "Links": links,
+            },
+            "HostsPath": files.join("hosts"),
+            "ResolvConfPath": files.join("resolv.conf"),
+            "HostnamePath": files.join("hostname"),
+            "LogPath": self.sandboxes.log_path(&c.id),
+            "NetworkSettings": {
+                "SandboxKey": self.sandboxes.sandbox_key(c),
+                "Ports": ports,
+                "IPAddress": first.map(|e| e.ip.to_string()).unwrap_or_default(),
+                "IPPrefixLen": first_net.map(|n| n.subnet().prefix).unwrap_or(0),
+                "Gateway": first_net.map(|n| n.gateway().to_string()).unwrap_or_default(),
+                "MacAddress": first.map(|e| link::fmt_mac(e.mac)).unwrap_or_default(),
+                "Networks": networks,
+            },
+            "PortBindings": c.ports.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Datapath counters, with per-endpoint figures keyed by container.
+    pub fn stats(&mut self) -> Result<Value> {
+        let st = super::blocking(|| self.dp.stats())?;
+        let mut v = serde_json::to_value(&st)?;
+        if st.datapath == "ebpf" {
+            let mut by_name = serde_json::Map::new();
+            for c in self.state.containers.values() {
+                for ep in c.endpoints.values() {
+                    let idx = link::ifindex(&ep.veth);
+                    if let Some(s) = st.endpoints.get(&idx) {
+                        let net = self.state.networks.get(&ep.network).map(|n| n.name.clone());
+                        let mut s = serde_json::to_value(s)?;
+                        s["Network"] = json!(net);
+                        s["Interface"] = json!(ep.veth);
+                        by_name.insert(format!("{}/{}", c.name, ep.ifname), s);
+                    }
+                }
+            }
+            v["Endpoints"] = Value::Object(by_name);
+        }
+        Ok(v)
+    }
+}

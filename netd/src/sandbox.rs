@@ -1,0 +1,280 @@
+//! A container's sandbox on the host: its network namespace (a file under
+//! `<exec-root>/netns`), its endpoints (a veth pair per network, the host
+//! end on the network's bridge), the bridges themselves, and the files it
+//! resolves names with (`<exec-root>/containers/<id>/`).
+//!
+//! Every link netd creates carries its instance's marker as its alias
+//! (`ip link show` prints it), set in the same netlink request that
+//! creates it, so that reconcile can tell what is this instance's even
+//! after a crash, and never touches another instance's links.
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    dns::{self, files::ResolvConf},
+    link::{self, Netlink},
+    model::{Container, Endpoint, Mode, Network, Status},
+    netns::NetNs,
+    state::State,
+};
+
+/// Prefix of every host-side veth netd creates (`vnd` + 9 hex digits).
+pub const VETH_PREFIX: &str = "vnd";
+/// Prefix of user networks' bridges (`netd-` + 10 hex digits).
+pub const BRIDGE_PREFIX: &str = "netd-";
+
+/// Where an instance keeps its sandboxes, and how it marks its links.
+#[derive(Clone)]
+pub struct Sandboxes {
+    exec_root: PathBuf,
+    /// The alias of every link this instance creates: `netd:<instance>`.
+    pub marker: String,
+    /// Bridge ports in hairpin mode (the netfilter datapaths want it).
+    pub hairpin: bool,
+    pub nl: Netlink,
+}
+
+impl Sandboxes {
+    /// Prepares `<exec-root>/netns` and `<exec-root>/containers`.
+    pub fn new(exec_root: &Path, instance: &str, hairpin: bool, nl: Netlink) -> Result<Sandboxes> {
+        let netns = exec_root.join("netns");
+        std::fs::create_dir_all(&netns).with_context(|| format!("creating {}", netns.display()))?;
+        std::fs::create_dir_all(exec_root.join("containers"))?;
+        share_mount(&netns)?;
+        Ok(Sandboxes {
+            exec_root: exec_root.to_path_buf(),
+            marker: format!("netd:{instance}"),
+            hairpin,
+            nl,
+        })
+    }
+
+    pub fn netns_dir(&self) -> PathBuf {
+        self.exec_root.join("netns")
+    }
+
+    pub fn netns_path(&self, id: &str) -> PathBuf {
+        self.netns_dir().join(id)
+    }
+
+    /// The network namespace a container's processes run in.
+    pub fn sandbox_key(&self, c: &Container) -> PathBuf {
+        match &c.mode {
+            Mode::Container(t) => self.netns_path(t),
+            _ => self.netns_path(&c.id),
+        }
+    }
+
+    pub fn files_dir(&self, id: &str) -> PathBuf {
+        self.exec_root.join("containers").join(id)
+    }
+
+    /// The directory holding the files a container's processes see
+    /// (container:NAME shares its target's).
+    pub fn files_of(&self, c: &Container) -> PathBuf {
+        match &c.mode {
+            Mode::Container(t) => self.files_dir(t),
+            _ => self.files_dir(&c.id),
+        }
+    }
+
+    /// The output of a container's detached main process.
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.files_dir(id).join("output.log")
+    }
+
+    /// Whether a link is this instance's.
+    pub fn is_ours(&self, l: &link::Link) -> bool {
+        l.alias.as_deref() == Some(self.marker.as_str())
+    }
+
+    /// Creates (or adopts and marks) a network's bridge with its gateway
+    /// address and fixed MAC; returns whether it was created now.
+    pub async fn ensure_bridge(&self, n: &Network) -> Result<bool> {
+        let existed = self.nl.link_by_name(&n.bridge).await?;
+        // A fixed address (02:42 + the gateway's, as containers' MACs
+        // are made): the gateway's MAC never changes under the
+        // containers' ARP caches.
+        let i = self
+            .nl
+            .ensure_bridge_marked(
+                &n.bridge,
+                n.options.mtu,
+                Some(link::mac_for_ip(n.gateway())),
+                Some(&self.marker),
+            )
+            .await?;
+        if let Some(l) = &existed
+            && !self.is_ours(l)
+        {
+            self.nl.set_alias(i, &self.marker).await?;
+        }
+        self.nl.add_addr(i, n.gateway(), n.subnet().prefix).await?;
+        self.nl.set_up(i).await?;
+        Ok(existed.is_none())
+    }
+
+    /// Creates an endpoint's veth pair: the host end (marked) on the
+    /// network's bridge, the container end inside `ns` with its address,
+    /// IPv6 off (the network is IPv4-only, as Docker does), and the
+    /// default route via the gateway on the first endpoint.
+    pub async fn wire_endpoint(
+        &self,
+        ns: &NetNs,
+        ep: &Endpoint,
+        net: &Network,
+        default_route: bool,
+    ) -> Result<()> {
+        let br = self.nl.index_of(&net.bridge).await?;
+        let vi = self
+            .nl
+            .create_veth_marked(
+                &ep.veth,
+                &ep.ifname,
+                ns,
+                ep.mac,
+                net.options.mtu,
+                Some(&self.marker),
+            )
+            .await?;
+        self.nl.set_master_up(vi, br).await?;
+        if self.hairpin {
+            self.nl.set_hairpin(vi).await?;
+        }
+        let ifname = ep.ifname.clone();
+        ns.run(move || disable_ipv6(&ifname))?;
+        let cn = Netlink::in_ns(ns)?;
+        let ci = cn.index_of(&ep.ifname).await?;
+        cn.add_addr(ci, ep.ip, net.subnet().prefix).await?;
+        cn.set_up(ci).await?;
+        if default_route && !net.options.internal {
+            cn.add_default_route(net.gateway()).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes a container's links and namespace (not its state entry),
+    /// going on after errors and returning them all.
+    pub async fn teardown(&self, c: &Container) -> Vec<anyhow::Error> {
+        let mut errors = Vec::new();
+        for ep in c.endpoints.values() {
+            if let Err(e) = self.nl.delete_by_name(&ep.veth).await {
+                errors.push(e.context(format!("removing {}", ep.veth)));
+            }
+        }
+        if !matches!(c.mode, Mode::Container(_))
+            && let Err(e) = NetNs::at(self.netns_path(&c.id)).remove()
+        {
+            errors.push(e);
+        }
+        errors
+    }
+
+    /// Writes the container's /etc/hosts, /etc/resolv.conf and hostname
+    /// files. They are bind-mounted into running processes, so they are
+    /// rewritten in place (same inode), and only when they change.
+    pub fn write_files(&self, c: &Container, state: &State, daemon_dns: &[IpAddr]) -> Result<()> {
+        let dir = self.files_dir(&c.id);
+        std::fs::create_dir_all(&dir)?;
+        let eps = c.endpoints_in_order();
+        let nets: Vec<&Network> = eps
+            .iter()
+            .filter_map(|e| state.networks.get(&e.network))
+            .collect();
+        // The first user-defined network's embedded DNS server.
+        let embedded = nets.iter().find(|n| !n.default).map(|n| n.gateway());
+        let resolv = dns::files::container_resolv_conf(
+            &ResolvConf::host(),
+            embedded,
+            &c.dns.servers,
+            daemon_dns,
+            &c.dns.search,
+            &c.dns.options,
+        );
+        let own: Vec<(IpAddr, Vec<String>)> = eps
+            .iter()
+            .map(|e| (IpAddr::V4(e.ip), vec![c.hostname.clone(), c.name.clone()]))
+            .collect();
+        // --link on the default bridge: the target's address there, one
+        // way (only this container's file has it).
+        let links: Vec<(IpAddr, Vec<String>)> = eps
+            .iter()
+            .zip(&nets)
+            .filter(|(_, n)| n.default)
+            .flat_map(|(e, _)| {
+                c.dns.links.iter().filter_map(|l| {
+                    let t = state.containers.get(&l.target)?;
+                    let te = t.endpoints.get(&e.network)?;
+                    (t.status == Status::Running)
+                        .then(|| (IpAddr::V4(te.ip), vec![l.alias.clone(), t.name.clone()]))
+                })
+            })
+            .collect();
+        let hosts = dns::files::hosts(&own, &links, &c.dns.extra_hosts);
+        write_if_changed(&dir.join("hosts"), &hosts)?;
+        write_if_changed(&dir.join("resolv.conf"), &resolv.render())?;
+        write_if_changed(&dir.join("hostname"), &format!("{}\n", c.hostname))?;
+        Ok(())
+    }
+}
+
+/// `net.ipv6.conf.IF.disable_ipv6=1` in the calling thread's namespace
+/// (a no-op on kernels without IPv6).
+fn disable_ipv6(ifname: &str) -> Result<()> {
+    let key = format!("net/ipv6/conf/{ifname}/disable_ipv6");
+    if Path::new("/proc/sys").join(&key).exists() {
+        crate::netns::sysctl_write(&key, "1")?;
+    }
+    Ok(())
+}
+
+/// Makes `dir` a shared mount point (bind-mounting it on itself first
+/// when it is not a mount point), as `ip netns add` does with /run/netns:
+/// the namespace files mounted under it then show in every mount
+/// namespace that shares it, not only the daemon's.
+fn share_mount(dir: &Path) -> Result<()> {
+    use nix::mount::{MsFlags, mount};
+    if !is_mount_point(dir) {
+        mount(
+            Some(dir),
+            dir,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .with_context(|| format!("bind-mounting {} on itself", dir.display()))?;
+    }
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .with_context(|| format!("making {} a shared mount", dir.display()))
+}
+
+/// Whether `dir` is a mount point of this mount namespace.
+fn is_mount_point(dir: &Path) -> bool {
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .any(|m| Path::new(m) == dir)
+}
+
+/// Replaces a file's contents in place (keeping its inode, which bind
+/// mounts refer to), unless it already has them.
+fn write_if_changed(path: &Path, contents: &str) -> Result<()> {
+    if std::fs::read(path).is_ok_and(|b| b == contents.as_bytes()) {
+        return Ok(());
+    }
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+}
