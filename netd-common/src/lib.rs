@@ -10,7 +10,14 @@
 /// Suffix of every map name. Bump it whenever the layout of any map key or
 /// value changes: a new netd then creates fresh maps next to (and removes)
 /// the pinned ones of the old layout instead of misreading them.
-pub const MAP_VERSION: &str = "v2";
+pub const MAP_VERSION: &str = "v3";
+
+/// Versions whose pinned conntrack (and host-socket) entries a new netd
+/// carries over on start (their [`CtKey`]/[`CtEntry`]/[`SockKey`]/
+/// [`SockOrig`] layouts are this version's), so an upgrade keeps every
+/// connection. v2 -> v3 added drop reasons, counters and maps; the
+/// conntrack layout did not change.
+pub const MIGRATE_FROM: &[&str] = &["v2"];
 
 /// Map names (without the version suffix; userspace pins them as
 /// `<name>_<MAP_VERSION>`).
@@ -36,8 +43,14 @@ pub mod maps {
     /// LRU [`SockKey`](super::SockKey) -> [`SockOrig`](super::SockOrig):
     /// what a host socket asked for before the cgroup programs rewrote it.
     pub const SOCKETS: &str = "NETD_SOCK";
+    /// LRU [`FragKey`](super::FragKey) -> [`FragPorts`](super::FragPorts):
+    /// the ports of a fragmented datagram, from its first fragment.
+    pub const FRAGS: &str = "NETD_FRAG";
+    /// Queue of [`CtKey`](super::CtKey): recently created flows, the
+    /// candidates for eviction (if still unconfirmed) when the table is full.
+    pub const CT_NEW: &str = "NETD_CT_NEW";
     /// Every map netd pins, for cleanup.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 13] = [
         COUNTERS,
         DROPS,
         ENDPOINTS,
@@ -49,6 +62,8 @@ pub mod maps {
         CONFIG,
         LOCAL_ADDRS,
         SOCKETS,
+        FRAGS,
+        CT_NEW,
     ];
 }
 
@@ -59,6 +74,10 @@ pub const MAX_PORT_PREFIXES: u32 = 65536;
 pub const DEFAULT_CT_ENTRIES: u32 = 262_144;
 pub const MAX_LOCAL_ADDRS: u32 = 256;
 pub const MAX_SOCKETS: u32 = 65536;
+/// Fragmented datagrams in flight whose ports are remembered.
+pub const MAX_FRAGS: u32 = 8192;
+/// Recently created flows remembered as eviction candidates.
+pub const CT_NEW_QUEUE: u32 = 16384;
 
 /// Why a program dropped a packet. Values are indexes into the per-CPU
 /// `NETD_DROPS` array and are part of the on-disk (pinned) ABI: never
@@ -87,11 +106,24 @@ pub enum DropReason {
     Unsupported = 8,
     /// A checksum or header rewrite helper failed.
     RewriteFailed = 9,
+    /// A frame from a container that is neither IPv4 nor ARP (IPv6 on a
+    /// network without IPv6, VLAN tags, anything else).
+    NotIpv4 = 10,
+    /// A destination no packet from outside the host may have (127/8).
+    Martian = 11,
+    /// From outside to a container's address with no flow behind it:
+    /// container ports are reached through published host ports only.
+    NotPublished = 12,
+    /// A non-first fragment of a datagram whose first fragment was not seen.
+    FragmentUnknown = 13,
+    /// A packet on a veth (or of a network) the maps do not know: the
+    /// datapath fails closed.
+    NoEndpoint = 14,
 }
 
 impl DropReason {
     /// Number of reasons: the size of the drops array.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 15;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Malformed,
         DropReason::SpoofedSource,
@@ -103,6 +135,11 @@ impl DropReason {
         DropReason::FibLookupFailed,
         DropReason::Unsupported,
         DropReason::RewriteFailed,
+        DropReason::NotIpv4,
+        DropReason::Martian,
+        DropReason::NotPublished,
+        DropReason::FragmentUnknown,
+        DropReason::NoEndpoint,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -117,6 +154,11 @@ impl DropReason {
             DropReason::FibLookupFailed => "fib-lookup-failed",
             DropReason::Unsupported => "unsupported",
             DropReason::RewriteFailed => "rewrite-failed",
+            DropReason::NotIpv4 => "not-ipv4",
+            DropReason::Martian => "martian",
+            DropReason::NotPublished => "not-published",
+            DropReason::FragmentUnknown => "fragment-unknown",
+            DropReason::NoEndpoint => "no-endpoint",
         }
     }
 }
@@ -156,10 +198,17 @@ pub enum Counter {
     Hairpin = 13,
     /// Host sockets redirected to a published port's container.
     HostSockets = 14,
+    /// Packets too big for their egress, handed to the kernel
+    /// untranslated (with DF) so that it answers "fragmentation needed".
+    FragNeeded = 15,
+    /// Non-first fragments translated with their datagram's flow.
+    Fragments = 16,
+    /// Unconfirmed flows evicted to make room in a full table.
+    CtEvicted = 17,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 18;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::FromContainerPackets,
         Counter::FromContainerBytes,
@@ -176,6 +225,9 @@ impl Counter {
         Counter::IcmpErrors,
         Counter::Hairpin,
         Counter::HostSockets,
+        Counter::FragNeeded,
+        Counter::Fragments,
+        Counter::CtEvicted,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -195,6 +247,9 @@ impl Counter {
             Counter::IcmpErrors => "icmp_errors",
             Counter::Hairpin => "hairpin",
             Counter::HostSockets => "host_sockets",
+            Counter::FragNeeded => "frag_needed",
+            Counter::Fragments => "fragments",
+            Counter::CtEvicted => "ct.evicted",
         }
     }
 }
@@ -242,6 +297,10 @@ const _: () = assert!(core::mem::size_of::<Endpoint>() == 24);
 pub const NET_ICC: u32 = 1;
 pub const NET_MASQUERADE: u32 = 2;
 pub const NET_INTERNAL: u32 = 4;
+/// IPv6 frames from the network's containers pass (to the bridge). Not
+/// set by anything yet: networks are IPv4-only, and without it every frame
+/// from a container that is neither IPv4 nor ARP is dropped.
+pub const NET_IPV6: u32 = 8;
 
 /// A network (value of NETD_NET).
 #[repr(C)]
@@ -340,6 +399,11 @@ pub mod ct_kind {
     pub const HAIRPIN: u8 = 5;
     /// The target's reply of a hairpin flow: same rewrite, back.
     pub const REV_HAIRPIN: u8 = 6;
+    /// Container -> world on a network without masquerade: nothing is
+    /// rewritten, the flow is tracked so that its replies may come in.
+    pub const ROUTED: u8 = 7;
+    /// The world's reply of a ROUTED flow: delivered to the container.
+    pub const REV_ROUTED: u8 = 8;
 }
 
 /// Conntrack states, for timeouts.
@@ -365,7 +429,9 @@ pub struct CtEntry {
     pub kind: u8,
     /// ct_state::*.
     pub state: u8,
-    /// Redirect target for REV_SNAT/DNAT (a container's host veth).
+    /// The container's host veth when the flow was created (informative:
+    /// packets are delivered to the endpoint that has `addr` now, so a
+    /// restarted container's new veth gets its flows).
     pub ifindex: u32,
     /// The container's address (network order): lets the control plane
     /// remove a container's or a port's entries.
@@ -391,8 +457,9 @@ impl CtKey {
                 proto: self.proto,
                 _pad: [0; 3],
             },
-            // Source rewritten: the reply comes from daddr to (addr, port).
-            ct_kind::SNAT | ct_kind::REV_DNAT => CtKey {
+            // Source rewritten (or kept, for ROUTED): the reply comes from
+            // daddr to (addr, port).
+            ct_kind::SNAT | ct_kind::REV_DNAT | ct_kind::ROUTED => CtKey {
                 saddr: self.daddr,
                 daddr: e.addr,
                 sport: self.dport,
@@ -440,6 +507,35 @@ pub struct SockOrig {
 }
 const _: () = assert!(core::mem::size_of::<SockOrig>() == 24);
 
+/// Key of NETD_FRAG: a fragmented datagram as its fragments carry it
+/// (addresses in network order, the IPv4 id in host order), and which
+/// program saw it (`FRAG_FROM_*`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FragKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub id: u16,
+    pub proto: u8,
+    pub dir: u8,
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
+
+pub const FRAG_FROM_CONTAINER: u8 = 1;
+pub const FRAG_FROM_WORLD: u8 = 2;
+
+/// The L4 ports of a fragmented datagram (host order; ICMP echo as
+/// conntrack keys it), learnt from its first fragment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FragPorts {
+    pub sport: u16,
+    pub dport: u16,
+}
+const _: () = assert!(core::mem::size_of::<FragPorts>() == 4);
+
 /// TC verdicts (the classic `TC_ACT_*` values; TCX maps them onto
 /// `TCX_NEXT`/`TCX_PASS`/`TCX_DROP`/`TCX_REDIRECT`).
 pub mod tc {
@@ -466,4 +562,6 @@ mod user {
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for SockKey {}
     unsafe impl aya::Pod for SockOrig {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragPorts {}
 }

@@ -1,15 +1,19 @@
-//! Conntrack: lookups, state updates and the creation of a flow's two
-//! entries (one per direction).
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
-use netd_common::{CtEntry, CtKey, DropReason, ct_state};
+//! Conntrack: lookups, state updates, the creation of a flow's two entries
+//! (one per direction, race-safe), and the eviction of unconfirmed flows
+//! when the table is full.
+use aya_ebpf::{bindings::BPF_EXIST, bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use netd_common::{Counter, CtEntry, CtKey, DropReason, ct_kind, ct_state};
 
 use crate::{
-    maps::NETD_CT,
+    counters,
+    maps::{NETD_CT, NETD_CT_NEW},
     parse::{IPPROTO_TCP, L4, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST},
 };
 
 const E2BIG: i32 = -7;
 const ENOMEM: i32 = -12;
+/// Queued candidates looked at per eviction attempt.
+const EVICT_TRIES: u32 = 8;
 
 #[inline(always)]
 pub fn key(saddr: u32, daddr: u32, proto: u8, l4: &L4) -> CtKey {
@@ -23,7 +27,19 @@ pub fn key(saddr: u32, daddr: u32, proto: u8, l4: &L4) -> CtKey {
     }
 }
 
-/// The entry for `key`, refreshed (last_seen, TCP state).
+/// Entries holding the reply direction of a flow.
+#[inline(always)]
+fn is_reply_kind(kind: u8) -> bool {
+    matches!(
+        kind,
+        ct_kind::REV_SNAT | ct_kind::REV_DNAT | ct_kind::REV_HAIRPIN | ct_kind::REV_ROUTED
+    )
+}
+
+/// The entry for `key`, refreshed (last_seen, state). TCP follows the
+/// flags (a SYN reopens the tuple as NEW, the originator's ACK makes it
+/// ESTABLISHED, a FIN closes this direction, an RST the whole flow); other
+/// protocols become ESTABLISHED when their reply direction is seen.
 #[inline(always)]
 pub fn lookup(key: &CtKey, l4: &L4) -> Option<CtEntry> {
     let p = NETD_CT.get_ptr_mut(key)?;
@@ -35,30 +51,135 @@ pub fn lookup(key: &CtKey, l4: &L4) -> Option<CtEntry> {
             if l4.is_syn() {
                 // The tuple reopens (after a FIN/RST, as TIME_WAIT allows).
                 (*p).state = ct_state::NEW;
-            } else if l4.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0 {
+            } else if l4.tcp_flags & TCP_FLAG_RST != 0 {
+                (*p).state = ct_state::CLOSING;
+                // An RST ends both directions: the flow goes after the
+                // closing timeout, not after the other side's idle one.
+                let e = *p;
+                if let Some(r) = NETD_CT.get_ptr_mut(&key.reverse(&e)) {
+                    (*r).state = ct_state::CLOSING;
+                }
+            } else if l4.tcp_flags & TCP_FLAG_FIN != 0 {
                 (*p).state = ct_state::CLOSING;
             } else if (*p).state == ct_state::NEW && l4.tcp_flags & TCP_FLAG_ACK != 0 {
                 (*p).state = ct_state::ESTABLISHED;
             }
+        } else if (*p).state == ct_state::NEW && is_reply_kind((*p).kind) {
+            (*p).state = ct_state::ESTABLISHED;
         }
         Some(*p)
     }
 }
 
-pub enum Insert {
-    Ok,
-    /// The key exists (a port collision for SNAT probing).
-    Exists,
+/// The result of creating a flow.
+pub enum Created {
+    /// Both entries are ours.
+    New,
+    /// The reverse key got taken since the caller probed it.
+    RevTaken,
+    /// Another CPU created the same flow first: its forward entry (our
+    /// reverse entry was rolled back; translate as the winner does).
+    Lost(CtEntry),
 }
 
-/// Inserts a new entry; a full table is `CtTableFull`.
+/// Inserts a new entry: `Ok(false)` if the key exists, `CtTableFull` if
+/// the table is.
 #[inline(always)]
-pub fn insert(key: &CtKey, entry: &CtEntry) -> Result<Insert, DropReason> {
+fn insert(key: &CtKey, entry: &CtEntry) -> Result<bool, DropReason> {
     match NETD_CT.insert(key, entry, u64::from(BPF_NOEXIST)) {
-        Ok(()) => Ok(Insert::Ok),
+        Ok(()) => Ok(true),
         Err(e) if e == E2BIG || e == ENOMEM => Err(DropReason::CtTableFull),
-        Err(_) => Ok(Insert::Exists),
+        Err(_) => Ok(false),
     }
+}
+
+/// Creates a flow: the reverse entry first (it is what collides when a
+/// translated port is taken), then the forward one. A full table evicts
+/// one unconfirmed flow (two entries: room for this one) and tries again.
+/// If the forward key exists another CPU won the race for the same flow:
+/// the reverse entry this call made is removed and the winner's entry
+/// returned. `replace_rev`: an existing reverse entry is a stale one of
+/// an earlier flow on the same tuple (DNAT, whose translation is fixed)
+/// and is replaced.
+///
+/// Called once per new flow (callers probe for a free port with lookups
+/// first), which keeps the eviction loop out of their probe loops for
+/// the verifier.
+#[inline(always)]
+pub fn create(
+    fwd_key: &CtKey,
+    fwd: &CtEntry,
+    rev_key: &CtKey,
+    rev: &CtEntry,
+    replace_rev: bool,
+) -> Result<Created, DropReason> {
+    if replace_rev {
+        remove(rev_key);
+    }
+    let inserted = match insert(rev_key, rev) {
+        Err(DropReason::CtTableFull) if evict_one() => insert(rev_key, rev)?,
+        r => r?,
+    };
+    if !inserted {
+        return Ok(Created::RevTaken);
+    }
+    match insert(fwd_key, fwd) {
+        Ok(true) => {
+            // A candidate for eviction while it is unconfirmed (the
+            // oldest candidate makes room when the queue is full).
+            let _ = NETD_CT_NEW.push(fwd_key, u64::from(BPF_EXIST));
+            counters::add(Counter::CtCreated, 2);
+            Ok(Created::New)
+        }
+        Ok(false) => {
+            // Lost the race. DNAT's reverse entry is the winner's too
+            // (same tuple, same translation): keep it.
+            if !replace_rev {
+                remove(rev_key);
+            }
+            match peek(fwd_key) {
+                Some(w) => Ok(Created::Lost(w)),
+                None => Err(DropReason::Unsupported),
+            }
+        }
+        Err(e) => {
+            remove(rev_key);
+            Err(e)
+        }
+    }
+}
+
+/// Whether `key` is free (a probe; `create` settles races).
+#[inline(always)]
+pub fn free(key: &CtKey) -> bool {
+    // SAFETY: presence check only.
+    unsafe { NETD_CT.get(key) }.is_none()
+}
+
+/// Evicts the oldest queued flow that is still unconfirmed (TCP: the
+/// originator never ACKed; others: no reply seen), both of its entries.
+/// Queued flows that got confirmed are dropped from the queue on the way.
+#[inline(always)]
+fn evict_one() -> bool {
+    for _ in 0..EVICT_TRIES {
+        let Ok(Some(k)) = NETD_CT_NEW.pop() else {
+            return false;
+        };
+        let Some(e) = peek(&k) else { continue };
+        let rk = k.reverse(&e);
+        let unconfirmed = if k.proto == IPPROTO_TCP {
+            e.state == ct_state::NEW
+        } else {
+            peek(&rk).is_none_or(|r| r.state == ct_state::NEW)
+        };
+        if unconfirmed {
+            remove(&k);
+            remove(&rk);
+            counters::add(Counter::CtEvicted, 1);
+            return true;
+        }
+    }
+    false
 }
 
 #[inline(always)]

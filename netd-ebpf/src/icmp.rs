@@ -108,6 +108,9 @@ impl Inner {
         old: u32,
         new: u32,
     ) -> Result<(), DropReason> {
+        if old == new {
+            return Ok(());
+        }
         let csum_off = self.ip_off + 10;
         let old_c: u16 = load(ctx, csum_off)?;
         ctx.l3_csum_replace(csum_off, u64::from(old), u64::from(new), 4)
@@ -180,6 +183,9 @@ impl Inner {
 
 #[inline(always)]
 fn outer(ctx: &TcContext, off: usize, old: u32, new: u32) -> Result<(), DropReason> {
+    if old == new {
+        return Ok(());
+    }
     ctx.l3_csum_replace(crate::parse::IP_CSUM_OFF, u64::from(old), u64::from(new), 4)
         .map_err(|_| E)?;
     ctx.store(off, &new, 0).map_err(|_| E)
@@ -188,7 +194,7 @@ fn outer(ctx: &TcContext, off: usize, old: u32, new: u32) -> Result<(), DropReas
 /// Which entries an error may follow, by direction.
 #[inline(always)]
 pub fn from_world_kind(kind: u8) -> bool {
-    kind == ct_kind::REV_SNAT || kind == ct_kind::DNAT
+    kind == ct_kind::REV_SNAT || kind == ct_kind::DNAT || kind == ct_kind::REV_ROUTED
 }
 
 #[inline(always)]

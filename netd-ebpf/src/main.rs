@@ -1,22 +1,31 @@
 //! netd's eBPF datapath. One thin entry point per attach point; the logic
-//! lives in per-concern modules (parse, maps, ct, nat, counters).
+//! lives in per-concern modules (parse, maps, ct, nat, frag, icmp,
+//! counters).
 //!
-//! Walks (see DESIGN.md section 5):
-//! - from_container (TC ingress of each container's host-side veth):
-//!   anti-spoofing, conntrack hits (masquerade out, published-port replies
-//!   back out), same-network unicast straight to the peer container with
-//!   bpf_redirect_peer (icc enforced), isolation between networks, and new
-//!   masqueraded flows out of the uplink (FIB lookup + bpf_redirect_neigh).
-//! - from_world (TC ingress of the uplink): replies of masqueraded flows
-//!   and connections to published ports, translated and redirected into
-//!   the container.
-//! Everything else (ARP, broadcast, the gateway, the host's own traffic,
-//! fragments, protocols netd does not translate) is passed on untouched.
+//! Walks (see DESIGN.md section 5 and the README's datapath section):
+//! - from_container (TC ingress of each container's host-side veth): fails
+//!   closed on an unknown veth or network; anti-spoofing (Ethernet, IPv4,
+//!   ARP sender); IPv4 and ARP only (IPv6 where the network allows it);
+//!   conntrack hits (masquerade out, published-port replies back out,
+//!   hairpin), same-network unicast straight to the peer container with
+//!   bpf_redirect_peer (icc enforced), isolation between networks, new
+//!   masqueraded (or tracked, without masquerade) flows out of the uplink
+//!   (FIB lookup + bpf_redirect_neigh).
+//! - from_world (TC ingress of the uplink): replies of tracked flows and
+//!   new connections (a SYN, or a datagram no host socket owns) to
+//!   published ports, translated and redirected into the container;
+//!   nothing else reaches a container's address, and nothing from outside
+//!   may be addressed to 127/8.
+//! What goes to the kernel: ARP, broadcast/multicast, the host's own
+//! traffic, packets too big for their egress (untranslated, with DF set,
+//! so that the kernel answers "fragmentation needed"), destinations whose
+//! route is unreachable/blackhole/prohibit (the kernel answers ICMP).
 #![no_std]
 #![no_main]
 
 mod counters;
 mod ct;
+mod frag;
 mod icmp;
 mod maps;
 mod nat;
@@ -25,22 +34,31 @@ mod sock;
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
-        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
+        BPF_F_CURRENT_NETNS, BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_PROHIBIT,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
+        bpf_check_mtu_flags::BPF_MTU_CHK_SEGS, bpf_fib_lookup as FibParams, bpf_sock_tuple,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::generated::{
+        bpf_check_mtu, bpf_fib_lookup, bpf_redirect_neigh, bpf_redirect_peer, bpf_sk_lookup_udp,
+        bpf_sk_release,
+    },
     macros::classifier,
     programs::TcContext,
 };
 use netd_common::{
-    Config, Counter, CtEntry, DropReason, Endpoint, EndpointKey, NET_ICC, NET_INTERNAL,
-    NET_MASQUERADE, PORT_KEY_FULL_PREFIX, PortKey, ct_kind, ct_state, tc,
+    Config, Counter, CtEntry, DropReason, Endpoint, EndpointKey, FRAG_FROM_CONTAINER,
+    FRAG_FROM_WORLD, NET_ICC, NET_INTERNAL, NET_IPV6, NET_MASQUERADE, Network,
+    PORT_KEY_FULL_PREFIX, PortKey, ct_kind, ct_state, tc,
 };
 
 use crate::{
-    ct::Insert,
+    ct::Created,
     maps::{NETD_CFG, NETD_EP, NETD_EP_IF, NETD_LOCAL, NETD_NET, NETD_PORTS, PortLpmKey},
-    parse::{ETH_HLEN, ETH_P_IP, IP_DADDR_OFF, IP_SADDR_OFF, Ipv4, L4},
+    parse::{
+        ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IP_DADDR_OFF, IP_SADDR_OFF, IPPROTO_ICMP,
+        IPPROTO_TCP, IPPROTO_UDP, Ipv4, L4,
+    },
 };
 
 const AF_INET: u8 = 2;
@@ -74,71 +92,124 @@ pub(crate) fn config() -> Option<Config> {
     NETD_CFG.get(0).copied()
 }
 
+#[inline(always)]
+fn network(id: u32) -> Option<Network> {
+    // SAFETY: map value copied out.
+    unsafe { NETD_NET.get(id) }.copied()
+}
+
+/// 127.0.0.0/8 (network order): never a destination from outside the host
+/// (a 127.0.0.1-bound published port must stay the host's).
+#[inline(always)]
+fn is_loopback(addr: u32) -> bool {
+    u32::from_be(addr) >> 24 == 127
+}
+
 fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     counters::add(Counter::FromContainerPackets, 1);
     counters::add(Counter::FromContainerBytes, u64::from(ctx.len()));
     let ifindex = ingress_ifindex(ctx);
+    // Fail closed: a veth whose endpoint (or network) the maps do not
+    // know carries nothing.
     // SAFETY: map value copied out.
     let Some(ep) = (unsafe { NETD_EP_IF.get(EndpointKey { ifindex }) }).copied() else {
-        return Ok(tc::ACT_UNSPEC);
+        return Err(DropReason::NoEndpoint);
     };
     counters::endpoint_rx(ifindex, ctx.len());
+    parse::pull_headers(ctx);
 
     let eth = parse::eth(ctx)?;
     if eth.src != ep.mac {
         return Err(DropReason::SpoofedSource);
     }
-    if eth.proto != ETH_P_IP {
-        return Ok(tc::ACT_UNSPEC);
+    let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
+    match eth.proto {
+        ETH_P_IP => {}
+        ETH_P_ARP => {
+            // The sender fields are what neighbours learn: they must be
+            // the endpoint's (0.0.0.0: an address probe).
+            let a = parse::arp(ctx)?;
+            if a.mac != ep.mac || (a.ip != ep.ip && a.ip != 0) {
+                return Err(DropReason::SpoofedSource);
+            }
+            return Ok(tc::ACT_UNSPEC);
+        }
+        ETH_P_IPV6 if net.flags & NET_IPV6 != 0 => return Ok(tc::ACT_UNSPEC),
+        // IPv6 on an IPv4-only network, VLAN tags, anything else.
+        _ => return Err(DropReason::NotIpv4),
     }
     let ip = parse::ipv4(ctx, ETH_HLEN)?;
     counters::add(Counter::FromContainerIpv4, 1);
     if ip.saddr != ep.ip && ip.saddr != 0 {
         return Err(DropReason::SpoofedSource);
     }
-    if eth.dst_group || ip.is_fragment() {
+    if eth.dst_group {
         return Ok(tc::ACT_UNSPEC);
     }
-    // An ICMP error about a flow netd translated on its way in.
-    if let Some(inner) = icmp::parse(ctx, &ip)?
-        && let Some(e) = icmp::flow(&inner.reply_key())
-        && icmp::from_container_kind(e.kind)
-    {
-        inner.untranslate_to_world(ctx, &ip, &e)?;
-        counters::add(Counter::IcmpErrors, 1);
-        return to_uplink(ctx, &ip, e.addr);
+    if is_loopback(ip.daddr) {
+        return Err(DropReason::Martian);
     }
-    let l4 = parse::l4(ctx, ip.proto, ETH_HLEN + ip.hdr_len)?;
-    if let Some(l4) = &l4 {
-        if ip.proto == parse::IPPROTO_TCP {
-            counters::add(Counter::FromContainerTcp, 1);
-            if l4.is_syn() {
-                aya_log_ebpf::debug!(
-                    ctx,
-                    "from_container: SYN {:i}:{} -> {:i}:{}",
-                    u32::from_be(ip.saddr),
-                    l4.sport,
-                    u32::from_be(ip.daddr),
-                    l4.dport
-                );
+    // The L4 ports: from the header, or for a later fragment from its
+    // datagram's first fragment.
+    let l4 = if ip.is_later_fragment() {
+        match frag::lookup(FRAG_FROM_CONTAINER, &ip) {
+            Some(l4) => Some(l4),
+            None if ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP => {
+                return Err(DropReason::FragmentUnknown);
             }
+            // ICMP other than echo, other protocols: no ports anyway.
+            None => None,
         }
-        // A flow netd translates already: masquerade or a published-port reply.
+    } else {
+        // An ICMP error about a flow netd translated on its way in: only
+        // the flow's own container may send one.
+        if let Some(inner) = icmp::parse(ctx, &ip)?
+            && let Some(e) = icmp::flow(&inner.reply_key())
+            && icmp::from_container_kind(e.kind)
+        {
+            if e.container_ip != ep.ip {
+                return Err(DropReason::SpoofedSource);
+            }
+            if net.flags & NET_INTERNAL != 0 {
+                return Err(DropReason::InternalNetwork);
+            }
+            let out = egress_to_world(ctx, &ip, e.addr)?;
+            if let Egress::Kernel = out {
+                return Ok(tc::ACT_UNSPEC);
+            }
+            inner.untranslate_to_world(ctx, &ip, &e)?;
+            counters::add(Counter::IcmpErrors, 1);
+            return out.verdict();
+        }
+        let l4 = parse::l4(ctx, ip.proto, ETH_HLEN + ip.hdr_len)?;
+        if ip.is_fragment()
+            && let Some(l4) = &l4
+        {
+            frag::remember(FRAG_FROM_CONTAINER, &ip, l4);
+        }
+        l4
+    };
+    if let Some(l4) = &l4 {
+        if !l4.hdr {
+            counters::add(Counter::Fragments, 1);
+        }
+        if ip.proto == IPPROTO_TCP {
+            counters::add(Counter::FromContainerTcp, 1);
+        }
+        // A flow netd tracks already.
         let key = ct::key(ip.saddr, ip.daddr, ip.proto, l4);
         if let Some(e) = ct::lookup(&key, l4) {
-            if e.kind == ct_kind::HAIRPIN || e.kind == ct_kind::REV_HAIRPIN {
-                return hairpin_rewrite(ctx, &ip, l4, &e);
-            }
-            if e.kind == ct_kind::SNAT || e.kind == ct_kind::REV_DNAT {
-                nat::rewrite_addr(ctx, ip.proto, l4, IP_SADDR_OFF, ip.saddr, e.addr)?;
-                nat::rewrite_port(ctx, ip.proto, l4, true, l4.sport, e.port)?;
-                let c = if e.kind == ct_kind::SNAT {
-                    Counter::Snat
-                } else {
-                    Counter::RevDnat
-                };
-                counters::add(c, 1);
-                return to_uplink(ctx, &ip, e.addr);
+            match e.kind {
+                ct_kind::HAIRPIN | ct_kind::REV_HAIRPIN => {
+                    return hairpin_rewrite(ctx, &ip, l4, &e);
+                }
+                ct_kind::SNAT | ct_kind::REV_DNAT | ct_kind::ROUTED => {
+                    if net.flags & NET_INTERNAL != 0 {
+                        return Err(DropReason::InternalNetwork);
+                    }
+                    return out_to_world(ctx, &ip, l4, &e);
+                }
+                _ => {}
             }
         }
     }
@@ -146,19 +217,18 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     // A host address's published port (hairpin): translated both ways
     // and delivered straight into the target container.
     if let Some(l4) = &l4
-        && ip.proto != parse::IPPROTO_ICMP
+        && ip.proto != IPPROTO_ICMP
         && is_local(ip.daddr)
         && let Some(t) = published(ip.proto, ip.daddr, l4.dport)
     {
         // Nothing leaves an internal network, not even this way.
-        // SAFETY: map value copied out.
-        let net = unsafe { NETD_NET.get(ep.net_id) }
-            .copied()
-            .unwrap_or_default();
         if net.flags & NET_INTERNAL != 0 {
             return Err(DropReason::InternalNetwork);
         }
-        return hairpin_new_flow(ctx, &ip, l4, &t, ifindex);
+        if !l4.hdr {
+            return Err(DropReason::FragmentUnknown);
+        }
+        return hairpin_new_flow(ctx, &ip, l4, &t, &ep);
     }
 
     // Another container?
@@ -167,10 +237,6 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         if peer.net_id != ep.net_id {
             return Err(DropReason::NetworkIsolation);
         }
-        // SAFETY: map value copied out.
-        let net = unsafe { NETD_NET.get(ep.net_id) }
-            .copied()
-            .unwrap_or_default();
         if net.flags & NET_ICC == 0 {
             return Err(DropReason::IccDenied);
         }
@@ -184,108 +250,280 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     // another network (isolation).
     let cfg = config().ok_or(DropReason::Unsupported)?;
     let mut fib = fib_params(&ip, ifindex);
-    // SAFETY: helper call on a properly sized, initialised struct.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.skb.skb as *mut _,
-            &mut fib,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    } as u32;
-    match rc {
-        BPF_FIB_LKUP_RET_NOT_FWDED | BPF_FIB_LKUP_RET_FRAG_NEEDED => return Ok(tc::ACT_UNSPEC),
-        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => {}
+    match fib_lookup(ctx, &mut fib) {
+        BPF_FIB_LKUP_RET_NOT_FWDED => return Ok(tc::ACT_UNSPEC),
+        // No route: the kernel drops it and answers (ICMP unreachable).
+        BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
+            return Ok(tc::ACT_UNSPEC);
+        }
+        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH | BPF_FIB_LKUP_RET_FRAG_NEEDED => {}
         _ => return Err(DropReason::FibLookupFailed),
     }
-    // SAFETY: map value copied out.
-    let net = unsafe { NETD_NET.get(ep.net_id) }
-        .copied()
-        .unwrap_or_default();
     if fib.ifindex != cfg.uplink_ifindex {
         return Err(DropReason::NetworkIsolation);
     }
     if net.flags & NET_INTERNAL != 0 {
         return Err(DropReason::InternalNetwork);
     }
-    if net.flags & NET_MASQUERADE == 0 {
-        return redirect_neigh(cfg.uplink_ifindex);
+    if too_big(ctx, fib.ifindex) {
+        return frag_needed(ctx, &ip);
     }
     let Some(l4) = l4 else {
+        if net.flags & NET_MASQUERADE == 0 {
+            // Untracked protocols leave as they are (their replies are
+            // not let in: nothing tracks them).
+            return redirect_neigh(cfg.uplink_ifindex);
+        }
         return Err(DropReason::Unsupported);
     };
-    let port = snat_new_flow(&ip, &l4, &cfg, &ep)?;
-    nat::rewrite_addr(ctx, ip.proto, &l4, IP_SADDR_OFF, ip.saddr, cfg.uplink_ip)?;
-    nat::rewrite_port(ctx, ip.proto, &l4, true, l4.sport, port)?;
-    counters::add(Counter::Snat, 1);
-    redirect_neigh(cfg.uplink_ifindex)
+    if !l4.hdr {
+        return Err(DropReason::FragmentUnknown);
+    }
+    let e = snat_new_flow(&ip, &l4, &cfg, &ep, net.flags & NET_MASQUERADE != 0)?;
+    out_to_world(ctx, &ip, &l4, &e)
 }
 
-/// Creates both conntrack entries of a new masqueraded flow; returns the
-/// source port: the original one when it is in the NAT range and free,
-/// else the first free one probing from a hash.
+/// Where a packet for the world goes, decided before it is rewritten.
+enum Egress {
+    /// Out of this interface (bpf_redirect_neigh).
+    Redirect(u32),
+    /// A local destination: the stack delivers it.
+    Local,
+    /// Handed to the kernel untranslated: it answers ICMP (fragmentation
+    /// needed, unreachable) and drops the packet.
+    Kernel,
+}
+
+impl Egress {
+    #[inline(always)]
+    fn verdict(self) -> Result<i32, DropReason> {
+        match self {
+            Egress::Redirect(i) => redirect_neigh(i),
+            Egress::Local | Egress::Kernel => Ok(tc::ACT_UNSPEC),
+        }
+    }
+}
+
+/// The FIB's egress for a packet that will leave with source `new_saddr`,
+/// and whether it fits there: a packet that does not is handed to the
+/// kernel untranslated (DF set, see `frag_needed`), never sent out as it is
+/// nor dropped silently.
 #[inline(always)]
-fn snat_new_flow(ip: &Ipv4, l4: &L4, cfg: &Config, ep: &Endpoint) -> Result<u16, DropReason> {
+fn egress_to_world(ctx: &TcContext, ip: &Ipv4, new_saddr: u32) -> Result<Egress, DropReason> {
+    let cfg = config().ok_or(DropReason::Unsupported)?;
+    let mut fib = fib_params(ip, cfg.uplink_ifindex);
+    fib.__bindgen_anon_3.ipv4_src = new_saddr;
+    match fib_lookup(ctx, &mut fib) {
+        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH | BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            if too_big(ctx, fib.ifindex) {
+                frag_needed(ctx, ip)?;
+                return Ok(Egress::Kernel);
+            }
+            Ok(Egress::Redirect(fib.ifindex))
+        }
+        // A reply to the host itself: the stack routes it.
+        BPF_FIB_LKUP_RET_NOT_FWDED => Ok(Egress::Local),
+        BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
+            Ok(Egress::Kernel)
+        }
+        _ => Err(DropReason::FibLookupFailed),
+    }
+}
+
+/// Applies a tracked flow's source rewrite (SNAT, a published port's
+/// reply; ROUTED rewrites nothing) and sends the packet out.
+#[inline(always)]
+fn out_to_world(ctx: &TcContext, ip: &Ipv4, l4: &L4, e: &CtEntry) -> Result<i32, DropReason> {
+    let out = egress_to_world(ctx, ip, e.addr)?;
+    if let Egress::Kernel = out {
+        return Ok(tc::ACT_UNSPEC);
+    }
+    nat::rewrite_addr(ctx, ip.proto, l4, IP_SADDR_OFF, ip.saddr, e.addr)?;
+    nat::rewrite_port(ctx, ip.proto, l4, true, l4.sport, e.port)?;
+    match e.kind {
+        ct_kind::SNAT => counters::add(Counter::Snat, 1),
+        ct_kind::REV_DNAT => counters::add(Counter::RevDnat, 1),
+        _ => {}
+    }
+    out.verdict()
+}
+
+/// Too big for `ifindex` (GSO packets: any of their segments).
+#[inline(always)]
+fn too_big(ctx: &TcContext, ifindex: u32) -> bool {
+    let mut mtu_len: u32 = 0;
+    // SAFETY: helper call; mtu_len 0 = check skb->len.
+    unsafe {
+        bpf_check_mtu(
+            ctx.skb.skb as *mut _,
+            ifindex,
+            &mut mtu_len,
+            0,
+            u64::from(BPF_MTU_CHK_SEGS),
+        ) > 0
+    }
+}
+
+/// A packet too big for its egress goes to the kernel untranslated, with
+/// DF set: the kernel's forwarding drops it and answers "fragmentation
+/// needed" with the egress MTU (netd does not fragment, and a fragment it
+/// did not translate must never leave). A sender that did not set DF
+/// learns the path MTU all the same and fragments smaller next time.
+#[inline(always)]
+fn frag_needed(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
+    if !ip.df() {
+        nat::set_df(ctx, ip.frag)?;
+    }
+    counters::add(Counter::FragNeeded, 1);
+    Ok(tc::ACT_UNSPEC)
+}
+
+#[inline(always)]
+fn fib_lookup(ctx: &TcContext, fib: &mut FibParams) -> u32 {
+    // SAFETY: helper call on a properly sized, initialised struct.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb as *mut _,
+            fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    rc as u32
+}
+
+/// Creates both conntrack entries of a new flow to the world and returns
+/// the forward one. Masquerade: the source becomes the uplink's address
+/// with the container's own port when it is in the NAT range and free
+/// (as netfilter keeps it), else the first free one probing from a hash;
+/// a port outside the range is never used (it could be a host socket's).
+/// Without masquerade nothing is rewritten; the flow is tracked so that
+/// its replies are let in (ROUTED).
+#[inline(always)]
+fn snat_new_flow(
+    ip: &Ipv4,
+    l4: &L4,
+    cfg: &Config,
+    ep: &Endpoint,
+    masquerade: bool,
+) -> Result<CtEntry, DropReason> {
     let (min, max) = (u32::from(cfg.nat_port_min), u32::from(cfg.nat_port_max));
-    if max < min {
+    if masquerade && max < min {
         return Err(DropReason::NatPortsExhausted);
     }
-    let span = max - min + 1;
+    let span = if max < min { 1 } else { max - min + 1 };
     let orig = u32::from(l4.sport);
     let start = (orig ^ u32::from_be(ip.daddr) ^ (u32::from(l4.dport) << 3)) % span;
-    let fwd = ct::key(ip.saddr, ip.daddr, ip.proto, l4);
+    let fwd_key = ct::key(ip.saddr, ip.daddr, ip.proto, l4);
     let now = ct::now();
-    // First the container's own port, as netfilter's masquerade keeps it
-    // when the translated tuple is free (so a container's port reuse maps
-    // onto the same tuple the server last saw from it), then the NAT range
-    // from a hash.
-    for i in 0..NAT_PROBES + 1 {
-        let port = if i == 0 {
-            if orig < 1024 && ip.proto != parse::IPPROTO_ICMP {
-                continue;
-            }
-            l4.sport
+    let in_range = orig >= min && orig <= max;
+    let (addr, rev_kind) = if masquerade {
+        (cfg.uplink_ip, ct_kind::REV_SNAT)
+    } else {
+        (ip.saddr, ct_kind::REV_ROUTED)
+    };
+    let mut out = CtEntry {
+        last_seen: now,
+        addr,
+        port: l4.sport,
+        kind: if masquerade {
+            ct_kind::SNAT
         } else {
-            (min + (start + i - 1) % span) as u16
-        };
-        let out = CtEntry {
-            last_seen: now,
-            addr: cfg.uplink_ip,
-            port,
-            kind: ct_kind::SNAT,
-            state: ct_state::NEW,
-            ifindex: 0,
-            container_ip: ip.saddr,
-            ..CtEntry::default()
-        };
-        let rev = fwd.reverse(&out);
-        let back = CtEntry {
-            last_seen: now,
-            addr: ip.saddr,
-            port: l4.sport,
-            kind: ct_kind::REV_SNAT,
-            state: ct_state::NEW,
-            ifindex: ep.ifindex,
-            container_ip: ip.saddr,
-            ..CtEntry::default()
-        };
-        match ct::insert(&rev, &back)? {
-            Insert::Ok => {}
-            Insert::Exists => continue,
+            ct_kind::ROUTED
+        },
+        state: ct_state::NEW,
+        ifindex: ep.ifindex,
+        container_ip: ip.saddr,
+        ..CtEntry::default()
+    };
+    // The port: kept (no masquerade, or in the range and free), else the
+    // first free one from a hash. Probed with lookups; `create` settles a
+    // race for the same port.
+    if masquerade {
+        let mut found = false;
+        for i in 0..NAT_PROBES + 1 {
+            let port = if i == 0 {
+                if !in_range {
+                    continue;
+                }
+                l4.sport
+            } else {
+                (min + (start + i - 1) % span) as u16
+            };
+            out.port = port;
+            if ct::free(&fwd_key.reverse(&out)) {
+                found = true;
+                break;
+            }
         }
-        if let Err(e) = ct::insert(&fwd, &out) {
-            ct::remove(&rev);
-            return Err(e);
+        if !found {
+            return Err(DropReason::NatPortsExhausted);
         }
-        counters::add(Counter::CtCreated, 2);
-        return Ok(port);
     }
-    Err(DropReason::NatPortsExhausted)
+    let rev_key = fwd_key.reverse(&out);
+    let back = CtEntry {
+        last_seen: now,
+        addr: ip.saddr,
+        port: l4.sport,
+        kind: rev_kind,
+        state: ct_state::NEW,
+        ifindex: ep.ifindex,
+        container_ip: ip.saddr,
+        ..CtEntry::default()
+    };
+    match ct::create(&fwd_key, &out, &rev_key, &back, false)? {
+        Created::New => Ok(out),
+        Created::Lost(winner) => Ok(winner),
+        Created::RevTaken => Err(DropReason::NatPortsExhausted),
+    }
+}
+
+/// Passes a packet from the world to the stack, unless it is addressed to
+/// a container: container ports are reached through published host ports
+/// (and tracked flows) only, never by routing to the container's address
+/// (Docker 28 drops those in the raw table).
+#[inline(always)]
+fn pass_world(daddr: u32) -> Result<i32, DropReason> {
+    // SAFETY: presence check only.
+    if unsafe { NETD_EP.get(daddr) }.is_some() {
+        return Err(DropReason::NotPublished);
+    }
+    Ok(tc::ACT_UNSPEC)
+}
+
+/// Whether a connected host socket owns this datagram's tuple (a host
+/// client using a published port number as its source port): its replies
+/// are the host's, not a new flow to the container.
+#[inline(always)]
+fn host_socket_owns(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> bool {
+    // SAFETY: an all-zero tuple is valid; filled below.
+    let mut t: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    t.__bindgen_anon_1.ipv4.saddr = ip.saddr;
+    t.__bindgen_anon_1.ipv4.daddr = ip.daddr;
+    t.__bindgen_anon_1.ipv4.sport = l4.sport.to_be();
+    t.__bindgen_anon_1.ipv4.dport = l4.dport.to_be();
+    // SAFETY: helper calls; a found socket is released before returning.
+    unsafe {
+        let sk = bpf_sk_lookup_udp(
+            ctx.skb.skb as *mut _,
+            &mut t,
+            12,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        );
+        if sk.is_null() {
+            return false;
+        }
+        let owned = (*sk).dst_ip4 == ip.saddr && (*sk).dst_port == l4.sport.to_be();
+        bpf_sk_release(sk as *mut _);
+        owned
+    }
 }
 
 fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
     counters::add(Counter::FromWorldPackets, 1);
     counters::add(Counter::FromWorldBytes, u64::from(ctx.len()));
+    parse::pull_headers(ctx);
     let eth = parse::eth(ctx)?;
     if eth.proto != ETH_P_IP || eth.dst_group {
         return Ok(tc::ACT_UNSPEC);
@@ -294,27 +532,38 @@ fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
     let Ok(ip) = parse::ipv4(ctx, ETH_HLEN) else {
         return Ok(tc::ACT_UNSPEC);
     };
-    if ip.is_fragment() {
-        return Ok(tc::ACT_UNSPEC);
+    // A loopback destination from outside would reach 127.0.0.1-bound
+    // published ports (and the host's own loopback services).
+    if is_loopback(ip.daddr) {
+        return Err(DropReason::Martian);
     }
-    // An ICMP error about a flow netd translated on its way out
-    // (fragmentation needed: path-MTU discovery through the NAT).
-    if let Ok(Some(inner)) = icmp::parse(ctx, &ip)
-        && let Some(e) = icmp::flow(&inner.reply_key())
-        && icmp::from_world_kind(e.kind)
-    {
-        inner.untranslate_to_container(ctx, &ip, &e)?;
-        counters::add(Counter::IcmpErrors, 1);
-        return deliver(ctx, e.ifindex);
-    }
-    let Ok(Some(l4)) = parse::l4(ctx, ip.proto, ETH_HLEN + ip.hdr_len) else {
-        return Ok(tc::ACT_UNSPEC);
+    let l4 = if ip.is_later_fragment() {
+        // A fragment of a datagram netd translates, or the host's.
+        match frag::lookup(FRAG_FROM_WORLD, &ip) {
+            Some(l4) => l4,
+            None => return pass_world(ip.daddr),
+        }
+    } else {
+        // An ICMP error about a flow netd tracks (fragmentation needed:
+        // path-MTU discovery through the NAT).
+        if let Ok(Some(inner)) = icmp::parse(ctx, &ip)
+            && let Some(e) = icmp::flow(&inner.reply_key())
+            && icmp::from_world_kind(e.kind)
+        {
+            inner.untranslate_to_container(ctx, &ip, &e)?;
+            counters::add(Counter::IcmpErrors, 1);
+            return deliver(ctx, e.addr);
+        }
+        match parse::l4(ctx, ip.proto, ETH_HLEN + ip.hdr_len) {
+            Ok(Some(l4)) => l4,
+            _ => return pass_world(ip.daddr),
+        }
     };
     let key = ct::key(ip.saddr, ip.daddr, ip.proto, &l4);
     // A new connection (SYN) on the tuple of an earlier one to a published
     // port starts afresh: the port may have been re-published elsewhere
     // since, and a stale translation must not outlive it.
-    if ip.proto == parse::IPPROTO_TCP
+    if ip.proto == IPPROTO_TCP
         && l4.is_syn()
         && let Some(old) = ct::peek(&key)
         && old.kind == ct_kind::DNAT
@@ -323,27 +572,45 @@ fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
         ct::remove(&key);
     }
     if let Some(e) = ct::lookup(&key, &l4)
-        && (e.kind == ct_kind::REV_SNAT || e.kind == ct_kind::DNAT)
+        && matches!(
+            e.kind,
+            ct_kind::REV_SNAT | ct_kind::DNAT | ct_kind::REV_ROUTED
+        )
     {
-        let c = if e.kind == ct_kind::REV_SNAT {
-            Counter::RevSnat
-        } else {
-            Counter::Dnat
-        };
-        counters::add(c, 1);
-        return to_container(ctx, &ip, &l4, e.addr, e.port, e.ifindex);
+        match e.kind {
+            ct_kind::REV_SNAT => counters::add(Counter::RevSnat, 1),
+            ct_kind::DNAT => counters::add(Counter::Dnat, 1),
+            _ => {}
+        }
+        return to_container(ctx, &ip, &l4, e.addr, e.port);
     }
-    if ip.proto == parse::IPPROTO_ICMP {
-        return Ok(tc::ACT_UNSPEC);
+    if ip.proto == IPPROTO_ICMP {
+        return pass_world(ip.daddr);
     }
     // A published port?
     let Some(t) = published(ip.proto, ip.daddr, l4.dport) else {
-        return Ok(tc::ACT_UNSPEC);
+        return pass_world(ip.daddr);
     };
     // SAFETY: map value copied out.
     let Some(ep) = (unsafe { NETD_EP.get(t.container_ip) }).copied() else {
-        return Ok(tc::ACT_UNSPEC);
+        return pass_world(ip.daddr);
     };
+    let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
+    if net.flags & NET_INTERNAL != 0 {
+        return Err(DropReason::InternalNetwork);
+    }
+    if !l4.hdr {
+        return Err(DropReason::FragmentUnknown);
+    }
+    // Only a new connection starts a flow: a TCP SYN, or a datagram that
+    // no connected host socket owns. Anything else is the host's (its own
+    // connections from a port number that is also published, or strays
+    // it answers with an RST).
+    if (ip.proto == IPPROTO_TCP && !l4.is_syn())
+        || (ip.proto == IPPROTO_UDP && host_socket_owns(ctx, &ip, &l4))
+    {
+        return Ok(tc::ACT_UNSPEC);
+    }
     let cport = t.container_port_min + (l4.dport - t.host_port_min);
     let now = ct::now();
     let fwd = CtEntry {
@@ -367,16 +634,14 @@ fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
         container_ip: t.container_ip,
         ..CtEntry::default()
     };
-    // A stale entry of an earlier flow with the same tuple is replaced.
-    ct::remove(&rev_key);
-    ct::insert(&rev_key, &back)?;
-    if let Err(e) = ct::insert(&key, &fwd) {
-        ct::remove(&rev_key);
-        return Err(e);
-    }
-    counters::add(Counter::CtCreated, 2);
+    // A stale reverse entry of an earlier flow with the same tuple is
+    // replaced (the translation is the same).
+    let e = match ct::create(&key, &fwd, &rev_key, &back, true)? {
+        Created::Lost(w) => w,
+        _ => fwd,
+    };
     counters::add(Counter::Dnat, 1);
-    to_container(ctx, &ip, &l4, t.container_ip, cport, ep.ifindex)
+    to_container(ctx, &ip, &l4, e.addr, e.port)
 }
 
 /// One of the host's own addresses (the uplink's always is).
@@ -398,7 +663,7 @@ pub(crate) fn published(proto: u8, daddr: u32, port: u16) -> Option<netd_common:
 }
 
 /// Applies a hairpin entry: source to (addr2, port2), destination to
-/// (addr, port), into the container behind `ifindex`.
+/// (addr, port), into the container that has address `addr`.
 #[inline(always)]
 fn hairpin_rewrite(ctx: &TcContext, ip: &Ipv4, l4: &L4, e: &CtEntry) -> Result<i32, DropReason> {
     nat::rewrite_addr(ctx, ip.proto, l4, IP_SADDR_OFF, ip.saddr, e.addr2)?;
@@ -406,26 +671,31 @@ fn hairpin_rewrite(ctx: &TcContext, ip: &Ipv4, l4: &L4, e: &CtEntry) -> Result<i
     nat::rewrite_addr(ctx, ip.proto, l4, IP_DADDR_OFF, ip.daddr, e.addr)?;
     nat::rewrite_port(ctx, ip.proto, l4, false, l4.dport, e.port)?;
     counters::add(Counter::Hairpin, 1);
-    deliver(ctx, e.ifindex)
+    deliver(ctx, e.addr)
 }
 
 /// A container reaching a published port through a host address: the
 /// target sees the connection come from that host address and a NAT port
 /// (as Docker's hairpin masquerade does), so its replies come back here
 /// whichever network either container is on (or when both are one).
+/// Nothing enters an internal network this way either.
 #[inline(always)]
 fn hairpin_new_flow(
     ctx: &TcContext,
     ip: &Ipv4,
     l4: &L4,
     t: &netd_common::PortTarget,
-    from_ifindex: u32,
+    from: &Endpoint,
 ) -> Result<i32, DropReason> {
     let cfg = config().ok_or(DropReason::Unsupported)?;
     // SAFETY: map value copied out.
     let Some(target) = (unsafe { NETD_EP.get(t.container_ip) }).copied() else {
         return Ok(tc::ACT_UNSPEC);
     };
+    let tnet = network(target.net_id).ok_or(DropReason::NoEndpoint)?;
+    if tnet.flags & NET_INTERNAL != 0 {
+        return Err(DropReason::InternalNetwork);
+    }
     let cport = t.container_port_min + (l4.dport - t.host_port_min);
     let (min, max) = (u32::from(cfg.nat_port_min), u32::from(cfg.nat_port_max));
     if max < min {
@@ -435,45 +705,47 @@ fn hairpin_new_flow(
     let start = (u32::from(l4.sport) ^ u32::from_be(ip.saddr)) % span;
     let fwd_key = ct::key(ip.saddr, ip.daddr, ip.proto, l4);
     let now = ct::now();
+    let mut fwd = CtEntry {
+        last_seen: now,
+        addr: t.container_ip,
+        port: cport,
+        kind: ct_kind::HAIRPIN,
+        state: ct_state::NEW,
+        ifindex: target.ifindex,
+        container_ip: t.container_ip,
+        addr2: ip.daddr,
+        port2: 0,
+        _pad: 0,
+    };
+    let mut found = false;
     for i in 0..NAT_PROBES {
-        let np = (min + (start + i) % span) as u16;
-        let fwd = CtEntry {
-            last_seen: now,
-            addr: t.container_ip,
-            port: cport,
-            kind: ct_kind::HAIRPIN,
-            state: ct_state::NEW,
-            ifindex: target.ifindex,
-            container_ip: t.container_ip,
-            addr2: ip.daddr,
-            port2: np,
-            _pad: 0,
-        };
-        let rev_key = fwd_key.reverse(&fwd);
-        let rev = CtEntry {
-            last_seen: now,
-            addr: ip.saddr,
-            port: l4.sport,
-            kind: ct_kind::REV_HAIRPIN,
-            state: ct_state::NEW,
-            ifindex: from_ifindex,
-            container_ip: t.container_ip,
-            addr2: ip.daddr,
-            port2: l4.dport,
-            _pad: 0,
-        };
-        match ct::insert(&rev_key, &rev)? {
-            Insert::Exists => continue,
-            Insert::Ok => {}
+        fwd.port2 = (min + (start + i) % span) as u16;
+        if ct::free(&fwd_key.reverse(&fwd)) {
+            found = true;
+            break;
         }
-        if let Err(e) = ct::insert(&fwd_key, &fwd) {
-            ct::remove(&rev_key);
-            return Err(e);
-        }
-        counters::add(Counter::CtCreated, 2);
-        return hairpin_rewrite(ctx, ip, l4, &fwd);
     }
-    Err(DropReason::NatPortsExhausted)
+    if !found {
+        return Err(DropReason::NatPortsExhausted);
+    }
+    let rev_key = fwd_key.reverse(&fwd);
+    let rev = CtEntry {
+        last_seen: now,
+        addr: ip.saddr,
+        port: l4.sport,
+        kind: ct_kind::REV_HAIRPIN,
+        state: ct_state::NEW,
+        ifindex: from.ifindex,
+        container_ip: t.container_ip,
+        addr2: ip.daddr,
+        port2: l4.dport,
+        _pad: 0,
+    };
+    match ct::create(&fwd_key, &fwd, &rev_key, &rev, false)? {
+        Created::New => hairpin_rewrite(ctx, ip, l4, &fwd),
+        Created::Lost(w) => hairpin_rewrite(ctx, ip, l4, &w),
+        Created::RevTaken => Err(DropReason::NatPortsExhausted),
+    }
 }
 
 #[inline(always)]
@@ -491,7 +763,8 @@ fn port_lookup(proto: u8, addr: u32, port: u16) -> Option<netd_common::PortTarge
 }
 
 /// Rewrites the destination to (addr, port) and delivers into the
-/// container behind host veth `ifindex`.
+/// container with address `addr` (a first fragment leaves its ports for
+/// the later ones first).
 #[inline(always)]
 fn to_container(
     ctx: &TcContext,
@@ -499,49 +772,38 @@ fn to_container(
     l4: &L4,
     addr: u32,
     port: u16,
-    ifindex: u32,
 ) -> Result<i32, DropReason> {
+    if l4.hdr && ip.is_fragment() {
+        frag::remember(FRAG_FROM_WORLD, ip, l4);
+    } else if !l4.hdr {
+        counters::add(Counter::Fragments, 1);
+    }
     nat::rewrite_addr(ctx, ip.proto, l4, IP_DADDR_OFF, ip.daddr, addr)?;
     nat::rewrite_port(ctx, ip.proto, l4, false, l4.dport, port)?;
-    deliver(ctx, ifindex)
+    deliver(ctx, addr)
 }
 
-/// Delivers an already translated packet into the container behind host
-/// veth `ifindex`.
+/// Delivers an already translated packet into the container that has
+/// address `addr` now (looked up, not remembered: a restarted container's
+/// new veth gets its flows; one that is gone gets nothing).
+///
+/// bpf_redirect_peer skips the veth's MTU check: a packet above the
+/// container's MTU (an uplink with a larger MTU than the network's) is
+/// delivered whole, and the container's stack accepts it (Linux has no
+/// receive-side MTU check). That is kept on purpose: handing it to the
+/// kernel instead would fragment it or, with DF, drop it and answer with
+/// an ICMP error quoting the translated header, which the sender cannot
+/// match.
 #[inline(always)]
-fn deliver(ctx: &TcContext, ifindex: u32) -> Result<i32, DropReason> {
+fn deliver(ctx: &TcContext, addr: u32) -> Result<i32, DropReason> {
     // SAFETY: map value copied out.
-    let Some(ep) = (unsafe { NETD_EP_IF.get(EndpointKey { ifindex }) }).copied() else {
-        return Err(DropReason::Unsupported);
+    let Some(ep) = (unsafe { NETD_EP.get(addr) }).copied() else {
+        return Err(DropReason::NoEndpoint);
     };
     nat::set_macs(ctx, &ep.gw_mac, &ep.mac)?;
-    counters::endpoint_tx(ifindex, ctx.len());
+    counters::endpoint_tx(ep.ifindex, ctx.len());
     // SAFETY: helper call.
-    Ok(unsafe { bpf_redirect_peer(ifindex, 0) } as i32)
-}
-
-/// Sends a (translated) packet out of the uplink: FIB lookup for the
-/// egress, the kernel resolves the neighbour.
-#[inline(always)]
-fn to_uplink(ctx: &TcContext, ip: &Ipv4, new_saddr: u32) -> Result<i32, DropReason> {
-    let cfg = config().ok_or(DropReason::Unsupported)?;
-    let mut fib = fib_params(ip, cfg.uplink_ifindex);
-    fib.__bindgen_anon_3.ipv4_src = new_saddr;
-    // SAFETY: helper call on a properly sized, initialised struct.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.skb.skb as *mut _,
-            &mut fib,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    } as u32;
-    match rc {
-        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => redirect_neigh(fib.ifindex),
-        // A reply to the host itself (or a hairpin): let the stack route it.
-        BPF_FIB_LKUP_RET_NOT_FWDED => Ok(tc::ACT_UNSPEC),
-        _ => Err(DropReason::FibLookupFailed),
-    }
+    Ok(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32)
 }
 
 #[inline(always)]

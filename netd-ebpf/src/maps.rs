@@ -2,12 +2,13 @@
 //! are the map names userspace looks up (netd_common::maps); userspace
 //! pins them with a version suffix.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, lpm_trie::Key},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, Queue, lpm_trie::Key},
     macros::btf_map,
 };
 use netd_common::{
-    Config, CtEntry, CtKey, DEFAULT_CT_ENTRIES, Endpoint, EndpointKey, EndpointStats,
-    MAX_ENDPOINTS, MAX_NETWORKS, MAX_PORT_PREFIXES, Network, PortKey, PortTarget,
+    CT_NEW_QUEUE, Config, CtEntry, CtKey, DEFAULT_CT_ENTRIES, Endpoint, EndpointKey, EndpointStats,
+    FragKey, FragPorts, MAX_ENDPOINTS, MAX_FRAGS, MAX_NETWORKS, MAX_PORT_PREFIXES, Network,
+    PortKey, PortTarget,
 };
 
 #[btf_map]
@@ -23,8 +24,9 @@ pub static NETD_NET: HashMap<u32, Network, { MAX_NETWORKS as usize }> = HashMap:
 pub static NETD_PORTS: LpmTrie<PortKey, PortTarget, { MAX_PORT_PREFIXES as usize }> =
     LpmTrie::new();
 
-/// Conntrack/NAT. A plain hash (not LRU): when it is full a new flow is
-/// refused (and counted) instead of silently evicting an established one.
+/// Conntrack/NAT. A plain hash (not LRU): an established flow is never
+/// evicted; when it is full an unconfirmed flow from NETD_CT_NEW makes
+/// room, and failing that the new flow is refused (and counted).
 /// The size is set at load time from the daemon's configuration.
 ///
 /// Not preallocated: memory follows the number of live flows, so the
@@ -59,3 +61,13 @@ pub static NETD_SOCK: LruHashMap<
     netd_common::SockOrig,
     { netd_common::MAX_SOCKETS as usize },
 > = LruHashMap::new();
+
+/// Recently created flows (their forward key), oldest first: when the
+/// conntrack table is full, the oldest one still unconfirmed is evicted.
+/// Pushing onto a full queue drops its oldest key.
+#[btf_map]
+pub static NETD_CT_NEW: Queue<CtKey, { CT_NEW_QUEUE as usize }> = Queue::new();
+
+/// Ports of fragmented datagrams, from their first fragment.
+#[btf_map]
+pub static NETD_FRAG: LruHashMap<FragKey, FragPorts, { MAX_FRAGS as usize }> = LruHashMap::new();

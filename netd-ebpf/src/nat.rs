@@ -12,7 +12,8 @@ const E: DropReason = DropReason::RewriteFailed;
 
 /// Replaces the IPv4 address at `addr_off` (source or destination) and
 /// fixes the IP checksum and, for TCP/UDP, the L4 checksum (the address
-/// is part of the pseudo-header).
+/// is part of the pseudo-header) when the L4 header is in this packet (a
+/// datagram's checksum is in its first fragment only).
 #[inline(always)]
 pub fn rewrite_addr(
     ctx: &TcContext,
@@ -25,7 +26,7 @@ pub fn rewrite_addr(
     if old == new {
         return Ok(());
     }
-    if proto != IPPROTO_ICMP && !(proto == IPPROTO_UDP && l4.udp_no_csum) {
+    if l4.hdr && proto != IPPROTO_ICMP && !(proto == IPPROTO_UDP && l4.udp_no_csum) {
         let mut flags = u64::from(BPF_F_PSEUDO_HDR) | 4;
         if proto == IPPROTO_UDP {
             flags |= u64::from(BPF_F_MARK_MANGLED_0);
@@ -49,7 +50,7 @@ pub fn rewrite_port(
     old: u16,
     new: u16,
 ) -> Result<(), DropReason> {
-    if old == new {
+    if old == new || !l4.hdr {
         return Ok(());
     }
     let field = if proto == IPPROTO_ICMP {
@@ -69,6 +70,18 @@ pub fn rewrite_port(
             .map_err(|_| E)?;
     }
     ctx.store(field, &new_be, 0).map_err(|_| E)
+}
+
+/// Sets Don't Fragment (fixing the IP checksum).
+#[inline(always)]
+pub fn set_df(ctx: &TcContext, frag: u16) -> Result<(), DropReason> {
+    let (old, new) = (frag.to_be(), (frag | crate::parse::IP_DF).to_be());
+    if old == new {
+        return Ok(());
+    }
+    ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old), u64::from(new), 2)
+        .map_err(|_| E)?;
+    ctx.store(crate::parse::IP_FRAG_OFF, &new, 0).map_err(|_| E)
 }
 
 #[inline(always)]

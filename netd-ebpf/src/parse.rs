@@ -6,6 +6,8 @@ use netd_common::DropReason;
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -21,8 +23,32 @@ pub const TCP_FLAG_FIN: u8 = 0x01;
 pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_RST: u8 = 0x04;
 pub const TCP_FLAG_ACK: u8 = 0x10;
+/// Don't Fragment, in the host-order flags/offset field.
+pub const IP_DF: u16 = 0x4000;
+
+/// How many bytes of headers the parsers read directly: Ethernet, an IPv4
+/// header with options, and TCP (ICMP errors are read with
+/// bpf_skb_load_bytes, which copes with paged data).
+const HEADERS: u32 = (ETH_HLEN + 60 + TCP_MIN_HLEN) as u32;
+
+/// Makes the headers directly readable when the skb carries them in paged
+/// data (a NIC or GRO may leave only part of them in the linear area):
+/// the parsers then find them instead of calling the packet malformed.
+/// Costs two context reads when they are already linear (the usual case).
+#[inline(always)]
+pub fn pull_headers(ctx: &TcContext) {
+    let want = if ctx.len() < HEADERS {
+        ctx.len()
+    } else {
+        HEADERS
+    };
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        let _ = ctx.pull_data(want);
+    }
+}
 
 /// Offsets of fields netd rewrites.
+pub const IP_FRAG_OFF: usize = ETH_HLEN + 6;
 pub const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 pub const IP_SADDR_OFF: usize = ETH_HLEN + 12;
 pub const IP_DADDR_OFF: usize = ETH_HLEN + 16;
@@ -82,6 +108,8 @@ pub fn eth(ctx: &TcContext) -> Result<Eth, DropReason> {
 pub struct Ipv4 {
     /// Header length in bytes (IHL * 4).
     pub hdr_len: usize,
+    /// Identification (host order): keys a datagram's fragments.
+    pub id: u16,
     pub proto: u8,
     pub tos: u8,
     /// Fragment offset + flags, host order.
@@ -92,11 +120,22 @@ pub struct Ipv4 {
 }
 
 impl Ipv4 {
-    /// A fragment (MF set or a non-zero offset): passed on, never
-    /// translated (only the first one carries ports).
+    /// A fragment (MF set or a non-zero offset).
     #[inline(always)]
     pub fn is_fragment(&self) -> bool {
         self.frag & 0x3fff != 0
+    }
+
+    /// A fragment other than the first: it carries no L4 header (its
+    /// datagram's ports come from the first fragment, see `frag`).
+    #[inline(always)]
+    pub fn is_later_fragment(&self) -> bool {
+        self.frag & 0x1fff != 0
+    }
+
+    #[inline(always)]
+    pub fn df(&self) -> bool {
+        self.frag & IP_DF != 0
     }
 }
 
@@ -116,6 +155,7 @@ pub fn ipv4(ctx: &TcContext, off: usize) -> Result<Ipv4, DropReason> {
     bytes_at(ctx, off, hdr_len)?;
     Ok(Ipv4 {
         hdr_len,
+        id: be16(p, 4),
         // SAFETY: within the checked 20 bytes.
         proto: unsafe { *p.add(9) },
         tos: unsafe { *p.add(1) },
@@ -138,12 +178,63 @@ pub struct L4 {
     pub csum_off: usize,
     /// UDP with checksum 0 ("none").
     pub udp_no_csum: bool,
+    /// The L4 header is in this packet (false for a non-first fragment:
+    /// the ports are its datagram's, nothing at `off` may be rewritten).
+    pub hdr: bool,
 }
 
 impl L4 {
     #[inline(always)]
     pub fn is_syn(&self) -> bool {
         self.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+    }
+
+    /// A non-first fragment of a datagram with these ports.
+    #[inline(always)]
+    pub fn fragment(sport: u16, dport: u16) -> L4 {
+        L4 {
+            sport,
+            dport,
+            tcp_flags: 0,
+            off: 0,
+            csum_off: 0,
+            udp_no_csum: false,
+            hdr: false,
+        }
+    }
+}
+
+/// An ARP packet's sender, for anti-spoofing: `Err(Malformed)` unless it
+/// is Ethernet/IPv4 ARP.
+pub struct ArpSender {
+    pub mac: [u8; 6],
+    /// Network order.
+    pub ip: u32,
+}
+
+#[inline(always)]
+pub fn arp(ctx: &TcContext) -> Result<ArpSender, DropReason> {
+    let p = bytes_at(ctx, ETH_HLEN, 28)?;
+    // htype 1 (Ethernet), ptype IPv4, hlen 6, plen 4.
+    if be16(p, 0) != 1 || be16(p, 2) != ETH_P_IP {
+        return Err(DropReason::Malformed);
+    }
+    // SAFETY: within the checked 28 bytes.
+    unsafe {
+        if *p.add(4) != 6 || *p.add(5) != 4 {
+            return Err(DropReason::Malformed);
+        }
+        Ok(ArpSender {
+            mac: [
+                *p.add(8),
+                *p.add(9),
+                *p.add(10),
+                *p.add(11),
+                *p.add(12),
+                *p.add(13),
+            ],
+            ip: raw32(p, 14),
+        })
     }
 }
 
@@ -162,6 +253,7 @@ pub fn l4(ctx: &TcContext, proto: u8, off: usize) -> Result<Option<L4>, DropReas
                 off,
                 csum_off: off + 16,
                 udp_no_csum: false,
+                hdr: true,
             }))
         }
         IPPROTO_UDP => {
@@ -173,6 +265,7 @@ pub fn l4(ctx: &TcContext, proto: u8, off: usize) -> Result<Option<L4>, DropReas
                 off,
                 csum_off: off + 6,
                 udp_no_csum: be16(p, 6) == 0,
+                hdr: true,
             }))
         }
         IPPROTO_ICMP => {
@@ -192,6 +285,7 @@ pub fn l4(ctx: &TcContext, proto: u8, off: usize) -> Result<Option<L4>, DropReas
                 off,
                 csum_off: off + 2,
                 udp_no_csum: false,
+                hdr: true,
             }))
         }
         _ => Ok(None),

@@ -132,3 +132,109 @@ pub fn control_maps_snapshot(p: &mut Programs) -> Vec<(String, Vec<u8>, Vec<u8>)
     }
     out
 }
+
+pub fn remove_endpoint(p: &mut Programs, e: &Endpoint) {
+    let mut m: HashMap<&mut MapData, u32, Endpoint> =
+        HashMap::try_from(p.map_mut(maps::ENDPOINTS).unwrap()).unwrap();
+    let _ = m.remove(&e.ip);
+    let mut m: HashMap<&mut MapData, EndpointKey, Endpoint> =
+        HashMap::try_from(p.map_mut(maps::ENDPOINTS_BY_IF).unwrap()).unwrap();
+    let _ = m.remove(&EndpointKey { ifindex: e.ifindex });
+}
+
+pub fn remove_network(p: &mut Programs, id: u32) {
+    let mut m: HashMap<&mut MapData, u32, Network> =
+        HashMap::try_from(p.map_mut(maps::NETWORKS).unwrap()).unwrap();
+    let _ = m.remove(&id);
+}
+
+pub fn ct_clear(p: &mut Programs) {
+    let mut m: HashMap<&mut MapData, CtKey, CtEntry> =
+        HashMap::try_from(p.map_mut(maps::CT).unwrap()).unwrap();
+    let keys: Vec<CtKey> = m.keys().map(|k| k.unwrap()).collect();
+    for k in keys {
+        let _ = m.remove(&k);
+    }
+}
+
+/// The endpoint counters of `ifindex`, summed over CPUs.
+pub fn endpoint_stats(p: &mut Programs, ifindex: u32) -> netd_common::EndpointStats {
+    let m: aya::maps::PerCpuHashMap<&mut MapData, EndpointKey, netd_common::EndpointStats> =
+        aya::maps::PerCpuHashMap::try_from(p.map_mut(maps::EP_STATS).unwrap()).unwrap();
+    let mut t = netd_common::EndpointStats::default();
+    if let Ok(v) = m.get(&EndpointKey { ifindex }, 0) {
+        for s in v.iter() {
+            t.rx_packets += s.rx_packets;
+            t.tx_packets += s.tx_packets;
+            t.rx_bytes += s.rx_bytes;
+            t.tx_bytes += s.tx_bytes;
+        }
+    }
+    t
+}
+
+/// Checks that the conntrack table is made of whole flows: every entry's
+/// reverse key exists and leads back to it. Returns the entries.
+pub fn ct_consistent(p: &mut Programs) -> Result<Vec<(CtKey, CtEntry)>, String> {
+    let all = ct(p);
+    let by: std::collections::BTreeMap<CtKey, CtEntry> = all.iter().copied().collect();
+    for (k, e) in &all {
+        let rk = k.reverse(e);
+        let Some(re) = by.get(&rk) else {
+            return Err(format!("orphan entry {k:?} -> {e:?} (no {rk:?})"));
+        };
+        if rk.reverse(re) != *k {
+            return Err(format!("{k:?} and {rk:?} do not point at each other"));
+        }
+    }
+    Ok(all)
+}
+
+/// BPF_PROG_TEST_RUN on a program fd, usable from several threads at once
+/// (aya's test_run needs `&mut`). Returns the verdict.
+pub fn test_run_fd(prog_fd: i32, frame: &[u8]) -> std::io::Result<i32> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr = TestAttr {
+        prog_fd: prog_fd as u32,
+        data_size_in: frame.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..TestAttr::default()
+    };
+    // SAFETY: bpf(BPF_PROG_TEST_RUN) reads `frame` and writes at most
+    // data_size_out bytes into `out`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            10 as libc::c_long,
+            &mut attr as *mut TestAttr,
+            std::mem::size_of::<TestAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(attr.retval as i32)
+}

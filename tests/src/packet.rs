@@ -224,3 +224,127 @@ pub fn l4_checksum_ok(frame: &[u8]) -> bool {
     pseudo.extend_from_slice(&(seg.len() as u16).to_be_bytes());
     fold(sum16(&pseudo) + sum16(seg)) == 0xffff
 }
+
+/// Recomputes the IPv4 header checksum of `frame` in place.
+pub fn fix_ipv4_checksum(frame: &mut [u8]) {
+    let ihl = usize::from(frame[ETH_HLEN] & 0x0f) * 4;
+    frame[ETH_HLEN + 10] = 0;
+    frame[ETH_HLEN + 11] = 0;
+    let c = ip_checksum(&frame[ETH_HLEN..ETH_HLEN + ihl]);
+    frame[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// The IPv4 flags/fragment-offset field of `frame` (host order).
+pub fn ipv4_frag_field(frame: &[u8]) -> u16 {
+    u16::from_be_bytes([frame[ETH_HLEN + 6], frame[ETH_HLEN + 7]])
+}
+
+/// Sets the IPv4 flags/offset field and the id (fixing the checksum).
+pub fn set_ipv4_frag(frame: &mut [u8], id: u16, field: u16) {
+    frame[ETH_HLEN + 4..ETH_HLEN + 6].copy_from_slice(&id.to_be_bytes());
+    frame[ETH_HLEN + 6..ETH_HLEN + 8].copy_from_slice(&field.to_be_bytes());
+    fix_ipv4_checksum(frame);
+}
+
+/// Splits a whole frame's IPv4 datagram into fragments of at most
+/// `chunk` payload bytes (a multiple of 8), as a sender's IP layer does:
+/// same id, MF on all but the last, offsets in 8-byte units. The L4
+/// checksum (in the first fragment) covers the whole datagram.
+pub fn fragment(frame: &[u8], id: u16, chunk: usize) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0);
+    let ihl = usize::from(frame[ETH_HLEN] & 0x0f) * 4;
+    let hdr = &frame[..ETH_HLEN + ihl];
+    let payload = &frame[ETH_HLEN + ihl..];
+    let mut out = Vec::new();
+    for (i, part) in payload.chunks(chunk).enumerate() {
+        let mut f = hdr.to_vec();
+        f.extend_from_slice(part);
+        let total = (ihl + part.len()) as u16;
+        f[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&total.to_be_bytes());
+        let last = (i + 1) * chunk >= payload.len();
+        let field = ((i * chunk / 8) as u16) | if last { 0 } else { 0x2000 };
+        set_ipv4_frag(&mut f, id, field);
+        out.push(f);
+    }
+    out
+}
+
+/// Reassembles fragments (in any order) into the datagram's frame, for
+/// checksum checks of translated fragments.
+pub fn reassemble(frags: &[Vec<u8>]) -> Vec<u8> {
+    let mut parts: Vec<(usize, &[u8])> = frags
+        .iter()
+        .map(|f| {
+            let ihl = usize::from(f[ETH_HLEN] & 0x0f) * 4;
+            (
+                usize::from(ipv4_frag_field(f) & 0x1fff) * 8,
+                &f[ETH_HLEN + ihl..],
+            )
+        })
+        .collect();
+    parts.sort_by_key(|p| p.0);
+    let first = frags
+        .iter()
+        .find(|f| ipv4_frag_field(f) & 0x1fff == 0)
+        .expect("first fragment");
+    let ihl = usize::from(first[ETH_HLEN] & 0x0f) * 4;
+    let mut out = first[..ETH_HLEN + ihl].to_vec();
+    for (_, p) in parts {
+        out.extend_from_slice(p);
+    }
+    let total = (out.len() - ETH_HLEN) as u16;
+    out[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&total.to_be_bytes());
+    set_ipv4_frag(&mut out, 0, 0);
+    out
+}
+
+/// An Ethernet frame of `ethertype` with `payload`.
+pub fn ether(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(ETH_HLEN + payload.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An Ethernet/IPv4 ARP packet (op 1 request, 2 reply).
+pub fn arp(
+    eth_src: [u8; 6],
+    op: u16,
+    sha: [u8; 6],
+    spa: Ipv4Addr,
+    tha: [u8; 6],
+    tpa: Ipv4Addr,
+) -> Vec<u8> {
+    let mut a = Vec::with_capacity(28);
+    a.extend_from_slice(&1u16.to_be_bytes());
+    a.extend_from_slice(&0x0800u16.to_be_bytes());
+    a.extend_from_slice(&[6, 4]);
+    a.extend_from_slice(&op.to_be_bytes());
+    a.extend_from_slice(&sha);
+    a.extend_from_slice(&spa.octets());
+    a.extend_from_slice(&tha);
+    a.extend_from_slice(&tpa.octets());
+    let dst = if op == 1 { [0xff; 6] } else { tha };
+    ether(dst, eth_src, 0x0806, &a)
+}
+
+/// `frame` with an 802.1Q tag (VLAN `vid`) after the MAC addresses.
+pub fn vlan_tagged(frame: &[u8], vid: u16) -> Vec<u8> {
+    let mut f = frame[..12].to_vec();
+    f.extend_from_slice(&0x8100u16.to_be_bytes());
+    f.extend_from_slice(&vid.to_be_bytes());
+    f.extend_from_slice(&frame[12..]);
+    f
+}
+
+/// A minimal IPv6 ICMPv6 echo request between two link-local addresses
+/// (enough for EtherType-level policy; not checksummed).
+pub fn ipv6_echo(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 16], dst: [u8; 16]) -> Vec<u8> {
+    let mut p = vec![0x60, 0, 0, 0, 0, 8, 58, 64];
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&[128, 0, 0, 0, 0, 1, 0, 1]);
+    ether(dst_mac, src_mac, 0x86dd, &p)
+}

@@ -198,7 +198,11 @@ fn snat_then_reverse_snat_tcp() {
     let f = packet::fields(&out);
     assert_eq!(f.src, HOST_IP, "masqueraded to the uplink address");
     assert_eq!(f.dst, OUTSIDE_IP);
-    assert_eq!(f.sport, 40000, "the container's own port, free: kept");
+    assert!(
+        (NAT_MIN..=NAT_MAX).contains(&f.sport),
+        "40000 is outside the NAT range: translated into it ({})",
+        f.sport
+    );
     assert_eq!(f.dport, 80);
     assert!(packet::checksums_ok(&out), "IPv4 and TCP checksums verify");
     assert_eq!(&out[out.len() - 5..], b"hello", "payload untouched");
@@ -208,6 +212,7 @@ fn snat_then_reverse_snat_tcp() {
         ct.iter()
             .any(|(k, e)| e.kind == ct_kind::SNAT && k.sport == 40000 && e.port == f.sport)
     );
+    assert!(bpfmaps::ct_consistent(&mut w.p).is_ok());
     assert!(
         ct.iter()
             .any(|(k, e)| e.kind == ct_kind::REV_SNAT && k.dport == f.sport && e.port == 40000)
@@ -366,15 +371,26 @@ fn dnat_to_a_published_range_then_reverse_dnat() {
 }
 
 #[test]
-fn a_full_conntrack_table_refuses_new_flows_and_keeps_established_ones() {
+fn a_full_conntrack_table_keeps_established_flows_and_refuses_new_ones() {
     root!();
     // Room for one flow (two entries).
     let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 2);
     let first = a_to(OUTSIDE_IP).tcp(40000, 80, TCP_SYN, b"");
-    assert_eq!(w.run(bpf::FROM_CONTAINER, &first).0, tc::ACT_REDIRECT);
+    let (_, out) = w.run(bpf::FROM_CONTAINER, &first);
+    let port = packet::fields(&out).sport;
+    // The handshake completes: the flow is established (confirmed).
+    let synack = world_to_host().tcp(80, port, TCP_SYN | packet::TCP_ACK, b"");
+    assert_eq!(w.run(bpf::FROM_WORLD, &synack).0, tc::ACT_REDIRECT);
+    let ack = a_to(OUTSIDE_IP).tcp(40000, 80, packet::TCP_ACK, b"");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &ack).0, tc::ACT_REDIRECT);
     let second = a_to(OUTSIDE_IP).tcp(40001, 80, TCP_SYN, b"");
     assert_eq!(w.run(bpf::FROM_CONTAINER, &second).0, tc::ACT_SHOT);
     assert_eq!(w.drops("ct-table-full"), 1);
+    assert_eq!(
+        w.counter("ct.evicted"),
+        0,
+        "an established flow is never evicted"
+    );
     let again = a_to(OUTSIDE_IP).tcp(40000, 80, packet::TCP_ACK, b"more");
     let (v, out) = w.run(bpf::FROM_CONTAINER, &again);
     assert_eq!(v, tc::ACT_REDIRECT, "the established flow continues");
@@ -382,16 +398,13 @@ fn a_full_conntrack_table_refuses_new_flows_and_keeps_established_ones() {
 }
 
 #[test]
-fn fragments_and_other_protocols_pass_untranslated() {
+fn other_protocols_to_the_world_cannot_be_masqueraded() {
     root!();
     let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
-    let mut frag = a_to(OUTSIDE_IP).udp(5000, 53, b"q");
-    frag[packet::ETH_HLEN + 6] = 0x20; // MF
-    let (v, out) = w.run(bpf::FROM_CONTAINER, &frag);
-    assert_eq!((v, out == frag), (tc::ACT_UNSPEC, true));
     // GRE (47) to the world cannot be masqueraded: dropped, counted.
     let mut gre = a_to(OUTSIDE_IP).udp(1, 2, b"x");
     gre[packet::ETH_HLEN + 9] = 47;
+    packet::fix_ipv4_checksum(&mut gre);
     assert_eq!(w.run(bpf::FROM_CONTAINER, &gre).0, tc::ACT_SHOT);
     assert_eq!(w.drops("unsupported"), 1);
 }
@@ -492,4 +505,528 @@ fn a_reopened_tuple_keeps_its_translation_and_starts_anew() {
         ct.iter()
             .any(|(k, e)| k.sport == 40000 && e.state == netd_common::ct_state::NEW)
     );
+}
+
+// ---- issue 11: policy holes and conntrack/NAT failure modes ----
+
+fn world_to(dst: Ipv4Addr) -> Frame {
+    Frame {
+        dst,
+        ..world_to_host()
+    }
+}
+
+/// Item 1: nothing from outside reaches a container's address unless a
+/// tracked flow lets it (TCP, UDP, ICMP; one way too).
+#[test]
+fn world_to_a_container_address_needs_a_flow() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    for f in [
+        world_to(A_IP).tcp(5555, 22, TCP_SYN, b""),
+        world_to(A_IP).udp(5555, 53, b"one way"),
+        world_to(A_IP).icmp_echo(7, false),
+    ] {
+        assert_eq!(w.run(bpf::FROM_WORLD, &f).0, tc::ACT_SHOT, "{f:02x?}");
+    }
+    assert_eq!(w.drops("not-published"), 3);
+    // The host's own address is the host's business.
+    let host = world_to_host().udp(5555, 53, b"q");
+    assert_eq!(w.run(bpf::FROM_WORLD, &host).0, tc::ACT_UNSPEC);
+    assert!(bpfmaps::ct(&mut w.p).is_empty());
+}
+
+/// Item 1 with masquerade=false: the container's own flows are tracked
+/// (nothing rewritten) so that their replies come in, and nothing else.
+#[test]
+fn without_masquerade_replies_come_in_and_nothing_else() {
+    root!();
+    let mut w = setup(NET_ICC, 1, 1024);
+    let out = a_to(OUTSIDE_IP).udp(5000, 53, b"q");
+    let (v, sent) = w.run(bpf::FROM_CONTAINER, &out);
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(sent, out, "no masquerade: untouched");
+    let reply = world_to(A_IP).udp(53, 5000, b"a");
+    let (v, back) = w.run(bpf::FROM_WORLD, &reply);
+    assert_eq!(v, tc::ACT_REDIRECT, "the reply is delivered");
+    assert_eq!(packet::fields(&back).dst_mac, A_MAC);
+    let other = world_to(A_IP).udp(53, 5001, b"a");
+    assert_eq!(w.run(bpf::FROM_WORLD, &other).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("not-published"), 1);
+}
+
+/// Item 2: an internal network publishes nothing: not from the world, not
+/// by hairpin, and a reply of a flow made before cannot leave.
+#[test]
+fn an_internal_network_publishes_nothing() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    bpfmaps::add_ports(&mut w.p, 6, Ipv4Addr::UNSPECIFIED, 8080, 8080, A_IP, 80);
+    // A flow made while the network was not internal...
+    let (v, _) = w.run(
+        bpf::FROM_WORLD,
+        &world_to_host().tcp(5555, 8080, TCP_SYN, b""),
+    );
+    assert_eq!(v, tc::ACT_REDIRECT);
+    bpfmaps::add_network(&mut w.p, 1, NET_ICC | NET_INTERNAL);
+    // ...cannot answer now.
+    let reply = a_to(OUTSIDE_IP).tcp(80, 5555, TCP_SYN | packet::TCP_ACK, b"");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &reply).0, tc::ACT_SHOT);
+    // A new connection from outside.
+    let syn = world_to_host().tcp(5556, 8080, TCP_SYN, b"");
+    assert_eq!(w.run(bpf::FROM_WORLD, &syn).0, tc::ACT_SHOT);
+    // Hairpin from a container of another network (B, on the test-run
+    // ingress now).
+    bpfmaps::add_endpoint(
+        &mut w.p,
+        Endpoint {
+            ifindex: LO,
+            net_id: 2,
+            ip: be(B_IP),
+            mac: B_MAC,
+            gw_mac: GW_MAC,
+        },
+    );
+    let hairpin = Frame {
+        src_mac: B_MAC,
+        dst_mac: GW_MAC,
+        src: B_IP,
+        dst: HOST_IP,
+        ttl: 64,
+    }
+    .tcp(40000, 8080, TCP_SYN, b"");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &hairpin).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("internal-network"), 3);
+}
+
+/// Item 3: a 127.0.0.1-bound published port is the host's: a frame to
+/// 127/8 from outside (or from a container) is dropped.
+#[test]
+fn loopback_destinations_are_martians() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    let lo = Ipv4Addr::LOCALHOST;
+    bpfmaps::add_ports(&mut w.p, 6, lo, 8080, 8080, A_IP, 80);
+    bpfmaps::add_ports(&mut w.p, 6, Ipv4Addr::UNSPECIFIED, 8081, 8081, A_IP, 80);
+    let mut local: aya::maps::HashMap<&mut aya::maps::MapData, u32, u32> =
+        aya::maps::HashMap::try_from(w.p.map_mut(netd_common::maps::LOCAL_ADDRS).unwrap()).unwrap();
+    local.insert(be(lo), 1, 0).unwrap();
+    for port in [8080, 8081] {
+        let syn = world_to(lo).tcp(5555, port, TCP_SYN, b"");
+        assert_eq!(w.run(bpf::FROM_WORLD, &syn).0, tc::ACT_SHOT, "{port}");
+        let from_b = Frame {
+            src_mac: A_MAC,
+            ..a_to(lo)
+        }
+        .tcp(40000, port, TCP_SYN, b"");
+        assert_eq!(
+            w.run(bpf::FROM_CONTAINER, &from_b).0,
+            tc::ACT_SHOT,
+            "{port}"
+        );
+    }
+    assert_eq!(w.drops("martian"), 4);
+    assert!(bpfmaps::ct(&mut w.p).is_empty());
+}
+
+/// Item 4: fragments follow their datagram's first fragment, both ways;
+/// one whose first fragment was not seen never leaves untranslated.
+#[test]
+fn fragments_are_translated_with_their_datagram() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    let payload = vec![0x5a; 3000];
+    let dgram = a_to(OUTSIDE_IP).udp(5000, 53, &payload);
+    let frags = packet::fragment(&dgram, 0x4242, 1480);
+    assert_eq!(frags.len(), 3);
+    let mut out = Vec::new();
+    for f in &frags {
+        let (v, o) = w.run(bpf::FROM_CONTAINER, f);
+        assert_eq!(v, tc::ACT_REDIRECT, "every fragment leaves translated");
+        assert_eq!(packet::fields(&o).src, HOST_IP);
+        assert!(packet::ipv4_checksum_ok(&o));
+        out.push(o);
+    }
+    let whole = packet::reassemble(&out);
+    assert!(packet::checksums_ok(&whole), "the datagram's UDP checksum");
+    let nat_port = packet::fields(&whole).sport;
+    assert!((NAT_MIN..=NAT_MAX).contains(&nat_port));
+    assert_eq!(w.counter("fragments"), 2);
+
+    // A fragmented reply comes back in the same way.
+    let reply = world_to_host().udp(53, nat_port, &payload);
+    let mut back = Vec::new();
+    for f in packet::fragment(&reply, 0x77, 1480) {
+        let (v, b) = w.run(bpf::FROM_WORLD, &f);
+        assert_eq!(v, tc::ACT_REDIRECT);
+        assert_eq!(packet::fields(&b).dst, A_IP);
+        back.push(b);
+    }
+    let whole = packet::reassemble(&back);
+    assert!(packet::checksums_ok(&whole));
+    assert_eq!(packet::fields(&whole).dport, 5000);
+
+    // A later fragment whose first one was not seen: never out as it is.
+    let lone = &packet::fragment(&a_to(OUTSIDE_IP).udp(5001, 53, &payload), 0x99, 1480)[1];
+    assert_eq!(w.run(bpf::FROM_CONTAINER, lone).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("fragment-unknown"), 1);
+    // From outside: to a container's address dropped, to the host passed
+    // (the host reassembles its own).
+    let to_a = &packet::fragment(&world_to(A_IP).udp(53, 5000, &payload), 0x98, 1480)[1];
+    assert_eq!(w.run(bpf::FROM_WORLD, to_a).0, tc::ACT_SHOT);
+    let to_host = &packet::fragment(&world_to_host().udp(53, 1, &payload), 0x97, 1480)[1];
+    assert_eq!(w.run(bpf::FROM_WORLD, to_host).0, tc::ACT_UNSPEC);
+}
+
+/// Item 4 across isolation: a fragment goes where its first fragment
+/// went, never past icc/isolation.
+#[test]
+fn fragments_do_not_cross_isolation() {
+    root!();
+    let mut w = setup(NET_MASQUERADE, 2, 1024);
+    let dgram = Frame {
+        dst_mac: B_MAC,
+        ..a_to(B_IP)
+    }
+    .udp(5000, 53, &[1u8; 3000]);
+    for f in packet::fragment(&dgram, 0x11, 1480) {
+        assert_eq!(w.run(bpf::FROM_CONTAINER, &f).0, tc::ACT_SHOT);
+    }
+    assert_eq!(w.drops("network-isolation"), 3);
+}
+
+/// Item 5: a packet too big for the uplink is handed to the kernel
+/// untranslated with DF set (the kernel answers "fragmentation needed"),
+/// new flow or established: never sent un-NATed, never dropped silently.
+#[test]
+fn too_big_for_the_uplink_goes_to_the_kernel_untranslated_with_df() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    w.tb.ok(&w.tb.host, &["ip", "link", "set", "eth0", "mtu", "1400"])
+        .unwrap();
+    // A new flow, DF (TCP sets it).
+    let big = a_to(OUTSIDE_IP).tcp(40000, 80, TCP_SYN, &[0u8; 1460]);
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &big);
+    assert_eq!((v, out == big), (tc::ACT_UNSPEC, true));
+    assert!(bpfmaps::ct(&mut w.p).is_empty(), "no flow for it");
+    // Not DF (a fragment, or IP_PMTUDISC_DONT): DF is set, nothing else.
+    let mut nodf = a_to(OUTSIDE_IP).udp(5000, 53, &[0u8; 1472]);
+    packet::set_ipv4_frag(&mut nodf, 0x1234, 0);
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &nodf);
+    assert_eq!(v, tc::ACT_UNSPEC);
+    assert_eq!(packet::ipv4_frag_field(&out), 0x4000, "DF set");
+    assert!(packet::ipv4_checksum_ok(&out));
+    assert_eq!(packet::fields(&out).src, A_IP, "untranslated");
+    assert_eq!(out[..ETH_HLEN + 6], nodf[..ETH_HLEN + 6]);
+    assert_eq!(out[ETH_HLEN + 12..], nodf[ETH_HLEN + 12..]);
+    // An established flow.
+    let syn = a_to(OUTSIDE_IP).tcp(40001, 80, TCP_SYN, b"");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &syn).0, tc::ACT_REDIRECT);
+    let data = a_to(OUTSIDE_IP).tcp(40001, 80, packet::TCP_ACK, &[1u8; 1460]);
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &data);
+    assert_eq!((v, out == data), (tc::ACT_UNSPEC, true));
+    let fits = a_to(OUTSIDE_IP).tcp(40001, 80, packet::TCP_ACK, &[1u8; 1360]);
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &fits);
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(packet::fields(&out).src, HOST_IP);
+    assert_eq!(w.counter("frag_needed"), 3);
+    assert_eq!(w.drops("fib-lookup-failed"), 0);
+}
+
+use netd_tests::packet::ETH_HLEN;
+
+/// Item 6: only a new connection starts a published-port flow: a TCP
+/// segment without SYN (a host client's reply on a port number that is
+/// also published) is the host's, as is a datagram a connected host
+/// socket owns.
+#[test]
+fn a_published_port_takes_only_new_connections() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    bpfmaps::add_ports(&mut w.p, 6, Ipv4Addr::UNSPECIFIED, 8080, 8080, A_IP, 80);
+    bpfmaps::add_ports(&mut w.p, 17, Ipv4Addr::UNSPECIFIED, 5353, 5353, A_IP, 53);
+    let synack = world_to_host().tcp(80, 8080, TCP_SYN | packet::TCP_ACK, b"");
+    let (v, out) = w.run(bpf::FROM_WORLD, &synack);
+    assert_eq!((v, out == synack), (tc::ACT_UNSPEC, true));
+    let ack = world_to_host().tcp(80, 8080, packet::TCP_ACK, b"data");
+    assert_eq!(w.run(bpf::FROM_WORLD, &ack).0, tc::ACT_UNSPEC);
+    assert!(bpfmaps::ct(&mut w.p).is_empty());
+    // A host UDP client bound to 5353, talking to the outside's port 53.
+    let sock =
+        w.tb.host
+            .run(|| {
+                let s = std::net::UdpSocket::bind("0.0.0.0:5353")?;
+                s.connect((OUTSIDE_IP, 53))?;
+                Ok(s)
+            })
+            .unwrap();
+    let answer = world_to_host().udp(53, 5353, b"answer");
+    let (v, out) = w.run(bpf::FROM_WORLD, &answer);
+    assert_eq!((v, out == answer), (tc::ACT_UNSPEC, true), "the host's");
+    // Another source: a new flow to the container.
+    let query = world_to_host().udp(54, 5353, b"query");
+    assert_eq!(w.run(bpf::FROM_WORLD, &query).0, tc::ACT_REDIRECT);
+    drop(sock);
+    let syn = world_to_host().tcp(5555, 8080, TCP_SYN, b"");
+    assert_eq!(w.run(bpf::FROM_WORLD, &syn).0, tc::ACT_REDIRECT);
+    assert_eq!(bpfmaps::ct(&mut w.p).len(), 4);
+}
+
+/// Item 7: an RST closes both directions.
+#[test]
+fn an_rst_closes_the_whole_flow() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    let (_, out) = w.run(
+        bpf::FROM_CONTAINER,
+        &a_to(OUTSIDE_IP).tcp(40000, 80, TCP_SYN, b""),
+    );
+    let port = packet::fields(&out).sport;
+    w.run(
+        bpf::FROM_WORLD,
+        &world_to_host().tcp(80, port, TCP_SYN | packet::TCP_ACK, b""),
+    );
+    w.run(
+        bpf::FROM_CONTAINER,
+        &a_to(OUTSIDE_IP).tcp(40000, 80, packet::TCP_ACK, b""),
+    );
+    assert!(
+        bpfmaps::ct(&mut w.p)
+            .iter()
+            .all(|(_, e)| e.state == netd_common::ct_state::ESTABLISHED)
+    );
+    w.run(bpf::FROM_WORLD, &world_to_host().tcp(80, port, 0x04, b""));
+    let ct = bpfmaps::ct(&mut w.p);
+    assert_eq!(ct.len(), 2);
+    assert!(
+        ct.iter()
+            .all(|(_, e)| e.state == netd_common::ct_state::CLOSING),
+        "{ct:?}"
+    );
+}
+
+/// Item 7: a full table makes room by evicting the oldest unconfirmed
+/// flow (a SYN flood's), never an established one; new flows from
+/// outside are made by a SYN only.
+#[test]
+fn a_full_table_evicts_unconfirmed_flows_only() {
+    root!();
+    // Room for two flows.
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 4);
+    bpfmaps::add_ports(&mut w.p, 6, Ipv4Addr::UNSPECIFIED, 8080, 8080, A_IP, 80);
+    let client = |port: u16| {
+        Frame {
+            src: Ipv4Addr::new(198, 18, 0, 1),
+            ..world_to_host()
+        }
+        .tcp(port, 8080, TCP_SYN, b"")
+    };
+    // An established connection...
+    assert_eq!(w.run(bpf::FROM_WORLD, &client(1000)).0, tc::ACT_REDIRECT);
+    let synack = a_to(OUTSIDE_IP).tcp(80, 1000, TCP_SYN | packet::TCP_ACK, b"");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &synack).0, tc::ACT_REDIRECT);
+    let ack = world_to_host().tcp(1000, 8080, packet::TCP_ACK, b"");
+    assert_eq!(w.run(bpf::FROM_WORLD, &ack).0, tc::ACT_REDIRECT);
+    // ...then a flood of SYNs that never complete.
+    for port in 2000..2100 {
+        assert_eq!(
+            w.run(bpf::FROM_WORLD, &client(port)).0,
+            tc::ACT_REDIRECT,
+            "a new SYN always finds room"
+        );
+    }
+    let ct = bpfmaps::ct_consistent(&mut w.p).unwrap();
+    assert_eq!(ct.len(), 4, "within the bound");
+    assert!(ct.iter().any(|(k, _)| k.sport == 1000), "established kept");
+    assert!(ct.iter().any(|(k, _)| k.sport == 2099), "newest there");
+    assert_eq!(w.counter("ct.evicted"), 99);
+    let more = world_to_host().tcp(1000, 8080, packet::TCP_ACK, b"still");
+    assert_eq!(w.run(bpf::FROM_WORLD, &more).0, tc::ACT_REDIRECT);
+}
+
+/// Item 8: masquerade keeps the container's port only inside the NAT
+/// range (outside it, the port could be a host socket's).
+#[test]
+fn masquerade_keeps_a_port_only_in_the_nat_range() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    let (_, out) = w.run(bpf::FROM_CONTAINER, &a_to(OUTSIDE_IP).udp(40000, 53, b"q"));
+    let p = packet::fields(&out).sport;
+    assert!((NAT_MIN..=NAT_MAX).contains(&p), "{p}");
+    let (_, out) = w.run(bpf::FROM_CONTAINER, &a_to(OUTSIDE_IP).udp(61005, 53, b"q"));
+    assert_eq!(packet::fields(&out).sport, 61005);
+}
+
+/// Item 9: two CPUs creating the same flow at once end with one flow
+/// (both entries), never an orphaned reverse entry.
+#[test]
+fn concurrent_creation_of_one_flow_leaves_one_whole_flow() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    let fd = w.p.program_fd(bpf::FROM_CONTAINER).unwrap();
+    let syn = a_to(OUTSIDE_IP).udp(40000, 53, b"q");
+    let rounds = 2000;
+    let barrier = std::sync::Barrier::new(3);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            let (tb, barrier, syn) = (&w.tb, &barrier, &syn);
+            s.spawn(move || {
+                tb.host
+                    .run(|| {
+                        for _ in 0..rounds {
+                            barrier.wait();
+                            bpfmaps::test_run_fd(fd, syn)?;
+                            barrier.wait();
+                        }
+                        Ok(())
+                    })
+                    .unwrap()
+            });
+        }
+        for round in 0..rounds {
+            barrier.wait();
+            barrier.wait();
+            let ct =
+                bpfmaps::ct_consistent(&mut w.p).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!(ct.len(), 2, "round {round}: {ct:?}");
+            bpfmaps::ct_clear(&mut w.p);
+        }
+    });
+}
+
+/// Item 10: a veth or a network the maps do not know carries nothing.
+#[test]
+fn unknown_endpoints_and_networks_fail_closed() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    let a = Endpoint {
+        ifindex: LO,
+        net_id: 1,
+        ip: be(A_IP),
+        mac: A_MAC,
+        gw_mac: GW_MAC,
+    };
+    bpfmaps::remove_network(&mut w.p, 1);
+    let f = a_to(OUTSIDE_IP).tcp(40000, 80, TCP_SYN, b"");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &f).0, tc::ACT_SHOT);
+    bpfmaps::remove_endpoint(&mut w.p, &a);
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &f).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("no-endpoint"), 2);
+    assert!(bpfmaps::ct(&mut w.p).is_empty());
+}
+
+/// Item 11: an ICMP error about a flow goes out only from that flow's
+/// own container.
+#[test]
+fn icmp_errors_only_from_their_flows_container() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    bpfmaps::add_ports(&mut w.p, 17, Ipv4Addr::UNSPECIFIED, 5353, 5353, B_IP, 53);
+    let (v, dnated) = w.run(bpf::FROM_WORLD, &world_to_host().udp(5555, 5353, b"q"));
+    assert_eq!(v, tc::ACT_REDIRECT);
+    // A (on the test-run ingress) claims B's flow is unreachable.
+    let forged = a_to(OUTSIDE_IP).icmp_error(3, 3, 0, &dnated);
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &forged).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("spoofed-source"), 1);
+    assert_eq!(w.counter("icmp_errors"), 0);
+}
+
+/// Item 12 (and issue 10's isolation): containers speak IPv4 and ARP
+/// only (IPv6 where the network allows it), VLAN tags included, and ARP
+/// senders are checked.
+#[test]
+fn containers_speak_ipv4_and_honest_arp_only() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    let ll = |mac: [u8; 6]| {
+        let mut a = [0u8; 16];
+        a[0] = 0xfe;
+        a[1] = 0x80;
+        a[8..11].copy_from_slice(&[mac[0] ^ 2, mac[1], mac[2]]);
+        a[11] = 0xff;
+        a[12] = 0xfe;
+        a[13..16].copy_from_slice(&mac[3..6]);
+        a
+    };
+    let v6 = packet::ipv6_echo(B_MAC, A_MAC, ll(A_MAC), ll(B_MAC));
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &v6).0, tc::ACT_SHOT);
+    let tagged = packet::vlan_tagged(&a_to(B_IP).udp(1, 2, b"x"), 7);
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &tagged).0, tc::ACT_SHOT);
+    let other = packet::ether(B_MAC, A_MAC, 0x88cc, &[0u8; 46]);
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &other).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("not-ipv4"), 3);
+    bpfmaps::add_network(
+        &mut w.p,
+        1,
+        NET_ICC | NET_MASQUERADE | netd_common::NET_IPV6,
+    );
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &v6).0, tc::ACT_UNSPEC);
+
+    let gw = Ipv4Addr::new(172, 17, 0, 1);
+    let honest = packet::arp(A_MAC, 1, A_MAC, A_IP, [0; 6], gw);
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &honest).0, tc::ACT_UNSPEC);
+    let probe = packet::arp(A_MAC, 1, A_MAC, Ipv4Addr::UNSPECIFIED, [0; 6], A_IP);
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &probe).0, tc::ACT_UNSPEC);
+    let claims_b = packet::arp(A_MAC, 2, A_MAC, B_IP, GW_MAC, gw);
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &claims_b).0, tc::ACT_SHOT);
+    let other_mac = packet::arp(A_MAC, 2, B_MAC, A_IP, GW_MAC, gw);
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &other_mac).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("spoofed-source"), 2);
+}
+
+/// Item 12: a flow is delivered to the endpoint that has its address now
+/// (a restarted container's new veth), never to whoever got the old
+/// veth's ifindex.
+#[test]
+fn flows_follow_the_address_not_a_stale_ifindex() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    bpfmaps::add_ports(&mut w.p, 6, Ipv4Addr::UNSPECIFIED, 8080, 8080, A_IP, 80);
+    let syn = world_to_host().tcp(5555, 8080, TCP_SYN, b"");
+    assert_eq!(w.run(bpf::FROM_WORLD, &syn).0, tc::ACT_REDIRECT);
+    // A restarts on a new veth (77); C gets A's old ifindex.
+    let c_mac = [2, 0x42, 172, 17, 0, 9];
+    bpfmaps::add_endpoint(
+        &mut w.p,
+        Endpoint {
+            ifindex: 77,
+            net_id: 1,
+            ip: be(A_IP),
+            mac: A_MAC,
+            gw_mac: GW_MAC,
+        },
+    );
+    bpfmaps::add_endpoint(
+        &mut w.p,
+        Endpoint {
+            ifindex: LO,
+            net_id: 1,
+            ip: be(Ipv4Addr::new(172, 17, 0, 9)),
+            mac: c_mac,
+            gw_mac: GW_MAC,
+        },
+    );
+    let before = bpfmaps::endpoint_stats(&mut w.p, 77).tx_packets;
+    let ack = world_to_host().tcp(5555, 8080, packet::TCP_ACK, b"data");
+    let (v, out) = w.run(bpf::FROM_WORLD, &ack);
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(packet::fields(&out).dst_mac, A_MAC, "to A, not to C");
+    assert_eq!(bpfmaps::endpoint_stats(&mut w.p, 77).tx_packets, before + 1);
+}
+
+/// Item 12: an unreachable/blackhole/prohibit route goes to the kernel
+/// (which answers ICMP), not into a silent drop.
+#[test]
+fn unreachable_routes_are_answered_by_the_kernel() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    w.tb.ok(
+        &w.tb.host,
+        &["ip", "route", "add", "unreachable", "203.0.113.0/24"],
+    )
+    .unwrap();
+    let f = a_to(Ipv4Addr::new(203, 0, 113, 5)).tcp(40000, 80, TCP_SYN, b"");
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &f);
+    assert_eq!((v, out == f), (tc::ACT_UNSPEC, true));
+    assert_eq!(w.drops("fib-lookup-failed"), 0);
 }

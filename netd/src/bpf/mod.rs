@@ -271,6 +271,13 @@ impl Programs {
             .collect())
     }
 
+    /// The file descriptor of a loaded classifier (tests drive it with
+    /// BPF_PROG_TEST_RUN from several threads).
+    pub fn program_fd(&mut self, program: &str) -> Result<std::os::fd::RawFd> {
+        use std::os::fd::{AsFd, AsRawFd};
+        Ok(self.classifier(program)?.fd()?.as_fd().as_raw_fd())
+    }
+
     /// Runs `program` once on `frame` with BPF_PROG_TEST_RUN; returns the
     /// verdict and the frame as the program left it.
     pub fn test_run(&mut self, program: &str, frame: &[u8]) -> Result<(i32, Vec<u8>)> {

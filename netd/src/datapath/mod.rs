@@ -44,6 +44,12 @@ pub trait Datapath: Send + Sync {
     fn stats(&mut self) -> Result<Stats> {
         Ok(Stats::new(self.name()))
     }
+    /// Follows what changes under the datapath without a state change
+    /// (the eBPF datapath: the uplink's address, the host's addresses).
+    /// Called every few seconds by the daemon.
+    fn refresh(&mut self, _state: &State) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Expires idle conntrack entries; called every few seconds by the daemon
@@ -190,5 +196,8 @@ impl Datapath for Timed {
     }
     fn stats(&mut self) -> Result<Stats> {
         self.inner.stats()
+    }
+    fn refresh(&mut self, state: &State) -> Result<()> {
+        self.inner.refresh(state)
     }
 }

@@ -7,25 +7,36 @@
 //! keeps forwarding while the daemon is down, and a restarted daemon adopts
 //! them: pinned maps are reused and pinned links get the new programs
 //! atomically (bpf_link_update). Pins of another map version are removed
-//! on start (a changed layout is replaced deliberately, never misread).
+//! on start; the conntrack and host-socket entries of a version whose
+//! layout this one reads (`MIGRATE_FROM`) are carried over first, as are
+//! those of a conntrack table pinned with another `--conntrack-size`, so
+//! an upgrade or a resize keeps every connection.
+//!
+//! Order of a sync: maps first, then attachments (a program never runs on
+//! a veth, or on the uplink, before the maps describe it).
+mod ct;
+pub mod ports;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::Ipv4Addr,
     path::PathBuf,
 };
 
 use anyhow::{Context, Result, bail};
 use aya::maps::{
-    Array, HashMap, MapData, PerCpuHashMap,
+    Array, HashMap, IterableMap, MapData, PerCpuHashMap,
     lpm_trie::{Key, LpmTrie},
 };
 use netd_common::{
-    Config, CtEntry, CtKey, Endpoint, EndpointKey, EndpointStats, MAP_VERSION, NET_ICC,
-    NET_INTERNAL, NET_MASQUERADE, Network, PORT_KEY_FULL_PREFIX, PortKey, PortTarget, ct_kind,
-    ct_state, maps,
+    Config, CtEntry, CtKey, Endpoint, EndpointKey, EndpointStats, MAP_VERSION, MIGRATE_FROM,
+    NET_ICC, NET_INTERNAL, NET_MASQUERADE, Network, PortKey, PortTarget, SockKey, SockOrig,
+    ct_kind, maps,
 };
 
-use super::{ConntrackGc, Datapath, EndpointCounters, GcRun, Stats};
+pub use self::ports::port_blocks;
+use self::ports::{RESERVED_SYSCTL, Reserved, port_key, port_ranges};
+use super::{ConntrackGc, Datapath, EndpointCounters, Stats};
 use crate::{
     bpf::{self, BpfLogLevel, Programs},
     cgroup::cgroup2_root,
@@ -36,13 +47,6 @@ use crate::{
     portspec::PortBinding,
     state::State,
 };
-
-/// Conntrack timeouts (seconds), by protocol and state.
-const TCP_NEW: u64 = 60;
-const TCP_ESTABLISHED: u64 = 6 * 3600;
-const TCP_CLOSING: u64 = 10;
-const UDP: u64 = 60;
-const ICMP: u64 = 30;
 
 #[derive(Clone, Debug)]
 pub struct EbpfConfig {
@@ -59,10 +63,19 @@ pub struct Ebpf {
     cfg: EbpfConfig,
     progs: Option<Programs>,
     uplink: String,
+    /// The cgroup the host-socket programs attach to.
+    cgroup: PathBuf,
     /// Host veths whose from_container link is pinned.
     attached: BTreeSet<String>,
     /// What the last sync wrote into the maps.
     last: Option<Desired>,
+    /// The first sync attached the uplink and socket programs.
+    started: bool,
+    /// Tables whose entries are carried over (another map version's, or
+    /// a conntrack table of another size), until the first sync has
+    /// swapped the programs over to the new maps.
+    carry: Vec<(&'static str, MapData)>,
+    reserved: Reserved,
 }
 
 impl Ebpf {
@@ -71,8 +84,12 @@ impl Ebpf {
             cfg,
             progs: None,
             uplink: String::new(),
+            cgroup: PathBuf::new(),
             attached: BTreeSet::new(),
             last: None,
+            started: false,
+            carry: Vec::new(),
+            reserved: Reserved::default(),
         }
     }
 
@@ -108,73 +125,6 @@ fn local_addrs() -> BTreeMap<u32, u32> {
         })
         .map(|ip| (ip, 1))
         .collect()
-}
-
-/// Prefix-aligned blocks covering [lo, hi]: (start, prefix bits of the port).
-pub fn port_blocks(lo: u16, hi: u16) -> Vec<(u16, u32)> {
-    let (mut lo, hi) = (u32::from(lo), u32::from(hi));
-    let mut out = Vec::new();
-    while lo <= hi {
-        // The largest power-of-two block starting at lo that fits.
-        let mut size = if lo == 0 {
-            1 << 16
-        } else {
-            1u32 << lo.trailing_zeros()
-        };
-        while lo + size - 1 > hi {
-            size >>= 1;
-        }
-        out.push((lo as u16, 16 - size.trailing_zeros()));
-        lo += size;
-    }
-    out
-}
-
-/// Published bindings grouped into ranges: consecutive host ports mapped
-/// to consecutive container ports of one container become one target.
-fn port_ranges(bindings: &[(Ipv4Addr, PortBinding)]) -> Vec<(u8, Ipv4Addr, PortTarget)> {
-    let mut sorted: Vec<&(Ipv4Addr, PortBinding)> = bindings.iter().collect();
-    sorted.sort_by_key(|(c, b)| (b.proto, b.host_ip, b.host_port, *c));
-    let mut out: Vec<(u8, Ipv4Addr, PortTarget, Ipv4Addr)> = Vec::new();
-    for (cip, b) in sorted {
-        let IpAddr::V4(hip) = b.host_ip else { continue };
-        let proto = b.proto.number();
-        if let Some((p, h, t, c)) = out.last_mut()
-            && *p == proto
-            && *h == hip
-            && *c == *cip
-            && t.host_port_max.checked_add(1) == Some(b.host_port)
-            && t.container_port_min + (b.host_port - t.host_port_min) == b.container_port
-        {
-            t.host_port_max = b.host_port;
-            continue;
-        }
-        out.push((
-            proto,
-            hip,
-            PortTarget {
-                container_ip: u32::from(*cip).to_be(),
-                host_port_min: b.host_port,
-                host_port_max: b.host_port,
-                container_port_min: b.container_port,
-                _pad: 0,
-            },
-            *cip,
-        ));
-    }
-    out.into_iter().map(|(p, h, t, _)| (p, h, t)).collect()
-}
-
-fn port_key(proto: u8, host: Ipv4Addr, port: u16, port_bits: u32) -> Key<PortKey> {
-    Key::new(
-        PORT_KEY_FULL_PREFIX - 16 + port_bits,
-        PortKey {
-            proto,
-            addr: host.octets(),
-            port: port.to_be_bytes(),
-            _pad: 0,
-        },
-    )
 }
 
 fn sync_hash<K, V>(map: &mut HashMap<&mut MapData, K, V>, want: &BTreeMap<K, V>) -> Result<()>
@@ -337,18 +287,20 @@ impl Ebpf {
         }
         // Conntrack entries of removed containers or unpublished ports go,
         // so a restarted service is never blackholed by a stale entry.
-        let live_ips: BTreeSet<u32> = d.by_ip.keys().copied().collect();
-        let live_ports: BTreeSet<(u8, u16, u32)> = d
-            .bindings
-            .iter()
-            .map(|(ip, b)| (b.proto.number(), b.host_port, u32::from(*ip).to_be()))
-            .collect();
+        let live = ct::Live {
+            ips: d.by_ip.keys().copied().collect(),
+            ports: d
+                .bindings
+                .iter()
+                .map(|(ip, b)| (b.proto.number(), b.host_port, u32::from(*ip).to_be()))
+                .collect(),
+        };
         let removed = match p {
             None => true,
             Some(p) => {
-                p.by_ip.keys().any(|k| !live_ips.contains(k))
+                p.by_ip.keys().any(|k| !live.ips.contains(k))
                     || p.bindings.iter().any(|(ip, b)| {
-                        !live_ports.contains(&(
+                        !live.ports.contains(&(
                             b.proto.number(),
                             b.host_port,
                             u32::from(*ip).to_be(),
@@ -357,32 +309,23 @@ impl Ebpf {
             }
         };
         if removed {
-            let mut ct: HashMap<&mut MapData, CtKey, CtEntry> =
+            let mut table: HashMap<&mut MapData, CtKey, CtEntry> =
                 HashMap::try_from(progs.map_mut(maps::CT)?)?;
-            let stale: Vec<CtKey> = ct
-                .iter()
-                .filter_map(|r| r.ok())
-                .filter(|(k, e)| {
-                    if !live_ips.contains(&e.container_ip) {
-                        return true;
-                    }
-                    let host_port = match e.kind {
-                        ct_kind::DNAT => k.dport,
-                        ct_kind::REV_DNAT => e.port,
-                        _ => return false,
-                    };
-                    !live_ports.contains(&(k.proto, host_port, e.container_ip))
-                })
+            let stale: Vec<CtKey> = ct::dump::<CtKey, CtEntry>(table.map())?
+                .into_iter()
+                .filter(|(k, e)| ct::stale(k, e, &live))
                 .map(|(k, _)| k)
                 .collect();
             for k in stale {
-                let _ = ct.remove(&k);
+                let _ = table.remove(&k);
             }
         }
         self.last = Some(d.clone());
         Ok(())
     }
 
+    /// Attaches from_container to the veths of `d` (adopting pinned
+    /// links) and unpins the links of veths that left it.
     fn attach(&mut self, d: &Desired) -> Result<()> {
         let links = self.links_dir();
         for veth in &d.veths {
@@ -399,6 +342,138 @@ impl Ebpf {
             // The veth is gone (its link with it) or leaving: unpin.
             let _ = std::fs::remove_file(links.join(&veth));
             self.attached.remove(&veth);
+        }
+        Ok(())
+    }
+
+    /// The first sync, once the maps describe the state: the uplink and
+    /// socket programs are attached (or swapped into their pinned links),
+    /// pins of links the state does not know (veths deleted while no
+    /// daemon ran) are removed, and carried-over entries created by the
+    /// previous programs since `init` are copied once more.
+    fn start(&mut self, d: &Desired) -> Result<()> {
+        let links = self.links_dir();
+        let uplink = self.uplink.clone();
+        let cgroup = self.cgroup.clone();
+        let progs = self.progs()?;
+        progs.attach_pinned(bpf::FROM_WORLD, &uplink, &links.join(&uplink))?;
+        progs.attach_sock_programs(&cgroup, &links)?;
+        tracing::info!(
+            "host sockets in cgroup {} reach published ports directly",
+            cgroup.display()
+        );
+        for e in std::fs::read_dir(&links)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name != uplink && !name.starts_with("cgroup-") && !d.veths.contains(&name) {
+                tracing::info!("removing the stale link pin {}", e.path().display());
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        self.carry_over()?;
+        self.carry.clear();
+        self.started = true;
+        Ok(())
+    }
+
+    /// Copies the entries of the carried-over tables into the new ones
+    /// (keys already present are kept).
+    fn carry_over(&mut self) -> Result<()> {
+        let carry = std::mem::take(&mut self.carry);
+        let progs = self.progs()?;
+        for (name, from) in &carry {
+            let n = match *name {
+                maps::CT => {
+                    let mut to = HashMap::try_from(progs.map_mut(maps::CT)?)?;
+                    ct::copy_entries::<CtKey, CtEntry>(from, &mut to)
+                }
+                maps::SOCKETS => {
+                    let mut to = HashMap::try_from(progs.map_mut(maps::SOCKETS)?)?;
+                    ct::copy_entries::<SockKey, SockOrig>(from, &mut to)
+                }
+                _ => 0,
+            };
+            if n > 0 {
+                tracing::info!("carried {n} {name} entries over");
+            }
+        }
+        self.carry = carry;
+        Ok(())
+    }
+
+    /// The ports the kernel must not hand out as ephemeral ones.
+    fn sync_reserved_ports(&mut self, d: &Desired) {
+        let mut ours: BTreeSet<u16> = d.bindings.iter().map(|(_, b)| b.host_port).collect();
+        let (lo, hi) = self.cfg.nat_ports;
+        if lo <= hi {
+            ours.extend(lo..=hi);
+        }
+        let Ok(current) = sysctl_read(RESERVED_SYSCTL) else {
+            return;
+        };
+        if let Some(v) = self.reserved.update(&current, &ours)
+            && let Err(e) = sysctl_write(RESERVED_SYSCTL, &v)
+        {
+            tracing::warn!("reserving published ports: {e:#}");
+        }
+    }
+
+    /// Follows the uplink: its address (the masquerade source) and index,
+    /// and the host's addresses.
+    fn follow_uplink(&mut self) -> Result<()> {
+        let idx = ifindex(&self.uplink);
+        let ip = link_ipv4(&self.uplink).ok().map(|a| u32::from(a).to_be());
+        let uplink = self.uplink.clone();
+        let links = self.links_dir();
+        let started = self.started;
+        let progs = self.progs()?;
+        let mut arr: Array<&mut MapData, Config> = Array::try_from(progs.map_mut(maps::CONFIG)?)?;
+        let mut cfg = arr.get(&0, 0)?;
+        let old = cfg;
+        if idx != 0 {
+            cfg.uplink_ifindex = idx;
+        }
+        if let Some(ip) = ip {
+            cfg.uplink_ip = ip;
+        }
+        if cfg != old {
+            arr.set(0, cfg, 0)?;
+            tracing::info!(
+                "uplink {uplink}: index {}, address {}",
+                cfg.uplink_ifindex,
+                Ipv4Addr::from(u32::from_be(cfg.uplink_ip))
+            );
+        }
+        if cfg.uplink_ip != old.uplink_ip {
+            // Masqueraded flows of the old address cannot get replies.
+            let mut table: HashMap<&mut MapData, CtKey, CtEntry> =
+                HashMap::try_from(progs.map_mut(maps::CT)?)?;
+            let gone: Vec<CtKey> = ct::dump::<CtKey, CtEntry>(table.map())?
+                .into_iter()
+                .filter(|(k, e)| {
+                    (e.kind == ct_kind::SNAT && e.addr == old.uplink_ip)
+                        || (e.kind == ct_kind::REV_SNAT && k.daddr == old.uplink_ip)
+                })
+                .map(|(k, _)| k)
+                .collect();
+            for k in gone {
+                let _ = table.remove(&k);
+            }
+        }
+        if started && cfg.uplink_ifindex != old.uplink_ifindex {
+            progs.attach_pinned(bpf::FROM_WORLD, &uplink, &links.join(&uplink))?;
+        }
+        let local = local_addrs();
+        let prev = self.last.as_ref().map(|d| d.local.clone());
+        if prev.as_ref() != Some(&local) {
+            let progs = self.progs()?;
+            apply(
+                &mut HashMap::try_from(progs.map_mut(maps::LOCAL_ADDRS)?)?,
+                prev.as_ref(),
+                &local,
+            )?;
+            if let Some(d) = self.last.as_mut() {
+                d.local = local;
+            }
         }
         Ok(())
     }
@@ -449,24 +524,6 @@ where
     Ok(())
 }
 
-fn timeout(proto: u8, state: u8) -> u64 {
-    match (proto, state) {
-        (6, ct_state::NEW) => TCP_NEW,
-        (6, ct_state::ESTABLISHED) => TCP_ESTABLISHED,
-        (6, _) => TCP_CLOSING,
-        (17, _) => UDP,
-        _ => ICMP,
-    }
-}
-
-fn monotonic_ns() -> u64 {
-    // The clock bpf_ktime_get_ns() reads.
-    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
-        Ok(t) => t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64,
-        Err(_) => 0,
-    }
-}
-
 impl Datapath for Ebpf {
     fn name(&self) -> &'static str {
         "ebpf"
@@ -486,15 +543,43 @@ impl Datapath for Ebpf {
         let (maps_dir, links_dir) = (self.maps_dir(), self.links_dir());
         std::fs::create_dir_all(&maps_dir)?;
         std::fs::create_dir_all(&links_dir)?;
-        // Pins of another layout version are replaced, not misread.
+        // Pins of another layout version are replaced, never misread; the
+        // connections of a version whose layout this one reads are
+        // carried over (the old programs keep using the old tables until
+        // the first sync swaps the programs).
         let suffix = format!("_{MAP_VERSION}");
         for e in std::fs::read_dir(&maps_dir)?.flatten() {
-            if !e.file_name().to_string_lossy().ends_with(&suffix) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(&suffix) {
+                continue;
+            }
+            if let Some((base, version)) = name.rsplit_once('_')
+                && MIGRATE_FROM.contains(&version)
+                && let Some(kind) = [maps::CT, maps::SOCKETS].into_iter().find(|m| *m == base)
+                && let Ok(data) = MapData::from_pin(e.path())
+            {
+                tracing::info!("carrying the entries of {} over", e.path().display());
+                self.carry.push((kind, data));
+            } else {
                 tracing::info!(
                     "removing pinned map of another version: {}",
                     e.path().display()
                 );
-                let _ = std::fs::remove_file(e.path());
+            }
+            let _ = std::fs::remove_file(e.path());
+        }
+        // A conntrack table pinned with another size than asked for is
+        // replaced by one of the right size, its entries carried over.
+        let ct_pin = maps_dir.join(format!("{}{suffix}", maps::CT));
+        if let Ok(data) = MapData::from_pin(&ct_pin) {
+            let size = data.info()?.max_entries();
+            if size != self.cfg.ct_entries {
+                tracing::info!(
+                    "conntrack table: {size} -> {} entries (carried over)",
+                    self.cfg.ct_entries
+                );
+                self.carry.push((maps::CT, data));
+                std::fs::remove_file(&ct_pin)?;
             }
         }
         let mut progs =
@@ -522,18 +607,15 @@ impl Datapath for Ebpf {
         };
         let mut arr: Array<&mut MapData, Config> = Array::try_from(progs.map_mut(maps::CONFIG)?)?;
         arr.set(0, cfg, 0)?;
-        progs.attach_pinned(bpf::FROM_WORLD, &self.uplink, &links_dir.join(&self.uplink))?;
-        let cgroup = match &self.cfg.cgroup {
+        self.cgroup = match &self.cfg.cgroup {
             Some(c) => c.clone(),
             None => cgroup2_root()?,
         };
-        progs.attach_sock_programs(&cgroup, &links_dir)?;
-        tracing::info!(
-            "host sockets in cgroup {} reach published ports directly",
-            cgroup.display()
-        );
-        // Links pinned by an earlier daemon are adopted by the first sync.
         self.progs = Some(progs);
+        self.carry_over()?;
+        // The programs are attached by the first sync, once the maps
+        // describe the state (links pinned by an earlier daemon keep its
+        // programs until then).
         tracing::info!(
             "ebpf datapath: uplink {} ({up_ip}), NAT ports {}-{}",
             self.uplink,
@@ -547,24 +629,39 @@ impl Datapath for Ebpf {
         let t = std::time::Instant::now();
         let d = self.desired(state)?;
         let t_desired = t.elapsed();
-        self.attach(&d)?;
-        let t_attach = t.elapsed();
         self.sync_maps(&d)?;
+        let t_maps = t.elapsed();
+        self.attach(&d)?;
+        if !self.started {
+            self.start(&d)?;
+        }
+        self.sync_reserved_ports(&d);
         tracing::debug!(
-            "ebpf sync: desired {:?}, attach {:?}, maps {:?}",
+            "ebpf sync: desired {:?}, maps {:?}, attach {:?}",
             t_desired,
-            t_attach - t_desired,
-            t.elapsed() - t_attach
+            t_maps - t_desired,
+            t.elapsed() - t_maps
         );
         Ok(())
+    }
+
+    fn refresh(&mut self, _state: &State) -> Result<()> {
+        if self.progs.is_none() {
+            return Ok(());
+        }
+        self.follow_uplink()
     }
 
     fn cleanup(&mut self) -> Result<()> {
         self.progs = None;
         self.last = None;
+        self.carry.clear();
         let _ = std::fs::remove_dir_all(self.links_dir());
         let _ = std::fs::remove_dir_all(self.maps_dir());
         self.attached.clear();
+        if let Some(v) = self.reserved.restore() {
+            let _ = sysctl_write(RESERVED_SYSCTL, &v);
+        }
         Ok(())
     }
 
@@ -574,8 +671,8 @@ impl Datapath for Ebpf {
         let pin = self.maps_dir().join(format!("{}_{MAP_VERSION}", maps::CT));
         let data = MapData::from_pin(&pin)
             .with_context(|| format!("opening the conntrack table {}", pin.display()))?;
-        let ct = HashMap::try_from(aya::maps::Map::HashMap(data))?;
-        Ok(Some(Box::new(CtGc { ct })))
+        let table = HashMap::try_from(aya::maps::Map::HashMap(data))?;
+        Ok(Some(Box::new(ct::CtGc { ct: table })))
     }
 
     fn stats(&mut self) -> Result<Stats> {
@@ -604,73 +701,9 @@ impl Datapath for Ebpf {
             }
             out.endpoints.insert(k.ifindex, t);
         }
-        let ct: HashMap<&MapData, CtKey, CtEntry> =
+        let table: HashMap<&MapData, CtKey, CtEntry> =
             HashMap::try_from(progs.ebpf().map(maps::CT).context("ct map")?)?;
-        out.conntrack_entries = Some(ct.keys().count() as u64);
+        out.conntrack_entries = Some(ct::dump::<CtKey, CtEntry>(table.map())?.len() as u64);
         Ok(out)
-    }
-}
-
-/// The conntrack garbage collector: a flow goes when both of its
-/// directions are idle past their state's timeout.
-struct CtGc {
-    ct: HashMap<MapData, CtKey, CtEntry>,
-}
-
-impl ConntrackGc for CtGc {
-    fn run(&mut self) -> Result<GcRun> {
-        let cpu = thread_cpu_time();
-        let now = monotonic_ns();
-        let entries: BTreeMap<CtKey, CtEntry> = self.ct.iter().filter_map(|r| r.ok()).collect();
-        let expired = |e: &CtEntry, k: &CtKey| {
-            now.saturating_sub(e.last_seen) > timeout(k.proto, e.state) * 1_000_000_000
-        };
-        let mut run = GcRun {
-            entries: entries.len() as u64,
-            ..GcRun::default()
-        };
-        for (k, e) in &entries {
-            let rev = k.reverse(e);
-            let rev_expired = entries.get(&rev).is_none_or(|re| expired(re, &rev));
-            if expired(e, k) && rev_expired && self.ct.remove(k).is_ok() {
-                run.expired += 1;
-            }
-        }
-        run.cpu_micros = thread_cpu_time().saturating_sub(cpu).as_micros() as u64;
-        Ok(run)
-    }
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu_time() -> std::time::Duration {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
-        .map(std::time::Duration::from)
-        .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn port_blocks_cover_ranges_exactly() {
-        for (lo, hi) in [
-            (80u16, 80u16),
-            (8000, 8010),
-            (1, 65535),
-            (0, 65535),
-            (32768, 60999),
-        ] {
-            let blocks = port_blocks(lo, hi);
-            let mut covered = Vec::new();
-            for (start, bits) in &blocks {
-                let size = 1u32 << (16 - bits);
-                assert_eq!(u32::from(*start) % size, 0, "aligned");
-                covered.extend(u32::from(*start)..u32::from(*start) + size);
-            }
-            assert_eq!(covered, (u32::from(lo)..=u32::from(hi)).collect::<Vec<_>>());
-            assert!(blocks.len() <= 32);
-        }
-        assert_eq!(port_blocks(8080, 8080), vec![(8080, 16)]);
     }
 }

@@ -1,0 +1,194 @@
+//! Published ports in the maps (LPM keys for ranges) and in the kernel's
+//! `ip_local_reserved_ports`.
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use aya::maps::lpm_trie::Key;
+use netd_common::{PORT_KEY_FULL_PREFIX, PortKey, PortTarget};
+
+use crate::portspec::PortBinding;
+
+/// Prefix-aligned blocks covering [lo, hi]: (start, prefix bits of the port).
+pub fn port_blocks(lo: u16, hi: u16) -> Vec<(u16, u32)> {
+    let (mut lo, hi) = (u32::from(lo), u32::from(hi));
+    let mut out = Vec::new();
+    while lo <= hi {
+        // The largest power-of-two block starting at lo that fits.
+        let mut size = if lo == 0 {
+            1 << 16
+        } else {
+            1u32 << lo.trailing_zeros()
+        };
+        while lo + size - 1 > hi {
+            size >>= 1;
+        }
+        out.push((lo as u16, 16 - size.trailing_zeros()));
+        lo += size;
+    }
+    out
+}
+
+/// Published bindings grouped into ranges: consecutive host ports mapped
+/// to consecutive container ports of one container become one target.
+pub fn port_ranges(bindings: &[(Ipv4Addr, PortBinding)]) -> Vec<(u8, Ipv4Addr, PortTarget)> {
+    let mut sorted: Vec<&(Ipv4Addr, PortBinding)> = bindings.iter().collect();
+    sorted.sort_by_key(|(c, b)| (b.proto, b.host_ip, b.host_port, *c));
+    let mut out: Vec<(u8, Ipv4Addr, PortTarget, Ipv4Addr)> = Vec::new();
+    for (cip, b) in sorted {
+        let IpAddr::V4(hip) = b.host_ip else { continue };
+        let proto = b.proto.number();
+        if let Some((p, h, t, c)) = out.last_mut()
+            && *p == proto
+            && *h == hip
+            && *c == *cip
+            && t.host_port_max.checked_add(1) == Some(b.host_port)
+            && t.container_port_min + (b.host_port - t.host_port_min) == b.container_port
+        {
+            t.host_port_max = b.host_port;
+            continue;
+        }
+        out.push((
+            proto,
+            hip,
+            PortTarget {
+                container_ip: u32::from(*cip).to_be(),
+                host_port_min: b.host_port,
+                host_port_max: b.host_port,
+                container_port_min: b.container_port,
+                _pad: 0,
+            },
+            *cip,
+        ));
+    }
+    out.into_iter().map(|(p, h, t, _)| (p, h, t)).collect()
+}
+
+pub fn port_key(proto: u8, host: Ipv4Addr, port: u16, port_bits: u32) -> Key<PortKey> {
+    Key::new(
+        PORT_KEY_FULL_PREFIX - 16 + port_bits,
+        PortKey {
+            proto,
+            addr: host.octets(),
+            port: port.to_be_bytes(),
+            _pad: 0,
+        },
+    )
+}
+
+/// Parses `ip_local_reserved_ports` ("8080,9000-9010"); junk is skipped.
+pub fn parse_port_list(s: &str) -> BTreeSet<u16> {
+    let mut out = BTreeSet::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(a), Ok(b)) = (a.trim().parse::<u16>(), b.trim().parse::<u16>())
+            && a <= b
+        {
+            out.extend(a..=b);
+        }
+    }
+    out
+}
+
+/// Renders ports as the sysctl wants them: sorted ranges.
+pub fn render_port_list(ports: &BTreeSet<u16>) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut it = ports.iter().copied().peekable();
+    while let Some(start) = it.next() {
+        let mut end = start;
+        while it.peek() == Some(&(end.wrapping_add(1))) && end < u16::MAX {
+            end = it.next().unwrap_or(end);
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+    }
+    out.join(",")
+}
+
+/// The host ports the kernel must never pick as a socket's ephemeral
+/// port: every published host port (a host client on that port would have
+/// its replies taken for a new connection to the container) and the
+/// masquerade range (a host socket there could collide with a translated
+/// flow). The rest of the sysctl is the administrator's and kept.
+#[derive(Default)]
+pub struct Reserved {
+    /// What the sysctl held that is not netd's (read at the first sync).
+    base: Option<BTreeSet<u16>>,
+    last: Option<String>,
+}
+
+pub const RESERVED_SYSCTL: &str = "net/ipv4/ip_local_reserved_ports";
+
+impl Reserved {
+    /// The sysctl's new value for netd's `ours`, or None if unchanged.
+    pub fn update(&mut self, current: &str, ours: &BTreeSet<u16>) -> Option<String> {
+        let base = self
+            .base
+            .get_or_insert_with(|| &parse_port_list(current) - ours);
+        let want = render_port_list(&(&*base | ours));
+        if self.last.as_deref() == Some(want.as_str()) || want == current.trim() {
+            self.last = Some(want);
+            return None;
+        }
+        self.last = Some(want.clone());
+        Some(want)
+    }
+
+    /// The sysctl without netd's ports (None: netd never wrote it).
+    pub fn restore(&self) -> Option<String> {
+        self.base.as_ref().map(render_port_list)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_blocks_cover_ranges_exactly() {
+        for (lo, hi) in [
+            (80u16, 80u16),
+            (8000, 8010),
+            (1, 65535),
+            (0, 65535),
+            (32768, 60999),
+        ] {
+            let blocks = port_blocks(lo, hi);
+            let mut covered = Vec::new();
+            for (start, bits) in &blocks {
+                let size = 1u32 << (16 - bits);
+                assert_eq!(u32::from(*start) % size, 0, "aligned");
+                covered.extend(u32::from(*start)..u32::from(*start) + size);
+            }
+            assert_eq!(covered, (u32::from(lo)..=u32::from(hi)).collect::<Vec<_>>());
+            assert!(blocks.len() <= 32);
+        }
+        assert_eq!(port_blocks(8080, 8080), vec![(8080, 16)]);
+    }
+
+    #[test]
+    fn reserved_ports_keep_the_administrators_and_follow_netds() {
+        let p = |s: &str| parse_port_list(s);
+        assert_eq!(render_port_list(&p("9,1-3,5,4,65535")), "1-5,9,65535");
+        assert_eq!(render_port_list(&p("")), "");
+        assert_eq!(render_port_list(&p("x,7-3,8")), "8");
+        let mut r = Reserved::default();
+        let ours = p("8080,61000-61002");
+        assert_eq!(
+            r.update("22,8080", &ours).as_deref(),
+            Some("22,8080,61000-61002")
+        );
+        assert_eq!(r.update("22,8080,61000-61002", &ours), None, "unchanged");
+        let fewer = p("61000-61002");
+        assert_eq!(
+            r.update("22,8080,61000-61002", &fewer).as_deref(),
+            Some("22,61000-61002"),
+            "an unpublished port is released (8080 was netd's at the first sync)"
+        );
+        assert_eq!(r.restore().as_deref(), Some("22"));
+    }
+}
