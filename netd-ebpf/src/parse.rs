@@ -184,9 +184,11 @@ pub struct L4 {
 }
 
 impl L4 {
+    /// A connection's first segment: SYN, and no ACK, RST or FIN (the
+    /// combinations netfilter calls invalid never start a flow).
     #[inline(always)]
     pub fn is_syn(&self) -> bool {
-        self.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+        self.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST | TCP_FLAG_FIN) == TCP_FLAG_SYN
     }
 
     /// A non-first fragment of a datagram with these ports.

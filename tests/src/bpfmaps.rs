@@ -238,3 +238,10 @@ pub fn test_run_fd(prog_fd: i32, frame: &[u8]) -> std::io::Result<i32> {
     }
     Ok(attr.retval as i32)
 }
+
+/// One global counter, summed over CPUs.
+pub fn counter(p: &mut Programs, c: netd_common::Counter) -> u64 {
+    let m: aya::maps::PerCpuArray<&mut MapData, u64> =
+        aya::maps::PerCpuArray::try_from(p.map_mut(maps::COUNTERS).unwrap()).unwrap();
+    m.get(&(c as u32), 0).unwrap().iter().sum()
+}

@@ -1,18 +1,27 @@
 //! Robustness: 100,000 random and mutated frames through each program
-//! (truncated headers, bad IHL, odd protocols, fragments, random bytes)
-//! with populated maps. Every run must end in a valid verdict, and the
-//! maps the programs must never write (endpoints, networks, ports,
-//! config) must be byte-for-byte unchanged.
+//! (truncated headers, bad IHL, odd protocols, fragments, VLAN tags,
+//! IPv6, ARP, RSTs and other non-SYN first segments, random bytes) with
+//! populated maps. Every run must end in a valid verdict, the maps the
+//! programs must never write (endpoints, networks, ports, config) must be
+//! byte-for-byte unchanged, and the conntrack table must never hold an
+//! entry a netfilter datapath would not: a frame that created a flow must
+//! be one that starts a connection there (from outside: a SYN without
+//! ACK/RST/FIN or a UDP datagram, to a published port of a host address;
+//! from a container: its own TCP/UDP/ICMP echo, never a later fragment),
+//! and the table is always made of whole flows within the bound.
 use std::net::Ipv4Addr;
 
 use netd::bpf::{self, BpfLogLevel, Programs};
-use netd_common::{Config, Endpoint, NET_ICC, NET_MASQUERADE, tc};
+use netd_common::{Config, Counter, Endpoint, NET_ICC, NET_MASQUERADE, ct_kind, tc};
 use netd_tests::{
     HOST_IP, OUTSIDE_IP, Testbed,
     bpfmaps::{self, be},
-    packet::{ETH_HLEN, Frame, TCP_SYN},
+    packet::{self, ETH_HLEN, Frame, TCP_ACK, TCP_SYN},
     require_root,
 };
+
+const CT_SIZE: u32 = 4096;
+const NAT_PORTS: (u16, u16) = (61000, 61100);
 
 const FRAMES_PER_PROGRAM: usize = 100_000;
 
@@ -46,18 +55,45 @@ fn seeds() -> Vec<Vec<u8>> {
         dst: HOST_IP,
         ttl: 64,
     };
-    vec![
+    let mut v = vec![
         a.tcp(40000, 80, TCP_SYN, b"payload"),
         a.udp(5353, 53, b"query"),
         a.icmp_echo(9, false),
         out.tcp(40001, 443, TCP_SYN, b""),
+        out.tcp(40002, 443, TCP_ACK, b"mid-stream"),
         out.udp(61002, 53, b"q"),
         out.icmp_echo(11, false),
         world.tcp(5555, 8080, TCP_SYN, b""),
+        world.tcp(5556, 8080, TCP_ACK, b"not a new connection"),
+        world.tcp(5557, 8080, 0x04, b""),
+        world.tcp(5558, 8081, TCP_SYN | 0x04, b""),
+        world.tcp(5559, 8081, TCP_SYN | TCP_ACK, b""),
         world.udp(5555, 5353, b"x"),
         world.icmp_echo(3, true),
         world.tcp(80, 61001, 0x12, b"reply"),
-    ]
+        Frame {
+            dst: a.src,
+            ..world.clone()
+        }
+        .udp(1, 2, b"to a container's address"),
+        packet::vlan_tagged(&out.udp(1, 53, b"tagged"), 5),
+        packet::ipv6_echo(a.dst_mac, a.src_mac, [0xfe; 16], [0xfe; 16]),
+        packet::arp(a.src_mac, 1, a.src_mac, a.src, [0; 6], a.dst),
+        packet::arp(a.src_mac, 2, a.src_mac, a.dst, a.dst_mac, a.dst),
+    ];
+    // Fragments, first and later, both ways.
+    v.extend(packet::fragment(&out.udp(5000, 53, &[7u8; 200]), 0x99, 96));
+    v.extend(packet::fragment(
+        &world.udp(53, 5353, &[7u8; 200]),
+        0x98,
+        96,
+    ));
+    v.extend(packet::fragment(
+        &world.udp(53, 61001, &[7u8; 200]),
+        0x97,
+        96,
+    ));
+    v
 }
 
 fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
@@ -85,8 +121,16 @@ fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
                 let i = rng.below(f.len());
                 f[i] = rng.byte();
             }
-            // Another EtherType.
-            6 => f[12..14].copy_from_slice(&[0x86, 0xdd]),
+            // Another EtherType, or a VLAN tag.
+            6 if rng.below(2) == 0 => f[12..14].copy_from_slice(&[0x86, 0xdd]),
+            6 => f = packet::vlan_tagged(&f, rng.byte().into()),
+            // TCP flags (RST, FIN, ACK, SYN in any combination).
+            7 if rng.below(2) == 0 && f.len() > ip + 20 + 13 && f[ip + 9] == 6 => {
+                let ihl = usize::from(f[ip] & 0x0f) * 4;
+                if f.len() > ip + ihl + 13 {
+                    f[ip + ihl + 13] = rng.byte() & 0x17;
+                }
+            }
             // Random tail.
             _ => f.extend((0..rng.below(64)).map(|_| rng.byte())),
         }
@@ -97,21 +141,83 @@ fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
     f
 }
 
+/// What a frame is, as far as starting a flow goes.
+fn starts_a_flow_from_world(f: &[u8], published: &[(u8, u16)]) -> bool {
+    if f.len() < ETH_HLEN + 20 || f[12..14] != [0x08, 0x00] || f[0] & 1 == 1 {
+        return false;
+    }
+    let ip = &f[ETH_HLEN..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    if ip[0] >> 4 != 4 || ihl < 20 || frag & 0x1fff != 0 || dst != HOST_IP {
+        return false;
+    }
+    let proto = ip[9];
+    let Some(l4) = ip.get(ihl..ihl + if proto == 6 { 20 } else { 8 }) else {
+        return false;
+    };
+    let dport = u16::from_be_bytes([l4[2], l4[3]]);
+    if !published.contains(&(proto, dport)) {
+        return false;
+    }
+    match proto {
+        6 => l4[13] & 0x17 == TCP_SYN,
+        17 => true,
+        _ => false,
+    }
+}
+
+fn starts_a_flow_from_container(f: &[u8], src: Ipv4Addr) -> bool {
+    if f.len() < ETH_HLEN + 20 || f[12..14] != [0x08, 0x00] {
+        return false;
+    }
+    let ip = &f[ETH_HLEN..];
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    let s = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    frag & 0x1fff == 0 && s == src && matches!(ip[9], 1 | 6 | 17)
+}
+
+/// The table is whole flows, within its bound, each entry one a netfilter
+/// datapath could hold: SNAT ports in the NAT range, DNAT to published
+/// ports of a host address, every container address a live endpoint.
+fn check_table(p: &mut netd::bpf::Programs, endpoints: &[Ipv4Addr], published: &[(u8, u16)]) {
+    let ct = bpfmaps::ct_consistent(p).unwrap();
+    assert!(ct.len() <= CT_SIZE as usize);
+    for (k, e) in &ct {
+        assert!(
+            endpoints.iter().any(|ip| be(*ip) == e.container_ip),
+            "{k:?} {e:?}"
+        );
+        match e.kind {
+            ct_kind::SNAT => assert!(
+                (NAT_PORTS.0..=NAT_PORTS.1).contains(&e.port) && e.addr == be(HOST_IP),
+                "{k:?} {e:?}"
+            ),
+            ct_kind::DNAT => assert!(
+                k.daddr == be(HOST_IP) && published.contains(&(k.proto, k.dport)),
+                "{k:?} {e:?}"
+            ),
+            _ => {}
+        }
+    }
+}
+
 #[test]
 fn random_and_mutated_frames_get_valid_verdicts_and_leave_control_maps_alone() {
     if !require_root("random_and_mutated_frames_get_valid_verdicts_and_leave_control_maps_alone") {
         return;
     }
     let tb = Testbed::new("f").unwrap();
-    let mut p = Programs::load_with(BpfLogLevel::Off, None, 4096).unwrap();
+    let mut p = Programs::load_with(BpfLogLevel::Off, None, CT_SIZE).unwrap();
     let uplink = tb.host.run(|| Ok(netd::link::ifindex("eth0"))).unwrap();
     bpfmaps::set_config(
         &mut p,
         Config {
             uplink_ifindex: uplink,
             uplink_ip: be(HOST_IP),
-            nat_port_min: 61000,
-            nat_port_max: 61100,
+            nat_port_min: NAT_PORTS.0,
+            nat_port_max: NAT_PORTS.1,
             _pad: 0,
             netns_cookie: 0,
         },
@@ -132,6 +238,8 @@ fn random_and_mutated_frames_get_valid_verdicts_and_leave_control_maps_alone() {
     }
     bpfmaps::add_ports(&mut p, 6, Ipv4Addr::UNSPECIFIED, 8080, 8081, d.src, 80);
     bpfmaps::add_ports(&mut p, 17, Ipv4Addr::UNSPECIFIED, 5353, 5353, d.dst, 53);
+    let published = [(6u8, 8080u16), (6, 8081), (17, 5353)];
+    let endpoints = [d.src, d.dst];
     let before = bpfmaps::control_maps_snapshot(&mut p);
 
     let seeds = seeds();
@@ -144,6 +252,8 @@ fn random_and_mutated_frames_get_valid_verdicts_and_leave_control_maps_alone() {
         // those are counted apart, and generation goes on until
         // FRAMES_PER_PROGRAM frames have run through the program.
         let mut refused = 0u64;
+        let mut created_flows = 0u64;
+        let mut created = bpfmaps::counter(&mut p, Counter::CtCreated);
         tb.host
             .run(|| {
                 let mut ran = 0;
@@ -162,6 +272,20 @@ fn random_and_mutated_frames_get_valid_verdicts_and_leave_control_maps_alone() {
                         valid.contains(&v),
                         "{prog}: frame {ran} {f:02x?} got verdict {v}"
                     );
+                    let now = bpfmaps::counter(&mut p, Counter::CtCreated);
+                    if now != created {
+                        created_flows += 1;
+                        let ok = if prog == bpf::FROM_WORLD {
+                            starts_a_flow_from_world(&f, &published)
+                        } else {
+                            starts_a_flow_from_container(&f, d.src)
+                        };
+                        assert!(ok, "{prog}: frame {ran} {f:02x?} created a flow");
+                        created = now;
+                    }
+                    if ran % 10_000 == 0 {
+                        check_table(&mut p, &endpoints, &published);
+                    }
                     *verdicts.entry(v).or_insert(0u64) += 1;
                     ran += 1;
                 }
@@ -169,11 +293,13 @@ fn random_and_mutated_frames_get_valid_verdicts_and_leave_control_maps_alone() {
             })
             .unwrap();
         eprintln!("{prog}: {refused} frames refused by the kernel before the program ran");
-        eprintln!("{prog}: verdicts {verdicts:?}");
+        eprintln!("{prog}: verdicts {verdicts:?}, {created_flows} frames created flows");
         assert!(
             verdicts.len() >= 2,
             "the mutations exercise more than one path: {verdicts:?}"
         );
+        assert!(created_flows > 0, "some frames start flows");
+        check_table(&mut p, &endpoints, &published);
     }
     assert_eq!(
         bpfmaps::control_maps_snapshot(&mut p),
