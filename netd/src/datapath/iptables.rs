@@ -5,12 +5,23 @@
 //! Every sync renders all NETD-* chains from the state and applies them in
 //! one `iptables-restore --noflush` batch: declaring a chain in the batch
 //! flushes it, so the result is exactly the state, atomically per table.
-//! The jumps from the built-in chains are installed once, by `init`.
+//! The bridge-level rules (containers speak IPv4 and honest ARP only) are
+//! one `ebtables-restore --noflush` batch of their own chain. The jumps
+//! from the built-in chains are installed once, by `init`.
+//!
+//! Beyond Docker's filter and nat rules, the raw table (Docker 28's
+//! reference) drops, before conntrack and NAT, anything from outside the
+//! loopback addressed to 127/8 (a 127.0.0.1-bound published port stays
+//! the host's: route_localnet is on for the bridges) and anything
+//! addressed to a container of a masquerading network that does not come
+//! from its bridge (container ports are reached through published host
+//! ports, never by routing to the container).
 use std::{
     fmt::Write as _,
     io::Write,
     net::Ipv4Addr,
-    process::{Command, Stdio},
+    process::{Command, Output, Stdio},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -24,6 +35,7 @@ use crate::{
 
 /// Jumps from built-in chains: (table, chain, rule spec).
 const HOOKS: &[(&str, &str, &str)] = &[
+    ("raw", "PREROUTING", "-j NETD-RAW"),
     ("nat", "PREROUTING", "-m addrtype --dst-type LOCAL -j NETD"),
     // Host processes, loopback included (route_localnet is set on the
     // bridges, as Docker does without the userland proxy).
@@ -32,6 +44,7 @@ const HOOKS: &[(&str, &str, &str)] = &[
     ("filter", "FORWARD", "-j NETD-FORWARD"),
 ];
 
+const RAW_CHAINS: &[&str] = &["NETD-RAW"];
 const NAT_CHAINS: &[&str] = &["NETD", "NETD-POSTROUTING"];
 const FILTER_CHAINS: &[&str] = &[
     "NETD-FORWARD",
@@ -40,48 +53,156 @@ const FILTER_CHAINS: &[&str] = &[
     "NETD-PORTS",
 ];
 
+/// The bridge (ebtables) chain, jumped to from FORWARD and INPUT.
+const BRIDGE_CHAIN: &str = "NETD-BRIDGE";
+const BRIDGE_HOOKS: &[&str] = &["FORWARD", "INPUT"];
+
+/// How long a rule tool may run before it is killed.
+pub(crate) const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Default)]
 pub struct Iptables {
-    /// The last batch applied, to skip identical re-applies.
+    /// The last batches applied, to skip identical re-applies.
     last: String,
+    last_bridge: String,
 }
 
-fn iptables(args: &[&str]) -> Result<bool> {
-    let out = Command::new("iptables")
-        .arg("-w")
+/// Runs `program args` with `input` on its stdin, killing it after
+/// [`TOOL_TIMEOUT`]. The output is returned whatever the exit status.
+pub(crate) fn run_tool(program: &str, args: &[&str], input: &str) -> Result<Output> {
+    run_tool_within(program, args, input, TOOL_TIMEOUT)
+}
+
+fn run_tool_within(program: &str, args: &[&str], input: &str, timeout: Duration) -> Result<Output> {
+    let mut child = Command::new(program)
         .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .context("running iptables (is the iptables package installed?)")?;
-    Ok(out.status.success())
-}
-
-fn restore(batch: &str) -> Result<()> {
-    let mut child = Command::new("iptables-restore")
-        .args(["-w", "--noflush"])
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("running iptables-restore (is the iptables package installed?)")?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(batch.as_bytes())?;
-    let out = child.wait_with_output()?;
+        .with_context(|| format!("running {program}"))?;
+    let pid = child.id() as i32;
+    let stdin = child.stdin.take();
+    let input = input.to_owned();
+    let writer = std::thread::spawn(move || {
+        if let Some(mut s) = stdin {
+            let _ = s.write_all(input.as_bytes());
+        }
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => {
+            let _ = writer.join();
+            Ok(out?)
+        }
+        Err(_) => {
+            // SAFETY: kill(2) of our own child, not reaped yet (the
+            // waiting thread reaps it).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = rx.recv();
+            let _ = writer.join();
+            bail!(
+                "{program} did not finish within {}s and was killed",
+                timeout.as_secs_f64()
+            )
+        }
+    }
+}
+
+/// The line a rule tool's error names ("line 5 failed", "Error occurred
+/// at line: 5", nft's "/dev/stdin:5:3-10: Error"), with its text.
+pub(crate) fn failing_line(stderr: &str, input: &str) -> Option<(usize, String)> {
+    let n = stderr.lines().find_map(|l| {
+        let after = if let Some(i) = l.find("line: ") {
+            &l[i + 6..]
+        } else if let Some(i) = l.find("line ") {
+            &l[i + 5..]
+        } else if let Some(i) = l.find("stdin:") {
+            &l[i + 6..]
+        } else {
+            return None;
+        };
+        let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<usize>().ok()
+    })?;
+    let text = input.lines().nth(n.checked_sub(1)?)?;
+    Some((n, text.trim().to_string()))
+}
+
+/// Applies a batch with a restore-style tool; an error names the line
+/// that failed (its number and text) and the tool's own message.
+pub(crate) fn apply_batch(program: &str, args: &[&str], batch: &str) -> Result<()> {
+    let out = run_tool(program, args, batch)?;
     if !out.status.success() {
-        bail!(
-            "iptables-restore failed: {}\n--- batch ---\n{batch}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let msg = stderr.trim();
+        match failing_line(&stderr, batch) {
+            Some((n, text)) => bail!("{program} failed at line {n} ({text:?}): {msg}"),
+            None => bail!("{program} failed: {msg}"),
+        }
     }
     Ok(())
 }
 
+fn iptables(args: &[&str]) -> Result<bool> {
+    let mut a = vec!["-w", "5"];
+    a.extend_from_slice(args);
+    let out = run_tool("iptables", &a, "").context("is the iptables package installed?")?;
+    Ok(out.status.success())
+}
+
+fn ebtables(args: &[&str]) -> Result<bool> {
+    let out = run_tool("ebtables", args, "").context("is the ebtables package installed?")?;
+    Ok(out.status.success())
+}
+
+fn restore(batch: &str) -> Result<()> {
+    apply_batch("iptables-restore", &["-w", "5", "--noflush"], batch)
+}
+
+/// Renders the bridge chain: each container port passes IPv4, and ARP
+/// whose sender is the endpoint (address 0.0.0.0: a probe); everything
+/// else from a container (IPv6, VLAN tags, ARP claiming another
+/// address) is dropped, whatever the container's own settings.
+pub fn render_bridge(state: &State) -> String {
+    let mut out = format!("*filter\n:{BRIDGE_CHAIN} RETURN\n");
+    for c in state
+        .containers
+        .values()
+        .filter(|c| c.status == Status::Running)
+    {
+        for ep in c.endpoints.values() {
+            let (v, ip) = (&ep.veth, ep.ip);
+            let mac = ep
+                .mac
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":");
+            let ch = BRIDGE_CHAIN;
+            let _ = writeln!(out, "-A {ch} -i {v} -p IPv4 -j RETURN");
+            let _ = writeln!(out, "-A {ch} -i {v} -p ARP --arp-mac-src ! {mac} -j DROP");
+            let _ = writeln!(out, "-A {ch} -i {v} -p ARP --arp-ip-src 0.0.0.0 -j RETURN");
+            let _ = writeln!(out, "-A {ch} -i {v} -p ARP --arp-ip-src ! {ip} -j DROP");
+            let _ = writeln!(out, "-A {ch} -i {v} -p ARP -j RETURN");
+            let _ = writeln!(out, "-A {ch} -i {v} -j DROP");
+        }
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+fn restore_bridge(batch: &str) -> Result<()> {
+    apply_batch("ebtables-restore", &["--noflush"], batch)
+}
+
 /// Renders every NETD-* chain for `state`.
 pub fn render(state: &State) -> String {
+    let mut raw = String::new();
+    let _ = writeln!(raw, "-A NETD-RAW -d 127.0.0.0/8 ! -i lo -j DROP");
     let mut nat = String::new();
     let mut ports = String::new();
     let mut fwd = String::new();
@@ -128,6 +249,20 @@ pub fn render(state: &State) -> String {
         .values()
         .filter(|c| c.status == Status::Running)
     {
+        // Container addresses are not reachable by routing from outside
+        // their bridge (masquerading networks; without masquerade the
+        // replies of the containers' own flows come that way).
+        for ep in c.endpoints.values() {
+            if let Some(net) = state.networks.get(&ep.network)
+                && net.options.masquerade
+            {
+                let _ = writeln!(
+                    raw,
+                    "-A NETD-RAW -d {}/32 ! -i {} -j DROP",
+                    ep.ip, net.bridge
+                );
+            }
+        }
         // Ports are published to the container's first endpoint (eth0).
         let Some(ep) = c.primary() else {
             continue;
@@ -161,7 +296,12 @@ pub fn render(state: &State) -> String {
             );
         }
     }
-    let mut out = String::from("*nat\n");
+    let mut out = String::from("*raw\n");
+    for ch in RAW_CHAINS {
+        let _ = writeln!(out, ":{ch} - [0:0]");
+    }
+    out.push_str(&raw);
+    out.push_str("COMMIT\n*nat\n");
     for ch in NAT_CHAINS {
         let _ = writeln!(out, ":{ch} - [0:0]");
     }
@@ -210,6 +350,17 @@ impl Datapath for Iptables {
         }
         // Chains first (empty), then the jumps to them.
         restore(&render(&State::default()))?;
+        restore_bridge(&render_bridge(&State::default()))?;
+        for chain in BRIDGE_HOOKS {
+            let listed = run_tool("ebtables", &["-L", chain], "")
+                .context("is the ebtables package installed?")?;
+            let jump = format!("-j {BRIDGE_CHAIN}");
+            if !String::from_utf8_lossy(&listed.stdout).contains(&jump)
+                && !ebtables(&["-I", chain, "1", "-j", BRIDGE_CHAIN])?
+            {
+                bail!("could not install the jump bridge {chain} -j {BRIDGE_CHAIN}");
+            }
+        }
         for (table, chain, spec) in HOOKS {
             let spec: Vec<&str> = spec.split(' ').collect();
             let mut check = vec!["-t", table, "-C", chain];
@@ -235,6 +386,11 @@ impl Datapath for Iptables {
             restore(&batch)?;
             self.last = batch;
         }
+        let bridge = render_bridge(state);
+        if bridge != self.last_bridge {
+            restore_bridge(&bridge)?;
+            self.last_bridge = bridge;
+        }
         Ok(())
     }
 
@@ -245,12 +401,29 @@ impl Datapath for Iptables {
             del.extend(spec.split(' '));
             while iptables(&del).unwrap_or(false) {}
         }
-        for (table, chains) in [("nat", NAT_CHAINS), ("filter", FILTER_CHAINS)] {
+        for chain in BRIDGE_HOOKS {
+            while ebtables(&["-D", chain, "-j", BRIDGE_CHAIN]).unwrap_or(false) {}
+        }
+        let _ = ebtables(&["-F", BRIDGE_CHAIN]);
+        if ebtables(&["-L", BRIDGE_CHAIN]).unwrap_or(false)
+            && !ebtables(&["-X", BRIDGE_CHAIN]).unwrap_or(false)
+        {
+            errors.push(format!("bridge/{BRIDGE_CHAIN}"));
+        }
+        self.last_bridge.clear();
+        for (table, chains) in [
+            ("raw", RAW_CHAINS),
+            ("nat", NAT_CHAINS),
+            ("filter", FILTER_CHAINS),
+        ] {
             for ch in chains.iter() {
                 let _ = iptables(&["-t", table, "-F", ch]);
             }
             for ch in chains.iter() {
-                if !iptables(&["-t", table, "-X", ch]).unwrap_or(false) {
+                // Only chains that exist (an older netd had no raw chain).
+                if iptables(&["-t", table, "-n", "-L", ch]).unwrap_or(false)
+                    && !iptables(&["-t", table, "-X", ch]).unwrap_or(false)
+                {
                     errors.push(format!("{table}/{ch}"));
                 }
             }
@@ -260,5 +433,105 @@ impl Datapath for Iptables {
             bail!("could not delete chains: {}", errors.join(", "));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_line_is_named_with_its_text() {
+        let batch = "*filter\n:NETD - [0:0]\n-A NETD -j BOGUS\nCOMMIT\n";
+        for stderr in [
+            "iptables-restore: line 3 failed: No chain/target/match by that name.",
+            "iptables-restore v1.8.9 (nf_tables): Chain 'BOGUS' does not exist\nError occurred at line: 3\nTry `iptables-restore -h'",
+            "/dev/stdin:3:12-16: Error: Could not process rule: No such file or directory",
+        ] {
+            assert_eq!(
+                failing_line(stderr, batch),
+                Some((3, "-A NETD -j BOGUS".to_string())),
+                "{stderr}"
+            );
+        }
+        assert_eq!(failing_line("something else", batch), None);
+        assert_eq!(failing_line("line 99 failed", batch), None);
+    }
+
+    #[test]
+    fn raw_and_bridge_rules_follow_the_containers() {
+        use std::collections::BTreeMap;
+
+        use crate::{
+            ipam::{Allocator, Cidr},
+            model::{Container, Endpoint, Network, NetworkOptions},
+        };
+        let subnet: Cidr = "172.17.0.0/16".parse().unwrap();
+        let net = Network {
+            id: "def".into(),
+            name: "bridge".into(),
+            created: String::new(),
+            bridge: "netd0".into(),
+            ipam: Allocator::new(subnet, subnet.first_host(), None).unwrap(),
+            options: NetworkOptions {
+                icc: false,
+                masquerade: true,
+                internal: false,
+                mtu: 1500,
+                host_binding_ipv4: Ipv4Addr::UNSPECIFIED,
+            },
+            raw_options: BTreeMap::new(),
+            default: true,
+        };
+        let ep = Endpoint {
+            id: "e".into(),
+            network: "def".into(),
+            ip: Ipv4Addr::new(172, 17, 0, 2),
+            mac: [2, 0x42, 0xac, 0x11, 0, 2],
+            veth: "vndweb".into(),
+            ifname: "eth0".into(),
+            aliases: Vec::new(),
+            static_ip: false,
+        };
+        let c = Container {
+            id: "web".into(),
+            name: "web".into(),
+            status: Status::Running,
+            endpoints: BTreeMap::from([("def".to_string(), ep)]),
+            ..Container::default()
+        };
+        let mut s = State::default();
+        s.networks.insert("def".into(), net);
+        s.containers.insert("web".into(), c);
+        let r = render(&s);
+        assert!(r.starts_with("*raw\n:NETD-RAW - [0:0]\n"), "{r}");
+        assert!(r.contains("-A NETD-RAW -d 127.0.0.0/8 ! -i lo -j DROP\n"));
+        assert!(r.contains("-A NETD-RAW -d 172.17.0.2/32 ! -i netd0 -j DROP\n"));
+        let b = render_bridge(&s);
+        assert!(b.starts_with("*filter\n:NETD-BRIDGE RETURN\n"), "{b}");
+        assert!(b.contains(
+            "-A NETD-BRIDGE -i vndweb -p ARP --arp-mac-src ! 02:42:ac:11:00:02 -j DROP\n"
+        ));
+        assert!(b.contains("-A NETD-BRIDGE -i vndweb -p ARP --arp-ip-src ! 172.17.0.2 -j DROP\n"));
+        assert!(
+            b.ends_with("-A NETD-BRIDGE -i vndweb -j DROP\nCOMMIT\n"),
+            "{b}"
+        );
+        let mut s2 = s.clone();
+        s2.networks.get_mut("def").unwrap().options.masquerade = false;
+        assert!(
+            !render(&s2).contains("172.17.0.2/32 ! -i"),
+            "routed: replies come in"
+        );
+    }
+
+    #[test]
+    fn a_tool_that_hangs_is_killed() {
+        let out = run_tool("cat", &[], "hello").unwrap();
+        assert_eq!(out.stdout, b"hello");
+        assert!(run_tool("/nonexistent-tool", &[], "").is_err());
+        // `sleep` stands for a tool stuck on a lock.
+        let e = run_tool_within("sleep", &["600"], "", Duration::from_millis(200)).unwrap_err();
+        assert!(e.to_string().contains("was killed"), "{e}");
     }
 }

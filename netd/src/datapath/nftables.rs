@@ -23,13 +23,20 @@
 //! - `forward` (filter, filter): isolation between bridges, internal
 //!   networks kept to their subnet, `ct state established,related`,
 //!   published ports (`published`), icc per bridge (`icc_verdict`), egress
-//!   of non-internal bridges, and everything else to a bridge dropped.
+//!   of non-internal bridges, and everything else to a bridge dropped;
+//! - `raw` (filter, raw: before conntrack and NAT, Docker 28's raw-table
+//!   rules): nothing from outside the loopback to 127/8 (a
+//!   127.0.0.1-bound published port stays the host's), nothing to a
+//!   container of a masquerading network except from its own bridge.
+//!
+//! A second table, `table bridge netd`, replaced in the same transaction,
+//! lets only IPv4 and ARP whose sender is the endpoint (or 0.0.0.0, a
+//! probe) out of a container's bridge port: no IPv6 (link-local included:
+//! icc=false holds), no VLAN tags, no ARP claiming another address.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
-    io::Write,
     net::{IpAddr, Ipv4Addr},
-    process::{Command, Stdio},
 };
 
 use anyhow::{Context, Result, bail};
@@ -45,10 +52,40 @@ use crate::{
 
 /// The family and name of netd's table.
 pub const TABLE: &str = "ip netd";
+/// The bridge-level table.
+pub const BRIDGE_TABLE: &str = "bridge netd";
+
+/// The bridge table's rules (its state is in the sets).
+const BRIDGE_CHAINS: &str = "\
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		iifname @ports jump from-container
+	}
+
+	chain input {
+		type filter hook input priority filter; policy accept;
+		iifname @ports jump from-container
+	}
+
+	chain from-container {
+		ether type ip return
+		ether type arp iifname . arp saddr ether != @port_mac drop
+		ether type arp arp saddr ip 0.0.0.0 return
+		ether type arp iifname . arp saddr ip != @port_ip drop
+		ether type arp return
+		drop
+	}
+";
 
 /// The rules: fixed, whatever the state (the state lives in the sets and
 /// maps). Mirrors the iptables datapath's chains in the same order.
 const CHAINS: &str = "\
+	chain raw {
+		type filter hook prerouting priority raw; policy accept;
+		iifname != \"lo\" ip daddr 127.0.0.0/8 drop
+		ip daddr @nat_endpoints ip daddr . iifname != @endpoint_bridges drop
+	}
+
 	chain prerouting {
 		type nat hook prerouting priority dstnat; policy accept;
 		fib daddr type local jump published-ports
@@ -90,28 +127,11 @@ pub struct Nftables {
     last: String,
 }
 
-/// Runs `nft -f -` with `script` (one transaction).
+/// Runs `nft -f -` with `script` (one transaction; killed after 30 s; an
+/// error names the failing line).
 fn nft(script: &str) -> Result<()> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running nft (is the nftables package installed?)")?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "nft -f failed: {}\n--- script ---\n{script}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    super::iptables::apply_batch("nft", &["-f", "-"], script)
+        .context("applying netd's nftables tables (is the nftables package installed?)")
 }
 
 /// An interface name as an nft string; refuses what could not be quoted.
@@ -144,8 +164,9 @@ fn define(out: &mut String, kind: &str, name: &str, ty: &str, interval: bool, el
     out.push_str("\t}\n\n");
 }
 
-/// Renders netd's whole table for `state` (the `table ip netd { ... }`
-/// block; [`apply_script`] wraps it in the replacing transaction).
+/// Renders netd's tables for `state` (the `table ip netd { ... }` and
+/// `table bridge netd { ... }` blocks; [`apply_script`] wraps them in the
+/// replacing transaction).
 pub fn render(state: &State) -> Result<String> {
     let mut bridges = BTreeSet::new();
     let mut egress = BTreeSet::new();
@@ -177,11 +198,32 @@ pub fn render(state: &State) -> Result<String> {
     let mut host_ip: BTreeMap<(Ipv4Addr, Proto, u16), Target> = BTreeMap::new();
     let mut published: BTreeSet<(String, Ipv4Addr, Proto, u16)> = BTreeSet::new();
     let mut hairpin: BTreeSet<(Ipv4Addr, Proto, u16)> = BTreeSet::new();
+    let mut nat_endpoints: BTreeSet<(Ipv4Addr, String)> = BTreeSet::new();
+    let mut ports: BTreeSet<String> = BTreeSet::new();
+    let mut port_mac: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut port_ip: BTreeSet<(String, Ipv4Addr)> = BTreeSet::new();
     for c in state
         .containers
         .values()
         .filter(|c| c.status == Status::Running)
     {
+        for ep in c.endpoints.values() {
+            let veth = ifname(&ep.veth)?;
+            let mac = ep
+                .mac
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":");
+            ports.insert(veth.clone());
+            port_mac.insert((veth.clone(), mac));
+            port_ip.insert((veth, ep.ip));
+            if let Some(net) = state.networks.get(&ep.network)
+                && net.options.masquerade
+            {
+                nat_endpoints.insert((ep.ip, ifname(&net.bridge)?));
+            }
+        }
         // Ports are published to the container's first endpoint (eth0).
         let Some(ep) = c.primary() else {
             continue;
@@ -317,15 +359,76 @@ pub fn render(state: &State) -> Result<String> {
             .map(|(b, v)| format!("{b} . {b} : {v}"))
             .collect::<Vec<_>>(),
     );
+    define(
+        &mut out,
+        "set",
+        "nat_endpoints",
+        "ipv4_addr",
+        false,
+        &nat_endpoints
+            .iter()
+            .map(|(ip, _)| ip.to_string())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>(),
+    );
+    define(
+        &mut out,
+        "set",
+        "endpoint_bridges",
+        "ipv4_addr . ifname",
+        false,
+        &nat_endpoints
+            .iter()
+            .map(|(ip, br)| format!("{ip} . {br}"))
+            .collect::<Vec<_>>(),
+    );
     out.push_str(CHAINS);
+    out.push_str("}\n");
+
+    let _ = writeln!(out, "table {BRIDGE_TABLE} {{");
+    define(
+        &mut out,
+        "set",
+        "ports",
+        "ifname",
+        false,
+        &ports.into_iter().collect::<Vec<_>>(),
+    );
+    define(
+        &mut out,
+        "set",
+        "port_mac",
+        "ifname . ether_addr",
+        false,
+        &port_mac
+            .iter()
+            .map(|(v, m)| format!("{v} . {m}"))
+            .collect::<Vec<_>>(),
+    );
+    define(
+        &mut out,
+        "set",
+        "port_ip",
+        "ifname . ipv4_addr",
+        false,
+        &port_ip
+            .iter()
+            .map(|(v, ip)| format!("{v} . {ip}"))
+            .collect::<Vec<_>>(),
+    );
+    out.push_str(BRIDGE_CHAINS);
     out.push_str("}\n");
     Ok(out)
 }
 
-/// The transaction that replaces netd's table with `table`: make sure it
-/// exists, delete it, define it again. `nft -f` applies it atomically.
-pub fn apply_script(table: &str) -> String {
-    format!("table {TABLE} {{}}\ndelete table {TABLE}\n{table}")
+/// The transaction that replaces netd's tables with `tables` (as
+/// [`render`] makes them): make sure they exist, delete them, define them
+/// again. `nft -f` applies it atomically.
+pub fn apply_script(tables: &str) -> String {
+    format!(
+        "table {TABLE} {{}}\ndelete table {TABLE}\ntable {BRIDGE_TABLE} {{}}\ndelete table {BRIDGE_TABLE}\n{tables}"
+    )
 }
 
 impl Datapath for Nftables {
@@ -362,7 +465,9 @@ impl Datapath for Nftables {
 
     fn cleanup(&mut self) -> Result<()> {
         self.last.clear();
-        nft(&format!("table {TABLE} {{}}\ndelete table {TABLE}\n"))
+        nft(&format!(
+            "table {TABLE} {{}}\ndelete table {TABLE}\ntable {BRIDGE_TABLE} {{}}\ndelete table {BRIDGE_TABLE}\n"
+        ))
     }
 }
 
@@ -534,6 +639,24 @@ mod tests {
         let e = render(&State::default()).unwrap();
         assert!(!e.contains("elements"), "{e}");
         assert!(apply_script(&e).starts_with("table ip netd {}\ndelete table ip netd\n"));
+    }
+
+    #[test]
+    fn containers_are_fenced_at_the_bridge_and_in_raw() {
+        let t = render(&small_state()).unwrap();
+        assert!(t.contains("\ntable bridge netd {\n"), "{t}");
+        assert!(block(&t, "ports").contains("\"vndweb\""));
+        assert!(
+            !block(&t, "ports").contains("vndold"),
+            "a stopped container"
+        );
+        assert!(block(&t, "port_mac").contains("\"vndweb\" . 02:42:00:00:00:02"));
+        assert!(block(&t, "port_ip").contains("\"vndweb\" . 172.17.0.2"));
+        assert!(block(&t, "endpoint_bridges").contains("172.17.0.2 . \"netd0\""));
+        assert!(t.contains("iifname != \"lo\" ip daddr 127.0.0.0/8 drop"));
+        assert!(t.contains("ip daddr @nat_endpoints ip daddr . iifname != @endpoint_bridges drop"));
+        let script = apply_script(&t);
+        assert!(script.contains("delete table bridge netd\n"), "{script}");
     }
 
     #[test]

@@ -40,7 +40,7 @@ fn nftables_one_table_ports_are_elements() {
     let tables = n.tb.ok(&n.tb.host, &["nft", "list", "tables"]).unwrap();
     assert_eq!(
         tables.lines().collect::<Vec<_>>(),
-        ["table ip netd"],
+        ["table ip netd", "table bridge netd"],
         "{tables}"
     );
     // No iptables rule either.
