@@ -884,6 +884,83 @@ fn loopback_port_unreachable_from_a_neighbour(dp: &str) {
     );
 }
 
+/// Issue 11 item 12: a datagram above the container's MTU (a network
+/// with `-o mtu=1400` behind a 1500-byte uplink) still gets through (the
+/// eBPF datapath delivers it whole with bpf_redirect_peer, the container
+/// accepts it; the netfilter datapaths answer "fragmentation needed" and
+/// the sender fragments), and so does the answer.
+fn datagram_above_the_container_mtu(dp: &str) {
+    let n = Netd::start(dp).unwrap();
+    n.ok(&["network", "create", "-o", "mtu=1400", "small"]);
+    run(&n, "c", &["--network", "small", "-p", "5353:53/udp"]);
+    tool_in(&n, "c", "udp-echo 0.0.0.0:53 --name c");
+    let msg = "y".repeat(1472);
+    let mut reply = String::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        n.tb.exec(
+            &n.tb.outside,
+            &[
+                &me(),
+                "tool",
+                "udp-send",
+                &format!("{HOST_IP}:5353"),
+                &msg,
+                "--timeout-ms",
+                "1000",
+            ],
+        )
+        .is_ok_and(|o| {
+            reply = String::from_utf8_lossy(&o.stdout).into_owned();
+            o.status.success()
+        })
+    });
+    assert!(
+        ok && reply.contains(&msg),
+        "{dp}: a 1500-byte datagram into a 1400-byte network"
+    );
+}
+
+/// ebpf: an upgrade from a map version whose conntrack layout this one
+/// reads keeps established connections: the v2 table's entries are
+/// carried into the new one.
+#[test]
+fn ebpf_upgrade_carries_connections_over() {
+    if !netd_tests::require_root("ebpf_upgrade_carries_connections_over") {
+        return;
+    }
+    let mut n = Netd::start("ebpf").unwrap();
+    run(&n, "srv", &["-p", "8080:80"]);
+    tool_in(&n, "srv", "rr-server 0.0.0.0:80");
+    let mut conn = None;
+    assert!(wait_until(Duration::from_secs(10), || {
+        conn =
+            n.tb.outside
+                .run(|| {
+                    let mut t = TcpStream::connect((HOST_IP, 8080))?;
+                    t.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    rr(&mut t)?;
+                    Ok(t)
+                })
+                .ok();
+        conn.is_some()
+    }));
+    let mut conn = conn.unwrap();
+    n.stop_daemon(true);
+    // What a v2 daemon left: its conntrack table pinned as NETD_CT_v2.
+    let maps = n.dir.join("bpffs/maps");
+    std::fs::rename(
+        maps.join(format!("NETD_CT_{}", netd_common::MAP_VERSION)),
+        maps.join("NETD_CT_v2"),
+    )
+    .unwrap();
+    n.start_daemon().unwrap();
+    assert!(!maps.join("NETD_CT_v2").exists(), "the old pin is gone");
+    assert!(n.log().contains("NETD_CT entries over"), "{}", n.log());
+    // Without the carried entries this segment (no SYN) would be the
+    // host's, which answers with an RST.
+    rr(&mut conn).unwrap_or_else(|e| panic!("the connection across the upgrade: {e}"));
+}
+
 /// ebpf: the masquerade source follows the uplink's address.
 #[test]
 fn ebpf_follows_the_uplink_address() {
@@ -1003,4 +1080,5 @@ scenarios!(
     icc_false_holds_for_ipv6,
     arp_spoofing_is_dropped,
     loopback_port_unreachable_from_a_neighbour,
+    datagram_above_the_container_mtu,
 );
