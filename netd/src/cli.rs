@@ -244,6 +244,18 @@ fn caller_context() -> (Vec<String>, Option<String>) {
     (env, cwd)
 }
 
+/// An error that may mean the daemon went away while the process ran:
+/// then the process goes on (as with `docker exec`), only its exit code
+/// is lost.
+fn lost(e: anyhow::Error, program: &str, container: &str) -> anyhow::Error {
+    if e.is::<crate::api::ApiError>() {
+        return e;
+    }
+    e.context(format!(
+        "lost the daemon while {program:?} ran in {container}; the process may still be running"
+    ))
+}
+
 fn inspect(c: &Client, name: &str) -> Result<Value> {
     c.get(&format!("/containers/{name}/json"))
 }
@@ -256,10 +268,12 @@ pub fn exec(c: &Client, name: &str, cmd: &[String]) -> Result<i32> {
         bail!("no command given: netd exec NAME -- CMD [ARG]...");
     }
     let (env, cwd) = caller_context();
-    let r = c.post(
-        &format!("/containers/{name}/exec"),
-        &json!({ "Cmd": cmd, "Env": env, "WorkingDir": cwd }),
-    )?;
+    let r = c
+        .post(
+            &format!("/containers/{name}/exec"),
+            &json!({ "Cmd": cmd, "Env": env, "WorkingDir": cwd }),
+        )
+        .map_err(|e| lost(e, &cmd[0], name))?;
     Ok(r["ExitCode"].as_i64().unwrap_or(255) as i32)
 }
 
@@ -295,7 +309,7 @@ pub fn run(c: &Client, args: &CreateArgs, detach: bool, rm: bool, cmd: &[String]
         &format!("/containers/{id}/start"),
         &json!({ "Attach": true }),
     );
-    match r {
+    match r.map_err(|e| lost(e, &cmd[0], &id)) {
         Ok(v) => Ok(v["StatusCode"].as_i64().unwrap_or(255) as i32),
         Err(e) => {
             if rm && let Err(e2) = c.delete(&format!("/containers/{id}?force=1")) {

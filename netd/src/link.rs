@@ -116,18 +116,6 @@ impl Netlink {
     /// port comes or goes, and containers that cached the gateway's old
     /// address lose it (the frames reach the host as "other host").
     pub async fn ensure_bridge(&self, name: &str, mtu: u32, mac: Option<[u8; 6]>) -> Result<u32> {
-        self.ensure_bridge_marked(name, mtu, mac, None).await
-    }
-
-    /// [`ensure_bridge`](Self::ensure_bridge), the bridge created with
-    /// `alias` (netd's instance marker) in the same request.
-    pub async fn ensure_bridge_marked(
-        &self,
-        name: &str,
-        mtu: u32,
-        mac: Option<[u8; 6]>,
-        alias: Option<&str>,
-    ) -> Result<u32> {
         if let Some(l) = self.link_by_name(name).await? {
             if l.kind.as_deref() != Some("bridge") {
                 bail!("link {name} exists and is not a bridge");
@@ -150,9 +138,6 @@ impl Netlink {
         if let Some(mac) = mac {
             b = b.address(mac.to_vec());
         }
-        if let Some(a) = alias {
-            b = b.alias(a);
-        }
         self.handle
             .link()
             .add(b.build())
@@ -173,22 +158,6 @@ impl Netlink {
         peer_mac: [u8; 6],
         mtu: u32,
     ) -> Result<u32> {
-        self.create_veth_marked(host_name, peer_name, peer_ns, peer_mac, mtu, None)
-            .await
-    }
-
-    /// [`create_veth`](Self::create_veth), the host end created with
-    /// `alias` (netd's instance marker) in the same request: a crash never
-    /// leaves an unmarked veth of ours behind.
-    pub async fn create_veth_marked(
-        &self,
-        host_name: &str,
-        peer_name: &str,
-        peer_ns: &NetNs,
-        peer_mac: [u8; 6],
-        mtu: u32,
-        alias: Option<&str>,
-    ) -> Result<u32> {
         let ns_file = peer_ns.open()?;
         use std::os::fd::AsRawFd;
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
@@ -197,11 +166,8 @@ impl Netlink {
             .address(peer_mac.to_vec())
             .setns_by_fd(ns_file.as_raw_fd())
             .build();
-        let mut host = LinkVeth::new(host_name, peer_name).mtu(mtu);
-        if let Some(a) = alias {
-            host = host.alias(a);
-        }
-        let msg = host
+        let msg = LinkVeth::new(host_name, peer_name)
+            .mtu(mtu)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
         self.handle

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::{
     Daemon, blocking, now, rand_id,
-    txn::{Txn, Undo, combine},
+    txn::{Txn, Undo},
 };
 use crate::{
     api::{
@@ -29,7 +29,7 @@ use crate::{
     ports,
     process::{self, Launch, ProcId},
     sandbox::VETH_PREFIX,
-    state::State,
+    state::{Intent, State},
     validate,
 };
 
@@ -259,9 +259,17 @@ impl Daemon {
         } else {
             "create"
         });
+        self.begin(Intent {
+            op: txn.op.into(),
+            links: c.endpoints.values().map(|e| e.veth.clone()).collect(),
+            netns: match c.mode {
+                Mode::Container(_) => vec![],
+                _ => vec![self.sandboxes.netns_path(&c.id)],
+            },
+            cgroups: vec![c.id.clone()],
+        })?;
         if let Err(e) = self.build_sandbox(&c, &next, &mut txn).await {
-            let undo = txn.rollback(&self.sandboxes, &self.cgroups).await;
-            return Err(combine(e, undo));
+            return Err(self.abort(txn, e).await);
         }
         self.commit(next, txn).await
     }
@@ -335,6 +343,7 @@ impl Daemon {
             host_mode: c.mode == Mode::Host,
             hosts: files.join("hosts"),
             resolv_conf: files.join("resolv.conf"),
+            hostname_file: files.join("hostname"),
             hostname: c.hostname.clone(),
             cgroup: self.cgroups.path(&c.id),
         }
@@ -454,41 +463,66 @@ impl Daemon {
         exit_code: Option<i32>,
         op: &'static str,
     ) -> Result<()> {
-        let c = self.state.containers[id].clone();
-        if c.status != Status::Running {
+        if self.state.containers[id].status != Status::Running {
             return Ok(());
         }
         let txn = Txn::new(op);
         let next = exited(&self.state, id, exit_code);
+        self.remove_sandbox(id, next, exit_code, &txn).await
+    }
+
+    /// Commits `next` (in which container `id` no longer runs, or no
+    /// longer exists), then stops its processes and removes its sandbox.
+    async fn remove_sandbox(
+        &mut self,
+        id: &str,
+        next: State,
+        exit_code: Option<i32>,
+        txn: &Txn,
+    ) -> Result<()> {
+        let c = self.state.containers[id].clone();
         let netns_inode = match c.mode {
             Mode::Bridge | Mode::None => NetNs::at(self.sandboxes.netns_path(id)).inode().ok(),
             _ => None,
         };
-        let mut errors = self.commit_removal(next, &txn).await?;
-        txn.step("processes");
-        // `stop` asks first; an exited main process's leftovers and
-        // `rm -f` get SIGKILL at once (as Docker does).
-        let grace = if op == "stop" {
-            STOP_GRACE
-        } else {
-            Duration::ZERO
-        };
-        let cgroups = self.cgroups.clone();
-        blocking(|| process::terminate(&cgroups, id, netns_inode, grace));
-        if let Some(tx) = self.exits.get(id)
-            && tx.borrow().is_none()
-            && c.main.is_some()
-        {
-            // Stopped: the main process died of the signal.
-            tx.send_replace(Some(128 + libc::SIGTERM));
+        let mut errors = self.commit_removal(next, txn).await?;
+        if c.status == Status::Running {
+            txn.step("processes");
+            // `stop` asks first; an exited main process's leftovers and
+            // `rm -f` get SIGKILL at once (as Docker does).
+            let grace = if txn.op == "stop" {
+                STOP_GRACE
+            } else {
+                Duration::ZERO
+            };
+            let cgroups = self.cgroups.clone();
+            blocking(|| process::terminate(&cgroups, id, netns_inode, grace));
+            if let Some(tx) = self.exits.get(id)
+                && tx.borrow().is_none()
+                && c.main.is_some()
+            {
+                // Its code, or (stopped) death by the signal.
+                tx.send_replace(Some(exit_code.unwrap_or(128 + libc::SIGTERM)));
+            }
+            txn.step("sandbox");
+            errors.extend(self.sandboxes.teardown(&c).await);
         }
-        txn.step("sandbox");
-        errors.extend(self.sandboxes.teardown(&c).await);
         txn.step("cgroup");
+        let cgroups = self.cgroups.clone();
         if let Err(e) = blocking(|| cgroups.remove(id)) {
             errors.push(e);
         }
-        self.report(&txn, errors);
+        if !self.state.containers.contains_key(id) {
+            txn.step("files");
+            let dir = self.sandboxes.files_dir(id);
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                errors.push(anyhow::Error::new(e).context(format!("removing {}", dir.display())));
+            }
+            self.exits.remove(id);
+        }
+        self.report(txn, errors);
         Ok(())
     }
 
@@ -522,20 +556,12 @@ impl Daemon {
                 dependents.join(", ")
             ));
         }
-        self.take_down(&id, None, "rm").await?;
+        // One commit: the container is gone from the state first, then
+        // from the host.
         let txn = Txn::new("rm");
-        let mut next = self.state.clone();
+        let mut next = exited(&self.state, &id, None);
         next.containers.remove(&id);
-        let mut errors = self.commit_removal(next, &txn).await?;
-        txn.step("files");
-        let dir = self.sandboxes.files_dir(&id);
-        if let Err(e) = std::fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            errors.push(anyhow::Error::new(e).context(format!("removing {}", dir.display())));
-        }
-        self.exits.remove(&id);
-        self.report(&txn, errors);
+        self.remove_sandbox(&id, next, None, &txn).await?;
         Ok(json!(c.name))
     }
 
@@ -595,6 +621,11 @@ impl Daemon {
         nc.endpoints.insert(nid.clone(), ep.clone());
         let nc = nc.clone();
         let mut txn = Txn::new("connect");
+        self.begin(Intent {
+            op: txn.op.into(),
+            links: vec![ep.veth.clone()],
+            ..Intent::default()
+        })?;
         let ns = NetNs::at(self.sandboxes.netns_path(&cid));
         let r = async {
             txn.step("endpoint");
@@ -607,8 +638,7 @@ impl Daemon {
         }
         .await;
         if let Err(e) = r {
-            let undo = txn.rollback(&self.sandboxes, &self.cgroups).await;
-            return Err(combine(e, undo));
+            return Err(self.abort(txn, e).await);
         }
         self.commit(next, txn).await?;
         Ok(json!({}))

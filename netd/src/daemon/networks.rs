@@ -3,15 +3,15 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::{
-    Daemon, blocking, now, rand_id,
-    txn::{Txn, Undo, combine},
+    Daemon, now, rand_id,
+    txn::{Txn, Undo},
 };
 use crate::{
     api::{self, types::NetworkSpec},
-    datapath::Datapath,
     ipam::{self, Allocator, Cidr},
     model::*,
     sandbox::BRIDGE_PREFIX,
+    state::Intent,
 };
 
 impl Daemon {
@@ -82,17 +82,18 @@ impl Daemon {
             default: false,
         };
         let mut txn = Txn::new("network-create");
+        self.begin(Intent {
+            op: txn.op.into(),
+            links: vec![net.bridge.clone()],
+            ..Intent::default()
+        })?;
         let mut next = self.state.clone();
         next.networks.insert(net.id.clone(), net.clone());
         txn.step("bridge");
-        let made = self.sandboxes.ensure_bridge(&net).await;
-        match made {
+        match self.sandboxes.ensure_bridge(&net).await {
             Ok(true) => txn.applied(Undo::Link(net.bridge.clone())),
             Ok(false) => {}
-            Err(e) => {
-                let undo = txn.rollback(&self.sandboxes, &self.cgroups).await;
-                return Err(combine(e, undo));
-            }
+            Err(e) => return Err(self.abort(txn, e).await),
         }
         self.commit(next, txn).await?;
         Ok(json!({ "Id": net.id, "Warning": "" }))
@@ -133,57 +134,5 @@ impl Daemon {
         }
         self.report(&txn, errors);
         Ok(json!(net.name))
-    }
-
-    /// Applies a creating operation: syncs the datapath with `next`, saves
-    /// it and swaps it in; on failure undoes `txn` and restores the
-    /// datapath to the current state.
-    pub(crate) async fn commit(&mut self, next: crate::state::State, txn: Txn) -> Result<()> {
-        txn.step("datapath");
-        let mut r = blocking(|| self.dp.sync(&next));
-        if r.is_ok() {
-            txn.step("save");
-            r = self.save(&next);
-        }
-        if let Err(e) = r {
-            let mut undo = txn.rollback(&self.sandboxes, &self.cgroups).await;
-            let state = self.state.clone();
-            if let Err(e2) = blocking(|| self.dp.sync(&state)) {
-                undo.push(e2);
-            }
-            return Err(combine(e, undo));
-        }
-        txn.step("done");
-        self.state = next;
-        Ok(())
-    }
-
-    /// Applies a removing operation's state: saves `next` first (the
-    /// intent: reconcile finishes it after a crash), swaps it in and syncs
-    /// the datapath. Returns the errors of the steps after the save; the
-    /// caller removes kernel objects next and reports them all.
-    pub(crate) async fn commit_removal(
-        &mut self,
-        next: crate::state::State,
-        txn: &Txn,
-    ) -> Result<Vec<anyhow::Error>> {
-        txn.step("save");
-        self.save(&next)?;
-        self.state = next;
-        txn.step("datapath");
-        let state = self.state.clone();
-        Ok(blocking(|| self.dp.sync(&state))
-            .err()
-            .into_iter()
-            .collect())
-    }
-
-    /// Logs what went wrong after a removal was committed (reconcile
-    /// removes the leftovers at the next start).
-    pub(crate) fn report(&self, txn: &Txn, errors: Vec<anyhow::Error>) {
-        txn.step("done");
-        for e in errors {
-            tracing::warn!("{}: {e:#} (left for reconcile)", txn.op);
-        }
     }
 }

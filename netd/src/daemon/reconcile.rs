@@ -65,7 +65,47 @@ impl Daemon {
                 );
             }
         }
-        self.remove_unknown().await
+        self.remove_unknown().await?;
+        self.finish_intent().await
+    }
+
+    /// Removes what an operation interrupted by a crash made and the state
+    /// does not name (its links may not carry the marker yet).
+    async fn finish_intent(&mut self) -> Result<()> {
+        let Some(intent) = self.state.intent.take() else {
+            return Ok(());
+        };
+        tracing::info!("reconcile: undoing the interrupted {} operation", intent.op);
+        let running: Vec<&Container> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.status == Status::Running)
+            .collect();
+        for name in &intent.links {
+            let known = self.state.networks.values().any(|n| &n.bridge == name)
+                || running
+                    .iter()
+                    .any(|c| c.endpoints.values().any(|e| &e.veth == name));
+            if !known {
+                self.nl.delete_by_name(name).await?;
+            }
+        }
+        for p in &intent.netns {
+            let known = running
+                .iter()
+                .any(|c| self.sandboxes.netns_path(&c.id) == *p);
+            if !known {
+                NetNs::at(p).remove()?;
+            }
+        }
+        for id in &intent.cgroups {
+            if !running.iter().any(|c| &c.id == id) {
+                let cgroups = self.cgroups.clone();
+                blocking(|| cgroups.remove(id))?;
+            }
+        }
+        Ok(())
     }
 
     /// Why a container the state calls running cannot be.
