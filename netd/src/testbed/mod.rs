@@ -21,6 +21,7 @@ use crate::{
 };
 
 pub mod cleanup;
+pub mod docker;
 pub mod image;
 
 /// The outside namespace's address on the uplink; the host's default
