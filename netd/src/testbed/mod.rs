@@ -21,6 +21,7 @@ use crate::{
 };
 
 pub mod cleanup;
+pub mod cni;
 pub mod docker;
 pub mod image;
 
