@@ -24,6 +24,7 @@ pub mod cleanup;
 pub mod cni;
 pub mod docker;
 pub mod image;
+pub mod podman;
 
 /// The outside namespace's address on the uplink; the host's default
 /// gateway. From the RFC 2544 benchmarking range, never routed anywhere.
