@@ -240,6 +240,8 @@ impl CniRunner {
 /// The configuration libcni hands plugin `index` of `list`: the plugin's
 /// object, plus `name` and `cniVersion` of the list, `runtimeConfig` with
 /// the capability arguments it declares, and `prevResult` when given.
+/// Like libcni (1.1 and 1.3), `capabilities` is passed through, although
+/// SPEC 1.1.0 says a runtime must not set it.
 pub fn plugin_config(
     list: &Value,
     index: usize,
@@ -272,6 +274,17 @@ pub fn plugin_config(
         conf.insert("prevResult".into(), prev.clone());
     }
     Ok(Value::Object(conf))
+}
+
+/// `version` (like "0.3.1", "1.0.0") >= `min`; unparsable parts count 0.
+pub fn version_at_least(version: &str, min: (u32, u32, u32)) -> bool {
+    let mut p = version.split('.').map(|x| x.parse::<u32>().unwrap_or(0));
+    let v = (
+        p.next().unwrap_or(0),
+        p.next().unwrap_or(0),
+        p.next().unwrap_or(0),
+    );
+    v >= min
 }
 
 /// A conflist attached to one container: [`Chain::add`], [`Chain::check`],
@@ -334,8 +347,28 @@ impl Chain {
         Ok(res)
     }
 
-    /// CHECK each plugin in order with the cached result.
+    /// The conflist's `cniVersion` is at least 0.4.0 (CHECK, and
+    /// `prevResult` on DEL, exist from 0.4.0 on).
+    fn at_least_0_4(&self) -> bool {
+        version_at_least(
+            self.list["cniVersion"].as_str().unwrap_or("0.1.0"),
+            (0, 4, 0),
+        )
+    }
+
+    /// CHECK each plugin in order with the cached result. As libcni: a
+    /// conflist with `disableCheck: true` passes without running anything,
+    /// one older than 0.4.0 is an error.
     pub fn check(&self) -> Result<()> {
+        if self.list["disableCheck"].as_bool() == Some(true) {
+            return Ok(());
+        }
+        if !self.at_least_0_4() {
+            bail!(
+                "configuration version {} does not support CHECK",
+                self.list["cniVersion"]
+            );
+        }
         let prev = self.result.as_ref().context("CHECK before ADD")?;
         for i in 0..self.plugins() {
             let conf = plugin_config(&self.list, i, &self.att, Some(prev))?;
@@ -347,11 +380,16 @@ impl Chain {
         Ok(())
     }
 
-    /// DEL each plugin in reverse order with the cached result (if any);
-    /// stops at the first failure, as libcni does.
+    /// DEL each plugin in reverse order with the cached result (none
+    /// before 0.4.0); stops at the first failure, as libcni does.
     pub fn del(&mut self) -> Result<()> {
+        let prev = if self.at_least_0_4() {
+            self.result.clone()
+        } else {
+            None
+        };
         for i in (0..self.plugins()).rev() {
-            let conf = plugin_config(&self.list, i, &self.att, self.result.as_ref())?;
+            let conf = plugin_config(&self.list, i, &self.att, prev.as_ref())?;
             self.runner
                 .exec(CniCommand::Del, &conf, Some(&self.att))?
                 .ok()
@@ -405,5 +443,13 @@ mod tests {
         assert_eq!(second["prevResult"], prev);
         assert_eq!(second["name"], "n1");
         assert_eq!(att.cni_args(), "IgnoreUnknown=1");
+    }
+
+    #[test]
+    fn versions() {
+        assert!(version_at_least("1.0.0", (0, 4, 0)));
+        assert!(version_at_least("0.4.0", (0, 4, 0)));
+        assert!(!version_at_least("0.3.1", (0, 4, 0)));
+        assert!(version_at_least("1.1.0", (1, 1, 0)));
     }
 }
