@@ -364,6 +364,48 @@ impl Drop for Dockerd {
     }
 }
 
+/// Where dockerd 20.10 looks for plugin spec files (a file `NAME.spec`
+/// holding the plugin's address, `unix:///path` or `tcp://host:port`).
+/// Hard-coded in dockerd (pkg/plugins), shared by every dockerd here.
+pub const PLUGIN_SPEC_DIR: &str = "/etc/docker/plugins";
+/// Where dockerd 20.10 looks for plugin sockets (`NAME.sock` or
+/// `NAME/NAME.sock`); hard-coded too.
+pub const PLUGIN_SOCKET_DIR: &str = "/run/docker/plugins";
+
+/// A legacy (v1) plugin registration: `/etc/docker/plugins/NAME.spec`
+/// pointing at `address`, so a plugin's socket can live in the test's own
+/// directory. The directory is global: `name` must be unique (use
+/// [`unique_stem`]). Never overwrites an existing spec; removed on drop.
+pub struct PluginSpec {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl PluginSpec {
+    pub fn install(name: &str, address: &str) -> Result<PluginSpec> {
+        use std::io::Write;
+        std::fs::create_dir_all(PLUGIN_SPEC_DIR)?;
+        let path = Path::new(PLUGIN_SPEC_DIR).join(format!("{name}.spec"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        let spec = PluginSpec {
+            name: name.into(),
+            path,
+        };
+        writeln!(f, "{address}")?;
+        Ok(spec)
+    }
+}
+
+impl Drop for PluginSpec {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Builds a busybox image (see [`image::busybox_rootfs`]) with
 /// `extra_binaries` in `/bin` and imports it into `dockerd` as `name`.
 pub fn busybox_image(dockerd: &Dockerd, name: &str, extra_binaries: &[&Path]) -> Result<String> {
