@@ -20,6 +20,12 @@ use crate::{
     netns::NetNs,
 };
 
+pub mod cleanup;
+pub mod cni;
+pub mod docker;
+pub mod image;
+pub mod podman;
+
 /// The outside namespace's address on the uplink; the host's default
 /// gateway. From the RFC 2544 benchmarking range, never routed anywhere.
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -156,6 +162,14 @@ impl Testbed {
         Ok(ns)
     }
 
+    /// An empty namespace (only `lo`, up) named after the testbed, removed
+    /// with it: a sandbox for a CNI plugin or an engine to wire.
+    pub fn netns(&mut self, name: &str) -> Result<NetNs> {
+        let ns = NetNs::create_named(&format!("{}-{name}", self.stem))?;
+        self.extra.push(ns.clone());
+        Ok(ns)
+    }
+
     /// Runs a command in `ns` to completion and returns its output.
     pub fn exec(&self, ns: &NetNs, args: &[&str]) -> Result<Output> {
         let mut cmd = ns.command(args[0])?;
@@ -256,5 +270,27 @@ pub fn require_root(test: &str) -> bool {
         panic!("{test} needs root (CI=true: not skipping)");
     }
     eprintln!("skipping {test}: needs root");
+    false
+}
+
+/// For tests that need programs the project's setup installs (real
+/// engines, CNI plugins): `tools` are absolute paths. Returns false (skip,
+/// with a note) when one is missing, except under CI=true, where it is a
+/// failure.
+pub fn require_tools(test: &str, tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| !std::path::Path::new(t).exists())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!(
+            "{test} needs {missing:?} (CI=true: not skipping; `cargo xtask setup` installs them)"
+        );
+    }
+    eprintln!("skipping {test}: missing {missing:?} (`cargo xtask setup` installs them)");
     false
 }
