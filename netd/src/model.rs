@@ -41,6 +41,24 @@ pub struct Network {
     /// The default `bridge` network: no name resolution, Docker's legacy
     /// behaviour.
     pub default: bool,
+    /// Who manages the network: netd's API, or an engine through one of
+    /// netd's plugins (then netd's `network rm` refuses it).
+    #[serde(default)]
+    pub owner: NetworkOwner,
+}
+
+/// Who created a network.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum NetworkOwner {
+    /// `netd network create` (and the default network).
+    #[default]
+    Netd,
+    /// Docker, through the network driver plugin `plugin`: `network` is
+    /// Docker's network id.
+    Docker { plugin: String, network: String },
+    /// A CNI network config (`name`), created by the plugin's first ADD.
+    Cni { config: String },
 }
 
 impl Network {
@@ -96,6 +114,30 @@ pub enum Status {
     Exited,
 }
 
+/// Who a container (a set of endpoints with one network namespace) is
+/// for. netd's own containers have a namespace, files, a cgroup and
+/// processes of netd's; the others are attachments netd wires into a
+/// namespace that an engine owns, with the same datapath behind them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Owner {
+    #[default]
+    Netd,
+    /// A Docker endpoint (libnetwork remote driver): Docker moves the
+    /// container end of the veth into its sandbox (`sandbox`, once Join
+    /// told it).
+    Docker {
+        endpoint: String,
+        sandbox: Option<std::path::PathBuf>,
+    },
+    /// A CNI attachment: `CNI_CONTAINERID`, `CNI_NETNS`, `CNI_IFNAME`.
+    Cni {
+        container_id: String,
+        netns: std::path::PathBuf,
+        ifname: String,
+    },
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Container {
     pub id: String,
@@ -136,6 +178,8 @@ pub struct Container {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub finished_at: Option<String>,
+    #[serde(default)]
+    pub owner: Owner,
     /// `--network-alias` names for the first network.
     #[serde(default)]
     pub requested_aliases: Vec<String>,

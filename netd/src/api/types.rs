@@ -65,6 +65,8 @@ pub struct NetworkSpec {
     pub options: NetworkOptions,
     pub bridge: Option<String>,
     pub raw_options: BTreeMap<String, String>,
+    /// Netd for the API; the plugins set their own.
+    pub owner: crate::model::NetworkOwner,
 }
 
 impl NetworkCreate {
@@ -170,6 +172,7 @@ impl NetworkCreate {
             options: opts,
             bridge,
             raw_options: self.options,
+            owner: crate::model::NetworkOwner::Netd,
         })
     }
 }

@@ -216,6 +216,7 @@ impl Daemon {
             },
             raw_options: BTreeMap::new(),
             default: true,
+            owner: NetworkOwner::Netd,
         };
         self.state.networks.insert(net.id.clone(), net);
         Ok(())

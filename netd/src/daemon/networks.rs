@@ -80,6 +80,7 @@ impl Daemon {
             options: spec.options,
             raw_options: spec.raw_options,
             default: false,
+            owner: spec.owner.clone(),
         };
         let mut txn = Txn::new("network-create");
         self.begin(Intent {
@@ -109,6 +110,12 @@ impl Daemon {
         let net = self.state.networks[&id].clone();
         if net.default {
             return api::bad("bridge is a pre-defined network and cannot be removed");
+        }
+        if let NetworkOwner::Docker { plugin, .. } = &net.owner {
+            return api::conflict(format!(
+                "network {} belongs to Docker (driver {plugin}): remove it with `docker network rm`",
+                net.name
+            ));
         }
         let users: Vec<&str> = self
             .state

@@ -394,6 +394,7 @@ mod tests {
             },
             raw_options: BTreeMap::new(),
             default: false,
+            owner: Default::default(),
         }
     }
 
