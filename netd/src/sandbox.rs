@@ -63,8 +63,12 @@ impl Sandboxes {
         self.netns_dir().join(id)
     }
 
-    /// The network namespace a container's processes run in.
+    /// The network namespace a container's processes run in (the
+    /// runtime's `CNI_NETNS` for a CNI attachment).
     pub fn sandbox_key(&self, c: &Container) -> PathBuf {
+        if let Some((_, netns, _)) = c.cni() {
+            return netns.to_path_buf();
+        }
         match &c.mode {
             Mode::Container(t) => self.netns_path(t),
             _ => self.netns_path(&c.id),
@@ -159,7 +163,9 @@ impl Sandboxes {
                 errors.push(e.context(format!("removing {}", ep.veth)));
             }
         }
+        // A CNI attachment's namespace is the runtime's: never removed.
         if !matches!(c.mode, Mode::Container(_))
+            && c.cni().is_none()
             && let Err(e) = NetNs::at(self.netns_path(&c.id)).remove()
         {
             errors.push(e);

@@ -29,6 +29,7 @@ use crate::{
     state::{State, Store},
 };
 
+pub mod cni;
 pub mod containers;
 pub mod lock;
 pub mod networks;
@@ -260,7 +261,12 @@ impl Daemon {
         tracing::info!("shutting down and removing everything (--cleanup-on-exit)");
         let ids: Vec<String> = self.state.containers.keys().cloned().collect();
         for id in ids {
-            if let Err(e) = self.container_rm(&id, true).await {
+            let r = if self.state.containers[&id].cni().is_some() {
+                self.cni_release(&id, "cni-shutdown").await
+            } else {
+                self.container_rm(&id, true).await.map(|_| ())
+            };
+            if let Err(e) = r {
                 tracing::warn!("removing container {id}: {e:#}");
             }
         }

@@ -195,7 +195,7 @@ impl Daemon {
             Status::Running => "running",
             Status::Exited => "exited",
         };
-        json!({
+        let mut v = json!({
             "Id": c.id,
             "Name": format!("/{}", c.name),
             "Created": c.created,
@@ -230,7 +230,15 @@ impl Daemon {
                 "Networks": networks,
             },
             "PortBindings": c.ports.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
-        })
+        });
+        // A CNI attachment: the runtime's ids, no files or logs of netd's.
+        if let Some((container_id, netns, ifname)) = c.cni() {
+            v["Cni"] = json!({ "ContainerID": container_id, "Netns": netns, "IfName": ifname });
+            for k in ["HostsPath", "ResolvConfPath", "HostnamePath", "LogPath"] {
+                v[k] = json!("");
+            }
+        }
+        v
     }
 
     /// Datapath counters, with per-endpoint figures keyed by container.
