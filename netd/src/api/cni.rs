@@ -204,35 +204,32 @@ impl CniAdd {
         };
         let mut ip = None;
         for s in &self.ips {
-            let (addr, prefix) = match s.split_once('/') {
-                Some((a, p)) => (
-                    a,
-                    Some(
-                        p.parse::<u8>()
-                            .ok()
-                            .filter(|p| *p <= 32)
-                            .with_context(|| format!("invalid runtimeConfig.ips entry {s:?}"))?,
-                    ),
-                ),
-                None => (s.as_str(), None),
-            };
-            match addr.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(a)) => {
-                    if ip.is_some() {
-                        return bad(format!(
-                            "runtimeConfig.ips has more than one IPv4 address ({:?}): an attachment has one",
-                            self.ips
-                        ));
-                    }
-                    ip = Some((a, prefix));
-                }
+            let (addr, prefix) = s.split_once('/').unwrap_or((s, ""));
+            let addr = match addr.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(a)) => a,
                 Ok(std::net::IpAddr::V6(_)) => {
                     return bad(format!(
                         "runtimeConfig.ips entry {s:?} is IPv6: netd networks are IPv4-only"
                     ));
                 }
                 Err(_) => return bad(format!("invalid runtimeConfig.ips entry {s:?}")),
+            };
+            let prefix = match prefix {
+                "" => None,
+                p => Some(
+                    p.parse::<u8>()
+                        .ok()
+                        .filter(|p| *p <= 32)
+                        .with_context(|| format!("invalid runtimeConfig.ips entry {s:?}"))?,
+                ),
+            };
+            if ip.is_some() {
+                return bad(format!(
+                    "runtimeConfig.ips has more than one IPv4 address ({:?}): an attachment has one",
+                    self.ips
+                ));
             }
+            ip = Some((addr, prefix));
         }
         let mac = match &self.mac {
             Some(s) => {

@@ -261,6 +261,15 @@ impl Daemon {
             }
             v["Endpoints"] = Value::Object(by_name);
         }
+        // CNI attachments are containers like the others (their endpoints
+        // are above); how many there are, for every datapath.
+        let cni = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.cni().is_some())
+            .count();
+        v["CniAttachments"] = json!(cni);
         Ok(v)
     }
 }
