@@ -258,7 +258,9 @@ fn add_ping_check_del(dp: &str) {
 
     let id1 = unique_stem("ctr");
     let id2 = unique_stem("ctr");
-    let a1 = Attachment::new(&id1, ns1.path(), "eth0");
+    let mut a1 = Attachment::new(&id1, ns1.path(), "eth0");
+    // The pod's name (as containerd and podman pass it) is its DNS name.
+    a1.args.push(("K8S_POD_NAME".into(), "pod-one".into()));
     // Any interface name, not only eth0.
     let a2 = Attachment::new(&id2, ns2.path(), "net1");
     let r1 = c.add(&conf, &a1);
@@ -280,6 +282,20 @@ fn add_ping_check_del(dp: &str) {
         got.starts_with(&format!("hello from outside to {HOST_IP}:")),
         "not masqueraded: {got}"
     );
+
+    // The network's embedded DNS server (the result's nameserver) knows
+    // the pod by name.
+    let mut answer = String::new();
+    wait_until(READY, || {
+        answer = c
+            .n
+            .tb
+            .exec(&ns2, &[&netd(), "tool", "dns-query", "10.99.0.1", "pod-one"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        answer.contains(&ip1)
+    });
+    assert!(answer.contains(&ip1), "pod-one does not resolve: {answer}");
 
     // First-class in the daemon.
     let ps = c.ps();
