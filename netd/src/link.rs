@@ -309,11 +309,13 @@ impl Netlink {
             .with_context(|| format!("adding the route {dst}/{prefix} via {gateway}"))
     }
 
-    /// Deletes the route `dst/prefix via gateway`; a missing one is fine.
+    /// Deletes netd's route `dst/prefix via gateway`; a missing one is
+    /// fine.
     pub async fn delete_route(&self, dst: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<()> {
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst, prefix)
             .gateway(gateway)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
             .build();
         match self.handle.route().del(route).execute().await {
             Ok(()) => Ok(()),
