@@ -7,7 +7,8 @@ use netd_tests::daemon::Netd;
 /// The cluster's daemons (node N runs pods in 10.244.N.0/24).
 pub struct Nodes {
     pub daemons: Vec<Netd>,
-    pub cluster: Cluster,
+    /// Owns the underlay and outside namespaces (dropped last).
+    pub _cluster: Cluster,
 }
 
 pub fn start_cluster(dp: &str) -> Nodes {
@@ -39,7 +40,10 @@ pub fn start_cluster(dp: &str) -> Nodes {
             }
         }
     }
-    Nodes { daemons, cluster }
+    Nodes {
+        daemons,
+        _cluster: cluster,
+    }
 }
 
 fn routes(n: &Netd) -> String {
