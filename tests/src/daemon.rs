@@ -32,11 +32,17 @@ pub struct Netd {
     /// programs attach here, so nothing else on the machine is affected.
     pub cgroup: PathBuf,
     daemon: Option<Child>,
+    /// Daemon flags of this test, on every start (`--cluster-cidr ...`).
+    pub flags: Vec<(String, String)>,
 }
 
 impl Netd {
     pub fn start(datapath: &str) -> Result<Netd> {
-        let tb = Testbed::new("e")?;
+        Netd::start_on(Testbed::new("e")?, datapath, &[])
+    }
+
+    /// A daemon in `tb`'s host namespace, with extra daemon flags.
+    pub fn start_on(tb: Testbed, datapath: &str, flags: &[(&str, &str)]) -> Result<Netd> {
         let dir = std::env::temp_dir().join(format!("{}-d", tb.stem));
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("netd.sock");
@@ -49,6 +55,10 @@ impl Netd {
             socket,
             cgroup,
             daemon: None,
+            flags: flags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         n.start_daemon()?;
         Ok(n)
@@ -80,7 +90,12 @@ impl Netd {
             // never the machine's own.
             ("--dns", ::netd::testbed::OUTSIDE_IP.to_string()),
         ];
-        for (k, v) in overrides {
+        let own: Vec<(&str, &str)> = self
+            .flags
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        for (k, v) in own.iter().chain(overrides) {
             match flags.iter_mut().find(|(f, _)| f == k) {
                 Some(f) => f.1 = v.to_string(),
                 None => flags.push((k, v.to_string())),

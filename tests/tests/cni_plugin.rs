@@ -287,12 +287,14 @@ fn add_ping_check_del(dp: &str) {
     // the pod by name.
     let mut answer = String::new();
     wait_until(READY, || {
-        answer = c
-            .n
-            .tb
-            .exec(&ns2, &[&netd(), "tool", "dns-query", "10.99.0.1", "pod-one"])
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
+        answer =
+            c.n.tb
+                .exec(
+                    &ns2,
+                    &[&netd(), "tool", "dns-query", "10.99.0.1", "pod-one"],
+                )
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
         answer.contains(&ip1)
     });
     assert!(answer.contains(&ip1), "pod-one does not resolve: {answer}");
