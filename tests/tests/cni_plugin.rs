@@ -457,9 +457,10 @@ fn chain_tuning_bandwidth_ports(dp: &str) {
 
 /// kill -9 of the daemon: while it is down STATUS says 50 and DEL 11 (the
 /// runtime retries; nothing is lost) and the datapath keeps forwarding;
-/// after the restart the attachment is still there and DEL cleans it up;
-/// an attachment whose namespace went away meanwhile is released by
-/// reconcile, and no runtime namespace is ever deleted.
+/// after the restart the attachment is still there (its veth, deleted
+/// meanwhile, made again) and DEL cleans it up; an attachment whose
+/// namespace went away meanwhile is released by reconcile, and no runtime
+/// namespace is ever deleted.
 fn kill9_then_del(dp: &str) {
     let mut c = Cni::start(dp);
     let (ns1, ns2) = (c.netns("k1"), c.netns("k2"));
@@ -487,17 +488,23 @@ fn kill9_then_del(dp: &str) {
         curl(&c, &outside, &url).is_some(),
         "published port lost while the daemon is down"
     );
-    // The runtime removes k2's namespace while netd is down.
+    // The runtime removes k2's namespace while netd is down, and k1's
+    // veth goes missing.
     ns2.remove().unwrap();
+    let veth1 = r1["interfaces"][1]["name"].as_str().unwrap().to_string();
+    c.in_ns(&c.n.tb.host, &["ip", "link", "del", &veth1]);
 
     c.n.start_daemon().unwrap();
     c.ok(CniCommand::Status, &conf, None);
     let ps = c.ps();
     assert!(ps.contains(&a1.container_id), "{ps}");
     assert!(!ps.contains(&a2.container_id), "k2 was not released: {ps}");
+    // Reconcile made k1's endpoint again, as it was.
     let mut chk = conf.clone();
     chk["prevResult"] = r1.clone();
     c.ok(CniCommand::Check, &chk, Some(&a1));
+    let got = curl_wait(&c, &outside, &url);
+    assert!(got.starts_with("hello from k1 to "), "{got}");
     // k2's address is free again.
     let ns3 = c.netns("k3");
     let a3 = Attachment::new(&unique_stem("ctr"), ns3.path(), "eth0");
