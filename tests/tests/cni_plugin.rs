@@ -1102,6 +1102,17 @@ fn podman_runs_busybox_on_netd() {
         line.contains("10.90.0.") && line.contains("18085"),
         "{line}"
     );
+    // Podman's own container id and namespace; its container name came
+    // as K8S_POD_NAME: the attachment's DNS name.
+    let info = c.n.inspect(line.split_whitespace().nth(1).unwrap());
+    assert_eq!(info["Config"]["Hostname"], "pweb", "{info}");
+    assert_eq!(info["Cni"]["IfName"], "eth0");
+    assert!(
+        info["Cni"]["Netns"]
+            .as_str()
+            .unwrap()
+            .starts_with("/run/netns/")
+    );
     let outside = c.n.tb.outside.clone();
     let body = curl_wait(&c, &outside, &format!("http://{HOST_IP}:18085/index.html"));
     assert_eq!(body.trim(), "hello-podman");
