@@ -120,6 +120,77 @@ pub enum NetworkCmd {
     Disconnect { network: String, container: String },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// Route another node's pod range via its address (what a Kubernetes
+    /// node watcher does for each Node's spec.podCIDR and InternalIP).
+    Add {
+        name: String,
+        #[arg(long = "pod-cidr")]
+        pod_cidr: String,
+        #[arg(long)]
+        address: String,
+    },
+    /// Remove a node and its route.
+    #[command(visible_alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// List the nodes.
+    #[command(visible_alias = "list")]
+    Ls {
+        #[arg(long)]
+        format: Option<String>,
+    },
+}
+
+pub fn node(c: &Client, cmd: NodeCmd) -> Result<i32> {
+    match cmd {
+        NodeCmd::Add {
+            name,
+            pod_cidr,
+            address,
+        } => {
+            c.post(
+                "/nodes",
+                &json!({ "Name": name, "PodCidr": pod_cidr, "Address": address }),
+            )?;
+            println!("{name}");
+        }
+        NodeCmd::Rm { names } => {
+            let mut code = 0;
+            for n in names {
+                match c.delete(&format!("/nodes/{n}")) {
+                    Ok(_) => println!("{n}"),
+                    Err(e) => {
+                        eprintln!("Error: {e:#}");
+                        code = 1;
+                    }
+                }
+            }
+            return Ok(code);
+        }
+        NodeCmd::Ls { format } => {
+            let v = c.get("/nodes")?;
+            if format.as_deref() == Some("json") {
+                print_json(&v);
+                return Ok(0);
+            }
+            let mut rows = vec![["NAME".to_string(), "POD CIDR".into(), "ADDRESS".into()]];
+            for n in v.as_array().into_iter().flatten() {
+                rows.push([
+                    n["Name"].as_str().unwrap_or_default().to_string(),
+                    n["PodCidr"].as_str().unwrap_or_default().to_string(),
+                    n["Address"].as_str().unwrap_or_default().to_string(),
+                ]);
+            }
+            print!("{}", table(&rows, 3));
+        }
+    }
+    Ok(0)
+}
+
 fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
@@ -244,6 +315,18 @@ fn caller_context() -> (Vec<String>, Option<String>) {
     (env, cwd)
 }
 
+/// An error that may mean the daemon went away while the process ran:
+/// then the process goes on (as with `docker exec`), only its exit code
+/// is lost.
+fn lost(e: anyhow::Error, program: &str, container: &str) -> anyhow::Error {
+    if e.is::<crate::api::ApiError>() {
+        return e;
+    }
+    e.context(format!(
+        "lost the daemon while {program:?} ran in {container}; the process may still be running"
+    ))
+}
+
 fn inspect(c: &Client, name: &str) -> Result<Value> {
     c.get(&format!("/containers/{name}/json"))
 }
@@ -256,10 +339,12 @@ pub fn exec(c: &Client, name: &str, cmd: &[String]) -> Result<i32> {
         bail!("no command given: netd exec NAME -- CMD [ARG]...");
     }
     let (env, cwd) = caller_context();
-    let r = c.post(
-        &format!("/containers/{name}/exec"),
-        &json!({ "Cmd": cmd, "Env": env, "WorkingDir": cwd }),
-    )?;
+    let r = c
+        .post(
+            &format!("/containers/{name}/exec"),
+            &json!({ "Cmd": cmd, "Env": env, "WorkingDir": cwd }),
+        )
+        .map_err(|e| lost(e, &cmd[0], name))?;
     Ok(r["ExitCode"].as_i64().unwrap_or(255) as i32)
 }
 
@@ -295,7 +380,7 @@ pub fn run(c: &Client, args: &CreateArgs, detach: bool, rm: bool, cmd: &[String]
         &format!("/containers/{id}/start"),
         &json!({ "Attach": true }),
     );
-    match r {
+    match r.map_err(|e| lost(e, &cmd[0], &id)) {
         Ok(v) => Ok(v["StatusCode"].as_i64().unwrap_or(255) as i32),
         Err(e) => {
             if rm && let Err(e2) = c.delete(&format!("/containers/{id}?force=1")) {
@@ -343,10 +428,16 @@ pub fn ps(c: &Client, all: bool) -> Result<()> {
     } else {
         "/containers/json"
     })?;
-    println!(
-        "{:<14}{:<18}{:<10}{:<16}{:<16}PORTS",
-        "CONTAINER ID", "NAMES", "STATUS", "NETWORK", "IP"
-    );
+    // Columns as wide as their widest cell: CNI attachments are named
+    // after the runtime's (64-character) container ids.
+    let mut rows = vec![[
+        "CONTAINER ID".to_string(),
+        "NAMES".into(),
+        "STATUS".into(),
+        "NETWORK".into(),
+        "IP".into(),
+        "PORTS".into(),
+    ]];
     for ct in v.as_array().into_iter().flatten() {
         let id = ct["Id"].as_str().unwrap_or_default();
         let ports: Vec<&str> = ct["PortBindings"]
@@ -355,21 +446,17 @@ pub fn ps(c: &Client, all: bool) -> Result<()> {
             .flatten()
             .filter_map(|p| p.as_str())
             .collect();
-        println!(
-            "{:<14}{:<18}{:<10}{:<16}{:<16}{}",
-            &id[..id.len().min(12)],
-            ct["Name"]
-                .as_str()
-                .unwrap_or_default()
-                .trim_start_matches('/'),
-            ct["State"]["Status"].as_str().unwrap_or_default(),
-            ct["HostConfig"]["NetworkMode"].as_str().unwrap_or_default(),
-            ct["NetworkSettings"]["IPAddress"]
-                .as_str()
-                .unwrap_or_default(),
-            ports.join(", ")
-        );
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        rows.push([
+            id[..id.len().min(12)].to_string(),
+            s(&ct["Name"]).trim_start_matches('/').to_string(),
+            s(&ct["State"]["Status"]),
+            s(&ct["HostConfig"]["NetworkMode"]),
+            s(&ct["NetworkSettings"]["IPAddress"]),
+            ports.join(", "),
+        ]);
     }
+    print!("{}", table(&rows, 6));
     Ok(())
 }
 
@@ -465,6 +552,9 @@ pub fn render_stats(v: &Value, global: bool) -> String {
         }
         if let Some(n) = v["ConntrackEntries"].as_u64() {
             writeln!(out, "conntrack entries: {n}").ok();
+        }
+        if let Some(n) = v["CniAttachments"].as_u64().filter(|n| *n > 0) {
+            writeln!(out, "cni attachments: {n}").ok();
         }
     }
     out

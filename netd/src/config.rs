@@ -34,6 +34,8 @@ pub struct File {
     /// nameservers of default-bridge containers' resolv.conf and the
     /// embedded DNS server's forwarders. Default: the host's resolv.conf.
     pub dns: Option<Vec<std::net::IpAddr>>,
+    /// The cluster's pod range (`--cluster-cidr`).
+    pub cluster_cidr: Option<String>,
 }
 
 impl File {
@@ -65,6 +67,9 @@ pub struct Config {
     pub cgroup: Option<PathBuf>,
     /// Upstream resolvers (`--dns`, `dns`); empty: the host's resolv.conf.
     pub dns: Vec<std::net::IpAddr>,
+    /// Addresses containers reach without masquerade: the pods of every
+    /// node of the cluster.
+    pub cluster_cidr: Option<crate::ipam::Cidr>,
 }
 
 pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {

@@ -7,13 +7,17 @@ use netlink_packet_route::{
     AddressFamily,
     address::AddressAttribute,
     link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
-    route::{RouteAddress, RouteAttribute, RouteMessage},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol},
 };
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 
 use crate::netns::NetNs;
+
+/// The protocol number netd's routes carry (`ip route` shows `proto
+/// 78`), so reconcile can tell them from everybody else's.
+pub const ROUTE_PROTOCOL: u8 = 78;
 
 /// A netlink connection bound to one network namespace.
 #[derive(Clone)]
@@ -32,6 +36,19 @@ pub struct Link {
     pub mtu: Option<u32>,
     /// IFLA_IFALIAS: netd marks its links with its instance.
     pub alias: Option<String>,
+    /// Administratively up (IFF_UP).
+    pub up: bool,
+    /// IFLA_LINK: a veth's peer index (in the peer's namespace).
+    pub peer: Option<u32>,
+}
+
+/// An IPv4 route of the main table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub dst: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
 }
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
@@ -116,18 +133,6 @@ impl Netlink {
     /// port comes or goes, and containers that cached the gateway's old
     /// address lose it (the frames reach the host as "other host").
     pub async fn ensure_bridge(&self, name: &str, mtu: u32, mac: Option<[u8; 6]>) -> Result<u32> {
-        self.ensure_bridge_marked(name, mtu, mac, None).await
-    }
-
-    /// [`ensure_bridge`](Self::ensure_bridge), the bridge created with
-    /// `alias` (netd's instance marker) in the same request.
-    pub async fn ensure_bridge_marked(
-        &self,
-        name: &str,
-        mtu: u32,
-        mac: Option<[u8; 6]>,
-        alias: Option<&str>,
-    ) -> Result<u32> {
         if let Some(l) = self.link_by_name(name).await? {
             if l.kind.as_deref() != Some("bridge") {
                 bail!("link {name} exists and is not a bridge");
@@ -150,9 +155,6 @@ impl Netlink {
         if let Some(mac) = mac {
             b = b.address(mac.to_vec());
         }
-        if let Some(a) = alias {
-            b = b.alias(a);
-        }
         self.handle
             .link()
             .add(b.build())
@@ -173,22 +175,6 @@ impl Netlink {
         peer_mac: [u8; 6],
         mtu: u32,
     ) -> Result<u32> {
-        self.create_veth_marked(host_name, peer_name, peer_ns, peer_mac, mtu, None)
-            .await
-    }
-
-    /// [`create_veth`](Self::create_veth), the host end created with
-    /// `alias` (netd's instance marker) in the same request: a crash never
-    /// leaves an unmarked veth of ours behind.
-    pub async fn create_veth_marked(
-        &self,
-        host_name: &str,
-        peer_name: &str,
-        peer_ns: &NetNs,
-        peer_mac: [u8; 6],
-        mtu: u32,
-        alias: Option<&str>,
-    ) -> Result<u32> {
         let ns_file = peer_ns.open()?;
         use std::os::fd::AsRawFd;
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
@@ -197,11 +183,8 @@ impl Netlink {
             .address(peer_mac.to_vec())
             .setns_by_fd(ns_file.as_raw_fd())
             .build();
-        let mut host = LinkVeth::new(host_name, peer_name).mtu(mtu);
-        if let Some(a) = alias {
-            host = host.alias(a);
-        }
-        let msg = host
+        let msg = LinkVeth::new(host_name, peer_name)
+            .mtu(mtu)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
         self.handle
@@ -322,6 +305,93 @@ impl Netlink {
         }
     }
 
+    /// The IPv4 routes of the main table.
+    pub async fn routes(&self) -> Result<Vec<Route>> {
+        let mut s = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = s.try_next().await? {
+            if msg.header.table != 254 {
+                continue;
+            }
+            let mut r = Route {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix: msg.header.destination_prefix_length,
+                gateway: None,
+                oif: None,
+            };
+            for a in &msg.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => r.dst = *ip,
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => r.gateway = Some(*ip),
+                    RouteAttribute::Oif(i) => r.oif = Some(*i),
+                    _ => {}
+                }
+            }
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Adds (or replaces) the route `dst/prefix via gateway`, marked as
+    /// netd's ([`ROUTE_PROTOCOL`]).
+    pub async fn replace_route(&self, dst: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix)
+            .gateway(gateway)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("adding the route {dst}/{prefix} via {gateway}"))
+    }
+
+    /// Deletes netd's route `dst/prefix via gateway`; a missing one is
+    /// fine.
+    pub async fn delete_route(&self, dst: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix)
+            .gateway(gateway)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+            .build();
+        match self.handle.route().del(route).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("deleting the route {dst}/{prefix}")),
+        }
+    }
+
+    /// Routes of the main table that netd made ([`ROUTE_PROTOCOL`]): (dst,
+    /// prefix, gateway).
+    pub async fn own_routes(&self) -> Result<Vec<(Ipv4Addr, u8, Ipv4Addr)>> {
+        let mut s = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = s.try_next().await? {
+            if msg.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL) {
+                continue;
+            }
+            let gw = msg.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let (Some((dst, prefix)), Some(gw)) = (route_dst(&msg), gw) {
+                out.push((dst, prefix, gw));
+            }
+        }
+        Ok(out)
+    }
+
     /// IPv4 destinations of the main table (prefix, length), for overlap
     /// checks; the default route is left out.
     pub async fn route_prefixes(&self) -> Result<Vec<(Ipv4Addr, u8)>> {
@@ -363,6 +433,11 @@ fn parse_link(msg: &LinkMessage) -> Link {
         master: None,
         mtu: None,
         alias: None,
+        up: msg
+            .header
+            .flags
+            .contains(netlink_packet_route::link::LinkFlags::Up),
+        peer: None,
     };
     for a in &msg.attributes {
         match a {
@@ -373,6 +448,7 @@ fn parse_link(msg: &LinkMessage) -> Link {
             LinkAttribute::Controller(m) => l.master = Some(*m),
             LinkAttribute::Mtu(m) => l.mtu = Some(*m),
             LinkAttribute::IfAlias(a) => l.alias = Some(a.clone()),
+            LinkAttribute::Link(p) => l.peer = Some(*p),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     if let LinkInfo::Kind(k) = i {

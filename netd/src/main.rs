@@ -40,6 +40,9 @@ enum Cmd {
     /// Manage networks.
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// The other nodes of a cluster: routes to their pods, without NAT.
+    #[command(subcommand)]
+    Node(cli::NodeCmd),
     /// Create a container (its network namespace and interfaces).
     Create(CreateArgs),
     /// Create a container and run a command in it.
@@ -178,6 +181,10 @@ struct DaemonArgs {
     /// host's resolv.conf.
     #[arg(long = "dns", value_name = "IP")]
     dns: Vec<IpAddr>,
+    /// The cluster's pod range: traffic between containers and these
+    /// addresses is never masqueraded (pods see each other's addresses).
+    #[arg(long = "cluster-cidr", value_name = "CIDR")]
+    cluster_cidr: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -257,6 +264,11 @@ enum Tool {
 }
 
 fn main() {
+    // A container runtime running netd as a CNI plugin: no arguments,
+    // the request in the environment and on stdin (see netd::cni).
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        std::process::exit(netd::cni::main());
+    }
     let cli = Cli::parse();
     let default_filter = match cli.cmd {
         Cmd::Demo => "info,netd_ebpf=debug",
@@ -314,6 +326,13 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
         } else {
             a.dns
         },
+        cluster_cidr: match a.cluster_cidr.or(file.cluster_cidr) {
+            Some(c) => Some(
+                c.parse::<netd::ipam::Cidr>()
+                    .with_context(|| format!("invalid --cluster-cidr {c:?}"))?,
+            ),
+            None => None,
+        },
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(netd::daemon::run(cfg))?;
@@ -325,6 +344,7 @@ fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
         Cmd::Daemon(a) => daemon(cli.socket, a),
         Cmd::Network(n) => cli::network(&c, n),
+        Cmd::Node(n) => cli::node(&c, n),
         Cmd::Create(a) => {
             println!("{}", cli::create(&c, &a)?);
             Ok(0)

@@ -24,6 +24,83 @@ pub struct NetworkOptions {
     pub mtu: u32,
     /// Default host address for published ports (`host-binding-ipv4`).
     pub host_binding_ipv4: Ipv4Addr,
+    /// Docker's `com.docker.network.bridge.gateway_mode_ipv4`.
+    #[serde(default)]
+    pub gateway_mode: GatewayMode,
+}
+
+impl Default for NetworkOptions {
+    fn default() -> NetworkOptions {
+        NetworkOptions {
+            icc: true,
+            masquerade: true,
+            internal: false,
+            mtu: 1500,
+            host_binding_ipv4: Ipv4Addr::UNSPECIFIED,
+            gateway_mode: GatewayMode::Nat,
+        }
+    }
+}
+
+/// How a network's containers meet the world (Docker 27/28's gateway
+/// modes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GatewayMode {
+    /// Masquerade out, published ports in; container addresses are not
+    /// reachable from outside by routing (Docker 28).
+    #[default]
+    Nat,
+    /// As `nat`, but every container port is reachable by routing to the
+    /// container's address too.
+    NatUnprotected,
+    /// No NAT at all: containers' own addresses on the wire; from outside
+    /// only published container ports (by the container's address) and
+    /// replies to the containers' own connections get in.
+    Routed,
+    /// Internal networks only: the bridge has no address on the host.
+    Isolated,
+}
+
+impl GatewayMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GatewayMode::Nat => "nat",
+            GatewayMode::NatUnprotected => "nat-unprotected",
+            GatewayMode::Routed => "routed",
+            GatewayMode::Isolated => "isolated",
+        }
+    }
+
+    /// Whether the containers' traffic out is masqueraded (`masquerade`
+    /// can still turn it off).
+    pub fn nat(self) -> bool {
+        matches!(self, GatewayMode::Nat | GatewayMode::NatUnprotected)
+    }
+}
+
+impl std::str::FromStr for GatewayMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<GatewayMode> {
+        Ok(match s {
+            "nat" => GatewayMode::Nat,
+            "nat-unprotected" => GatewayMode::NatUnprotected,
+            "routed" => GatewayMode::Routed,
+            "isolated" => GatewayMode::Isolated,
+            _ => anyhow::bail!(
+                "invalid gateway mode {s:?}: expected nat, nat-unprotected, routed or isolated"
+            ),
+        })
+    }
+}
+
+/// Another node of the cluster: its pods' addresses are routed via its
+/// address, without NAT (`netd node add`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub pod_cidr: Cidr,
+    pub address: Ipv4Addr,
 }
 
 /// A bridge network (the built-ins `host` and `none` are not stored).
@@ -41,6 +118,24 @@ pub struct Network {
     /// The default `bridge` network: no name resolution, Docker's legacy
     /// behaviour.
     pub default: bool,
+    /// Who manages the network: netd's API, or an engine through one of
+    /// netd's plugins (then netd's `network rm` refuses it).
+    #[serde(default)]
+    pub owner: NetworkOwner,
+}
+
+/// Who created a network.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum NetworkOwner {
+    /// `netd network create` (and the default network).
+    #[default]
+    Netd,
+    /// Docker, through the network driver plugin `plugin`: `network` is
+    /// Docker's network id.
+    Docker { plugin: String, network: String },
+    /// A CNI network config (`name`), created by the plugin's first ADD.
+    Cni { config: String },
 }
 
 impl Network {
@@ -96,6 +191,30 @@ pub enum Status {
     Exited,
 }
 
+/// Who a container (a set of endpoints with one network namespace) is
+/// for. netd's own containers have a namespace, files, a cgroup and
+/// processes of netd's; the others are attachments netd wires into a
+/// namespace that an engine owns, with the same datapath behind them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Owner {
+    #[default]
+    Netd,
+    /// A Docker endpoint (libnetwork remote driver): Docker moves the
+    /// container end of the veth into its sandbox (`sandbox`, once Join
+    /// told it).
+    Docker {
+        endpoint: String,
+        sandbox: Option<std::path::PathBuf>,
+    },
+    /// A CNI attachment: `CNI_CONTAINERID`, `CNI_NETNS`, `CNI_IFNAME`.
+    Cni {
+        container_id: String,
+        netns: std::path::PathBuf,
+        ifname: String,
+    },
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Container {
     pub id: String,
@@ -136,6 +255,8 @@ pub struct Container {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub finished_at: Option<String>,
+    #[serde(default)]
+    pub owner: Owner,
     /// `--network-alias` names for the first network.
     #[serde(default)]
     pub requested_aliases: Vec<String>,
@@ -184,5 +305,18 @@ impl Container {
     /// `IPAddress` in inspect.
     pub fn primary(&self) -> Option<&Endpoint> {
         self.endpoints_in_order().into_iter().next()
+    }
+
+    /// A CNI attachment's `CNI_CONTAINERID`, `CNI_NETNS` and `CNI_IFNAME`
+    /// (None for any other owner).
+    pub fn cni(&self) -> Option<(&str, &std::path::Path, &str)> {
+        match &self.owner {
+            Owner::Cni {
+                container_id,
+                netns,
+                ifname,
+            } => Some((container_id, netns, ifname)),
+            _ => None,
+        }
     }
 }

@@ -310,6 +310,8 @@ pub struct Sandbox {
     pub host_mode: bool,
     pub hosts: PathBuf,
     pub resolv_conf: PathBuf,
+    /// The file bind-mounted on /etc/hostname.
+    pub hostname_file: PathBuf,
     pub hostname: String,
     /// The container's cgroup directory.
     pub cgroup: PathBuf,
@@ -369,14 +371,21 @@ pub fn spawn(sandbox: &Sandbox, launch: Launch) -> Result<tokio::process::Child>
     let ns = File::open(&sandbox.netns)
         .with_context(|| format!("opening the network namespace {}", sandbox.netns.display()))?;
     let host_mode = sandbox.host_mode;
-    let hosts = cstr(&sandbox.hosts)?;
-    let resolv = cstr(&sandbox.resolv_conf)?;
+    // The container's files over the host's (prepared before the fork:
+    // the child may not allocate).
+    let mut binds = Vec::new();
+    for (src, dst) in [
+        (&sandbox.hosts, "/etc/hosts"),
+        (&sandbox.resolv_conf, "/etc/resolv.conf"),
+        (&sandbox.hostname_file, "/etc/hostname"),
+    ] {
+        // Not every host has all three to mount over.
+        if Path::new(dst).exists() {
+            binds.push((cstr(src)?, cstr(Path::new(dst))?));
+        }
+    }
     let hostname = sandbox.hostname.as_bytes().to_vec();
-    let (etc_hosts, etc_resolv, root) = (
-        cstr(Path::new("/etc/hosts"))?,
-        cstr(Path::new("/etc/resolv.conf"))?,
-        cstr(Path::new("/"))?,
-    );
+    let root = cstr(Path::new("/"))?;
     let new_session = launch.new_session;
     let [stdin, stdout, stderr] = launch.stdio;
     let mut cmd = std::process::Command::new(&launch.cmd[0]);
@@ -418,7 +427,7 @@ pub fn spawn(sandbox: &Sandbox, launch: Launch) -> Result<tokio::process::Child>
                 libc::MS_REC | libc::MS_SLAVE,
                 std::ptr::null(),
             ))?;
-            for (src, dst) in [(&hosts, &etc_hosts), (&resolv, &etc_resolv)] {
+            for (src, dst) in &binds {
                 check(libc::mount(
                     src.as_ptr(),
                     dst.as_ptr(),
@@ -452,7 +461,7 @@ pub async fn wait_pidfd(pidfd: OwnedFd) -> Result<()> {
         tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
     }
     .context("watching a pidfd")?;
-    let _ = fd.readable().await.context("waiting on a pidfd")?;
+    let _ready = fd.readable().await.context("waiting on a pidfd")?;
     Ok(())
 }
 

@@ -4,9 +4,11 @@
 //! resolves names with (`<exec-root>/containers/<id>/`).
 //!
 //! Every link netd creates carries its instance's marker as its alias
-//! (`ip link show` prints it), set in the same netlink request that
-//! creates it, so that reconcile can tell what is this instance's even
-//! after a crash, and never touches another instance's links.
+//! (`ip link show` prints it), so that reconcile can tell what is this
+//! instance's and never touches another instance's links. (The kernel
+//! takes an alias only on an existing link, so a crash can fall between
+//! creating a link and marking it: the operation's recorded intent, see
+//! daemon::txn, covers that window.)
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
@@ -17,7 +19,7 @@ use anyhow::{Context, Result};
 use crate::{
     dns::{self, files::ResolvConf},
     link::{self, Netlink},
-    model::{Container, Endpoint, Mode, Network, Status},
+    model::{Container, Endpoint, GatewayMode, Mode, Network, Status},
     netns::NetNs,
     state::State,
 };
@@ -61,8 +63,12 @@ impl Sandboxes {
         self.netns_dir().join(id)
     }
 
-    /// The network namespace a container's processes run in.
+    /// The network namespace a container's processes run in (the
+    /// runtime's `CNI_NETNS` for a CNI attachment).
     pub fn sandbox_key(&self, c: &Container) -> PathBuf {
+        if let Some((_, netns, _)) = c.cni() {
+            return netns.to_path_buf();
+        }
         match &c.mode {
             Mode::Container(t) => self.netns_path(t),
             _ => self.netns_path(&c.id),
@@ -101,19 +107,19 @@ impl Sandboxes {
         // containers' ARP caches.
         let i = self
             .nl
-            .ensure_bridge_marked(
+            .ensure_bridge(
                 &n.bridge,
                 n.options.mtu,
                 Some(link::mac_for_ip(n.gateway())),
-                Some(&self.marker),
             )
             .await?;
-        if let Some(l) = &existed
-            && !self.is_ours(l)
-        {
+        if existed.as_ref().is_none_or(|l| !self.is_ours(l)) {
             self.nl.set_alias(i, &self.marker).await?;
         }
-        self.nl.add_addr(i, n.gateway(), n.subnet().prefix).await?;
+        // Docker's `isolated` gateway mode: no address on the host.
+        if n.options.gateway_mode != GatewayMode::Isolated {
+            self.nl.add_addr(i, n.gateway(), n.subnet().prefix).await?;
+        }
         self.nl.set_up(i).await?;
         Ok(existed.is_none())
     }
@@ -132,15 +138,9 @@ impl Sandboxes {
         let br = self.nl.index_of(&net.bridge).await?;
         let vi = self
             .nl
-            .create_veth_marked(
-                &ep.veth,
-                &ep.ifname,
-                ns,
-                ep.mac,
-                net.options.mtu,
-                Some(&self.marker),
-            )
+            .create_veth(&ep.veth, &ep.ifname, ns, ep.mac, net.options.mtu)
             .await?;
+        self.nl.set_alias(vi, &self.marker).await?;
         self.nl.set_master_up(vi, br).await?;
         if self.hairpin {
             self.nl.set_hairpin(vi).await?;
@@ -166,7 +166,9 @@ impl Sandboxes {
                 errors.push(e.context(format!("removing {}", ep.veth)));
             }
         }
+        // A CNI attachment's namespace is the runtime's: never removed.
         if !matches!(c.mode, Mode::Container(_))
+            && c.cni().is_none()
             && let Err(e) = NetNs::at(self.netns_path(&c.id)).remove()
         {
             errors.push(e);

@@ -39,6 +39,30 @@ pub struct State {
     /// another one removes its rules, tables and pins first.
     #[serde(default)]
     pub datapath: Option<crate::datapath::Kind>,
+    /// The kernel objects a creating operation is about to make, saved
+    /// before it makes them: after a crash, reconcile removes those the
+    /// state does not name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<Intent>,
+    /// The cluster's pod address range (`--cluster-cidr`): traffic between
+    /// containers and these addresses is never masqueraded.
+    #[serde(default)]
+    pub cluster_cidr: Option<crate::ipam::Cidr>,
+    /// The other nodes, by name (`netd node add`).
+    #[serde(default)]
+    pub nodes: BTreeMap<String, crate::model::Node>,
+}
+
+/// What an operation in progress will create (see [`State::intent`]).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Intent {
+    pub op: String,
+    /// Link names (veths, bridges).
+    pub links: Vec<String>,
+    /// Namespace files.
+    pub netns: Vec<PathBuf>,
+    /// Container ids whose cgroup it creates.
+    pub cgroups: Vec<String>,
 }
 
 pub struct Store {

@@ -32,11 +32,17 @@ pub struct Netd {
     /// programs attach here, so nothing else on the machine is affected.
     pub cgroup: PathBuf,
     daemon: Option<Child>,
+    /// Daemon flags of this test, on every start (`--cluster-cidr ...`).
+    pub flags: Vec<(String, String)>,
 }
 
 impl Netd {
     pub fn start(datapath: &str) -> Result<Netd> {
-        let tb = Testbed::new("e")?;
+        Netd::start_on(Testbed::new("e")?, datapath, &[])
+    }
+
+    /// A daemon in `tb`'s host namespace, with extra daemon flags.
+    pub fn start_on(tb: Testbed, datapath: &str, flags: &[(&str, &str)]) -> Result<Netd> {
         let dir = std::env::temp_dir().join(format!("{}-d", tb.stem));
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("netd.sock");
@@ -49,6 +55,10 @@ impl Netd {
             socket,
             cgroup,
             daemon: None,
+            flags: flags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         n.start_daemon()?;
         Ok(n)
@@ -56,30 +66,59 @@ impl Netd {
 
     /// Starts (or restarts) the daemon and waits until it answers.
     pub fn start_daemon(&mut self) -> Result<()> {
+        self.start_daemon_with(&[])
+    }
+
+    /// The daemon's command line (this test's paths and datapath).
+    pub fn daemon_command(&self) -> Command {
+        self.daemon_command_with(&[])
+    }
+
+    /// The daemon's command line with some flags' values replaced (or
+    /// added): `("--state-dir", "/elsewhere")`.
+    pub fn daemon_command_with(&self, overrides: &[(&str, &str)]) -> Command {
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let mut flags: Vec<(&str, String)> = vec![
+            ("--netns", path(self.tb.host.path())),
+            ("--datapath", self.datapath.clone()),
+            ("--state-dir", path(&self.dir.join("state"))),
+            ("--exec-root", path(&self.dir.join("run"))),
+            ("--socket", path(&self.socket)),
+            ("--bpffs", path(&self.dir.join("bpffs"))),
+            ("--cgroup", path(&self.cgroup)),
+            // Containers' upstream resolver is the outside namespace,
+            // never the machine's own.
+            ("--dns", ::netd::testbed::OUTSIDE_IP.to_string()),
+        ];
+        let own: Vec<(&str, &str)> = self
+            .flags
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        for (k, v) in own.iter().chain(overrides) {
+            match flags.iter_mut().find(|(f, _)| f == k) {
+                Some(f) => f.1 = v.to_string(),
+                None => flags.push((k, v.to_string())),
+            }
+        }
+        let mut cmd = Command::new(netd_bin());
+        cmd.arg("daemon").stdin(Stdio::null());
+        for (k, v) in flags {
+            cmd.arg(k).arg(v);
+        }
+        cmd
+    }
+
+    /// Starts the daemon with extra environment variables (e.g. the
+    /// fault-injection ones) and waits until it answers.
+    pub fn start_daemon_with(&mut self, env: &[(&str, &str)]) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("daemon.log"))?;
-        let child = Command::new(netd_bin())
-            .arg("daemon")
-            .arg("--netns")
-            .arg(self.tb.host.path())
-            .args(["--datapath", &self.datapath])
-            .arg("--state-dir")
-            .arg(self.dir.join("state"))
-            .arg("--exec-root")
-            .arg(self.dir.join("run"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--bpffs")
-            .arg(self.dir.join("bpffs"))
-            .arg("--cgroup")
-            .arg(&self.cgroup)
-            // Containers' upstream resolver is the outside namespace, never
-            // the machine's own.
-            .arg("--dns")
-            .arg(::netd::testbed::OUTSIDE_IP.to_string())
-            .stdin(Stdio::null())
+        let child = self
+            .daemon_command()
+            .envs(env.iter().copied())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -93,6 +132,17 @@ impl Netd {
             bail!("netd daemon did not come up; log:\n{}", self.log());
         }
         Ok(())
+    }
+
+    /// The running daemon's pid.
+    pub fn daemon_pid(&self) -> Option<i32> {
+        self.daemon.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Waits for a daemon that was made to die (fault injection) and
+    /// forgets it.
+    pub fn reap_daemon(&mut self) -> Option<std::process::ExitStatus> {
+        self.daemon.take().and_then(|mut c| c.wait().ok())
     }
 
     pub fn log(&self) -> String {
@@ -224,6 +274,16 @@ impl Netd {
         self.tb
             .ok(&self.tb.host, &["nft", "list", "ruleset"])
             .unwrap_or_default()
+    }
+
+    /// [`ruleset`](Self::ruleset) without comments and chain counters
+    /// (which carry timestamps and packet counts), for comparisons.
+    pub fn rules(&self) -> String {
+        self.ruleset()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with(':'))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The packet-filter rules this daemon's datapath is judged by, for

@@ -9,7 +9,9 @@ use anyhow::{Context, Result, bail};
 pub const NIGHTLY: &str = "nightly-2026-05-20";
 pub const BPF_LINKER_VERSION: &str = "0.10.3";
 
-/// Debian packages: (package, a binary it provides, used to check).
+/// Debian packages: (package, a binary it provides, used to check). A
+/// binary given as an absolute path is checked at that path (CNI plugins
+/// and netavark live outside PATH).
 const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("iptables", "iptables-restore"),
@@ -20,7 +22,20 @@ const PACKAGES: &[(&str, &str)] = &[
     ("conntrack", "conntrack"),
     ("curl", "curl"),
     ("iputils-ping", "ping"),
+    // Real engines the tests and the benchmark drive beside netd (DESIGN.md
+    // section 9). Installed with no service started (see `NoServices`).
+    ("docker.io", "dockerd"),
+    ("busybox-static", "busybox"),
+    ("containernetworking-plugins", "/usr/lib/cni/bridge"),
+    ("ebtables", "ebtables"),
+    ("podman", "podman"),
+    ("netavark", "/usr/lib/podman/netavark"),
+    ("aardvark-dns", "/usr/lib/podman/aardvark-dns"),
 ];
+
+/// Debian's hook for "may this package start its service now?": exit
+/// status 101 means no (invoke-rc.d asks it in every postinst).
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 pub fn all() -> Result<()> {
     packages()?;
@@ -28,6 +43,9 @@ pub fn all() -> Result<()> {
 }
 
 fn have(bin: &str) -> bool {
+    if bin.starts_with('/') {
+        return std::path::Path::new(bin).exists();
+    }
     Command::new("sh")
         .args(["-c", &format!("command -v {bin}")])
         .stdout(Stdio::null())
@@ -58,7 +76,10 @@ pub fn packages() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let cmd = format!("apt-get install -y {}", missing.join(" "));
+    let cmd = format!(
+        "apt-get install -y --no-install-recommends {} (with a {POLICY_RC_D} that exits 101, so no service starts)",
+        missing.join(" ")
+    );
     if !is_root() {
         bail!(
             "missing Debian packages: {}; install them as root: {cmd}",
@@ -66,11 +87,20 @@ pub fn packages() -> Result<()> {
         );
     }
     eprintln!("xtask: installing {}", missing.join(" "));
-    let update = Command::new("apt-get").args(["update", "-qq"]).status();
+    // Another apt run (another worktree's setup) may hold the lock: wait.
+    let lock = ["-o", "DPkg::Lock::Timeout=300"];
+    let update = Command::new("apt-get")
+        .args(lock)
+        .args(["update", "-qq"])
+        .status();
     if !update.is_ok_and(|s| s.success()) {
         bail!("apt-get update failed; install by hand: apt-get update && {cmd}");
     }
+    // docker.io's (and containerd's) postinst would start their daemons in
+    // the machine's own network namespace; nothing here may run there.
+    let _no_services = NoServices::install()?;
     let status = Command::new("apt-get")
+        .args(lock)
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive")
@@ -79,7 +109,61 @@ pub fn packages() -> Result<()> {
     if !status.success() {
         bail!("apt-get failed; install by hand: {cmd}");
     }
+    let still: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, bin)| !have(bin))
+        .map(|(_, bin)| *bin)
+        .collect();
+    if !still.is_empty() {
+        bail!(
+            "apt-get succeeded but these are still missing: {}",
+            still.join(", ")
+        );
+    }
     Ok(())
+}
+
+/// A `/usr/sbin/policy-rc.d` that exits 101 (no service may start) for as
+/// long as it lives; on drop the previous file comes back, or ours is
+/// removed if there was none.
+struct NoServices {
+    previous: Option<(Vec<u8>, std::fs::Permissions)>,
+}
+
+impl NoServices {
+    fn install() -> Result<NoServices> {
+        let previous = match std::fs::read(POLICY_RC_D) {
+            Ok(bytes) => Some((bytes, std::fs::metadata(POLICY_RC_D)?.permissions())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).context(POLICY_RC_D),
+        };
+        let guard = NoServices { previous };
+        write_executable(
+            POLICY_RC_D,
+            b"#!/bin/sh\n# netd xtask setup: no service starts during the install\nexit 101\n",
+        )?;
+        Ok(guard)
+    }
+}
+
+impl Drop for NoServices {
+    fn drop(&mut self) {
+        let restored = match self.previous.take() {
+            Some((bytes, perms)) => std::fs::write(POLICY_RC_D, bytes)
+                .and_then(|()| std::fs::set_permissions(POLICY_RC_D, perms)),
+            None => std::fs::remove_file(POLICY_RC_D),
+        };
+        if let Err(e) = restored {
+            eprintln!("xtask: could not restore {POLICY_RC_D}: {e}");
+        }
+    }
+}
+
+fn write_executable(path: &str, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, bytes).with_context(|| format!("writing {path}"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod {path}"))
 }
 
 fn output(cmd: &mut Command) -> Option<String> {

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::{
     Daemon, blocking, now, rand_id,
-    txn::{Txn, Undo, combine},
+    txn::{Txn, Undo},
 };
 use crate::{
     api::{
@@ -29,7 +29,7 @@ use crate::{
     ports,
     process::{self, Launch, ProcId},
     sandbox::VETH_PREFIX,
-    state::State,
+    state::{Intent, State},
     validate,
 };
 
@@ -39,7 +39,7 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 /// (the daemon cannot know it).
 pub const EXIT_UNKNOWN: i32 = 255;
 
-fn new_endpoint(network: &str, ip: Option<Ipv4Addr>, index: usize) -> Endpoint {
+pub(crate) fn new_endpoint(network: &str, ip: Option<Ipv4Addr>, index: usize) -> Endpoint {
     let id = rand_id();
     Endpoint {
         veth: format!("{VETH_PREFIX}{}", &id[..9]),
@@ -195,60 +195,7 @@ impl Daemon {
     /// failure nothing is left behind.
     async fn bring_up(&mut self, mut c: Container) -> Result<()> {
         let mut next = self.state.clone();
-        if c.mode == Mode::Bridge {
-            let order: Vec<String> = c
-                .endpoints_in_order()
-                .iter()
-                .map(|e| e.network.clone())
-                .collect();
-            for (i, nid) in order.iter().enumerate() {
-                let ep = c.endpoints.get_mut(nid).expect("listed");
-                let net = next
-                    .networks
-                    .get_mut(nid)
-                    .context("the container's network is gone")?;
-                ep.ip = if ep.static_ip {
-                    net.ipam
-                        .reserve(ep.ip)
-                        .map_err(|e| ApiError::conflict(format!("{e:#}")))?;
-                    ep.ip
-                } else if !ep.ip.is_unspecified() && net.ipam.reserve(ep.ip).is_ok() {
-                    // The address it had, while nobody else took it.
-                    ep.ip
-                } else {
-                    net.ipam
-                        .allocate()
-                        .map_err(|e| ApiError::conflict(format!("{e:#}")))?
-                };
-                ep.mac = match c.requested_mac {
-                    Some(m) if i == 0 => m,
-                    _ => link::mac_for_ip(ep.ip),
-                };
-            }
-            if let Some(primary) = c.primary() {
-                let net = &next.networks[&primary.network];
-                let used: Vec<_> = self
-                    .state
-                    .containers
-                    .values()
-                    .filter(|o| o.status == Status::Running && o.id != c.id)
-                    .flat_map(|o| o.ports.iter().copied())
-                    .collect();
-                c.ports = ports::allocate(
-                    &c.port_specs,
-                    &c.exposed,
-                    c.publish_all,
-                    IpAddr::V4(net.options.host_binding_ipv4),
-                    &used,
-                    &mut next.next_ephemeral,
-                )?;
-                let local = self.local_addrs();
-                for b in &c.ports {
-                    validate::host_binding(b.host_ip, &local)
-                        .map_err(|e| ApiError::bad(format!("{e:#}")))?;
-                }
-            }
-        }
+        self.assign_addresses(&mut c, &mut next)?;
         c.status = Status::Running;
         c.main = None;
         c.exit_code = None;
@@ -259,11 +206,80 @@ impl Daemon {
         } else {
             "create"
         });
+        self.begin(Intent {
+            op: txn.op.into(),
+            links: c.endpoints.values().map(|e| e.veth.clone()).collect(),
+            netns: match c.mode {
+                Mode::Container(_) => vec![],
+                _ => vec![self.sandboxes.netns_path(&c.id)],
+            },
+            cgroups: vec![c.id.clone()],
+        })?;
         if let Err(e) = self.build_sandbox(&c, &next, &mut txn).await {
-            let undo = txn.rollback(&self.sandboxes, &self.cgroups).await;
-            return Err(combine(e, undo));
+            return Err(self.abort(txn, e).await);
         }
         self.commit(next, txn).await
+    }
+
+    /// Gives a bridge-mode container's endpoints their addresses and MACs
+    /// and its port specs concrete host ports, in `next`, checked against
+    /// every other container of `next` (nothing touches the kernel).
+    pub(crate) fn assign_addresses(&self, c: &mut Container, next: &mut State) -> Result<()> {
+        if c.mode != Mode::Bridge {
+            return Ok(());
+        }
+        let order: Vec<String> = c
+            .endpoints_in_order()
+            .iter()
+            .map(|e| e.network.clone())
+            .collect();
+        for (i, nid) in order.iter().enumerate() {
+            let ep = c.endpoints.get_mut(nid).expect("listed");
+            let net = next
+                .networks
+                .get_mut(nid)
+                .context("the container's network is gone")?;
+            ep.ip = if ep.static_ip {
+                net.ipam
+                    .reserve(ep.ip)
+                    .map_err(|e| ApiError::conflict(format!("{e:#}")))?;
+                ep.ip
+            } else if !ep.ip.is_unspecified() && net.ipam.reserve(ep.ip).is_ok() {
+                // The address it had, while nobody else took it.
+                ep.ip
+            } else {
+                net.ipam
+                    .allocate()
+                    .map_err(|e| ApiError::conflict(format!("{e:#}")))?
+            };
+            ep.mac = match c.requested_mac {
+                Some(m) if i == 0 => m,
+                _ => link::mac_for_ip(ep.ip),
+            };
+        }
+        if let Some(primary) = c.primary() {
+            let host_ip = next.networks[&primary.network].options.host_binding_ipv4;
+            let used: Vec<_> = next
+                .containers
+                .values()
+                .filter(|o| o.status == Status::Running && o.id != c.id)
+                .flat_map(|o| o.ports.iter().copied())
+                .collect();
+            c.ports = ports::allocate(
+                &c.port_specs,
+                &c.exposed,
+                c.publish_all,
+                IpAddr::V4(host_ip),
+                &used,
+                &mut next.next_ephemeral,
+            )?;
+            let local = self.local_addrs();
+            for b in &c.ports {
+                validate::host_binding(b.host_ip, &local)
+                    .map_err(|e| ApiError::bad(format!("{e:#}")))?;
+            }
+        }
+        Ok(())
     }
 
     /// The kernel side of [`bring_up`](Self::bring_up), every step
@@ -309,6 +325,7 @@ impl Daemon {
     ) -> Result<Option<watch::Receiver<Option<i32>>>> {
         let id = self.container_id(name)?;
         let c = self.state.containers[&id].clone();
+        super::cni::refuse(&c, "start")?;
         if let Mode::Container(t) = &c.mode
             && self.state.containers.get(t).map(|t| t.status) != Some(Status::Running)
         {
@@ -324,7 +341,17 @@ impl Daemon {
         if c.cmd.is_empty() || c.main.is_some_and(|m| m.open().is_some()) {
             return Ok(None);
         }
-        self.spawn_main(&id, stdio).await.map(Some)
+        match self.spawn_main(&id, stdio).await {
+            Ok(rx) => Ok(Some(rx)),
+            Err(e) => {
+                // A command that cannot start: the container does not run
+                // (Docker's exit code for "command not found").
+                if let Err(e2) = self.take_down(&id, Some(127), "exit").await {
+                    tracing::warn!("container {id}: {e2:#}");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// What a process of container `c` runs in.
@@ -335,6 +362,7 @@ impl Daemon {
             host_mode: c.mode == Mode::Host,
             hosts: files.join("hosts"),
             resolv_conf: files.join("resolv.conf"),
+            hostname_file: files.join("hostname"),
             hostname: c.hostname.clone(),
             cgroup: self.cgroups.path(&c.id),
         }
@@ -454,47 +482,73 @@ impl Daemon {
         exit_code: Option<i32>,
         op: &'static str,
     ) -> Result<()> {
-        let c = self.state.containers[id].clone();
-        if c.status != Status::Running {
+        if self.state.containers[id].status != Status::Running {
             return Ok(());
         }
         let txn = Txn::new(op);
         let next = exited(&self.state, id, exit_code);
+        self.remove_sandbox(id, next, exit_code, &txn).await
+    }
+
+    /// Commits `next` (in which container `id` no longer runs, or no
+    /// longer exists), then stops its processes and removes its sandbox.
+    async fn remove_sandbox(
+        &mut self,
+        id: &str,
+        next: State,
+        exit_code: Option<i32>,
+        txn: &Txn,
+    ) -> Result<()> {
+        let c = self.state.containers[id].clone();
         let netns_inode = match c.mode {
             Mode::Bridge | Mode::None => NetNs::at(self.sandboxes.netns_path(id)).inode().ok(),
             _ => None,
         };
-        let mut errors = self.commit_removal(next, &txn).await?;
-        txn.step("processes");
-        // `stop` asks first; an exited main process's leftovers and
-        // `rm -f` get SIGKILL at once (as Docker does).
-        let grace = if op == "stop" {
-            STOP_GRACE
-        } else {
-            Duration::ZERO
-        };
-        let cgroups = self.cgroups.clone();
-        blocking(|| process::terminate(&cgroups, id, netns_inode, grace));
-        if let Some(tx) = self.exits.get(id)
-            && tx.borrow().is_none()
-            && c.main.is_some()
-        {
-            // Stopped: the main process died of the signal.
-            tx.send_replace(Some(128 + libc::SIGTERM));
+        let mut errors = self.commit_removal(next, txn).await?;
+        if c.status == Status::Running {
+            txn.step("processes");
+            // `stop` asks first; an exited main process's leftovers and
+            // `rm -f` get SIGKILL at once (as Docker does).
+            let grace = if txn.op == "stop" {
+                STOP_GRACE
+            } else {
+                Duration::ZERO
+            };
+            let cgroups = self.cgroups.clone();
+            blocking(|| process::terminate(&cgroups, id, netns_inode, grace));
+            if let Some(tx) = self.exits.get(id)
+                && tx.borrow().is_none()
+                && c.main.is_some()
+            {
+                // Its code, or (stopped) death by the signal.
+                tx.send_replace(Some(exit_code.unwrap_or(128 + libc::SIGTERM)));
+            }
+            txn.step("sandbox");
+            errors.extend(self.sandboxes.teardown(&c).await);
         }
-        txn.step("sandbox");
-        errors.extend(self.sandboxes.teardown(&c).await);
         txn.step("cgroup");
+        let cgroups = self.cgroups.clone();
         if let Err(e) = blocking(|| cgroups.remove(id)) {
             errors.push(e);
         }
-        self.report(&txn, errors);
+        if !self.state.containers.contains_key(id) {
+            txn.step("files");
+            let dir = self.sandboxes.files_dir(id);
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                errors.push(anyhow::Error::new(e).context(format!("removing {}", dir.display())));
+            }
+            self.exits.remove(id);
+        }
+        self.report(txn, errors);
         Ok(())
     }
 
     pub async fn container_stop(&mut self, name: &str) -> Result<Value> {
         let id = self.container_id(name)?;
         let c = self.state.containers[&id].clone();
+        super::cni::refuse(&c, "stop")?;
         self.take_down(&id, None, "stop").await?;
         Ok(json!(c.name))
     }
@@ -502,6 +556,7 @@ impl Daemon {
     pub async fn container_rm(&mut self, name: &str, force: bool) -> Result<Value> {
         let id = self.container_id(name)?;
         let c = self.state.containers[&id].clone();
+        super::cni::refuse(&c, "rm")?;
         if c.status == Status::Running && !force {
             return api::conflict(format!(
                 "cannot remove container {}: it is running; stop it first or use rm -f",
@@ -522,20 +577,12 @@ impl Daemon {
                 dependents.join(", ")
             ));
         }
-        self.take_down(&id, None, "rm").await?;
+        // One commit: the container is gone from the state first, then
+        // from the host.
         let txn = Txn::new("rm");
-        let mut next = self.state.clone();
+        let mut next = exited(&self.state, &id, None);
         next.containers.remove(&id);
-        let mut errors = self.commit_removal(next, &txn).await?;
-        txn.step("files");
-        let dir = self.sandboxes.files_dir(&id);
-        if let Err(e) = std::fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            errors.push(anyhow::Error::new(e).context(format!("removing {}", dir.display())));
-        }
-        self.exits.remove(&id);
-        self.report(&txn, errors);
+        self.remove_sandbox(&id, next, None, &txn).await?;
         Ok(json!(c.name))
     }
 
@@ -543,6 +590,7 @@ impl Daemon {
         let nid = self.network_id(net)?;
         let cid = self.container_id(&spec.container)?;
         let c = self.state.containers[&cid].clone();
+        super::cni::refuse(&c, "network connect")?;
         if c.mode != Mode::Bridge {
             return api::bad(format!(
                 "container {} is not in bridge mode: cannot connect it to a network",
@@ -595,6 +643,11 @@ impl Daemon {
         nc.endpoints.insert(nid.clone(), ep.clone());
         let nc = nc.clone();
         let mut txn = Txn::new("connect");
+        self.begin(Intent {
+            op: txn.op.into(),
+            links: vec![ep.veth.clone()],
+            ..Intent::default()
+        })?;
         let ns = NetNs::at(self.sandboxes.netns_path(&cid));
         let r = async {
             txn.step("endpoint");
@@ -607,8 +660,7 @@ impl Daemon {
         }
         .await;
         if let Err(e) = r {
-            let undo = txn.rollback(&self.sandboxes, &self.cgroups).await;
-            return Err(combine(e, undo));
+            return Err(self.abort(txn, e).await);
         }
         self.commit(next, txn).await?;
         Ok(json!({}))
@@ -618,6 +670,7 @@ impl Daemon {
         let nid = self.network_id(net)?;
         let cid = self.container_id(container)?;
         let c = self.state.containers[&cid].clone();
+        super::cni::refuse(&c, "network disconnect")?;
         let Some(ep) = c.endpoints.get(&nid).cloned() else {
             return api::bad(format!(
                 "container {} is not connected to network {net}",
@@ -669,6 +722,7 @@ impl Daemon {
     ) -> Result<tokio::process::Child> {
         let id = self.container_id(name)?;
         let c = &self.state.containers[&id];
+        super::cni::refuse(c, "exec")?;
         if c.status != Status::Running {
             return api::conflict(format!("container {name} is not running"));
         }
@@ -736,8 +790,11 @@ impl Daemon {
     /// Re-creates a running container's missing veths and rewrites its
     /// files (reconcile after a restart).
     pub(crate) async fn restore_container(&self, c: &Container) -> Result<()> {
-        let ns = NetNs::at(self.sandboxes.netns_path(&c.id));
-        self.cgroups.create(&c.id)?;
+        // A CNI attachment: the runtime's namespace, no cgroup, no files.
+        let ns = NetNs::at(self.sandboxes.sandbox_key(c));
+        if c.cni().is_none() {
+            self.cgroups.create(&c.id)?;
+        }
         if c.mode == Mode::Bridge {
             for (i, ep) in c.endpoints_in_order().into_iter().enumerate() {
                 match self.nl.link_by_name(&ep.veth).await? {
@@ -761,7 +818,7 @@ impl Daemon {
                 }
             }
         }
-        if !matches!(c.mode, Mode::Container(_)) {
+        if !matches!(c.mode, Mode::Container(_)) && c.cni().is_none() {
             self.sandboxes.write_files(c, &self.state, &self.cfg.dns)?;
         }
         Ok(())

@@ -29,9 +29,11 @@ use crate::{
     state::{State, Store},
 };
 
+pub mod cni;
 pub mod containers;
 pub mod lock;
 pub mod networks;
+pub mod nodes;
 pub mod reconcile;
 pub mod txn;
 pub mod views;
@@ -152,6 +154,7 @@ impl Daemon {
         d.ensure_default_network()?;
         d.reconcile().await?;
         d.state.datapath = Some(d.cfg.datapath);
+        d.state.cluster_cidr = d.cfg.cluster_cidr;
         d.state.boot_id = boot_id();
         let state = d.state.clone();
         blocking(|| d.dp.sync(&state))?;
@@ -208,14 +211,12 @@ impl Daemon {
             bridge: self.cfg.default_bridge.clone(),
             ipam: Allocator::new(subnet, gw, None)?,
             options: NetworkOptions {
-                icc: true,
-                masquerade: true,
-                internal: false,
                 mtu: self.cfg.mtu,
-                host_binding_ipv4: std::net::Ipv4Addr::UNSPECIFIED,
+                ..NetworkOptions::default()
             },
             raw_options: BTreeMap::new(),
             default: true,
+            owner: NetworkOwner::Netd,
         };
         self.state.networks.insert(net.id.clone(), net);
         Ok(())
@@ -259,7 +260,12 @@ impl Daemon {
         tracing::info!("shutting down and removing everything (--cleanup-on-exit)");
         let ids: Vec<String> = self.state.containers.keys().cloned().collect();
         for id in ids {
-            if let Err(e) = self.container_rm(&id, true).await {
+            let r = if self.state.containers[&id].cni().is_some() {
+                self.cni_release(&id, "cni-shutdown").await
+            } else {
+                self.container_rm(&id, true).await.map(|_| ())
+            };
+            if let Err(e) = r {
                 tracing::warn!("removing container {id}: {e:#}");
             }
         }

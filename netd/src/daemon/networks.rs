@@ -3,19 +3,48 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::{
-    Daemon, blocking, now, rand_id,
-    txn::{Txn, Undo, combine},
+    Daemon, now, rand_id,
+    txn::{Txn, Undo},
 };
 use crate::{
     api::{self, types::NetworkSpec},
-    datapath::Datapath,
     ipam::{self, Allocator, Cidr},
     model::*,
     sandbox::BRIDGE_PREFIX,
+    state::Intent,
 };
 
 impl Daemon {
     pub async fn network_create(&mut self, spec: NetworkSpec) -> Result<Value> {
+        let net = self.plan_network(spec).await?;
+        let mut txn = Txn::new("network-create");
+        self.begin(Intent {
+            op: txn.op.into(),
+            links: vec![net.bridge.clone()],
+            ..Intent::default()
+        })?;
+        let mut next = self.state.clone();
+        next.networks.insert(net.id.clone(), net.clone());
+        if let Err(e) = self.make_bridge(&net, &mut txn).await {
+            return Err(self.abort(txn, e).await);
+        }
+        self.commit(next, txn).await?;
+        Ok(json!({ "Id": net.id, "Warning": "" }))
+    }
+
+    /// Creates a new network's bridge (a step of `txn`).
+    pub(crate) async fn make_bridge(&self, net: &Network, txn: &mut Txn) -> Result<()> {
+        txn.step("bridge");
+        if self.sandboxes.ensure_bridge(net).await? {
+            txn.applied(Undo::Link(net.bridge.clone()));
+        }
+        Ok(())
+    }
+
+    /// A new network from a checked spec: its name, bridge and subnet
+    /// checked against the state and the host's routes, its addresses
+    /// picked. Touches nothing.
+    pub(crate) async fn plan_network(&self, spec: NetworkSpec) -> Result<Network> {
         let name = spec.name.clone();
         if [HOST_NETWORK, NONE_NETWORK].contains(&name.as_str())
             || self.state.networks.values().any(|n| n.name == name)
@@ -71,7 +100,7 @@ impl Daemon {
         let gateway = spec.gateway.unwrap_or_else(|| subnet.first_host());
         let ipam = Allocator::new(subnet, gateway, spec.ip_range)
             .map_err(|e| api::ApiError::bad(format!("{e:#}")))?;
-        let net = Network {
+        Ok(Network {
             id: rand_id(),
             name,
             created: now(),
@@ -80,22 +109,8 @@ impl Daemon {
             options: spec.options,
             raw_options: spec.raw_options,
             default: false,
-        };
-        let mut txn = Txn::new("network-create");
-        let mut next = self.state.clone();
-        next.networks.insert(net.id.clone(), net.clone());
-        txn.step("bridge");
-        let made = self.sandboxes.ensure_bridge(&net).await;
-        match made {
-            Ok(true) => txn.applied(Undo::Link(net.bridge.clone())),
-            Ok(false) => {}
-            Err(e) => {
-                let undo = txn.rollback(&self.sandboxes, &self.cgroups).await;
-                return Err(combine(e, undo));
-            }
-        }
-        self.commit(next, txn).await?;
-        Ok(json!({ "Id": net.id, "Warning": "" }))
+            owner: spec.owner.clone(),
+        })
     }
 
     pub async fn network_rm(&mut self, name: &str) -> Result<Value> {
@@ -108,6 +123,12 @@ impl Daemon {
         let net = self.state.networks[&id].clone();
         if net.default {
             return api::bad("bridge is a pre-defined network and cannot be removed");
+        }
+        if let NetworkOwner::Docker { plugin, .. } = &net.owner {
+            return api::conflict(format!(
+                "network {} belongs to Docker (driver {plugin}): remove it with `docker network rm`",
+                net.name
+            ));
         }
         let users: Vec<&str> = self
             .state
@@ -133,57 +154,5 @@ impl Daemon {
         }
         self.report(&txn, errors);
         Ok(json!(net.name))
-    }
-
-    /// Applies a creating operation: syncs the datapath with `next`, saves
-    /// it and swaps it in; on failure undoes `txn` and restores the
-    /// datapath to the current state.
-    pub(crate) async fn commit(&mut self, next: crate::state::State, txn: Txn) -> Result<()> {
-        txn.step("datapath");
-        let mut r = blocking(|| self.dp.sync(&next));
-        if r.is_ok() {
-            txn.step("save");
-            r = self.save(&next);
-        }
-        if let Err(e) = r {
-            let mut undo = txn.rollback(&self.sandboxes, &self.cgroups).await;
-            let state = self.state.clone();
-            if let Err(e2) = blocking(|| self.dp.sync(&state)) {
-                undo.push(e2);
-            }
-            return Err(combine(e, undo));
-        }
-        txn.step("done");
-        self.state = next;
-        Ok(())
-    }
-
-    /// Applies a removing operation's state: saves `next` first (the
-    /// intent: reconcile finishes it after a crash), swaps it in and syncs
-    /// the datapath. Returns the errors of the steps after the save; the
-    /// caller removes kernel objects next and reports them all.
-    pub(crate) async fn commit_removal(
-        &mut self,
-        next: crate::state::State,
-        txn: &Txn,
-    ) -> Result<Vec<anyhow::Error>> {
-        txn.step("save");
-        self.save(&next)?;
-        self.state = next;
-        txn.step("datapath");
-        let state = self.state.clone();
-        Ok(blocking(|| self.dp.sync(&state))
-            .err()
-            .into_iter()
-            .collect())
-    }
-
-    /// Logs what went wrong after a removal was committed (reconcile
-    /// removes the leftovers at the next start).
-    pub(crate) fn report(&self, txn: &Txn, errors: Vec<anyhow::Error>) {
-        txn.step("done");
-        for e in errors {
-            tracing::warn!("{}: {e:#} (left for reconcile)", txn.op);
-        }
     }
 }

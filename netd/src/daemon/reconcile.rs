@@ -1,6 +1,9 @@
 //! Making the kernel match the state when the daemon starts, after a
 //! clean stop, a kill -9 at any step, or a reboot.
 //!
+//! 0. CNI attachments whose namespace (the runtime's) is gone, or all of
+//!    them after a reboot, are released: removed from the state, their
+//!    addresses and ports free (see daemon::cni).
 //! 1. Containers that cannot be running any more become `exited`, their
 //!    ports and addresses free: all of them after a reboot (the boot id
 //!    changed), else those whose namespace is gone, whose main process
@@ -24,6 +27,9 @@ use crate::{model::*, netns::NetNs};
 impl Daemon {
     pub(crate) async fn reconcile(&mut self) -> Result<()> {
         let rebooted = !self.state.boot_id.is_empty() && self.state.boot_id != super::boot_id();
+        // CNI attachments whose runtime namespace is gone are released
+        // (the runtime owns the namespace; netd never deletes it).
+        self.release_gone_attachments(rebooted);
         // Containers sharing another's namespace last: their target's fate
         // decides theirs.
         let mut ids: Vec<String> = self
@@ -65,7 +71,48 @@ impl Daemon {
                 );
             }
         }
-        self.remove_unknown().await
+        self.remove_unknown().await?;
+        self.finish_intent().await?;
+        self.reconcile_routes().await
+    }
+
+    /// Removes what an operation interrupted by a crash made and the state
+    /// does not name (its links may not carry the marker yet).
+    async fn finish_intent(&mut self) -> Result<()> {
+        let Some(intent) = self.state.intent.take() else {
+            return Ok(());
+        };
+        tracing::info!("reconcile: undoing the interrupted {} operation", intent.op);
+        let running: Vec<&Container> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.status == Status::Running)
+            .collect();
+        for name in &intent.links {
+            let known = self.state.networks.values().any(|n| &n.bridge == name)
+                || running
+                    .iter()
+                    .any(|c| c.endpoints.values().any(|e| &e.veth == name));
+            if !known {
+                self.nl.delete_by_name(name).await?;
+            }
+        }
+        for p in &intent.netns {
+            let known = running
+                .iter()
+                .any(|c| self.sandboxes.netns_path(&c.id) == *p);
+            if !known {
+                NetNs::at(p).remove()?;
+            }
+        }
+        for id in &intent.cgroups {
+            if !running.iter().any(|c| &c.id == id) {
+                let cgroups = self.cgroups.clone();
+                blocking(|| cgroups.remove(id))?;
+            }
+        }
+        Ok(())
     }
 
     /// Why a container the state calls running cannot be.
@@ -77,7 +124,7 @@ impl Daemon {
                 }
             }
             _ => {
-                if !NetNs::at(self.sandboxes.netns_path(&c.id)).exists() {
+                if !NetNs::at(self.sandboxes.sandbox_key(c)).exists() {
                     return Some("its network namespace is gone");
                 }
             }

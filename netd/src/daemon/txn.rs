@@ -14,7 +14,17 @@
 //! comes back.
 use std::path::PathBuf;
 
-use crate::{fault, netns::NetNs, process::Cgroups, sandbox::Sandboxes};
+use anyhow::Result;
+
+use super::{Daemon, blocking};
+use crate::{
+    datapath::Datapath,
+    fault,
+    netns::NetNs,
+    process::Cgroups,
+    sandbox::Sandboxes,
+    state::{Intent, State},
+};
 
 /// How to undo one applied step.
 pub enum Undo {
@@ -91,5 +101,81 @@ pub fn combine(first: anyhow::Error, more: Vec<anyhow::Error>) -> anyhow::Error 
     match first.downcast::<crate::api::ApiError>() {
         Ok(api) => crate::api::ApiError::new(api.status, msg).into(),
         Err(_) => anyhow::anyhow!(msg),
+    }
+}
+
+impl Daemon {
+    /// Records what a creating operation is about to make (saved before
+    /// it makes anything).
+    pub(crate) fn begin(&mut self, intent: Intent) -> Result<()> {
+        let mut next = self.state.clone();
+        next.intent = Some(intent);
+        self.save(&next)?;
+        self.state = next;
+        Ok(())
+    }
+
+    /// Undoes a failed creating operation: its steps, the datapath, the
+    /// recorded intent. Returns the operation's error with whatever
+    /// undoing it cost.
+    pub(crate) async fn abort(&mut self, txn: Txn, e: anyhow::Error) -> anyhow::Error {
+        let mut undo = txn.rollback(&self.sandboxes, &self.cgroups).await;
+        self.state.intent = None;
+        let state = self.state.clone();
+        if let Err(e2) = blocking(|| self.dp.sync(&state)) {
+            undo.push(e2);
+        }
+        if let Err(e2) = self.save(&state) {
+            undo.push(e2);
+        }
+        combine(e, undo)
+    }
+
+    /// Applies a creating operation: syncs the datapath with `next`, saves
+    /// it and swaps it in; on failure undoes `txn` and restores the
+    /// datapath to the current state.
+    pub(crate) async fn commit(&mut self, mut next: State, txn: Txn) -> Result<()> {
+        next.intent = None;
+        txn.step("datapath");
+        let mut r = blocking(|| self.dp.sync(&next));
+        if r.is_ok() {
+            txn.step("save");
+            r = self.save(&next);
+        }
+        if let Err(e) = r {
+            return Err(self.abort(txn, e).await);
+        }
+        txn.step("done");
+        self.state = next;
+        Ok(())
+    }
+
+    /// Applies a removing operation's state: saves `next` first (the
+    /// intent: reconcile finishes it after a crash), swaps it in and syncs
+    /// the datapath. Returns the errors of the steps after the save; the
+    /// caller removes kernel objects next and reports them all.
+    pub(crate) async fn commit_removal(
+        &mut self,
+        next: State,
+        txn: &Txn,
+    ) -> Result<Vec<anyhow::Error>> {
+        txn.step("save");
+        self.save(&next)?;
+        self.state = next;
+        txn.step("datapath");
+        let state = self.state.clone();
+        Ok(blocking(|| self.dp.sync(&state))
+            .err()
+            .into_iter()
+            .collect())
+    }
+
+    /// Logs what went wrong after a removal was committed (reconcile
+    /// removes the leftovers at the next start).
+    pub(crate) fn report(&self, txn: &Txn, errors: Vec<anyhow::Error>) {
+        txn.step("done");
+        for e in errors {
+            tracing::warn!("{}: {e:#} (left for reconcile)", txn.op);
+        }
     }
 }

@@ -53,6 +53,7 @@ impl Daemon {
                 "com.docker.network.bridge.host_binding_ipv4": n.options.host_binding_ipv4.to_string(),
                 "com.docker.network.driver.mtu": n.options.mtu.to_string(),
                 "com.docker.network.bridge.default_bridge": n.default.to_string(),
+                "com.docker.network.bridge.gateway_mode_ipv4": n.options.gateway_mode.as_str(),
             },
             "Labels": {},
         })
@@ -195,7 +196,7 @@ impl Daemon {
             Status::Running => "running",
             Status::Exited => "exited",
         };
-        json!({
+        let mut v = json!({
             "Id": c.id,
             "Name": format!("/{}", c.name),
             "Created": c.created,
@@ -230,7 +231,15 @@ impl Daemon {
                 "Networks": networks,
             },
             "PortBindings": c.ports.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
-        })
+        });
+        // A CNI attachment: the runtime's ids, no files or logs of netd's.
+        if let Some((container_id, netns, ifname)) = c.cni() {
+            v["Cni"] = json!({ "ContainerID": container_id, "Netns": netns, "IfName": ifname });
+            for k in ["HostsPath", "ResolvConfPath", "HostnamePath", "LogPath"] {
+                v[k] = json!("");
+            }
+        }
+        v
     }
 
     /// Datapath counters, with per-endpoint figures keyed by container.
@@ -253,6 +262,15 @@ impl Daemon {
             }
             v["Endpoints"] = Value::Object(by_name);
         }
+        // CNI attachments are containers like the others (their endpoints
+        // are above); how many there are, for every datapath.
+        let cni = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.cni().is_some())
+            .count();
+        v["CniAttachments"] = json!(cni);
         Ok(v)
     }
 }

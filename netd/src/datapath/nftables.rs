@@ -491,6 +491,7 @@ mod tests {
             bridge: bridge.into(),
             ipam: Allocator::new(subnet, subnet.first_host(), None).unwrap(),
             options: NetworkOptions {
+                gateway_mode: Default::default(),
                 icc,
                 masquerade: true,
                 internal,
@@ -499,6 +500,7 @@ mod tests {
             },
             raw_options: BTreeMap::new(),
             default: false,
+            owner: Default::default(),
         }
     }
 

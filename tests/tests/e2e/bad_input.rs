@@ -73,6 +73,67 @@ pub fn bad_input_changes_nothing(dp: &str) {
             "in use",
         ),
         (&["exec", "nosuch", "--", "true"], "no such container"),
+        // What would reach the kernel, a file or another tool unchecked.
+        (
+            &["network", "create", "-o", "bridge-name=eth+", "x"],
+            "invalid bridge name",
+        ),
+        (
+            &["network", "create", "--subnet", "127.1.0.0/24", "x"],
+            "loopback",
+        ),
+        (
+            &["network", "create", "--subnet", "10.70.0.1/32", "x"],
+            "no room",
+        ),
+        (
+            &["network", "create", "--subnet", "169.254.3.0/24", "x"],
+            "link-local",
+        ),
+        (
+            &["create", "--hostname", "web\nevil", "--name", "h1"],
+            "invalid hostname",
+        ),
+        (
+            &[
+                "create",
+                "--mac-address",
+                "00:00:00:00:00:00",
+                "--name",
+                "m1",
+            ],
+            "all-zero",
+        ),
+        (
+            &[
+                "create",
+                "--mac-address",
+                "01:00:5e:00:00:01",
+                "--name",
+                "m2",
+            ],
+            "multicast",
+        ),
+        (
+            &["create", "-p", "192.0.2.77:8081:80", "--name", "p1"],
+            "no such address",
+        ),
+        (
+            &[
+                "create",
+                "--network",
+                "taken",
+                "--network-alias",
+                "bad alias",
+                "--name",
+                "a1",
+            ],
+            "invalid network alias",
+        ),
+        (
+            &["network", "connect", "--alias", "x;y", "taken", "c1"],
+            "invalid network alias",
+        ),
         (&["rm", "c1"], "running"),
     ];
     for (args, needle) in cases {

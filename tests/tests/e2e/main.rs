@@ -8,20 +8,29 @@ use std::time::Duration;
 
 use netd_tests::{daemon::Netd, daemon::netd_bin, wait_until};
 
+mod api;
 mod bad_input;
+mod cluster;
 mod dns;
 mod ebpf_only;
+mod faults;
+mod instances;
 mod modes;
 mod networks;
 mod nftables_only;
 mod ports;
+mod processes;
 mod restart;
 
 use bad_input::*;
+use cluster::*;
 use dns::*;
+use faults::*;
+use instances::*;
 use modes::*;
 use networks::*;
 use ports::*;
+use processes::*;
 use restart::*;
 
 pub fn me() -> String {
@@ -132,4 +141,10 @@ scenarios!(
     dns_forwarding,
     dns_port_taken,
     dns_fuzz,
+    stop_kills_only_the_container,
+    run_exit_codes_and_rm,
+    second_daemon_refused,
+    reboot_releases_containers,
+    fault_injection_walk,
+    cluster_node_routes,
 );

@@ -20,6 +20,13 @@ use crate::{
     netns::NetNs,
 };
 
+pub mod cleanup;
+pub mod cluster;
+pub mod cni;
+pub mod docker;
+pub mod image;
+pub mod podman;
+
 /// The outside namespace's address on the uplink; the host's default
 /// gateway. From the RFC 2544 benchmarking range, never routed anywhere.
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -111,6 +118,18 @@ impl Testbed {
         Ok(tb)
     }
 
+    /// A testbed over namespaces made elsewhere (a cluster's node):
+    /// dropping it removes `host` and `outside` like its own.
+    pub fn on(stem: String, host: NetNs, outside: NetNs) -> Testbed {
+        Testbed {
+            stem,
+            host,
+            outside,
+            extra: vec![],
+            procs: vec![],
+        }
+    }
+
     /// A Linux bridge in the host namespace with `gw/prefix` on it.
     pub fn bridge(&self, name: &str, gw: Ipv4Addr, prefix: u8) -> Result<u32> {
         let host = self.host.clone();
@@ -153,6 +172,14 @@ impl Testbed {
             anyhow::Ok(())
         })
         .with_context(|| format!("wiring container {name}"))?;
+        Ok(ns)
+    }
+
+    /// An empty namespace (only `lo`, up) named after the testbed, removed
+    /// with it: a sandbox for a CNI plugin or an engine to wire.
+    pub fn netns(&mut self, name: &str) -> Result<NetNs> {
+        let ns = NetNs::create_named(&format!("{}-{name}", self.stem))?;
+        self.extra.push(ns.clone());
         Ok(ns)
     }
 
@@ -256,5 +283,27 @@ pub fn require_root(test: &str) -> bool {
         panic!("{test} needs root (CI=true: not skipping)");
     }
     eprintln!("skipping {test}: needs root");
+    false
+}
+
+/// For tests that need programs the project's setup installs (real
+/// engines, CNI plugins): `tools` are absolute paths. Returns false (skip,
+/// with a note) when one is missing, except under CI=true, where it is a
+/// failure.
+pub fn require_tools(test: &str, tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| !std::path::Path::new(t).exists())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!(
+            "{test} needs {missing:?} (CI=true: not skipping; `cargo xtask setup` installs them)"
+        );
+    }
+    eprintln!("skipping {test}: missing {missing:?} (`cargo xtask setup` installs them)");
     false
 }
