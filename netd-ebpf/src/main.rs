@@ -116,7 +116,6 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         return Err(DropReason::NoEndpoint);
     };
     counters::endpoint_rx(ifindex, ctx.len());
-    parse::pull_headers(ctx);
 
     let eth = parse::eth(ctx)?;
     if eth.src != ep.mac {
@@ -250,7 +249,8 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     // another network (isolation).
     let cfg = config().ok_or(DropReason::Unsupported)?;
     let mut fib = fib_params(&ip, ifindex);
-    match fib_lookup(ctx, &mut fib) {
+    let rc = fib_lookup(ctx, &mut fib);
+    match rc {
         BPF_FIB_LKUP_RET_NOT_FWDED => return Ok(tc::ACT_UNSPEC),
         // No route: the kernel drops it and answers (ICMP unreachable).
         BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
@@ -265,7 +265,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     if net.flags & NET_INTERNAL != 0 {
         return Err(DropReason::InternalNetwork);
     }
-    if too_big(ctx, fib.ifindex) {
+    if too_big(ctx, rc, &fib) {
         return frag_needed(ctx, &ip);
     }
     let Some(l4) = l4 else {
@@ -314,8 +314,10 @@ fn egress_to_world(ctx: &TcContext, ip: &Ipv4, new_saddr: u32) -> Result<Egress,
     let mut fib = fib_params(ip, cfg.uplink_ifindex);
     fib.__bindgen_anon_3.ipv4_src = new_saddr;
     match fib_lookup(ctx, &mut fib) {
-        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH | BPF_FIB_LKUP_RET_FRAG_NEEDED => {
-            if too_big(ctx, fib.ifindex) {
+        rc @ (BPF_FIB_LKUP_RET_SUCCESS
+        | BPF_FIB_LKUP_RET_NO_NEIGH
+        | BPF_FIB_LKUP_RET_FRAG_NEEDED) => {
+            if too_big(ctx, rc, &fib) {
                 frag_needed(ctx, ip)?;
                 return Ok(Egress::Kernel);
             }
@@ -348,15 +350,26 @@ fn out_to_world(ctx: &TcContext, ip: &Ipv4, l4: &L4, e: &CtEntry) -> Result<i32,
     out.verdict()
 }
 
-/// Too big for `ifindex` (GSO packets: any of their segments).
+/// Too big for the FIB's egress `fib.ifindex` (GSO packets: any of their
+/// segments). A plain packet after a successful lookup is compared with
+/// the MTU the lookup reported (exact; the lookup's own check allows a
+/// VLAN tag's 4 bytes more and lets every GSO packet through); GSO packets
+/// and unresolved neighbours ask `bpf_check_mtu` (with BPF_MTU_CHK_SEGS).
 #[inline(always)]
-fn too_big(ctx: &TcContext, ifindex: u32) -> bool {
+fn too_big(ctx: &TcContext, rc: u32, fib: &FibParams) -> bool {
+    // SAFETY: reading the context.
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    if rc == BPF_FIB_LKUP_RET_SUCCESS && !gso {
+        // SAFETY: a successful lookup without tot_len sets mtu_result.
+        let mtu = u32::from(unsafe { fib.__bindgen_anon_1.mtu_result });
+        return ctx.len() > mtu + ETH_HLEN as u32;
+    }
     let mut mtu_len: u32 = 0;
     // SAFETY: helper call; mtu_len 0 = check skb->len.
     unsafe {
         bpf_check_mtu(
             ctx.skb.skb as *mut _,
-            ifindex,
+            fib.ifindex,
             &mut mtu_len,
             0,
             u64::from(BPF_MTU_CHK_SEGS),
@@ -523,7 +536,6 @@ fn host_socket_owns(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> bool {
 fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
     counters::add(Counter::FromWorldPackets, 1);
     counters::add(Counter::FromWorldBytes, u64::from(ctx.len()));
-    parse::pull_headers(ctx);
     let eth = parse::eth(ctx)?;
     if eth.proto != ETH_P_IP || eth.dst_group {
         return Ok(tc::ACT_UNSPEC);

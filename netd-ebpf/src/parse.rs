@@ -26,27 +26,6 @@ pub const TCP_FLAG_ACK: u8 = 0x10;
 /// Don't Fragment, in the host-order flags/offset field.
 pub const IP_DF: u16 = 0x4000;
 
-/// How many bytes of headers the parsers read directly: Ethernet, an IPv4
-/// header with options, and TCP (ICMP errors are read with
-/// bpf_skb_load_bytes, which copes with paged data).
-const HEADERS: u32 = (ETH_HLEN + 60 + TCP_MIN_HLEN) as u32;
-
-/// Makes the headers directly readable when the skb carries them in paged
-/// data (a NIC or GRO may leave only part of them in the linear area):
-/// the parsers then find them instead of calling the packet malformed.
-/// Costs two context reads when they are already linear (the usual case).
-#[inline(always)]
-pub fn pull_headers(ctx: &TcContext) {
-    let want = if ctx.len() < HEADERS {
-        ctx.len()
-    } else {
-        HEADERS
-    };
-    if ((ctx.data_end() - ctx.data()) as u32) < want {
-        let _ = ctx.pull_data(want);
-    }
-}
-
 /// Offsets of fields netd rewrites.
 pub const IP_FRAG_OFF: usize = ETH_HLEN + 6;
 pub const IP_CSUM_OFF: usize = ETH_HLEN + 10;
@@ -54,12 +33,19 @@ pub const IP_SADDR_OFF: usize = ETH_HLEN + 12;
 pub const IP_DADDR_OFF: usize = ETH_HLEN + 16;
 
 /// A pointer to `len` bytes at `offset`, or `Malformed` if the packet is
-/// shorter.
+/// shorter. Headers that are in the packet but beyond its linear area (a
+/// NIC or GRO may leave them in paged data) are pulled in first
+/// (`bpf_skb_pull_data`, only then: the usual skb has them linear).
+/// Parsers copy values out, so no pointer outlives a pull.
 #[inline(always)]
 fn bytes_at(ctx: &TcContext, offset: usize, len: usize) -> Result<*const u8, DropReason> {
+    if ctx.data() + offset + len > ctx.data_end() && offset + len <= ctx.len() as usize {
+        let _ = ctx.pull_data((offset + len) as u32);
+    }
+    // One load of `data` for the check and the pointer (the verifier
+    // tracks the checked range per pointer).
     let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + len > end {
+    if start + offset + len > ctx.data_end() {
         return Err(DropReason::Malformed);
     }
     Ok((start + offset) as *const u8)
@@ -151,8 +137,11 @@ pub fn ipv4(ctx: &TcContext, off: usize) -> Result<Ipv4, DropReason> {
     if hdr_len < IPV4_MIN_HLEN {
         return Err(DropReason::Malformed);
     }
-    // The whole header, options included, must be present.
-    bytes_at(ctx, off, hdr_len)?;
+    // The whole header, options included, must be in the packet (the
+    // options are not read; the L4 parser pulls what it reads).
+    if off + hdr_len > ctx.len() as usize {
+        return Err(DropReason::Malformed);
+    }
     Ok(Ipv4 {
         hdr_len,
         id: be16(p, 4),

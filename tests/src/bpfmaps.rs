@@ -193,6 +193,12 @@ pub fn ct_consistent(p: &mut Programs) -> Result<Vec<(CtKey, CtEntry)>, String> 
 /// BPF_PROG_TEST_RUN on a program fd, usable from several threads at once
 /// (aya's test_run needs `&mut`). Returns the verdict.
 pub fn test_run_fd(prog_fd: i32, frame: &[u8]) -> std::io::Result<i32> {
+    test_run_repeat(prog_fd, frame, 1).map(|(v, _)| v)
+}
+
+/// BPF_PROG_TEST_RUN `repeat` times; returns the verdict and the kernel's
+/// average run time in ns.
+pub fn test_run_repeat(prog_fd: i32, frame: &[u8], repeat: u32) -> std::io::Result<(i32, u32)> {
     #[repr(C)]
     #[derive(Default)]
     struct TestAttr {
@@ -220,7 +226,7 @@ pub fn test_run_fd(prog_fd: i32, frame: &[u8]) -> std::io::Result<i32> {
         data_size_out: out.len() as u32,
         data_in: frame.as_ptr() as u64,
         data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
+        repeat,
         ..TestAttr::default()
     };
     // SAFETY: bpf(BPF_PROG_TEST_RUN) reads `frame` and writes at most
@@ -236,7 +242,7 @@ pub fn test_run_fd(prog_fd: i32, frame: &[u8]) -> std::io::Result<i32> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(attr.retval as i32)
+    Ok((attr.retval as i32, attr.duration))
 }
 
 /// One global counter, summed over CPUs.

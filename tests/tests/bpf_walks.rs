@@ -1030,3 +1030,81 @@ fn unreachable_routes_are_answered_by_the_kernel() {
     assert_eq!((v, out == f), (tc::ACT_UNSPEC, true));
     assert_eq!(w.drops("fib-lookup-failed"), 0);
 }
+
+/// A measurement, not a check (`-- --ignored hot_path_cost`): the
+/// kernel's run time of each hot path on a fixed frame (BPF_PROG_TEST_RUN,
+/// one run per call: a rewriting program must see a fresh frame each
+/// time), median of 20,000 runs: container to container, an established
+/// masqueraded flow out and its reply in, an established published-port
+/// flow in and its reply out. The redirect itself is not executed by
+/// BPF_PROG_TEST_RUN: this is the programs' own cost.
+#[test]
+#[ignore]
+fn hot_path_cost() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    bpfmaps::add_ports(&mut w.p, 6, Ipv4Addr::UNSPECIFIED, 8080, 8080, A_IP, 80);
+    let payload = [0u8; 1400];
+    // The flows, established.
+    let (_, out) = w.run(
+        bpf::FROM_CONTAINER,
+        &a_to(OUTSIDE_IP).tcp(40000, 80, TCP_SYN, b""),
+    );
+    let nat = packet::fields(&out).sport;
+    w.run(
+        bpf::FROM_WORLD,
+        &world_to_host().tcp(80, nat, TCP_SYN | packet::TCP_ACK, b""),
+    );
+    w.run(
+        bpf::FROM_WORLD,
+        &world_to_host().tcp(5555, 8080, TCP_SYN, b""),
+    );
+    let paths: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "c2c",
+            bpf::FROM_CONTAINER,
+            Frame {
+                dst_mac: B_MAC,
+                ..a_to(B_IP)
+            }
+            .tcp(40000, 80, packet::TCP_ACK, &payload),
+        ),
+        (
+            "egress out (snat)",
+            bpf::FROM_CONTAINER,
+            a_to(OUTSIDE_IP).tcp(40000, 80, packet::TCP_ACK, &payload),
+        ),
+        (
+            "egress reply in (rev-snat)",
+            bpf::FROM_WORLD,
+            world_to_host().tcp(80, nat, packet::TCP_ACK, &payload),
+        ),
+        (
+            "published in (dnat)",
+            bpf::FROM_WORLD,
+            world_to_host().tcp(5555, 8080, packet::TCP_ACK, &payload),
+        ),
+        (
+            "published reply out (rev-dnat)",
+            bpf::FROM_CONTAINER,
+            a_to(OUTSIDE_IP).tcp(80, 5555, packet::TCP_ACK, &payload),
+        ),
+    ];
+    for (name, prog, frame) in &paths {
+        let fd = w.p.program_fd(prog).unwrap();
+        let best =
+            w.tb.host
+                .run(|| {
+                    let mut runs = Vec::with_capacity(20_000);
+                    for _ in 0..20_000 {
+                        let (v, ns) = bpfmaps::test_run_repeat(fd, frame, 1)?;
+                        assert!(v == tc::ACT_REDIRECT, "{name}: verdict {v}");
+                        runs.push(ns);
+                    }
+                    runs.sort_unstable();
+                    Ok(runs[runs.len() / 2])
+                })
+                .unwrap();
+        eprintln!("{name:32} {best:>5} ns/packet (median)");
+    }
+}
