@@ -475,13 +475,11 @@ mod tests {
             ipam: Allocator::new(subnet, subnet.first_host(), None).unwrap(),
             options: NetworkOptions {
                 icc: false,
-                masquerade: true,
-                internal: false,
-                mtu: 1500,
-                host_binding_ipv4: Ipv4Addr::UNSPECIFIED,
+                ..NetworkOptions::default()
             },
             raw_options: BTreeMap::new(),
             default: true,
+            owner: Default::default(),
         };
         let ep = Endpoint {
             id: "e".into(),
