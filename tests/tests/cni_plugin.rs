@@ -613,7 +613,9 @@ fn ebpf_state(c: &Cni) -> Vec<String> {
         .map(|pin| format!("pinned link {}", unrandom(&pin)))
         .collect();
     let dump = |map: &str| -> Value {
-        let path = bpffs.join("maps").join(format!("{map}_v2"));
+        let path = bpffs
+            .join("maps")
+            .join(format!("{map}_{}", netd_common::MAP_VERSION));
         let out =
             c.n.tb
                 .ok(
