@@ -150,7 +150,12 @@ fn snapshot(n: &Netd) -> Snapshot {
             .ruleset()
             .lines()
             .filter(|l| !l.starts_with('#') && !l.starts_with(':'))
-            .map(str::to_string)
+            .map(|l| {
+                l.split('"')
+                    .map(|w| if w.starts_with("vnd") { "vnd*" } else { w })
+                    .collect::<Vec<_>>()
+                    .join("\"")
+            })
             .collect(),
     }
 }
