@@ -69,9 +69,10 @@ fn test_run_drops_a_truncated_ipv4_header_with_a_counted_reason() {
     assert_eq!(p.drops().unwrap()["malformed"], 1);
     assert_eq!(p.counters().unwrap()["from_container.ipv4"], 0);
 
-    // Non-IP (ARP) is not ours and not counted as IPv4.
-    let mut arp = Frame::default().udp(1, 2, b"");
-    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    // Non-IP (the endpoint's own ARP) goes to the bridge and is not
+    // counted as IPv4.
+    let f = Frame::default();
+    let arp = packet::arp(f.src_mac, 1, f.src_mac, f.src, [0; 6], f.dst);
     let (verdict, _) = p.test_run(bpf::FROM_CONTAINER, &arp).unwrap();
     assert_eq!(verdict, tc::ACT_UNSPEC);
     assert_eq!(p.drops().unwrap()["malformed"], 1);
