@@ -172,7 +172,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
             if net.flags & NET_INTERNAL != 0 {
                 return Err(DropReason::InternalNetwork);
             }
-            let out = egress_to_world(ctx, &ip, e.addr)?;
+            let out = egress_to_world(ctx, &ip, 0, e.addr)?;
             if let Egress::Kernel = out {
                 return Ok(tc::ACT_UNSPEC);
             }
@@ -265,7 +265,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     if net.flags & NET_INTERNAL != 0 {
         return Err(DropReason::InternalNetwork);
     }
-    if too_big(ctx, rc, &fib) {
+    if too_big(ctx, rc, &fib, &ip, l4.map_or(0, |l| l.hlen)) {
         return frag_needed(ctx, &ip);
     }
     let Some(l4) = l4 else {
@@ -309,7 +309,12 @@ impl Egress {
 /// kernel untranslated (DF set, see `frag_needed`), never sent out as it is
 /// nor dropped silently.
 #[inline(always)]
-fn egress_to_world(ctx: &TcContext, ip: &Ipv4, new_saddr: u32) -> Result<Egress, DropReason> {
+fn egress_to_world(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    l4_hlen: u32,
+    new_saddr: u32,
+) -> Result<Egress, DropReason> {
     let cfg = config().ok_or(DropReason::Unsupported)?;
     let mut fib = fib_params(ip, cfg.uplink_ifindex);
     fib.__bindgen_anon_3.ipv4_src = new_saddr;
@@ -317,7 +322,7 @@ fn egress_to_world(ctx: &TcContext, ip: &Ipv4, new_saddr: u32) -> Result<Egress,
         rc @ (BPF_FIB_LKUP_RET_SUCCESS
         | BPF_FIB_LKUP_RET_NO_NEIGH
         | BPF_FIB_LKUP_RET_FRAG_NEEDED) => {
-            if too_big(ctx, rc, &fib) {
+            if too_big(ctx, rc, &fib, ip, l4_hlen) {
                 frag_needed(ctx, ip)?;
                 return Ok(Egress::Kernel);
             }
@@ -336,7 +341,7 @@ fn egress_to_world(ctx: &TcContext, ip: &Ipv4, new_saddr: u32) -> Result<Egress,
 /// reply; ROUTED rewrites nothing) and sends the packet out.
 #[inline(always)]
 fn out_to_world(ctx: &TcContext, ip: &Ipv4, l4: &L4, e: &CtEntry) -> Result<i32, DropReason> {
-    let out = egress_to_world(ctx, ip, e.addr)?;
+    let out = egress_to_world(ctx, ip, l4.hlen, e.addr)?;
     if let Egress::Kernel = out {
         return Ok(tc::ACT_UNSPEC);
     }
@@ -351,18 +356,26 @@ fn out_to_world(ctx: &TcContext, ip: &Ipv4, l4: &L4, e: &CtEntry) -> Result<i32,
 }
 
 /// Too big for the FIB's egress `fib.ifindex` (GSO packets: any of their
-/// segments). A plain packet after a successful lookup is compared with
-/// the MTU the lookup reported (exact; the lookup's own check allows a
-/// VLAN tag's 4 bytes more and lets every GSO packet through); GSO packets
-/// and unresolved neighbours ask `bpf_check_mtu` (with BPF_MTU_CHK_SEGS).
+/// segments). After a successful lookup the packet is compared with the
+/// MTU the lookup reported (exact; the lookup's own check allows a VLAN
+/// tag's 4 bytes more and lets every GSO packet through): a plain packet
+/// by its length, a TCP/UDP GSO packet by its segments' (IP header + L4
+/// header `l4_hlen` + gso_size, what the kernel's
+/// skb_gso_validate_network_len computes). Other GSO packets and
+/// unresolved neighbours ask `bpf_check_mtu` (BPF_MTU_CHK_SEGS).
 #[inline(always)]
-fn too_big(ctx: &TcContext, rc: u32, fib: &FibParams) -> bool {
+fn too_big(ctx: &TcContext, rc: u32, fib: &FibParams, ip: &Ipv4, l4_hlen: u32) -> bool {
     // SAFETY: reading the context.
-    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
-    if rc == BPF_FIB_LKUP_RET_SUCCESS && !gso {
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if rc == BPF_FIB_LKUP_RET_SUCCESS {
         // SAFETY: a successful lookup without tot_len sets mtu_result.
         let mtu = u32::from(unsafe { fib.__bindgen_anon_1.mtu_result });
-        return ctx.len() > mtu + ETH_HLEN as u32;
+        if gso_size == 0 {
+            return ctx.len() > mtu + ETH_HLEN as u32;
+        }
+        if l4_hlen != 0 {
+            return ip.hdr_len as u32 + l4_hlen + gso_size > mtu;
+        }
     }
     let mut mtu_len: u32 = 0;
     // SAFETY: helper call; mtu_len 0 = check skb->len.

@@ -170,6 +170,9 @@ pub struct L4 {
     /// The L4 header is in this packet (false for a non-first fragment:
     /// the ports are its datagram's, nothing at `off` may be rewritten).
     pub hdr: bool,
+    /// The L4 header's length (TCP: data offset; 0 when unknown), for the
+    /// segment length of GSO packets.
+    pub hlen: u32,
 }
 
 impl L4 {
@@ -191,6 +194,7 @@ impl L4 {
             csum_off: 0,
             udp_no_csum: false,
             hdr: false,
+            hlen: 0,
         }
     }
 }
@@ -245,6 +249,8 @@ pub fn l4(ctx: &TcContext, proto: u8, off: usize) -> Result<Option<L4>, DropReas
                 csum_off: off + 16,
                 udp_no_csum: false,
                 hdr: true,
+                // SAFETY: within the checked 20 bytes.
+                hlen: u32::from(unsafe { *p.add(12) } >> 4) * 4,
             }))
         }
         IPPROTO_UDP => {
@@ -257,6 +263,7 @@ pub fn l4(ctx: &TcContext, proto: u8, off: usize) -> Result<Option<L4>, DropReas
                 csum_off: off + 6,
                 udp_no_csum: be16(p, 6) == 0,
                 hdr: true,
+                hlen: UDP_HLEN as u32,
             }))
         }
         IPPROTO_ICMP => {
@@ -277,6 +284,7 @@ pub fn l4(ctx: &TcContext, proto: u8, off: usize) -> Result<Option<L4>, DropReas
                 csum_off: off + 2,
                 udp_no_csum: false,
                 hdr: true,
+                hlen: 0,
             }))
         }
         _ => Ok(None),

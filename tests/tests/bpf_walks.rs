@@ -1044,6 +1044,23 @@ fn hot_path_cost() {
     root!();
     let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
     bpfmaps::add_ports(&mut w.p, 6, Ipv4Addr::UNSPECIFIED, 8080, 8080, A_IP, 80);
+    // The next hop resolved, as on a live host (the FIB lookup succeeds).
+    w.tb.ok(
+        &w.tb.host,
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            "198.18.0.1",
+            "lladdr",
+            "02:42:c6:12:00:01",
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    )
+    .unwrap();
     let payload = [0u8; 1400];
     // The flows, established.
     let (_, out) = w.run(
