@@ -55,6 +55,9 @@ pub struct Config {
     pub bpffs: PathBuf,
     /// Default bridge: gateway address and prefix.
     pub bip: (std::net::Ipv4Addr, u8),
+    /// `bip` was given (flag or config file): kept even when the host
+    /// already routes its subnet; else a free pool is taken then.
+    pub bip_explicit: bool,
     pub pools: Vec<Pool>,
     pub mtu: u32,
     pub cleanup_on_exit: bool,
@@ -65,6 +68,9 @@ pub struct Config {
     pub cgroup: Option<PathBuf>,
     /// Upstream resolvers (`--dns`, `dns`); empty: the host's resolv.conf.
     pub dns: Vec<std::net::IpAddr>,
+    /// `--docker-plugin NAME`: serve Docker's network driver plugin
+    /// protocol at /run/docker/plugins/NAME.sock.
+    pub docker_plugin: Option<String>,
 }
 
 pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {

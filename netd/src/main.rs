@@ -178,6 +178,10 @@ struct DaemonArgs {
     /// host's resolv.conf.
     #[arg(long = "dns", value_name = "IP")]
     dns: Vec<IpAddr>,
+    /// Serve Docker's network driver plugin protocol as NAME, at
+    /// /run/docker/plugins/NAME.sock (`docker network create -d NAME`).
+    #[arg(long, value_name = "NAME")]
+    docker_plugin: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -273,6 +277,9 @@ fn main() {
 }
 
 fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
+    if let Some(name) = &a.docker_plugin {
+        netd::plugin::docker::check_name(name)?;
+    }
     if let Some(ns) = &a.netns {
         // Before any thread exists: the whole daemon lives in `ns`.
         let f =
@@ -284,6 +291,7 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
         Some(p) => config::File::load(p)?,
         None => config::File::default(),
     };
+    let bip_explicit = a.bip.is_some() || file.bip.is_some();
     let bip = a.bip.or(file.bip).unwrap_or_else(|| "172.17.0.1/16".into());
     let cfg = Config {
         datapath: a.datapath.or(file.datapath).unwrap_or(Kind::Ebpf),
@@ -293,6 +301,7 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
         socket,
         bpffs: a.bpffs,
         bip: config::parse_bip(&bip)?,
+        bip_explicit,
         pools: file
             .default_address_pools
             .unwrap_or_else(netd::ipam::default_pools),
@@ -314,6 +323,7 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
         } else {
             a.dns
         },
+        docker_plugin: a.docker_plugin,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(netd::daemon::run(cfg))?;

@@ -31,11 +31,18 @@ pub struct Netd {
     /// The test's own cgroup (v2): the ebpf datapath's host-socket
     /// programs attach here, so nothing else on the machine is affected.
     pub cgroup: PathBuf,
+    /// Flags every start of the daemon gets (`--docker-plugin NAME`).
+    pub extra_flags: Vec<(String, String)>,
     daemon: Option<Child>,
 }
 
 impl Netd {
     pub fn start(datapath: &str) -> Result<Netd> {
+        Netd::start_with(datapath, &[])
+    }
+
+    /// Starts a daemon that gets `flags` on every start.
+    pub fn start_with(datapath: &str, flags: &[(&str, &str)]) -> Result<Netd> {
         let tb = Testbed::new("e")?;
         let dir = std::env::temp_dir().join(format!("{}-d", tb.stem));
         std::fs::create_dir_all(&dir)?;
@@ -48,6 +55,10 @@ impl Netd {
             dir,
             socket,
             cgroup,
+            extra_flags: flags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             daemon: None,
         };
         n.start_daemon()?;
@@ -80,6 +91,9 @@ impl Netd {
             // never the machine's own.
             ("--dns", ::netd::testbed::OUTSIDE_IP.to_string()),
         ];
+        for (k, v) in &self.extra_flags {
+            flags.push((k.as_str(), v.clone()));
+        }
         for (k, v) in overrides {
             match flags.iter_mut().find(|(f, _)| f == k) {
                 Some(f) => f.1 = v.to_string(),

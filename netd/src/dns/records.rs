@@ -75,7 +75,13 @@ impl Snapshot {
             zones: HashMap::new(),
             upstreams,
         };
-        for n in state.networks.values().filter(|n| !n.default) {
+        // Networks an engine owns have its own name resolution (Docker's
+        // embedded server at 127.0.0.11 in the container).
+        for n in state
+            .networks
+            .values()
+            .filter(|n| !n.default && n.is_netd())
+        {
             snap.zones.insert(
                 n.gateway(),
                 Zone {
@@ -102,7 +108,7 @@ impl Snapshot {
             state
                 .networks
                 .get(nid)
-                .filter(|n| !n.default)
+                .filter(|n| !n.default && n.is_netd())
                 .map(|n| n.gateway())
         };
         for c in running() {

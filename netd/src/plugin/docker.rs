@@ -1,0 +1,709 @@
+//! Docker's network driver plugin protocol: libnetwork's "remote" driver
+//! (moby `libnetwork/docs/remote.md`, `libnetwork/drivers/remote/api`).
+//!
+//! dockerd finds a plugin named NAME by its socket,
+//! `/run/docker/plugins/NAME.sock`, and POSTs JSON to `/Plugin.Activate`
+//! and `/NetworkDriver.<Call>`; answers are JSON, errors `{"Err": ...}`.
+//! This module holds the calls' bodies, their validation into netd's own
+//! specs (a Docker network is a netd network, a Docker endpoint a
+//! container with one endpoint and its published ports), and the
+//! dispatch; what each call does is in `daemon::docker`.
+//!
+//! What Docker sends, observed with dockerd 20.10 (see
+//! ENGINES-NOTES/README): `CreateNetwork` carries the pool and gateway
+//! Docker's IPAM chose and the `-o` options under
+//! `com.docker.network.generic`; `CreateEndpoint` the address Docker
+//! chose and, with `--mac-address`, the MAC; `Join` the sandbox's
+//! namespace path; `ProgramExternalConnectivity` (and `Join`, and
+//! `CreateEndpoint`) the `-p`/`-P` bindings, which Docker does not
+//! publish itself for a remote driver.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    api::{
+        ApiError, Request, Response, bad,
+        server::Dialect,
+        types::{NetworkCreate, NetworkSpec, parse_body, valid_name},
+    },
+    daemon::Shared,
+    link,
+    model::NetworkOwner,
+    ports,
+    portspec::{self, PortBinding, PortSpec, Proto},
+    validate,
+};
+
+/// The plugin protocol's content type.
+pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1+json";
+/// Where dockerd looks for plugin sockets (hard-coded in dockerd).
+pub const SOCKET_DIR: &str = "/run/docker/plugins";
+
+/// The interface name prefix inside the container: Docker appends an
+/// index (eth0, eth1, ...).
+pub const DST_PREFIX: &str = "eth";
+
+// Option keys libnetwork sends.
+pub const OPT_GENERIC: &str = "com.docker.network.generic";
+pub const OPT_INTERNAL: &str = "com.docker.network.internal";
+pub const OPT_IPV6: &str = "com.docker.network.enable_ipv6";
+pub const OPT_PORTMAP: &str = "com.docker.network.portmap";
+pub const OPT_EXPOSED: &str = "com.docker.network.endpoint.exposedports";
+
+/// A validation failure is a 400 (an ApiError keeps its status).
+fn invalid(e: anyhow::Error) -> anyhow::Error {
+    if e.is::<ApiError>() {
+        e
+    } else {
+        ApiError::bad(format!("{e:#}")).into()
+    }
+}
+
+fn plugin_error(e: &ApiError) -> Value {
+    json!({ "Err": e.message })
+}
+
+/// How the plugin socket answers: Docker's content type and error shape.
+pub const DIALECT: Dialect = Dialect {
+    content_type: CONTENT_TYPE,
+    error_body: plugin_error,
+};
+
+/// `/run/docker/plugins/NAME.sock`.
+pub fn socket_path(name: &str) -> PathBuf {
+    Path::new(SOCKET_DIR).join(format!("{name}.sock"))
+}
+
+/// A plugin name: what `docker network create -d NAME` says, and a file
+/// name under /run/docker/plugins.
+pub fn check_name(name: &str) -> Result<()> {
+    if !valid_name(name) {
+        anyhow::bail!(
+            "invalid Docker plugin name {name:?}: use letters, digits, '_', '.', '-' (at most 64), starting with a letter or digit"
+        );
+    }
+    Ok(())
+}
+
+/// Go encodes a nil map or slice as `null`: read it as empty.
+fn nullable<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// A Docker object id (network, endpoint): 64 hex digits from Docker;
+/// anything alphanumeric up to 64 characters is taken.
+fn check_id(what: &str, id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return bad(format!(
+            "invalid {what} id {id:?}: expected Docker's hex id (at most 64 letters and digits)"
+        ));
+    }
+    Ok(())
+}
+
+/// The short form of a Docker id (`docker network ls` shows 12 digits).
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// A boolean option (Docker sends JSON booleans; strings are accepted).
+fn flag(opts: &Map<String, Value>, key: &str) -> Result<bool> {
+    match opts.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) if s == "true" || s == "1" => Ok(true),
+        Some(Value::String(s)) if s == "false" || s == "0" || s.is_empty() => Ok(false),
+        Some(v) => bad(format!(
+            "invalid value {v} for {key}: expected true or false"
+        )),
+    }
+}
+
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(default)]
+pub struct IpamData {
+    #[serde(rename = "AddressSpace")]
+    pub address_space: String,
+    #[serde(rename = "Pool")]
+    pub pool: String,
+    #[serde(rename = "Gateway")]
+    pub gateway: String,
+    #[serde(rename = "AuxAddresses", deserialize_with = "nullable")]
+    pub aux_addresses: BTreeMap<String, String>,
+}
+
+/// `/NetworkDriver.CreateNetwork`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(default)]
+pub struct CreateNetwork {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "Options", deserialize_with = "nullable")]
+    pub options: Map<String, Value>,
+    #[serde(rename = "IPv4Data", deserialize_with = "nullable")]
+    pub ipv4_data: Vec<IpamData>,
+    #[serde(rename = "IPv6Data", deserialize_with = "nullable")]
+    pub ipv6_data: Vec<IpamData>,
+}
+
+impl CreateNetwork {
+    /// The netd network Docker asks for: Docker's pool and gateway, its
+    /// `-o` options and `--internal` checked as `netd network create`
+    /// checks them, named by the short id (Docker does not say the name).
+    pub fn validate(self, plugin: &str, default_mtu: u32) -> Result<NetworkSpec> {
+        check_id("network", &self.network_id)?;
+        if flag(&self.options, OPT_IPV6)? || !self.ipv6_data.is_empty() {
+            return bad("netd networks are IPv4-only: create the network without --ipv6");
+        }
+        let data = match self.ipv4_data.as_slice() {
+            [d] => d,
+            [] => return bad("Docker gave no IPv4 pool for the network"),
+            more => {
+                return bad(format!(
+                    "netd networks have one IPv4 subnet, Docker gave {} (use one --subnet)",
+                    more.len()
+                ));
+            }
+        };
+        let gateway = match data.gateway.split_once('/') {
+            _ if data.gateway.is_empty() => None,
+            Some((ip, _)) => Some(ip.to_string()),
+            None => Some(data.gateway.clone()),
+        };
+        let mut options = BTreeMap::new();
+        match self.options.get(OPT_GENERIC) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(m)) => {
+                validate::bounded("options", &m.keys().collect::<Vec<_>>(), 64)?;
+                for (k, v) in m {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Bool(b) => b.to_string(),
+                        Value::Number(n) => n.to_string(),
+                        other => {
+                            return bad(format!(
+                                "invalid value {other} for option {k}: expected a string"
+                            ));
+                        }
+                    };
+                    options.insert(k.clone(), v);
+                }
+            }
+            Some(v) => return bad(format!("invalid {OPT_GENERIC} {v}: expected an object")),
+        }
+        let mut spec = NetworkCreate {
+            name: short(&self.network_id).to_string(),
+            driver: None,
+            subnet: Some(data.pool.clone()),
+            gateway,
+            ip_range: None,
+            internal: flag(&self.options, OPT_INTERNAL)?,
+            options,
+        }
+        .validate(default_mtu)?;
+        spec.owner = NetworkOwner::Docker {
+            plugin: plugin.to_string(),
+            network: self.network_id.clone(),
+        };
+        spec.id = Some(self.network_id);
+        Ok(spec)
+    }
+}
+
+/// Calls that name a network only.
+#[derive(Deserialize, Debug, Default)]
+#[serde(default)]
+pub struct NetworkRef {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+}
+
+impl NetworkRef {
+    pub fn validate(self) -> Result<String> {
+        check_id("network", &self.network_id)?;
+        Ok(self.network_id)
+    }
+}
+
+/// Calls that name an endpoint (`Leave`, `DeleteEndpoint`,
+/// `EndpointOperInfo`, `RevokeExternalConnectivity`).
+#[derive(Deserialize, Debug, Default)]
+#[serde(default)]
+pub struct EndpointRef {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+}
+
+/// A checked endpoint reference: (Docker network id, endpoint id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ids {
+    pub network: String,
+    pub endpoint: String,
+}
+
+impl EndpointRef {
+    pub fn validate(self) -> Result<Ids> {
+        check_id("network", &self.network_id)?;
+        check_id("endpoint", &self.endpoint_id)?;
+        Ok(Ids {
+            network: self.network_id,
+            endpoint: self.endpoint_id,
+        })
+    }
+}
+
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(default)]
+pub struct EndpointInterface {
+    #[serde(rename = "Address")]
+    pub address: String,
+    #[serde(rename = "AddressIPv6")]
+    pub address_ipv6: String,
+    #[serde(rename = "MacAddress")]
+    pub mac_address: String,
+}
+
+/// `/NetworkDriver.CreateEndpoint`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(default)]
+pub struct CreateEndpoint {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    #[serde(rename = "Interface")]
+    pub interface: Option<EndpointInterface>,
+    #[serde(rename = "Options", deserialize_with = "nullable")]
+    pub options: Map<String, Value>,
+}
+
+/// A checked `CreateEndpoint`: what Docker chose (the rest is netd's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub ids: Ids,
+    /// Address and prefix length from Docker's IPAM.
+    pub address: Option<(Ipv4Addr, u8)>,
+    /// `--mac-address`.
+    pub mac: Option<[u8; 6]>,
+    /// `--expose` and the published ports' container side.
+    pub exposed: Vec<((u16, u16), Proto)>,
+}
+
+impl CreateEndpoint {
+    pub fn validate(self) -> Result<EndpointSpec> {
+        let ids = EndpointRef {
+            network_id: self.network_id,
+            endpoint_id: self.endpoint_id,
+        }
+        .validate()?;
+        let iface = self.interface.unwrap_or_default();
+        if !iface.address_ipv6.is_empty() {
+            return bad(format!(
+                "netd networks are IPv4-only: cannot give the endpoint the IPv6 address {}",
+                iface.address_ipv6
+            ));
+        }
+        let address = if iface.address.is_empty() {
+            None
+        } else {
+            let (ip, prefix) = iface.address.split_once('/').with_context(|| {
+                format!(
+                    "invalid endpoint address {:?}: expected ADDRESS/PREFIX",
+                    iface.address
+                )
+            })?;
+            let ip: Ipv4Addr = ip.parse().with_context(|| {
+                format!("invalid endpoint address {:?}: not IPv4", iface.address)
+            })?;
+            let prefix: u8 = prefix
+                .parse()
+                .ok()
+                .filter(|p| *p <= 32)
+                .with_context(|| format!("invalid endpoint address {:?}", iface.address))?;
+            Some((ip, prefix))
+        };
+        let mac = if iface.mac_address.is_empty() {
+            None
+        } else {
+            let m = link::parse_mac(&iface.mac_address)?;
+            validate::mac(&m)?;
+            Some(m)
+        };
+        Ok(EndpointSpec {
+            ids,
+            address,
+            mac,
+            exposed: exposed_ports(&self.options)?,
+        })
+    }
+}
+
+/// `/NetworkDriver.Join`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(default)]
+pub struct Join {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    #[serde(rename = "SandboxKey")]
+    pub sandbox_key: String,
+    #[serde(rename = "Options", deserialize_with = "nullable")]
+    pub options: Map<String, Value>,
+}
+
+impl Join {
+    /// The endpoint and the sandbox's namespace path (recorded, never
+    /// opened: Docker moves the interface into it).
+    pub fn validate(self) -> Result<(Ids, PathBuf)> {
+        let ids = EndpointRef {
+            network_id: self.network_id,
+            endpoint_id: self.endpoint_id,
+        }
+        .validate()?;
+        let key = &self.sandbox_key;
+        if !key.starts_with('/') || key.len() > 4096 || key.contains('\0') {
+            return bad(format!(
+                "invalid SandboxKey {key:?}: expected the absolute path of the sandbox's namespace"
+            ));
+        }
+        Ok((ids, PathBuf::from(key)))
+    }
+}
+
+/// `/NetworkDriver.ProgramExternalConnectivity`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(default)]
+pub struct ProgramExternal {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    #[serde(rename = "Options", deserialize_with = "nullable")]
+    pub options: Map<String, Value>,
+}
+
+impl ProgramExternal {
+    /// The endpoint and its bindings, each checked as `-p` is.
+    pub fn validate(self) -> Result<(Ids, Vec<Publish>)> {
+        let ids = EndpointRef {
+            network_id: self.network_id,
+            endpoint_id: self.endpoint_id,
+        }
+        .validate()?;
+        let maps: Vec<PortMap> = match self.options.get(OPT_PORTMAP) {
+            None | Some(Value::Null) => vec![],
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| ApiError::bad(format!("invalid {OPT_PORTMAP}: {e}")))?,
+        };
+        validate::bounded("port bindings", &maps, validate::MAX_LIST)?;
+        let publish = maps
+            .iter()
+            .map(PortMap::to_publish)
+            .collect::<Result<Vec<_>>>()?;
+        Ok((ids, publish))
+    }
+}
+
+/// One of Docker's port bindings (`types.PortBinding`). Proto: 6 TCP, 17
+/// UDP, 132 SCTP. A `-p` range arrives as one binding per port; a host
+/// range for one container port (`-p 8000-8010:80`) as HostPort 8000,
+/// HostPortEnd 8010; `-P` and `-p 80` as HostPort 0.
+#[derive(Deserialize, Debug, Default, Clone, PartialEq, Eq)]
+#[serde(default)]
+pub struct PortMap {
+    #[serde(rename = "Proto")]
+    pub proto: u32,
+    /// The container address (unused: it is the endpoint's).
+    #[serde(rename = "IP")]
+    pub ip: String,
+    #[serde(rename = "Port")]
+    pub port: u16,
+    #[serde(rename = "HostIP")]
+    pub host_ip: String,
+    #[serde(rename = "HostPort")]
+    pub host_port: u16,
+    #[serde(rename = "HostPortEnd")]
+    pub host_port_end: u16,
+}
+
+/// A binding to publish: a `-p` spec, or (`pick`) any one free host port
+/// of a range for one container port, Docker's meaning of
+/// `-p 8000-8010:80`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    pub spec: PortSpec,
+    pub pick: Option<(u16, u16)>,
+}
+
+fn proto(n: u32) -> Result<Proto> {
+    match n {
+        6 => Ok(Proto::Tcp),
+        17 => Ok(Proto::Udp),
+        132 => bad("cannot publish an SCTP port: netd publishes tcp and udp ports"),
+        n => bad(format!(
+            "unknown protocol number {n} in a port binding (expected 6 for tcp or 17 for udp)"
+        )),
+    }
+}
+
+impl PortMap {
+    pub fn to_publish(&self) -> Result<Publish> {
+        let proto = proto(self.proto)?;
+        let host_ip = if self.host_ip.is_empty() {
+            None
+        } else {
+            Some(self.host_ip.parse::<IpAddr>().map_err(|_| {
+                ApiError::bad(format!(
+                    "invalid host IP {:?} in a port binding",
+                    self.host_ip
+                ))
+            })?)
+        };
+        let (host, pick) = match (self.host_port, self.host_port_end) {
+            (0, 0) => (None, None),
+            (0, end) => {
+                return bad(format!(
+                    "invalid port binding: host port range 0-{end} (a range needs its first port)"
+                ));
+            }
+            (h, e) if e == 0 || e == h => (Some((h, h)), None),
+            (h, e) if e < h => {
+                return bad(format!(
+                    "invalid port binding: host port range {h}-{e} ends before it starts"
+                ));
+            }
+            (h, e) => (Some((h, h)), Some((h, e))),
+        };
+        let spec = PortSpec {
+            host_ip,
+            host_ports: host,
+            container_ports: (self.port, self.port),
+            proto,
+        };
+        // The same checks as `-p` (port 0, ranges): its canonical form
+        // parses back to the same spec.
+        let spec =
+            portspec::parse(&spec.to_string()).map_err(|e| ApiError::bad(format!("{e:#}")))?;
+        Ok(Publish { spec, pick })
+    }
+}
+
+/// `com.docker.network.endpoint.exposedports`: `[{"Proto": 6, "Port": 80}]`.
+fn exposed_ports(opts: &Map<String, Value>) -> Result<Vec<((u16, u16), Proto)>> {
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Exposed {
+        #[serde(rename = "Proto")]
+        proto: u32,
+        #[serde(rename = "Port")]
+        port: u16,
+    }
+    let list: Vec<Exposed> = match opts.get(OPT_EXPOSED) {
+        None | Some(Value::Null) => return Ok(vec![]),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| ApiError::bad(format!("invalid {OPT_EXPOSED}: {e}")))?,
+    };
+    validate::bounded("exposed ports", &list, validate::MAX_LIST)?;
+    let mut out = Vec::new();
+    for e in list {
+        // SCTP and others are Docker's business: nothing to publish here.
+        if let Ok(p) = proto(e.proto)
+            && e.port != 0
+        {
+            out.push(((e.port, e.port), p));
+        }
+    }
+    Ok(out)
+}
+
+/// Concrete host bindings for Docker's bindings, as `-p` allocates them
+/// (`default_ip` for bindings without a host address, ephemeral ports
+/// from `next` for HostPort 0), conflicting with nothing in `used`.
+pub fn allocate(
+    publish: &[Publish],
+    default_ip: IpAddr,
+    used: &[PortBinding],
+    next: &mut BTreeMap<Proto, u16>,
+) -> Result<Vec<PortBinding>> {
+    let mut cursor = next.clone();
+    let mut out: Vec<PortBinding> = Vec::new();
+    for p in publish {
+        let taken: Vec<PortBinding> = used.iter().chain(&out).copied().collect();
+        let got = match p.pick {
+            None => ports::allocate(
+                std::slice::from_ref(&p.spec),
+                &[],
+                false,
+                default_ip,
+                &taken,
+                &mut cursor,
+            )?,
+            Some((lo, hi)) => (lo..=hi)
+                .find_map(|h| {
+                    let mut s = p.spec.clone();
+                    s.host_ports = Some((h, h));
+                    ports::allocate(&[s], &[], false, default_ip, &taken, &mut cursor).ok()
+                })
+                .ok_or_else(|| {
+                    ApiError::conflict(format!(
+                        "port is already allocated: no free host port in {lo}-{hi} for {}/{}",
+                        p.spec.container_ports.0, p.spec.proto
+                    ))
+                })?,
+        };
+        out.extend(got);
+    }
+    *next = cursor;
+    Ok(out)
+}
+
+/// Answers one call of Docker's. Errors keep their status, except that a
+/// known call never answers 404: Docker reads 404 as "not implemented"
+/// and would silently skip `ProgramExternalConnectivity`.
+pub async fn route(d: &Shared, plugin: &str, req: Request) -> Response {
+    let call = req.path.trim_start_matches('/').to_string();
+    let known = |r: Result<Value>| {
+        r.map_err(|e| {
+            let mut e = ApiError::from(e);
+            if e.status == 404 {
+                e.status = 500;
+            }
+            e
+        })
+    };
+    if req.method != "POST" {
+        return Err(ApiError::not_found(format!(
+            "netd's Docker plugin answers POST requests, not {} {}",
+            req.method, req.path
+        )));
+    }
+    let body = req.body;
+    match call.as_str() {
+        "Plugin.Activate" => Ok(json!({ "Implements": ["NetworkDriver"] })),
+        "NetworkDriver.GetCapabilities" => Ok(json!({
+            "Scope": "local",
+            "ConnectivityScope": "local",
+        })),
+        "NetworkDriver.DiscoverNew" | "NetworkDriver.DiscoverDelete" => Ok(json!({})),
+        "NetworkDriver.CreateNetwork" => {
+            let r = parse_body::<CreateNetwork>(body)?;
+            let mut g = d.lock().await;
+            let mtu = g.cfg.mtu;
+            known(
+                async {
+                    g.docker_create_network(r.validate(plugin, mtu).map_err(invalid)?)
+                        .await
+                }
+                .await,
+            )
+        }
+        "NetworkDriver.DeleteNetwork" => {
+            let id = parse_body::<NetworkRef>(body)?;
+            known(
+                async {
+                    d.lock()
+                        .await
+                        .docker_delete_network(&id.validate().map_err(invalid)?)
+                        .await
+                }
+                .await,
+            )
+        }
+        "NetworkDriver.CreateEndpoint" => {
+            let r = parse_body::<CreateEndpoint>(body)?;
+            known(
+                async {
+                    d.lock()
+                        .await
+                        .docker_create_endpoint(r.validate().map_err(invalid)?)
+                        .await
+                }
+                .await,
+            )
+        }
+        "NetworkDriver.DeleteEndpoint" => {
+            let r = parse_body::<EndpointRef>(body)?;
+            known(
+                async {
+                    d.lock()
+                        .await
+                        .docker_delete_endpoint(&r.validate().map_err(invalid)?)
+                        .await
+                }
+                .await,
+            )
+        }
+        "NetworkDriver.EndpointOperInfo" => {
+            let r = parse_body::<EndpointRef>(body)?;
+            known(
+                async {
+                    Ok(d.lock()
+                        .await
+                        .docker_oper_info(&r.validate().map_err(invalid)?))
+                }
+                .await,
+            )
+        }
+        "NetworkDriver.Join" => {
+            let r = parse_body::<Join>(body)?;
+            known(
+                async {
+                    let (ids, key) = r.validate().map_err(invalid)?;
+                    d.lock().await.docker_join(&ids, key).await
+                }
+                .await,
+            )
+        }
+        "NetworkDriver.Leave" => {
+            let r = parse_body::<EndpointRef>(body)?;
+            known(
+                async {
+                    d.lock()
+                        .await
+                        .docker_leave(&r.validate().map_err(invalid)?)
+                        .await
+                }
+                .await,
+            )
+        }
+        "NetworkDriver.ProgramExternalConnectivity" => {
+            let r = parse_body::<ProgramExternal>(body)?;
+            known(
+                async {
+                    let (ids, publish) = r.validate().map_err(invalid)?;
+                    d.lock().await.docker_program(&ids, publish).await
+                }
+                .await,
+            )
+        }
+        "NetworkDriver.RevokeExternalConnectivity" => {
+            let r = parse_body::<EndpointRef>(body)?;
+            known(
+                async {
+                    d.lock()
+                        .await
+                        .docker_revoke(&r.validate().map_err(invalid)?)
+                        .await
+                }
+                .await,
+            )
+        }
+        other => Err(ApiError::not_found(format!(
+            "netd's Docker plugin does not implement {other}"
+        ))),
+    }
+}
