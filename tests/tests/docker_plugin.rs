@@ -185,7 +185,7 @@ impl World {
     }
 
     /// A published port from the outside namespace: the body, if any.
-    fn from_outside(&self, url: &str) -> Option<String> {
+    fn outside_get(&self, url: &str) -> Option<String> {
         curl(&self.n, &self.n.tb.outside, url)
     }
 
@@ -297,7 +297,7 @@ fn scenario(datapath: &str) {
     let url = format!("http://{HOST_IP}:18080/cgi-bin/ip");
     let mut body = None;
     wait_until(READY, || {
-        body = w.from_outside(&url);
+        body = w.outside_get(&url);
         body.is_some()
     });
     let body = body.unwrap_or_else(|| {
@@ -381,7 +381,7 @@ fn scenario(datapath: &str) {
     let mut w = w;
     w.n.stop_daemon(true);
     assert_eq!(
-        w.from_outside(&url).map(|b| client_ip(&b)),
+        w.outside_get(&url).map(|b| client_ip(&b)),
         Some(OUTSIDE_IP.to_string()),
         "the published port died with netd"
     );
@@ -391,14 +391,14 @@ fn scenario(datapath: &str) {
     w.sleeper("c3", "net1");
     w.ping_eventually("c3", "c1");
     w.ping_eventually("c1", "c3");
-    assert!(w.from_outside(&url).is_some());
+    assert!(w.outside_get(&url).is_some());
     // web, c1, c2, c3.
     let n1 = w.netd_network(&net1);
     assert_eq!(n1["Containers"].as_object().unwrap().len(), 4, "{n1}");
 
     // docker rm -f closes the port.
     w.docker(&["rm", "-f", "web"]);
-    assert!(w.from_outside(&url).is_none(), "18080 still answers");
+    assert!(w.outside_get(&url).is_none(), "18080 still answers");
     let n1 = w.netd_network(&net1);
     assert_eq!(n1["Containers"].as_object().unwrap().len(), 3, "{n1}");
 
@@ -471,7 +471,7 @@ fn dockerd_restarts_leave_nothing_duplicated() {
         HTTPD,
     ]);
     let url = format!("http://{HOST_IP}:18081/index.html");
-    assert!(wait_until(READY, || w.from_outside(&url).is_some()));
+    assert!(wait_until(READY, || w.outside_get(&url).is_some()));
     let count = |w: &World| {
         w.netd_network(&net)["Containers"]
             .as_object()
@@ -485,7 +485,7 @@ fn dockerd_restarts_leave_nothing_duplicated() {
         .unwrap();
     assert_eq!(count(&w), 0, "a clean dockerd stop left endpoints");
     w.docker(&["start", "web"]);
-    assert!(wait_until(READY, || w.from_outside(&url).is_some()));
+    assert!(wait_until(READY, || w.outside_get(&url).is_some()));
     assert_eq!(count(&w), 1);
 
     // kill -9: the next dockerd finds the container dead and drops its
@@ -494,7 +494,7 @@ fn dockerd_restarts_leave_nothing_duplicated() {
         .unwrap();
     w.docker(&["start", "web"]);
     assert!(
-        wait_until(READY, || w.from_outside(&url).is_some()),
+        wait_until(READY, || w.outside_get(&url).is_some()),
         "web did not come back\n--- netd log ---\n{}",
         tail(&w.n.log())
     );

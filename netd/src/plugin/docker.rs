@@ -707,3 +707,293 @@ pub async fn route(d: &Shared, plugin: &str, req: Request) -> Response {
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NET: &str = "3d54aa0c5d2b4b1e9a7fd1e0c1b2a3f4e5d6c7b8a9f0e1d2c3b4a5f6e7d8c9b0";
+    const EP: &str = "45f0bb4a072c4b1e9a7fd1e0c1b2a3f4e5d6c7b8a9f0e1d2c3b4a5f6e7d8c9b0";
+
+    fn status(r: Result<impl std::fmt::Debug>) -> u16 {
+        ApiError::from(invalid(r.unwrap_err())).status
+    }
+
+    /// What dockerd 20.10 sends for `docker network create -d netd
+    /// --subnet 10.11.0.0/24 -o ... N` (observed).
+    fn create(options: Value, v4: Value) -> CreateNetwork {
+        serde_json::from_value(json!({
+            "NetworkID": NET, "Options": options, "IPv4Data": v4, "IPv6Data": [],
+        }))
+        .unwrap()
+    }
+
+    fn pool() -> Value {
+        json!([{"AddressSpace": "LocalDefault", "Gateway": "10.11.0.1/24", "Pool": "10.11.0.0/24"}])
+    }
+
+    #[test]
+    fn network_maps_docker_options() {
+        let spec = create(
+            json!({
+                "com.docker.network.enable_ipv6": false,
+                "com.docker.network.internal": true,
+                "com.docker.network.generic": {
+                    "com.docker.network.bridge.enable_icc": "false",
+                    "com.docker.network.bridge.enable_ip_masquerade": "false",
+                    "com.docker.network.bridge.name": "br-docker1",
+                    "com.docker.network.driver.mtu": "1400",
+                },
+            }),
+            pool(),
+        )
+        .validate("netd", 1500)
+        .unwrap();
+        assert_eq!(spec.name, "3d54aa0c5d2b");
+        assert_eq!(spec.id.as_deref(), Some(NET));
+        assert_eq!(spec.subnet.unwrap().to_string(), "10.11.0.0/24");
+        assert_eq!(spec.gateway, Some("10.11.0.1".parse().unwrap()));
+        assert_eq!(spec.bridge.as_deref(), Some("br-docker1"));
+        let o = &spec.options;
+        assert!(!o.icc && !o.masquerade && o.internal);
+        assert_eq!(o.mtu, 1400);
+        assert_eq!(
+            spec.owner,
+            NetworkOwner::Docker {
+                plugin: "netd".into(),
+                network: NET.into()
+            }
+        );
+        // Defaults; Go's nil maps and slices arrive as null.
+        let spec: CreateNetwork = serde_json::from_value(json!({
+            "NetworkID": NET, "Options": null, "IPv4Data": pool(), "IPv6Data": null,
+        }))
+        .unwrap();
+        let spec = spec.validate("netd", 1500).unwrap();
+        assert!(spec.options.icc && spec.options.masquerade && !spec.options.internal);
+        assert_eq!(spec.options.mtu, 1500);
+        assert_eq!(spec.bridge, None);
+    }
+
+    #[test]
+    fn network_refuses_what_netd_cannot_be() {
+        let two = json!([
+            {"Pool": "10.11.0.0/24", "Gateway": "10.11.0.1/24"},
+            {"Pool": "10.12.0.0/24", "Gateway": "10.12.0.1/24"},
+        ]);
+        for (c, why) in [
+            (
+                create(json!({"com.docker.network.enable_ipv6": true}), pool()),
+                "ipv6",
+            ),
+            (create(json!({}), two), "two pools"),
+            (create(json!({}), json!([])), "no pool"),
+            (
+                create(
+                    json!({"com.docker.network.generic": {"bogus": "1"}}),
+                    pool(),
+                ),
+                "unknown option",
+            ),
+            (
+                create(
+                    json!({"com.docker.network.generic": {"com.docker.network.driver.mtu": "9"}}),
+                    pool(),
+                ),
+                "mtu",
+            ),
+            (
+                create(json!({"com.docker.network.generic": "x"}), pool()),
+                "generic not an object",
+            ),
+            (
+                create(json!({"com.docker.network.internal": "perhaps"}), pool()),
+                "internal not a boolean",
+            ),
+            (
+                create(
+                    json!({}),
+                    json!([{"Pool": "10.11.0.0/24", "Gateway": "10.99.0.1/24"}]),
+                ),
+                "gateway outside",
+            ),
+            (
+                create(json!({}), json!([{"Pool": "10.11.0.7/24"}])),
+                "host bits",
+            ),
+        ] {
+            assert_eq!(status(c.validate("netd", 1500)), 400, "{why}");
+        }
+        let mut c = create(json!({}), pool());
+        c.network_id = "a/b".into();
+        assert_eq!(status(c.validate("netd", 1500)), 400);
+        let mut c = create(json!({}), pool());
+        c.ipv6_data = vec![IpamData::default()];
+        assert_eq!(status(c.validate("netd", 1500)), 400);
+    }
+
+    #[test]
+    fn endpoint_takes_dockers_address_and_mac() {
+        let e: CreateEndpoint = serde_json::from_value(json!({
+            "NetworkID": NET, "EndpointID": EP,
+            "Interface": {"Address": "10.11.0.2/24", "AddressIPv6": "", "MacAddress": ""},
+            "Options": {
+                "com.docker.network.endpoint.exposedports": [{"Proto": 6, "Port": 81}, {"Proto": 17, "Port": 53}, {"Proto": 132, "Port": 9}],
+                "com.docker.network.portmap": [{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 18080, "HostPortEnd": 18080}],
+            },
+        }))
+        .unwrap();
+        let s = e.validate().unwrap();
+        assert_eq!(s.address, Some(("10.11.0.2".parse().unwrap(), 24)));
+        assert_eq!(s.mac, None);
+        assert_eq!(
+            s.exposed,
+            vec![((81, 81), Proto::Tcp), ((53, 53), Proto::Udp)]
+        );
+        let e: CreateEndpoint = serde_json::from_value(json!({
+            "NetworkID": NET, "EndpointID": EP,
+            "Interface": {"MacAddress": "02:42:0a:0b:00:99"}, "Options": null,
+        }))
+        .unwrap();
+        let s = e.validate().unwrap();
+        assert_eq!((s.address, s.mac), (None, Some([2, 0x42, 10, 11, 0, 0x99])));
+        // No Interface at all is fine (netd chooses).
+        let e: CreateEndpoint =
+            serde_json::from_value(json!({"NetworkID": NET, "EndpointID": EP})).unwrap();
+        assert_eq!(e.validate().unwrap().address, None);
+        for iface in [
+            json!({"Address": "10.11.0.2"}),
+            json!({"Address": "10.11.0.2/33"}),
+            json!({"Address": "fd00::2/64"}),
+            json!({"AddressIPv6": "fd00::2/64"}),
+            json!({"MacAddress": "01:00:5e:00:00:01"}),
+            json!({"MacAddress": "00:00:00:00:00:00"}),
+            json!({"MacAddress": "AkIKCwCZ"}),
+        ] {
+            let e: CreateEndpoint = serde_json::from_value(
+                json!({"NetworkID": NET, "EndpointID": EP, "Interface": iface}),
+            )
+            .unwrap();
+            assert_eq!(status(e.validate()), 400, "{iface}");
+        }
+        let e: CreateEndpoint =
+            serde_json::from_value(json!({"NetworkID": NET, "EndpointID": ""})).unwrap();
+        assert_eq!(status(e.validate()), 400);
+    }
+
+    #[test]
+    fn join_needs_an_absolute_sandbox_key() {
+        let j = |key: &str| Join {
+            network_id: NET.into(),
+            endpoint_id: EP.into(),
+            sandbox_key: key.into(),
+            options: Map::new(),
+        };
+        let (ids, key) = j("/var/run/docker/netns/45f0bb4a072c").validate().unwrap();
+        assert_eq!(ids.endpoint, EP);
+        assert_eq!(key, Path::new("/var/run/docker/netns/45f0bb4a072c"));
+        assert_eq!(status(j("netns/x").validate()), 400);
+        assert_eq!(status(j("").validate()), 400);
+        assert_eq!(status(j("/a\0b").validate()), 400);
+    }
+
+    fn map(proto: u32, host_ip: &str, port: u16, host: u16, end: u16) -> PortMap {
+        PortMap {
+            proto,
+            ip: String::new(),
+            port,
+            host_ip: host_ip.into(),
+            host_port: host,
+            host_port_end: end,
+        }
+    }
+
+    #[test]
+    fn bindings_are_checked_as_dash_p() {
+        let p = map(6, "", 80, 18080, 18080).to_publish().unwrap();
+        assert_eq!(p.spec.to_string(), "18080:80/tcp");
+        assert_eq!(p.pick, None);
+        let p = map(17, "127.0.0.1", 53, 5353, 0).to_publish().unwrap();
+        assert_eq!(p.spec.to_string(), "127.0.0.1:5353:53/udp");
+        let p = map(6, "", 80, 0, 0).to_publish().unwrap();
+        assert_eq!(p.spec.host_ports, None);
+        let p = map(6, "", 80, 8000, 8010).to_publish().unwrap();
+        assert_eq!(p.pick, Some((8000, 8010)));
+        for (m, why) in [
+            (map(132, "", 80, 80, 80), "sctp"),
+            (map(1, "", 80, 80, 80), "icmp"),
+            (map(6, "", 0, 80, 80), "container port 0"),
+            (map(6, "", 80, 0, 90), "range without start"),
+            (map(6, "", 80, 90, 80), "backwards range"),
+            (map(6, "x", 80, 80, 80), "bad host ip"),
+        ] {
+            assert_eq!(status(m.to_publish()), 400, "{why}");
+        }
+        let p = ProgramExternal {
+            network_id: NET.into(),
+            endpoint_id: EP.into(),
+            options: serde_json::from_value(
+                json!({OPT_PORTMAP: [{"Proto": 6, "Port": 80, "HostPort": 99999}]}),
+            )
+            .unwrap(),
+        };
+        assert_eq!(status(p.validate()), 400);
+        let p = ProgramExternal {
+            network_id: NET.into(),
+            endpoint_id: EP.into(),
+            options: serde_json::from_value(json!({OPT_PORTMAP: null})).unwrap(),
+        };
+        assert!(p.validate().unwrap().1.is_empty());
+    }
+
+    #[test]
+    fn allocation_picks_free_ports() {
+        let all = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let publish: Vec<Publish> = [
+            map(6, "", 80, 8000, 8000),
+            map(6, "", 81, 8000, 8002),
+            map(6, "", 82, 0, 0),
+            map(17, "", 80, 8000, 8000),
+        ]
+        .iter()
+        .map(|m| m.to_publish().unwrap())
+        .collect();
+        let mut next = BTreeMap::new();
+        let b = allocate(&publish, all, &[], &mut next).unwrap();
+        let s: Vec<String> = b.iter().map(|b| b.to_string()).collect();
+        assert_eq!(
+            s,
+            [
+                "80/tcp -> 0.0.0.0:8000",
+                "81/tcp -> 0.0.0.0:8001",
+                "82/tcp -> 0.0.0.0:32768",
+                "80/udp -> 0.0.0.0:8000",
+            ]
+        );
+        // Taken: a 409 naming the ports, and the cursor stays.
+        let before = next.clone();
+        let full = map(6, "", 83, 8000, 8001).to_publish().unwrap();
+        let e = allocate(&[full], all, &b, &mut next).unwrap_err();
+        let e = ApiError::from(e);
+        assert_eq!(e.status, 409);
+        assert!(e.message.contains("8000-8001"), "{}", e.message);
+        assert_eq!(next, before);
+        let e = allocate(&publish[..1], all, &b, &mut next).unwrap_err();
+        assert_eq!(ApiError::from(e).status, 409);
+    }
+
+    #[test]
+    fn errors_are_dockers_shape() {
+        let e = ApiError::bad("no");
+        assert_eq!((DIALECT.error_body)(&e), json!({"Err": "no"}));
+        assert_eq!(DIALECT.content_type, CONTENT_TYPE);
+        assert_eq!(
+            socket_path("netd"),
+            Path::new("/run/docker/plugins/netd.sock")
+        );
+        assert!(check_name("netd").is_ok());
+        for bad in ["", "a/b", "../x", ".x", &"n".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}
