@@ -120,6 +120,77 @@ pub enum NetworkCmd {
     Disconnect { network: String, container: String },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// Route another node's pod range via its address (what a Kubernetes
+    /// node watcher does for each Node's spec.podCIDR and InternalIP).
+    Add {
+        name: String,
+        #[arg(long = "pod-cidr")]
+        pod_cidr: String,
+        #[arg(long)]
+        address: String,
+    },
+    /// Remove a node and its route.
+    #[command(visible_alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// List the nodes.
+    #[command(visible_alias = "list")]
+    Ls {
+        #[arg(long)]
+        format: Option<String>,
+    },
+}
+
+pub fn node(c: &Client, cmd: NodeCmd) -> Result<i32> {
+    match cmd {
+        NodeCmd::Add {
+            name,
+            pod_cidr,
+            address,
+        } => {
+            c.post(
+                "/nodes",
+                &json!({ "Name": name, "PodCidr": pod_cidr, "Address": address }),
+            )?;
+            println!("{name}");
+        }
+        NodeCmd::Rm { names } => {
+            let mut code = 0;
+            for n in names {
+                match c.delete(&format!("/nodes/{n}")) {
+                    Ok(_) => println!("{n}"),
+                    Err(e) => {
+                        eprintln!("Error: {e:#}");
+                        code = 1;
+                    }
+                }
+            }
+            return Ok(code);
+        }
+        NodeCmd::Ls { format } => {
+            let v = c.get("/nodes")?;
+            if format.as_deref() == Some("json") {
+                print_json(&v);
+                return Ok(0);
+            }
+            let mut rows = vec![["NAME".to_string(), "POD CIDR".into(), "ADDRESS".into()]];
+            for n in v.as_array().into_iter().flatten() {
+                rows.push([
+                    n["Name"].as_str().unwrap_or_default().to_string(),
+                    n["PodCidr"].as_str().unwrap_or_default().to_string(),
+                    n["Address"].as_str().unwrap_or_default().to_string(),
+                ]);
+            }
+            print!("{}", table(&rows, 3));
+        }
+    }
+    Ok(0)
+}
+
 fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }

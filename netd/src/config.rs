@@ -34,6 +34,8 @@ pub struct File {
     /// nameservers of default-bridge containers' resolv.conf and the
     /// embedded DNS server's forwarders. Default: the host's resolv.conf.
     pub dns: Option<Vec<std::net::IpAddr>>,
+    /// The cluster's pod range (`--cluster-cidr`).
+    pub cluster_cidr: Option<String>,
 }
 
 impl File {
@@ -71,6 +73,9 @@ pub struct Config {
     /// `--docker-plugin NAME`: serve Docker's network driver plugin
     /// protocol at /run/docker/plugins/NAME.sock.
     pub docker_plugin: Option<String>,
+    /// Addresses containers reach without masquerade: the pods of every
+    /// node of the cluster.
+    pub cluster_cidr: Option<crate::ipam::Cidr>,
 }
 
 pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {

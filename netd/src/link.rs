@@ -7,13 +7,17 @@ use netlink_packet_route::{
     AddressFamily,
     address::AddressAttribute,
     link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
-    route::{RouteAddress, RouteAttribute, RouteMessage},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol},
 };
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 
 use crate::netns::NetNs;
+
+/// The protocol number netd's routes carry (`ip route` shows `proto
+/// 78`), so reconcile can tell them from everybody else's.
+pub const ROUTE_PROTOCOL: u8 = 78;
 
 /// A netlink connection bound to one network namespace.
 #[derive(Clone)]
@@ -286,6 +290,62 @@ impl Netlink {
             Err(e) if is_exists(&e) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("adding default route via {gateway}")),
         }
+    }
+
+    /// Adds (or replaces) the route `dst/prefix via gateway`, marked as
+    /// netd's ([`ROUTE_PROTOCOL`]).
+    pub async fn replace_route(&self, dst: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix)
+            .gateway(gateway)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("adding the route {dst}/{prefix} via {gateway}"))
+    }
+
+    /// Deletes netd's route `dst/prefix via gateway`; a missing one is
+    /// fine.
+    pub async fn delete_route(&self, dst: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix)
+            .gateway(gateway)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+            .build();
+        match self.handle.route().del(route).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("deleting the route {dst}/{prefix}")),
+        }
+    }
+
+    /// Routes of the main table that netd made ([`ROUTE_PROTOCOL`]): (dst,
+    /// prefix, gateway).
+    pub async fn own_routes(&self) -> Result<Vec<(Ipv4Addr, u8, Ipv4Addr)>> {
+        let mut s = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = s.try_next().await? {
+            if msg.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL) {
+                continue;
+            }
+            let gw = msg.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let (Some((dst, prefix)), Some(gw)) = (route_dst(&msg), gw) {
+                out.push((dst, prefix, gw));
+            }
+        }
+        Ok(out)
     }
 
     /// IPv4 destinations of the main table (prefix, length), for overlap

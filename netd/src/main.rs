@@ -40,6 +40,9 @@ enum Cmd {
     /// Manage networks.
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// The other nodes of a cluster: routes to their pods, without NAT.
+    #[command(subcommand)]
+    Node(cli::NodeCmd),
     /// Create a container (its network namespace and interfaces).
     Create(CreateArgs),
     /// Create a container and run a command in it.
@@ -182,6 +185,10 @@ struct DaemonArgs {
     /// /run/docker/plugins/NAME.sock (`docker network create -d NAME`).
     #[arg(long, value_name = "NAME")]
     docker_plugin: Option<String>,
+    /// The cluster's pod range: traffic between containers and these
+    /// addresses is never masqueraded (pods see each other's addresses).
+    #[arg(long = "cluster-cidr", value_name = "CIDR")]
+    cluster_cidr: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -324,6 +331,13 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
             a.dns
         },
         docker_plugin: a.docker_plugin,
+        cluster_cidr: match a.cluster_cidr.or(file.cluster_cidr) {
+            Some(c) => Some(
+                c.parse::<netd::ipam::Cidr>()
+                    .with_context(|| format!("invalid --cluster-cidr {c:?}"))?,
+            ),
+            None => None,
+        },
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(netd::daemon::run(cfg))?;
@@ -335,6 +349,7 @@ fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
         Cmd::Daemon(a) => daemon(cli.socket, a),
         Cmd::Network(n) => cli::network(&c, n),
+        Cmd::Node(n) => cli::node(&c, n),
         Cmd::Create(a) => {
             println!("{}", cli::create(&c, &a)?);
             Ok(0)

@@ -24,6 +24,83 @@ pub struct NetworkOptions {
     pub mtu: u32,
     /// Default host address for published ports (`host-binding-ipv4`).
     pub host_binding_ipv4: Ipv4Addr,
+    /// Docker's `com.docker.network.bridge.gateway_mode_ipv4`.
+    #[serde(default)]
+    pub gateway_mode: GatewayMode,
+}
+
+impl Default for NetworkOptions {
+    fn default() -> NetworkOptions {
+        NetworkOptions {
+            icc: true,
+            masquerade: true,
+            internal: false,
+            mtu: 1500,
+            host_binding_ipv4: Ipv4Addr::UNSPECIFIED,
+            gateway_mode: GatewayMode::Nat,
+        }
+    }
+}
+
+/// How a network's containers meet the world (Docker 27/28's gateway
+/// modes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GatewayMode {
+    /// Masquerade out, published ports in; container addresses are not
+    /// reachable from outside by routing (Docker 28).
+    #[default]
+    Nat,
+    /// As `nat`, but every container port is reachable by routing to the
+    /// container's address too.
+    NatUnprotected,
+    /// No NAT at all: containers' own addresses on the wire; from outside
+    /// only published container ports (by the container's address) and
+    /// replies to the containers' own connections get in.
+    Routed,
+    /// Internal networks only: the bridge has no address on the host.
+    Isolated,
+}
+
+impl GatewayMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GatewayMode::Nat => "nat",
+            GatewayMode::NatUnprotected => "nat-unprotected",
+            GatewayMode::Routed => "routed",
+            GatewayMode::Isolated => "isolated",
+        }
+    }
+
+    /// Whether the containers' traffic out is masqueraded (`masquerade`
+    /// can still turn it off).
+    pub fn nat(self) -> bool {
+        matches!(self, GatewayMode::Nat | GatewayMode::NatUnprotected)
+    }
+}
+
+impl std::str::FromStr for GatewayMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<GatewayMode> {
+        Ok(match s {
+            "nat" => GatewayMode::Nat,
+            "nat-unprotected" => GatewayMode::NatUnprotected,
+            "routed" => GatewayMode::Routed,
+            "isolated" => GatewayMode::Isolated,
+            _ => anyhow::bail!(
+                "invalid gateway mode {s:?}: expected nat, nat-unprotected, routed or isolated"
+            ),
+        })
+    }
+}
+
+/// Another node of the cluster: its pods' addresses are routed via its
+/// address, without NAT (`netd node add`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub pod_cidr: Cidr,
+    pub address: Ipv4Addr,
 }
 
 /// A bridge network (the built-ins `host` and `none` are not stored).

@@ -461,7 +461,7 @@ pub async fn wait_pidfd(pidfd: OwnedFd) -> Result<()> {
         tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
     }
     .context("watching a pidfd")?;
-    let _ = fd.readable().await.context("waiting on a pidfd")?;
+    let _ready = fd.readable().await.context("waiting on a pidfd")?;
     Ok(())
 }
 

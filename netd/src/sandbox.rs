@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use crate::{
     dns::{self, files::ResolvConf},
     link::{self, Netlink},
-    model::{Container, Endpoint, Mode, Network, Status},
+    model::{Container, Endpoint, GatewayMode, Mode, Network, Status},
     netns::NetNs,
     state::State,
 };
@@ -116,7 +116,10 @@ impl Sandboxes {
         if existed.as_ref().is_none_or(|l| !self.is_ours(l)) {
             self.nl.set_alias(i, &self.marker).await?;
         }
-        self.nl.add_addr(i, n.gateway(), n.subnet().prefix).await?;
+        // Docker's `isolated` gateway mode: no address on the host.
+        if n.options.gateway_mode != GatewayMode::Isolated {
+            self.nl.add_addr(i, n.gateway(), n.subnet().prefix).await?;
+        }
         self.nl.set_up(i).await?;
         Ok(existed.is_none())
     }

@@ -44,6 +44,13 @@ pub struct State {
     /// state does not name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<Intent>,
+    /// The cluster's pod address range (`--cluster-cidr`): traffic between
+    /// containers and these addresses is never masqueraded.
+    #[serde(default)]
+    pub cluster_cidr: Option<crate::ipam::Cidr>,
+    /// The other nodes, by name (`netd node add`).
+    #[serde(default)]
+    pub nodes: BTreeMap<String, crate::model::Node>,
 }
 
 /// What an operation in progress will create (see [`State::intent`]).

@@ -31,19 +31,18 @@ pub struct Netd {
     /// The test's own cgroup (v2): the ebpf datapath's host-socket
     /// programs attach here, so nothing else on the machine is affected.
     pub cgroup: PathBuf,
-    /// Flags every start of the daemon gets (`--docker-plugin NAME`).
-    pub extra_flags: Vec<(String, String)>,
     daemon: Option<Child>,
+    /// Daemon flags of this test, on every start (`--cluster-cidr ...`).
+    pub flags: Vec<(String, String)>,
 }
 
 impl Netd {
     pub fn start(datapath: &str) -> Result<Netd> {
-        Netd::start_with(datapath, &[])
+        Netd::start_on(Testbed::new("e")?, datapath, &[])
     }
 
-    /// Starts a daemon that gets `flags` on every start.
-    pub fn start_with(datapath: &str, flags: &[(&str, &str)]) -> Result<Netd> {
-        let tb = Testbed::new("e")?;
+    /// A daemon in `tb`'s host namespace, with extra daemon flags.
+    pub fn start_on(tb: Testbed, datapath: &str, flags: &[(&str, &str)]) -> Result<Netd> {
         let dir = std::env::temp_dir().join(format!("{}-d", tb.stem));
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("netd.sock");
@@ -55,11 +54,11 @@ impl Netd {
             dir,
             socket,
             cgroup,
-            extra_flags: flags
+            daemon: None,
+            flags: flags
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            daemon: None,
         };
         n.start_daemon()?;
         Ok(n)
@@ -91,10 +90,12 @@ impl Netd {
             // never the machine's own.
             ("--dns", ::netd::testbed::OUTSIDE_IP.to_string()),
         ];
-        for (k, v) in &self.extra_flags {
-            flags.push((k.as_str(), v.clone()));
-        }
-        for (k, v) in overrides {
+        let own: Vec<(&str, &str)> = self
+            .flags
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        for (k, v) in own.iter().chain(overrides) {
             match flags.iter_mut().find(|(f, _)| f == k) {
                 Some(f) => f.1 = v.to_string(),
                 None => flags.push((k, v.to_string())),

@@ -18,7 +18,7 @@ use std::{
 use netd::{
     plugin::docker::socket_path,
     testbed::{
-        HOST_IP, OUTSIDE_IP,
+        HOST_IP, OUTSIDE_IP, Testbed,
         docker::{self, CONTAINERD, DOCKER_CLI, DOCKERD, Dockerd, DockerdOptions},
         image::BUSYBOX,
         require_tools, unique_stem, wait_until,
@@ -77,7 +77,12 @@ impl World {
     fn start(datapath: &str) -> World {
         let plugin = unique_stem("dk");
         let socket = PluginSocket(socket_path(&plugin));
-        let mut n = Netd::start_with(datapath, &[("--docker-plugin", &plugin)]).unwrap();
+        let mut n = Netd::start_on(
+            Testbed::new("e").unwrap(),
+            datapath,
+            &[("--docker-plugin", &plugin)],
+        )
+        .unwrap();
         assert!(socket.0.exists(), "plugin socket {}", socket.0.display());
         // The world: an HTTP server answering with the client address it
         // sees (who masqueraded).
@@ -606,7 +611,12 @@ fn plugin_protocol_answers_and_refuses_bad_input() {
     }
     let plugin = unique_stem("dkp");
     let guard = PluginSocket(socket_path(&plugin));
-    let mut n = Netd::start_with("ebpf", &[("--docker-plugin", &plugin)]).unwrap();
+    let mut n = Netd::start_on(
+        Testbed::new("e").unwrap(),
+        "ebpf",
+        &[("--docker-plugin", &plugin)],
+    )
+    .unwrap();
     let s = guard.0.clone();
 
     // Activation, capabilities, Docker's content type and error shape.

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::{
     ApiError, Request, Response,
-    types::{Connect, ContainerCreate, Exec, NetworkCreate, Start, parse_body},
+    types::{Connect, ContainerCreate, Exec, NetworkCreate, NodeAdd, Start, parse_body},
 };
 use crate::{
     daemon::Shared,
@@ -60,6 +60,12 @@ async fn locked(d: &mut crate::daemon::Daemon, parts: &[&str], req: Request) -> 
             let c = parse_body::<Connect>(req.body)?;
             d.network_disconnect(id, &c.container).await
         }
+        ("GET", ["nodes"]) => Ok(d.node_list()),
+        ("POST", ["nodes"]) => {
+            let spec = parse_body::<NodeAdd>(req.body)?.validate()?;
+            d.node_add(spec).await
+        }
+        ("DELETE", ["nodes", name]) => d.node_rm(name).await,
         ("GET", ["containers", "json"]) => Ok(d.container_list(req.query_flag("all"))),
         ("POST", ["containers", "create"]) => {
             let spec = parse_body::<ContainerCreate>(req.body)?.validate()?;

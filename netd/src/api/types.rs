@@ -16,7 +16,7 @@ use super::{ApiError, bad};
 use crate::{
     ipam::Cidr,
     link,
-    model::NetworkOptions,
+    model::{GatewayMode, NetworkOptions},
     portspec::{self, PortSpec, Proto},
     validate::{self, MAX_LIST, bounded},
 };
@@ -93,11 +93,9 @@ impl NetworkCreate {
         }
         bounded("options", &self.options.keys().collect::<Vec<_>>(), 64)?;
         let mut opts = NetworkOptions {
-            icc: true,
-            masquerade: true,
             internal: self.internal,
             mtu: default_mtu,
-            host_binding_ipv4: Ipv4Addr::UNSPECIFIED,
+            ..NetworkOptions::default()
         };
         let mut bridge = None;
         for (k, v) in &self.options {
@@ -133,12 +131,16 @@ impl NetworkCreate {
                         .parse()
                         .with_context(|| format!("invalid host-binding-ipv4 {v:?}"))?
                 }
+                "gateway_mode_ipv4" | "gateway-mode-ipv4" => opts.gateway_mode = v.parse()?,
                 _ => {
                     return bad(format!(
-                        "unknown network option {k:?} (known: icc, masquerade, mtu, bridge-name, host-binding-ipv4)"
+                        "unknown network option {k:?} (known: icc, masquerade, mtu, bridge-name, host-binding-ipv4, gateway_mode_ipv4)"
                     ));
                 }
             }
+        }
+        if opts.gateway_mode == GatewayMode::Isolated && !opts.internal {
+            return bad("gateway mode isolated needs an internal network (--internal)");
         }
         let subnet = match &self.subnet {
             Some(s) => {
@@ -422,6 +424,52 @@ impl Exec {
         validate::command(&self.cmd)
             .and_then(|_| check_env(&self.env))
             .map_err(invalid)
+    }
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(default, rename_all = "PascalCase")]
+pub struct NodeAdd {
+    pub name: String,
+    pub pod_cidr: String,
+    pub address: String,
+}
+
+/// A checked `node add`.
+#[derive(Debug)]
+pub struct NodeSpec {
+    pub name: String,
+    pub pod_cidr: Cidr,
+    pub address: Ipv4Addr,
+}
+
+impl NodeAdd {
+    pub fn validate(self) -> Result<NodeSpec> {
+        let check = || -> Result<NodeSpec> {
+            if !valid_name(&self.name) {
+                return bad(format!(
+                    "invalid node name {:?}: use letters, digits, '_', '.', '-'",
+                    self.name
+                ));
+            }
+            let pod_cidr: Cidr = self
+                .pod_cidr
+                .parse()
+                .with_context(|| format!("invalid --pod-cidr {:?}", self.pod_cidr))?;
+            validate::subnet(&pod_cidr)?;
+            let address: Ipv4Addr = self.address.parse().with_context(|| {
+                format!("invalid --address {:?}: not an IPv4 address", self.address)
+            })?;
+            if address.is_unspecified() || address.is_loopback() || address.is_multicast() {
+                return bad(format!("invalid --address {address}: not a node's address"));
+            }
+            Ok(NodeSpec {
+                name: self.name.clone(),
+                pod_cidr,
+                address,
+            })
+        };
+        check().map_err(invalid)
     }
 }
 

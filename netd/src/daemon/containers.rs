@@ -348,7 +348,17 @@ impl Daemon {
         if c.cmd.is_empty() || c.main.is_some_and(|m| m.open().is_some()) {
             return Ok(None);
         }
-        self.spawn_main(&id, stdio).await.map(Some)
+        match self.spawn_main(&id, stdio).await {
+            Ok(rx) => Ok(Some(rx)),
+            Err(e) => {
+                // A command that cannot start: the container does not run
+                // (Docker's exit code for "command not found").
+                if let Err(e2) = self.take_down(&id, Some(127), "exit").await {
+                    tracing::warn!("container {id}: {e2:#}");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// What a process of container `c` runs in.

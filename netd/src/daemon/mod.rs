@@ -33,6 +33,7 @@ pub mod containers;
 pub mod docker;
 pub mod lock;
 pub mod networks;
+pub mod nodes;
 pub mod reconcile;
 pub mod txn;
 pub mod views;
@@ -153,6 +154,7 @@ impl Daemon {
         d.ensure_default_network().await?;
         d.reconcile().await?;
         d.state.datapath = Some(d.cfg.datapath);
+        d.state.cluster_cidr = d.cfg.cluster_cidr;
         d.state.boot_id = boot_id();
         let state = d.state.clone();
         blocking(|| d.dp.sync(&state))?;
@@ -234,11 +236,8 @@ impl Daemon {
             bridge: self.cfg.default_bridge.clone(),
             ipam: Allocator::new(subnet, gw, None)?,
             options: NetworkOptions {
-                icc: true,
-                masquerade: true,
-                internal: false,
                 mtu: self.cfg.mtu,
-                host_binding_ipv4: std::net::Ipv4Addr::UNSPECIFIED,
+                ..NetworkOptions::default()
             },
             raw_options: BTreeMap::new(),
             default: true,

@@ -78,7 +78,8 @@ impl Daemon {
             }
         }
         self.remove_unknown().await?;
-        self.finish_intent().await
+        self.finish_intent().await?;
+        self.reconcile_routes().await
     }
 
     /// Removes what an operation interrupted by a crash made and the state

@@ -59,6 +59,7 @@ impl Daemon {
                 "com.docker.network.bridge.host_binding_ipv4": n.options.host_binding_ipv4.to_string(),
                 "com.docker.network.driver.mtu": n.options.mtu.to_string(),
                 "com.docker.network.bridge.default_bridge": n.default.to_string(),
+                "com.docker.network.bridge.gateway_mode_ipv4": n.options.gateway_mode.as_str(),
             },
             "Labels": {},
         })

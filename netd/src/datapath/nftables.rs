@@ -386,6 +386,7 @@ mod tests {
             bridge: bridge.into(),
             ipam: Allocator::new(subnet, subnet.first_host(), None).unwrap(),
             options: NetworkOptions {
+                gateway_mode: Default::default(),
                 icc,
                 masquerade: true,
                 internal,

@@ -21,6 +21,7 @@ use crate::{
 };
 
 pub mod cleanup;
+pub mod cluster;
 pub mod cni;
 pub mod docker;
 pub mod image;
@@ -115,6 +116,18 @@ impl Testbed {
         tb.host
             .run(|| crate::netns::sysctl_write("net/ipv4/ip_forward", "1"))?;
         Ok(tb)
+    }
+
+    /// A testbed over namespaces made elsewhere (a cluster's node):
+    /// dropping it removes `host` and `outside` like its own.
+    pub fn on(stem: String, host: NetNs, outside: NetNs) -> Testbed {
+        Testbed {
+            stem,
+            host,
+            outside,
+            extra: vec![],
+            procs: vec![],
+        }
     }
 
     /// A Linux bridge in the host namespace with `gw/prefix` on it.

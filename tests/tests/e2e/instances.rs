@@ -214,3 +214,80 @@ fn datapath_switch_removes_the_previous_one() {
         }
     }
 }
+
+/// A daemon where the host prepared nothing: under `ip netns exec`, which
+/// remounts /sys (no bpffs at /sys/fs/bpf, no cgroup v2 mounted), with the
+/// default `--bpffs` and no `--cgroup`. It mounts what it needs, says so,
+/// and works.
+#[test]
+fn daemon_mounts_what_the_host_lacks() {
+    if !netd_tests::require_root("daemon_mounts_what_the_host_lacks") {
+        return;
+    }
+    let mut n = Netd::start("ebpf").unwrap();
+    n.stop_daemon(false);
+    let dir = n.dir.join("bare");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("netd.sock");
+    let ns_name =
+        n.tb.host
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+    let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+    let mut daemon = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns_name])
+        .arg(netd_tests::daemon::netd_bin())
+        .args(["daemon", "--datapath", "ebpf", "--cleanup-on-exit"])
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--exec-root")
+        .arg(dir.join("run"))
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--dns", &netd_tests::OUTSIDE_IP.to_string()])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    n.socket = sock.clone();
+    let log = || std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+    // The cgroup this daemon makes at the root of the hierarchy goes even
+    // if the test fails.
+    struct CgroupGuard(std::path::PathBuf);
+    impl Drop for CgroupGuard {
+        fn drop(&mut self) {
+            netd_tests::daemon::remove_cgroup_tree(&self.0);
+        }
+    }
+    let up = wait_until(Duration::from_secs(30), || {
+        n.netd(&["network", "ls"]).is_ok_and(|o| o.status.success())
+    });
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state/state.json")).unwrap_or_default())
+            .unwrap_or_default();
+    let _guard = CgroupGuard(netd::cgroup::cgroup2_root().unwrap().join(format!(
+        "netd-{}",
+        state["instance"].as_str().unwrap_or("none")
+    )));
+    assert!(up, "the daemon came up under ip netns exec:\n{}", log());
+    let l = log();
+    assert!(l.contains("mounted a bpffs at /sys/fs/bpf"), "{l}");
+    assert!(l.contains("cgroup v2"), "{l}");
+    n.ok(&[
+        "run", "-d", "--name", "web", "-p", "8080:80", "--", "sleep", "600",
+    ]);
+    serve_http(&n, "web", 80);
+    let url = format!("http://{HOST_IP}:8080/");
+    assert!(
+        wait_until(Duration::from_secs(10), || outside_curl(&n, &url).is_some()),
+        "{}",
+        log()
+    );
+    // SAFETY: signalling our own child (ip exec'd into netd).
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "clean exit: {status}\n{}", log());
+}

@@ -10,6 +10,7 @@ use netd_tests::{daemon::Netd, daemon::netd_bin, wait_until};
 
 mod api;
 mod bad_input;
+mod cluster;
 mod dns;
 mod ebpf_only;
 mod faults;
@@ -22,6 +23,7 @@ mod processes;
 mod restart;
 
 use bad_input::*;
+use cluster::*;
 use dns::*;
 use faults::*;
 use instances::*;
@@ -144,4 +146,5 @@ scenarios!(
     second_daemon_refused,
     reboot_releases_containers,
     fault_injection_walk,
+    cluster_node_routes,
 );

@@ -205,4 +205,19 @@ pub fn run_exit_codes_and_rm(dp: &str) {
     let e = n.fails(&["run", "--rm", "--name", "nope", "--", "/nonexistent/cmd"]);
     assert!(e.contains("not found"), "{e}");
     assert!(!n.ok(&["ps", "-a"]).contains("nope"));
+    let e = n.fails(&[
+        "run",
+        "-d",
+        "--name",
+        "nf",
+        "-p",
+        "8086:80",
+        "--",
+        "/nonexistent/cmd",
+    ]);
+    assert!(e.contains("not found"), "{e}");
+    let st = n.inspect("nf")["State"].clone();
+    assert_eq!(st["Status"], "exited", "{st}");
+    assert_eq!(st["ExitCode"], 127, "{st}");
+    assert!(n.ok(&["port", "nf"]).is_empty(), "its port is free again");
 }

@@ -1,0 +1,144 @@
+//! The other nodes of a cluster: a route to each node's pod range via its
+//! address, so that pods talk to pods by address, without NAT.
+//!
+//! A node is saved before its route is added (reconcile adds the routes
+//! of every saved node) and removed from the state before its route is
+//! deleted (reconcile deletes netd's routes, marked with their protocol,
+//! that no node names), so a crash at any point converges.
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use super::Daemon;
+use crate::{
+    api::{self, types::NodeSpec},
+    model::Node,
+};
+
+impl Daemon {
+    pub async fn node_add(&mut self, spec: NodeSpec) -> Result<Value> {
+        if self.state.nodes.contains_key(&spec.name) {
+            return api::conflict(format!("node {} exists already", spec.name));
+        }
+        if let Some(o) = self
+            .state
+            .nodes
+            .values()
+            .find(|o| o.pod_cidr.overlaps(&spec.pod_cidr))
+        {
+            return api::conflict(format!(
+                "pod CIDR {} overlaps node {}'s ({})",
+                spec.pod_cidr, o.name, o.pod_cidr
+            ));
+        }
+        if let Some(n) = self
+            .state
+            .networks
+            .values()
+            .find(|n| n.subnet().overlaps(&spec.pod_cidr))
+        {
+            return api::conflict(format!(
+                "pod CIDR {} overlaps the local network {} ({})",
+                spec.pod_cidr,
+                n.name,
+                n.subnet()
+            ));
+        }
+        if let Some(n) = self
+            .state
+            .networks
+            .values()
+            .find(|n| n.subnet().contains(spec.address))
+        {
+            return api::bad(format!(
+                "node address {} is inside the local network {}",
+                spec.address, n.name
+            ));
+        }
+        let node = Node {
+            name: spec.name,
+            pod_cidr: spec.pod_cidr,
+            address: spec.address,
+        };
+        let mut next = self.state.clone();
+        next.nodes.insert(node.name.clone(), node.clone());
+        let txn = super::txn::Txn::new("node-add");
+        txn.step("save");
+        self.save(&next)?;
+        txn.step("route");
+        if let Err(e) = self.route_to(&node).await {
+            // Not reachable that way: the node goes again.
+            self.save(&self.state)?;
+            return Err(api::ApiError::bad(format!("{e:#}")).into());
+        }
+        self.state = next;
+        let state = self.state.clone();
+        super::blocking(|| crate::datapath::Datapath::sync(&mut self.dp, &state))?;
+        Ok(json!({ "Name": node.name }))
+    }
+
+    pub async fn node_rm(&mut self, name: &str) -> Result<Value> {
+        let Some(node) = self.state.nodes.get(name).cloned() else {
+            return api::not_found(format!("no such node: {name}"));
+        };
+        let txn = super::txn::Txn::new("node-rm");
+        let mut next = self.state.clone();
+        next.nodes.remove(name);
+        let mut errors = self.commit_removal(next, &txn).await?;
+        txn.step("route");
+        if let Err(e) = self
+            .nl
+            .delete_route(node.pod_cidr.addr, node.pod_cidr.prefix, node.address)
+            .await
+        {
+            errors.push(e);
+        }
+        self.report(&txn, errors);
+        Ok(json!(name))
+    }
+
+    pub fn node_list(&self) -> Value {
+        Value::Array(
+            self.state
+                .nodes
+                .values()
+                .map(|n| {
+                    json!({
+                        "Name": n.name,
+                        "PodCidr": n.pod_cidr.to_string(),
+                        "Address": n.address.to_string(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    async fn route_to(&self, n: &Node) -> Result<()> {
+        self.nl
+            .replace_route(n.pod_cidr.addr, n.pod_cidr.prefix, n.address)
+            .await
+    }
+
+    /// Routes for every node; netd's routes that no node names go.
+    pub(crate) async fn reconcile_routes(&self) -> Result<()> {
+        for n in self.state.nodes.values() {
+            if let Err(e) = self.route_to(n).await {
+                tracing::warn!("node {}: {e:#}", n.name);
+            }
+        }
+        let want: Vec<(Ipv4Addr, u8, Ipv4Addr)> = self
+            .state
+            .nodes
+            .values()
+            .map(|n| (n.pod_cidr.addr, n.pod_cidr.prefix, n.address))
+            .collect();
+        for (dst, prefix, gw) in self.nl.own_routes().await? {
+            if !want.contains(&(dst, prefix, gw)) {
+                tracing::info!("reconcile: removing the stale route {dst}/{prefix} via {gw}");
+                self.nl.delete_route(dst, prefix, gw).await?;
+            }
+        }
+        Ok(())
+    }
+}
