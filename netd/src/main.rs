@@ -126,6 +126,10 @@ enum Cmd {
         /// One short round per scenario (CI smoke test).
         #[arg(long)]
         quick: bool,
+        /// Docker peers (Docker's bridge, and Docker on netd's plugin per
+        /// datapath): auto (when dockerd is installed), yes or no.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "yes", "no"])]
+        docker: String,
     },
     /// Build a throwaway topology and show netd at work.
     Demo,
@@ -420,6 +424,7 @@ fn run(cli: Cli) -> Result<i32> {
             ports,
             out,
             quick,
+            docker,
         } => {
             let list = |s: &str| -> Vec<String> {
                 s.split(',')
@@ -451,6 +456,11 @@ fn run(cli: Cli) -> Result<i32> {
                 ports,
                 out,
                 quick,
+                docker: match docker.as_str() {
+                    "yes" => Some(true),
+                    "no" => Some(false),
+                    _ => None,
+                },
             })
             .map(|_| 0)
         }
