@@ -917,3 +917,219 @@ fn plugin_protocol_answers_and_refuses_bad_input() {
     n.stop_daemon(false);
     assert!(!s.exists(), "the plugin socket outlived the daemon");
 }
+
+// ---- crash safety of the plugin's operations ------------------------------
+
+/// A plugin call: method and body.
+type Call = (&'static str, fn() -> Value);
+
+fn cn() -> Value {
+    create_network(json!({"Options": {"com.docker.network.generic": {
+        "com.docker.network.bridge.name": "dkf-br0"}}}))
+}
+fn dn() -> Value {
+    json!({"NetworkID": NET})
+}
+fn ce() -> Value {
+    endpoint(EP1, "10.31.0.2/24", "")
+}
+fn ep() -> Value {
+    json!({"NetworkID": NET, "EndpointID": EP1})
+}
+fn join() -> Value {
+    json!({"NetworkID": NET, "EndpointID": EP1, "SandboxKey": "/var/run/docker/netns/f1", "Options": {}})
+}
+fn program() -> Value {
+    portmap(
+        EP1,
+        json!([{"Proto": 6, "Port": 80, "HostPort": 8090}, {"Proto": 17, "Port": 53, "HostPort": 8053}]),
+    )
+}
+
+const CREATE_NETWORK: Call = ("NetworkDriver.CreateNetwork", cn);
+const DELETE_NETWORK: Call = ("NetworkDriver.DeleteNetwork", dn);
+const CREATE_ENDPOINT: Call = ("NetworkDriver.CreateEndpoint", ce);
+const DELETE_ENDPOINT: Call = ("NetworkDriver.DeleteEndpoint", ep);
+const JOIN: Call = ("NetworkDriver.Join", join);
+const LEAVE: Call = ("NetworkDriver.Leave", ep);
+const PROGRAM: Call = ("NetworkDriver.ProgramExternalConnectivity", program);
+const REVOKE: Call = ("NetworkDriver.RevokeExternalConnectivity", ep);
+const RESET: &[Call] = &[DELETE_ENDPOINT, DELETE_NETWORK];
+
+struct PluginOp {
+    name: &'static str,
+    setup: &'static [Call],
+    run: Call,
+    removal: bool,
+}
+
+const PLUGIN_OPS: &[PluginOp] = &[
+    PluginOp {
+        name: "network-create",
+        setup: &[],
+        run: CREATE_NETWORK,
+        removal: false,
+    },
+    PluginOp {
+        name: "docker-endpoint",
+        setup: &[CREATE_NETWORK],
+        run: CREATE_ENDPOINT,
+        removal: false,
+    },
+    PluginOp {
+        name: "docker-program",
+        setup: &[CREATE_NETWORK, CREATE_ENDPOINT, JOIN],
+        run: PROGRAM,
+        removal: false,
+    },
+    PluginOp {
+        name: "docker-revoke",
+        setup: &[CREATE_NETWORK, CREATE_ENDPOINT, JOIN, PROGRAM],
+        run: REVOKE,
+        removal: true,
+    },
+    PluginOp {
+        name: "docker-leave",
+        setup: &[CREATE_NETWORK, CREATE_ENDPOINT, JOIN, PROGRAM],
+        run: LEAVE,
+        removal: true,
+    },
+    PluginOp {
+        name: "docker-endpoint-rm",
+        setup: &[CREATE_NETWORK, CREATE_ENDPOINT, JOIN, PROGRAM],
+        run: DELETE_ENDPOINT,
+        removal: true,
+    },
+    PluginOp {
+        name: "docker-network-rm",
+        setup: &[CREATE_NETWORK],
+        run: DELETE_NETWORK,
+        removal: true,
+    },
+];
+
+/// What the plugin's operations change: networks, links, the endpoint's
+/// bindings and sandbox, the datapath's rules.
+fn plugin_snapshot(n: &Netd) -> Vec<String> {
+    let mut v: Vec<String> = n
+        .ok(&["network", "ls"])
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1).map(|s| format!("network {s}")))
+        .collect();
+    v.extend(
+        n.host_links()
+            .into_iter()
+            .filter(|l| l.starts_with("dkf") || l.starts_with("vn"))
+            .map(|l| format!("link {}", &l[..3])),
+    );
+    let out = n.netd(&["inspect", &EP1[..12]]).unwrap();
+    let c: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    for c in c.as_array().into_iter().flatten() {
+        v.push(format!(
+            "endpoint {} {} {}",
+            c["Name"], c["PortBindings"], c["NetworkSettings"]["SandboxKey"]
+        ));
+    }
+    let mut rules: Vec<String> = n
+        .ruleset()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with(':'))
+        .map(|l| format!("rule {l}"))
+        .collect();
+    rules.sort();
+    v.extend(rules);
+    v
+}
+
+fn calls(s: &Path, list: &[Call]) {
+    for (m, body) in list {
+        ok(s, m, &body());
+    }
+}
+
+fn best_effort_calls(s: &Path, list: &[Call]) {
+    for (m, body) in list {
+        // Undoing what may or may not have happened.
+        let _ = call(s, m, &body());
+    }
+}
+
+/// A kill -9 at every step of every plugin operation: after a restart
+/// the state and the kernel are the ones before or after the operation,
+/// and a committed removal is finished.
+#[test]
+fn plugin_operations_survive_a_kill_at_every_step() {
+    if !needs("plugin_operations_survive_a_kill_at_every_step", false) {
+        return;
+    }
+    let plugin = unique_stem("dkf");
+    let guard = PluginSocket(socket_path(&plugin));
+    let s = guard.0.clone();
+    let mut n = Netd::start_on(
+        Testbed::new("e").unwrap(),
+        "iptables",
+        &[("--docker-plugin", &plugin)],
+    )
+    .unwrap();
+    let baseline = plugin_snapshot(&n);
+    let trace = n.dir.join("fault-trace");
+    let mut walked = 0;
+    for op in PLUGIN_OPS {
+        n.stop_daemon(false);
+        n.start_daemon_with(&[("NETD_FAULT_TRACE", trace.to_str().unwrap())])
+            .unwrap();
+        calls(&s, op.setup);
+        let before = plugin_snapshot(&n);
+        std::fs::write(&trace, "").unwrap();
+        ok(&s, op.run.0, &(op.run.1)());
+        let after = plugin_snapshot(&n);
+        assert_ne!(before, after, "{}: changed nothing", op.name);
+        let steps: Vec<String> = std::fs::read_to_string(&trace)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert!(
+            steps
+                .iter()
+                .any(|st| st.starts_with(&format!("{}/", op.name))),
+            "{}: no fault point traced: {steps:?}",
+            op.name
+        );
+        best_effort_calls(&s, RESET);
+        assert_eq!(plugin_snapshot(&n), baseline, "{}: reset", op.name);
+        n.stop_daemon(false);
+        n.start_daemon().unwrap();
+        let committed_at = steps.iter().position(|st| st.ends_with("/save"));
+        for (i, step) in steps.iter().enumerate() {
+            calls(&s, op.setup);
+            assert_eq!(plugin_snapshot(&n), before, "{step}: setup");
+            n.stop_daemon(false);
+            n.start_daemon_with(&[("NETD_FAULT", step)]).unwrap();
+            let _ = call(&s, op.run.0, &(op.run.1)());
+            let status = n.reap_daemon();
+            assert!(
+                status.is_some_and(|st| !st.success()),
+                "{step}: the daemon should have been killed there\n{}",
+                n.log()
+            );
+            n.start_daemon().unwrap();
+            let got = plugin_snapshot(&n);
+            assert!(
+                got == before || got == after,
+                "{step}: neither before nor after:\n got    {got:?}\n before {before:?}\n after  {after:?}"
+            );
+            if op.removal && committed_at.is_some_and(|c| i > c) {
+                assert_eq!(got, after, "{step}: a committed removal is finished");
+            }
+            best_effort_calls(&s, RESET);
+            assert_eq!(plugin_snapshot(&n), baseline, "{step}: reset");
+            walked += 1;
+        }
+    }
+    eprintln!(
+        "walked {walked} fault points over {} plugin operations",
+        PLUGIN_OPS.len()
+    );
+}
