@@ -533,10 +533,20 @@ fn call(socket: &Path, method: &str, body: &Value) -> (u16, String, Value) {
             "-H",
             "Content-Type: application/vnd.docker.plugins.v1+json",
         ])
-        .args(["-d", &body.to_string()])
+        // The body on stdin: a big one does not fit in an argument.
+        .args(["--data-binary", "@-"])
         .args(["-w", "\n%{http_code} %{content_type}"])
         .arg(format!("http://plugin/{method}"))
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            let mut stdin = c.stdin.take().expect("piped");
+            stdin.write_all(body.to_string().as_bytes())?;
+            drop(stdin);
+            c.wait_with_output()
+        })
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (json, meta) = text.rsplit_once('\n').unwrap_or(("", &text));
@@ -870,6 +880,22 @@ fn plugin_protocol_answers_and_refuses_bad_input() {
     );
     let c: Value = serde_json::from_str(&n.ok(&["inspect", &EP1[..12]])).unwrap();
     assert_eq!(c[0]["PortBindings"], json!([]));
+    // A big range (one binding per port, as Docker sends it).
+    let big: Vec<Value> = (0..5000)
+        .map(|i| json!({"Proto": 6, "Port": 20000 + i, "HostPort": 40000 + i, "HostPortEnd": 40000 + i}))
+        .collect();
+    ok(
+        &s,
+        "NetworkDriver.ProgramExternalConnectivity",
+        &portmap(EP2, json!(big)),
+    );
+    let c: Value = serde_json::from_str(&n.ok(&["inspect", &EP2[..12]])).unwrap();
+    assert_eq!(c[0]["PortBindings"].as_array().unwrap().len(), 5000);
+    ok(
+        &s,
+        "NetworkDriver.RevokeExternalConnectivity",
+        &json!({"NetworkID": NET, "EndpointID": EP2}),
+    );
     let v = ok(
         &s,
         "NetworkDriver.EndpointOperInfo",

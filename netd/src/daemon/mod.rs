@@ -441,9 +441,16 @@ pub async fn run(cfg: Config) -> Result<()> {
                 let (d, name) = (d.clone(), name.clone());
                 async move { crate::plugin::docker::route(&d, &name, req).await }
             });
+            // Docker sends a range as one binding per port, three times
+            // per container (CreateEndpoint, Join, Program): room for
+            // every port.
+            let limits = server::Limits {
+                max_body_bytes: 32 << 20,
+                ..server::Limits::default()
+            };
             Some(tokio::spawn(server::serve(
                 l,
-                server::Limits::default(),
+                limits,
                 crate::plugin::docker::DIALECT,
                 handler,
             )))

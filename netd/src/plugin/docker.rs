@@ -409,13 +409,44 @@ impl ProgramExternal {
             Some(v) => serde_json::from_value(v.clone())
                 .map_err(|e| ApiError::bad(format!("invalid {OPT_PORTMAP}: {e}")))?,
         };
-        validate::bounded("port bindings", &maps, validate::MAX_LIST)?;
+        validate::bounded("port bindings", &maps, MAX_BINDINGS)?;
         let publish = maps
             .iter()
             .map(PortMap::to_publish)
             .collect::<Result<Vec<_>>>()?;
-        Ok((ids, publish))
+        Ok((ids, coalesce(publish)))
     }
+}
+
+/// Most bindings one call may carry: every port of a protocol (`-p
+/// 1-65535:1-65535` arrives as one binding per port).
+pub const MAX_BINDINGS: usize = 2 * 65536;
+
+/// Docker sends a `-p` range as one binding per port: consecutive ones
+/// (same protocol and host address, host and container ports both one
+/// more) become one range again, as `-p` would have parsed them, so
+/// publishing a range costs what netd's own `-p` costs.
+pub fn coalesce(publish: Vec<Publish>) -> Vec<Publish> {
+    let mut out: Vec<Publish> = Vec::new();
+    for p in publish {
+        if let Some(last) = out.last_mut()
+            && last.pick.is_none()
+            && p.pick.is_none()
+            && last.spec.proto == p.spec.proto
+            && last.spec.host_ip == p.spec.host_ip
+            && let (Some(lh), Some(ph)) = (last.spec.host_ports, p.spec.host_ports)
+            && ph.0 == ph.1
+            && u32::from(lh.1) + 1 == u32::from(ph.0)
+            && u32::from(last.spec.container_ports.1) + 1 == u32::from(p.spec.container_ports.0)
+            && p.spec.container_ports.0 == p.spec.container_ports.1
+        {
+            last.spec.host_ports = Some((lh.0, ph.0));
+            last.spec.container_ports.1 = p.spec.container_ports.0;
+            continue;
+        }
+        out.push(p);
+    }
+    out
 }
 
 /// One of Docker's port bindings (`types.PortBinding`). Proto: 6 TCP, 17
@@ -517,7 +548,7 @@ fn exposed_ports(opts: &Map<String, Value>) -> Result<Vec<((u16, u16), Proto)>> 
         Some(v) => serde_json::from_value(v.clone())
             .map_err(|e| ApiError::bad(format!("invalid {OPT_EXPOSED}: {e}")))?,
     };
-    validate::bounded("exposed ports", &list, validate::MAX_LIST)?;
+    validate::bounded("exposed ports", &list, MAX_BINDINGS)?;
     let mut out = Vec::new();
     for e in list {
         // SCTP and others are Docker's business: nothing to publish here.
@@ -944,6 +975,31 @@ mod tests {
             options: serde_json::from_value(json!({OPT_PORTMAP: null})).unwrap(),
         };
         assert!(p.validate().unwrap().1.is_empty());
+    }
+
+    #[test]
+    fn ranges_come_back_together() {
+        let list: Vec<Publish> = (0..1000)
+            .map(|i| map(6, "", 20000 + i, 30000 + i, 0).to_publish().unwrap())
+            .chain([
+                map(17, "", 20000, 30000, 0).to_publish().unwrap(),
+                map(17, "", 20001, 30001, 0).to_publish().unwrap(),
+                map(17, "", 20003, 30002, 0).to_publish().unwrap(),
+                map(17, "127.0.0.1", 20004, 30003, 0).to_publish().unwrap(),
+                map(17, "127.0.0.1", 20005, 0, 0).to_publish().unwrap(),
+            ])
+            .collect();
+        let c: Vec<String> = coalesce(list).iter().map(|p| p.spec.to_string()).collect();
+        assert_eq!(
+            c,
+            [
+                "30000-30999:20000-20999/tcp",
+                "30000-30001:20000-20001/udp",
+                "30002:20003/udp",
+                "127.0.0.1:30003:20004/udp",
+                "127.0.0.1::20005/udp",
+            ]
+        );
     }
 
     #[test]
