@@ -155,12 +155,18 @@ impl Daemon {
                 return api::bad(format!("endpoint address {ip} is the network's gateway"));
             }
             // Docker's IPAM gave the address: an endpoint still holding
-            // it here was forgotten by Docker.
+            // it here (an address Docker gave it too) was forgotten by
+            // Docker.
             let stale: Vec<String> = self
                 .state
                 .containers
                 .values()
-                .filter(|c| !c.is_netd() && c.endpoints.get(nid).is_some_and(|e| e.ip == ip))
+                .filter(|c| matches!(c.owner, Owner::Docker { .. }))
+                .filter(|c| {
+                    c.endpoints
+                        .get(nid)
+                        .is_some_and(|e| e.ip == ip && e.static_ip)
+                })
                 .map(|c| c.id.clone())
                 .collect();
             for id in stale {
