@@ -437,10 +437,16 @@ pub fn ps(c: &Client, all: bool) -> Result<()> {
     } else {
         "/containers/json"
     })?;
-    println!(
-        "{:<14}{:<18}{:<10}{:<16}{:<16}PORTS",
-        "CONTAINER ID", "NAMES", "STATUS", "NETWORK", "IP"
-    );
+    // Columns as wide as their widest cell: CNI attachments are named
+    // after the runtime's (64-character) container ids.
+    let mut rows = vec![[
+        "CONTAINER ID".to_string(),
+        "NAMES".into(),
+        "STATUS".into(),
+        "NETWORK".into(),
+        "IP".into(),
+        "PORTS".into(),
+    ]];
     for ct in v.as_array().into_iter().flatten() {
         let id = ct["Id"].as_str().unwrap_or_default();
         let ports: Vec<&str> = ct["PortBindings"]
@@ -449,21 +455,17 @@ pub fn ps(c: &Client, all: bool) -> Result<()> {
             .flatten()
             .filter_map(|p| p.as_str())
             .collect();
-        println!(
-            "{:<14}{:<18}{:<10}{:<16}{:<16}{}",
-            &id[..id.len().min(12)],
-            ct["Name"]
-                .as_str()
-                .unwrap_or_default()
-                .trim_start_matches('/'),
-            ct["State"]["Status"].as_str().unwrap_or_default(),
-            ct["HostConfig"]["NetworkMode"].as_str().unwrap_or_default(),
-            ct["NetworkSettings"]["IPAddress"]
-                .as_str()
-                .unwrap_or_default(),
-            ports.join(", ")
-        );
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        rows.push([
+            id[..id.len().min(12)].to_string(),
+            s(&ct["Name"]).trim_start_matches('/').to_string(),
+            s(&ct["State"]["Status"]),
+            s(&ct["HostConfig"]["NetworkMode"]),
+            s(&ct["NetworkSettings"]["IPAddress"]),
+            ports.join(", "),
+        ]);
     }
+    print!("{}", table(&rows, 6));
     Ok(())
 }
 
@@ -559,6 +561,9 @@ pub fn render_stats(v: &Value, global: bool) -> String {
         }
         if let Some(n) = v["ConntrackEntries"].as_u64() {
             writeln!(out, "conntrack entries: {n}").ok();
+        }
+        if let Some(n) = v["CniAttachments"].as_u64().filter(|n| *n > 0) {
+            writeln!(out, "cni attachments: {n}").ok();
         }
     }
     out

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bpf;
 pub mod cgroup;
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod datapath;

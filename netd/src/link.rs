@@ -36,6 +36,19 @@ pub struct Link {
     pub mtu: Option<u32>,
     /// IFLA_IFALIAS: netd marks its links with its instance.
     pub alias: Option<String>,
+    /// Administratively up (IFF_UP).
+    pub up: bool,
+    /// IFLA_LINK: a veth's peer index (in the peer's namespace).
+    pub peer: Option<u32>,
+}
+
+/// An IPv4 route of the main table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub dst: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
 }
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
@@ -292,6 +305,37 @@ impl Netlink {
         }
     }
 
+    /// The IPv4 routes of the main table.
+    pub async fn routes(&self) -> Result<Vec<Route>> {
+        let mut s = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = s.try_next().await? {
+            if msg.header.table != 254 {
+                continue;
+            }
+            let mut r = Route {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix: msg.header.destination_prefix_length,
+                gateway: None,
+                oif: None,
+            };
+            for a in &msg.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => r.dst = *ip,
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => r.gateway = Some(*ip),
+                    RouteAttribute::Oif(i) => r.oif = Some(*i),
+                    _ => {}
+                }
+            }
+            out.push(r);
+        }
+        Ok(out)
+    }
+
     /// Adds (or replaces) the route `dst/prefix via gateway`, marked as
     /// netd's ([`ROUTE_PROTOCOL`]).
     pub async fn replace_route(&self, dst: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<()> {
@@ -389,6 +433,11 @@ fn parse_link(msg: &LinkMessage) -> Link {
         master: None,
         mtu: None,
         alias: None,
+        up: msg
+            .header
+            .flags
+            .contains(netlink_packet_route::link::LinkFlags::Up),
+        peer: None,
     };
     for a in &msg.attributes {
         match a {
@@ -399,6 +448,7 @@ fn parse_link(msg: &LinkMessage) -> Link {
             LinkAttribute::Controller(m) => l.master = Some(*m),
             LinkAttribute::Mtu(m) => l.mtu = Some(*m),
             LinkAttribute::IfAlias(a) => l.alias = Some(a.clone()),
+            LinkAttribute::Link(p) => l.peer = Some(*p),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     if let LinkInfo::Kind(k) = i {

@@ -272,6 +272,11 @@ enum Tool {
 }
 
 fn main() {
+    // A container runtime running netd as a CNI plugin: no arguments,
+    // the request in the environment and on stdin (see netd::cni).
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        std::process::exit(netd::cni::main());
+    }
     let cli = Cli::parse();
     let default_filter = match cli.cmd {
         Cmd::Demo => "info,netd_ebpf=debug",

@@ -321,4 +321,17 @@ impl Container {
     pub fn primary(&self) -> Option<&Endpoint> {
         self.endpoints_in_order().into_iter().next()
     }
+
+    /// A CNI attachment's `CNI_CONTAINERID`, `CNI_NETNS` and `CNI_IFNAME`
+    /// (None for any other owner).
+    pub fn cni(&self) -> Option<(&str, &std::path::Path, &str)> {
+        match &self.owner {
+            Owner::Cni {
+                container_id,
+                netns,
+                ifname,
+            } => Some((container_id, netns, ifname)),
+            _ => None,
+        }
+    }
 }

@@ -67,8 +67,12 @@ impl Sandboxes {
         self.netns_dir().join(id)
     }
 
-    /// The network namespace a container's processes run in.
+    /// The network namespace a container's processes run in (the
+    /// runtime's `CNI_NETNS` for a CNI attachment).
     pub fn sandbox_key(&self, c: &Container) -> PathBuf {
+        if let Some((_, netns, _)) = c.cni() {
+            return netns.to_path_buf();
+        }
         match &c.mode {
             Mode::Container(t) => self.netns_path(t),
             _ => self.netns_path(&c.id),
@@ -186,6 +190,8 @@ impl Sandboxes {
                 errors.push(e.context(format!("removing {}", ep.veth)));
             }
         }
+        // An engine's namespace (Docker's sandbox, a CNI runtime's
+        // namespace) is never removed.
         if c.is_netd()
             && !matches!(c.mode, Mode::Container(_))
             && let Err(e) = NetNs::at(self.netns_path(&c.id)).remove()

@@ -4,6 +4,7 @@
 //! side of it; [`types`] holds the request bodies and their validation;
 //! [`router`] maps paths to the daemon's operations.
 pub mod client;
+pub mod cni;
 pub mod router;
 pub mod server;
 pub mod types;

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use super::{
     ApiError, Request, Response,
+    cni::{CniAdd, CniCheck, CniDel, CniGc},
     types::{Connect, ContainerCreate, Exec, NetworkCreate, NodeAdd, Start, parse_body},
 };
 use crate::{
@@ -78,6 +79,27 @@ async fn locked(d: &mut crate::daemon::Daemon, parts: &[&str], req: Request) -> 
             d.container_kill(id, req.query("signal").unwrap_or("KILL"))
         }
         ("DELETE", ["containers", id]) => d.container_rm(id, req.query_flag("force")).await,
+        // The CNI plugin's calls (see crate::cni and daemon::cni).
+        ("GET", ["cni", "status"]) => Ok(d.cni_status()),
+        ("POST", ["cni", "add"]) => {
+            let spec = parse_body::<CniAdd>(req.body)?.validate()?;
+            d.cni_add(spec).await
+        }
+        ("POST", ["cni", "del"]) => {
+            let del = parse_body::<CniDel>(req.body)?;
+            del.validate()?;
+            d.cni_del(&del.container_id, &del.if_name).await
+        }
+        ("POST", ["cni", "check"]) => {
+            let chk = parse_body::<CniCheck>(req.body)?;
+            chk.validate()?;
+            d.cni_check(chk).await
+        }
+        ("POST", ["cni", "gc"]) => {
+            let gc = parse_body::<CniGc>(req.body)?;
+            gc.validate()?;
+            d.cni_gc(gc).await
+        }
         _ => {
             return Err(ApiError::not_found(format!(
                 "no such endpoint: {} {}",

@@ -39,7 +39,7 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 /// (the daemon cannot know it).
 pub const EXIT_UNKNOWN: i32 = 255;
 
-fn new_endpoint(network: &str, ip: Option<Ipv4Addr>, index: usize) -> Endpoint {
+pub(crate) fn new_endpoint(network: &str, ip: Option<Ipv4Addr>, index: usize) -> Endpoint {
     let id = rand_id();
     Endpoint {
         veth: format!("{VETH_PREFIX}{}", &id[..9]),
@@ -198,60 +198,7 @@ impl Daemon {
     /// failure nothing is left behind.
     pub(crate) async fn bring_up(&mut self, mut c: Container) -> Result<()> {
         let mut next = self.state.clone();
-        if c.mode == Mode::Bridge {
-            let order: Vec<String> = c
-                .endpoints_in_order()
-                .iter()
-                .map(|e| e.network.clone())
-                .collect();
-            for (i, nid) in order.iter().enumerate() {
-                let ep = c.endpoints.get_mut(nid).expect("listed");
-                let net = next
-                    .networks
-                    .get_mut(nid)
-                    .context("the container's network is gone")?;
-                ep.ip = if ep.static_ip {
-                    net.ipam
-                        .reserve(ep.ip)
-                        .map_err(|e| ApiError::conflict(format!("{e:#}")))?;
-                    ep.ip
-                } else if !ep.ip.is_unspecified() && net.ipam.reserve(ep.ip).is_ok() {
-                    // The address it had, while nobody else took it.
-                    ep.ip
-                } else {
-                    net.ipam
-                        .allocate()
-                        .map_err(|e| ApiError::conflict(format!("{e:#}")))?
-                };
-                ep.mac = match c.requested_mac {
-                    Some(m) if i == 0 => m,
-                    _ => link::mac_for_ip(ep.ip),
-                };
-            }
-            if let Some(primary) = c.primary() {
-                let net = &next.networks[&primary.network];
-                let used: Vec<_> = self
-                    .state
-                    .containers
-                    .values()
-                    .filter(|o| o.status == Status::Running && o.id != c.id)
-                    .flat_map(|o| o.ports.iter().copied())
-                    .collect();
-                c.ports = ports::allocate(
-                    &c.port_specs,
-                    &c.exposed,
-                    c.publish_all,
-                    IpAddr::V4(net.options.host_binding_ipv4),
-                    &used,
-                    &mut next.next_ephemeral,
-                )?;
-                let local = self.local_addrs();
-                for b in &c.ports {
-                    validate::host_binding(b.host_ip, &local)
-                        .map_err(|e| ApiError::bad(format!("{e:#}")))?;
-                }
-            }
-        }
+        self.assign_addresses(&mut c, &mut next)?;
         c.status = Status::Running;
         c.main = None;
         c.exit_code = None;
@@ -278,6 +225,67 @@ impl Daemon {
             return Err(self.abort(txn, e).await);
         }
         self.commit(next, txn).await
+    }
+
+    /// Gives a bridge-mode container's endpoints their addresses and MACs
+    /// and its port specs concrete host ports, in `next`, checked against
+    /// every other container of `next` (nothing touches the kernel).
+    pub(crate) fn assign_addresses(&self, c: &mut Container, next: &mut State) -> Result<()> {
+        if c.mode != Mode::Bridge {
+            return Ok(());
+        }
+        let order: Vec<String> = c
+            .endpoints_in_order()
+            .iter()
+            .map(|e| e.network.clone())
+            .collect();
+        for (i, nid) in order.iter().enumerate() {
+            let ep = c.endpoints.get_mut(nid).expect("listed");
+            let net = next
+                .networks
+                .get_mut(nid)
+                .context("the container's network is gone")?;
+            ep.ip = if ep.static_ip {
+                net.ipam
+                    .reserve(ep.ip)
+                    .map_err(|e| ApiError::conflict(format!("{e:#}")))?;
+                ep.ip
+            } else if !ep.ip.is_unspecified() && net.ipam.reserve(ep.ip).is_ok() {
+                // The address it had, while nobody else took it.
+                ep.ip
+            } else {
+                net.ipam
+                    .allocate()
+                    .map_err(|e| ApiError::conflict(format!("{e:#}")))?
+            };
+            ep.mac = match c.requested_mac {
+                Some(m) if i == 0 => m,
+                _ => link::mac_for_ip(ep.ip),
+            };
+        }
+        if let Some(primary) = c.primary() {
+            let host_ip = next.networks[&primary.network].options.host_binding_ipv4;
+            let used: Vec<_> = next
+                .containers
+                .values()
+                .filter(|o| o.status == Status::Running && o.id != c.id)
+                .flat_map(|o| o.ports.iter().copied())
+                .collect();
+            c.ports = ports::allocate(
+                &c.port_specs,
+                &c.exposed,
+                c.publish_all,
+                IpAddr::V4(host_ip),
+                &used,
+                &mut next.next_ephemeral,
+            )?;
+            let local = self.local_addrs();
+            for b in &c.ports {
+                validate::host_binding(b.host_ip, &local)
+                    .map_err(|e| ApiError::bad(format!("{e:#}")))?;
+            }
+        }
+        Ok(())
     }
 
     /// The kernel side of [`bring_up`](Self::bring_up), every step
@@ -333,6 +341,7 @@ impl Daemon {
     ) -> Result<Option<watch::Receiver<Option<i32>>>> {
         let id = self.netd_container_id(name)?;
         let c = self.state.containers[&id].clone();
+        super::cni::refuse(&c, "start")?;
         if let Mode::Container(t) = &c.mode
             && self.state.containers.get(t).map(|t| t.status) != Some(Status::Running)
         {
@@ -563,6 +572,7 @@ impl Daemon {
     pub async fn container_stop(&mut self, name: &str) -> Result<Value> {
         let id = self.netd_container_id(name)?;
         let c = self.state.containers[&id].clone();
+        super::cni::refuse(&c, "stop")?;
         self.take_down(&id, None, "stop").await?;
         Ok(json!(c.name))
     }
@@ -570,6 +580,7 @@ impl Daemon {
     pub async fn container_rm(&mut self, name: &str, force: bool) -> Result<Value> {
         let id = self.netd_container_id(name)?;
         let c = self.state.containers[&id].clone();
+        super::cni::refuse(&c, "rm")?;
         if c.status == Status::Running && !force {
             return api::conflict(format!(
                 "cannot remove container {}: it is running; stop it first or use rm -f",
@@ -609,15 +620,13 @@ impl Daemon {
         let id = self.container_id(name)?;
         let c = &self.state.containers[&id];
         match &c.owner {
-            Owner::Netd => Ok(id),
             Owner::Docker { .. } => api::conflict(format!(
                 "{} is a Docker endpoint: manage it with docker (docker rm, docker network disconnect)",
                 c.name
             )),
-            Owner::Cni { .. } => api::conflict(format!(
-                "{} is a CNI attachment: its runtime manages it",
-                c.name
-            )),
+            // CNI attachments: each operation refuses them itself
+            // (cni::refuse names the operation).
+            Owner::Netd | Owner::Cni { .. } => Ok(id),
         }
     }
 
@@ -626,15 +635,11 @@ impl Daemon {
     pub(crate) fn refuse_foreign_network(&self, nid: &str) -> Result<()> {
         let n = &self.state.networks[nid];
         match &n.owner {
-            NetworkOwner::Netd => Ok(()),
             NetworkOwner::Docker { .. } => api::conflict(format!(
                 "network {} belongs to Docker: attach Docker containers to it with docker run --network or docker network connect",
                 n.name
             )),
-            NetworkOwner::Cni { .. } => api::conflict(format!(
-                "network {} belongs to a CNI configuration: only its runtime attaches to it",
-                n.name
-            )),
+            NetworkOwner::Netd | NetworkOwner::Cni { .. } => Ok(()),
         }
     }
 
@@ -643,6 +648,7 @@ impl Daemon {
         let cid = self.netd_container_id(&spec.container)?;
         self.refuse_foreign_network(&nid)?;
         let c = self.state.containers[&cid].clone();
+        super::cni::refuse(&c, "network connect")?;
         if c.mode != Mode::Bridge {
             return api::bad(format!(
                 "container {} is not in bridge mode: cannot connect it to a network",
@@ -722,6 +728,7 @@ impl Daemon {
         let nid = self.network_id(net)?;
         let cid = self.netd_container_id(container)?;
         let c = self.state.containers[&cid].clone();
+        super::cni::refuse(&c, "network disconnect")?;
         let Some(ep) = c.endpoints.get(&nid).cloned() else {
             return api::bad(format!(
                 "container {} is not connected to network {net}",
@@ -773,6 +780,7 @@ impl Daemon {
     ) -> Result<tokio::process::Child> {
         let id = self.netd_container_id(name)?;
         let c = &self.state.containers[&id];
+        super::cni::refuse(c, "exec")?;
         if c.status != Status::Running {
             return api::conflict(format!("container {name} is not running"));
         }
@@ -840,8 +848,11 @@ impl Daemon {
     /// Re-creates a running container's missing veths and rewrites its
     /// files (reconcile after a restart).
     pub(crate) async fn restore_container(&self, c: &Container) -> Result<()> {
-        let ns = NetNs::at(self.sandboxes.netns_path(&c.id));
-        self.cgroups.create(&c.id)?;
+        // A CNI attachment: the runtime's namespace, no cgroup, no files.
+        let ns = NetNs::at(self.sandboxes.sandbox_key(c));
+        if c.cni().is_none() {
+            self.cgroups.create(&c.id)?;
+        }
         if c.mode == Mode::Bridge {
             for (i, ep) in c.endpoints_in_order().into_iter().enumerate() {
                 match self.nl.link_by_name(&ep.veth).await? {
@@ -865,7 +876,7 @@ impl Daemon {
                 }
             }
         }
-        if !matches!(c.mode, Mode::Container(_)) {
+        if !matches!(c.mode, Mode::Container(_)) && c.cni().is_none() {
             self.sandboxes.write_files(c, &self.state, &self.cfg.dns)?;
         }
         Ok(())

@@ -29,6 +29,7 @@ use crate::{
     state::{State, Store},
 };
 
+pub mod cni;
 pub mod containers;
 pub mod docker;
 pub mod lock;
@@ -285,11 +286,10 @@ impl Daemon {
         tracing::info!("shutting down and removing everything (--cleanup-on-exit)");
         let ids: Vec<String> = self.state.containers.keys().cloned().collect();
         for id in ids {
-            let own = self.state.containers.get(&id).is_some_and(|c| c.is_netd());
-            let r = if own {
-                self.container_rm(&id, true).await.map(|_| ())
-            } else {
-                self.remove_container(&id, "rm").await
+            let r = match &self.state.containers[&id].owner {
+                Owner::Cni { .. } => self.cni_release(&id, "cni-shutdown").await,
+                Owner::Docker { .. } => self.remove_container(&id, "rm").await,
+                Owner::Netd => self.container_rm(&id, true).await.map(|_| ()),
             };
             if let Err(e) = r {
                 tracing::warn!("removing container {id}: {e:#}");

@@ -16,6 +16,35 @@ use crate::{
 
 impl Daemon {
     pub async fn network_create(&mut self, spec: NetworkSpec) -> Result<Value> {
+        let net = self.plan_network(spec).await?;
+        let mut txn = Txn::new("network-create");
+        self.begin(Intent {
+            op: txn.op.into(),
+            links: vec![net.bridge.clone()],
+            ..Intent::default()
+        })?;
+        let mut next = self.state.clone();
+        next.networks.insert(net.id.clone(), net.clone());
+        if let Err(e) = self.make_bridge(&net, &mut txn).await {
+            return Err(self.abort(txn, e).await);
+        }
+        self.commit(next, txn).await?;
+        Ok(json!({ "Id": net.id, "Warning": "" }))
+    }
+
+    /// Creates a new network's bridge (a step of `txn`).
+    pub(crate) async fn make_bridge(&self, net: &Network, txn: &mut Txn) -> Result<()> {
+        txn.step("bridge");
+        if self.sandboxes.ensure_bridge(net).await? {
+            txn.applied(Undo::Link(net.bridge.clone()));
+        }
+        Ok(())
+    }
+
+    /// A new network from a checked spec: its name, bridge and subnet
+    /// checked against the state and the host's routes, its addresses
+    /// picked. Touches nothing.
+    pub(crate) async fn plan_network(&self, spec: NetworkSpec) -> Result<Network> {
         let name = spec.name.clone();
         if [HOST_NETWORK, NONE_NETWORK].contains(&name.as_str())
             || self.state.networks.values().any(|n| n.name == name)
@@ -75,7 +104,7 @@ impl Daemon {
         if self.state.networks.contains_key(&id) {
             return api::conflict(format!("network {id} already exists"));
         }
-        let net = Network {
+        Ok(Network {
             id,
             name,
             created: now(),
@@ -85,23 +114,7 @@ impl Daemon {
             raw_options: spec.raw_options,
             default: false,
             owner: spec.owner.clone(),
-        };
-        let mut txn = Txn::new("network-create");
-        self.begin(Intent {
-            op: txn.op.into(),
-            links: vec![net.bridge.clone()],
-            ..Intent::default()
-        })?;
-        let mut next = self.state.clone();
-        next.networks.insert(net.id.clone(), net.clone());
-        txn.step("bridge");
-        match self.sandboxes.ensure_bridge(&net).await {
-            Ok(true) => txn.applied(Undo::Link(net.bridge.clone())),
-            Ok(false) => {}
-            Err(e) => return Err(self.abort(txn, e).await),
-        }
-        self.commit(next, txn).await?;
-        Ok(json!({ "Id": net.id, "Warning": "" }))
+        })
     }
 
     pub async fn network_rm(&mut self, name: &str) -> Result<Value> {

@@ -1,6 +1,9 @@
 //! Making the kernel match the state when the daemon starts, after a
 //! clean stop, a kill -9 at any step, or a reboot.
 //!
+//! 0. CNI attachments whose namespace (the runtime's) is gone, or all of
+//!    them after a reboot, are released: removed from the state, their
+//!    addresses and ports free (see daemon::cni).
 //! 1. Containers that cannot be running any more become `exited`, their
 //!    ports and addresses free: all of them after a reboot (the boot id
 //!    changed), else those whose namespace is gone, whose main process
@@ -24,6 +27,9 @@ use crate::{model::*, netns::NetNs};
 impl Daemon {
     pub(crate) async fn reconcile(&mut self) -> Result<()> {
         let rebooted = !self.state.boot_id.is_empty() && self.state.boot_id != super::boot_id();
+        // CNI attachments whose runtime namespace is gone are released
+        // (the runtime owns the namespace; netd never deletes it).
+        self.release_gone_attachments(rebooted);
         // Containers sharing another's namespace last: their target's fate
         // decides theirs.
         let mut ids: Vec<String> = self
@@ -47,11 +53,11 @@ impl Daemon {
                     c.name
                 );
                 let code = c.main.map(|_| EXIT_UNKNOWN);
-                let own = c.is_netd();
+                let docker = matches!(c.owner, Owner::Docker { .. });
                 self.state = super::containers::exited(&self.state, id, code);
-                if !own {
-                    // An engine's endpoint that is gone is forgotten:
-                    // its engine makes a new one.
+                if docker {
+                    // A Docker endpoint that is gone is forgotten: Docker
+                    // makes a new one.
                     self.state.containers.remove(id);
                 }
             }
@@ -138,7 +144,7 @@ impl Daemon {
                 }
             }
             _ => {
-                if !NetNs::at(self.sandboxes.netns_path(&c.id)).exists() {
+                if !NetNs::at(self.sandboxes.sandbox_key(c)).exists() {
                     return Some("its network namespace is gone");
                 }
             }

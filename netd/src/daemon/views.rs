@@ -99,9 +99,6 @@ impl Daemon {
             self.state
                 .containers
                 .values()
-                // netd's containers; engines' endpoints show in network
-                // inspect, stats and inspect.
-                .filter(|c| c.is_netd())
                 .filter(|c| all || c.status == Status::Running)
                 .map(|c| self.container_json(c))
                 .collect(),
@@ -219,7 +216,7 @@ impl Daemon {
             Status::Running => "running",
             Status::Exited => "exited",
         };
-        json!({
+        let mut v = json!({
             "Id": c.id,
             "Name": format!("/{}", c.name),
             "Created": c.created,
@@ -255,7 +252,15 @@ impl Daemon {
                 "Networks": networks,
             },
             "PortBindings": c.ports.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
-        })
+        });
+        // A CNI attachment: the runtime's ids, no files or logs of netd's.
+        if let Some((container_id, netns, ifname)) = c.cni() {
+            v["Cni"] = json!({ "ContainerID": container_id, "Netns": netns, "IfName": ifname });
+            for k in ["HostsPath", "ResolvConfPath", "HostnamePath", "LogPath"] {
+                v[k] = json!("");
+            }
+        }
+        v
     }
 
     /// Datapath counters, with per-endpoint figures keyed by container.
@@ -278,6 +283,15 @@ impl Daemon {
             }
             v["Endpoints"] = Value::Object(by_name);
         }
+        // CNI attachments are containers like the others (their endpoints
+        // are above); how many there are, for every datapath.
+        let cni = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.cni().is_some())
+            .count();
+        v["CniAttachments"] = json!(cni);
         Ok(v)
     }
 }

@@ -148,7 +148,13 @@ impl Snapshot {
                 let Some(zone) = snap.zones.get_mut(gw) else {
                     continue;
                 };
-                let mut names = vec![c.name.as_str(), c.hostname.as_str(), &c.id[..12]];
+                // A CNI attachment's name (`ID:IFNAME`) is no DNS name:
+                // it answers to its hostname (the pod's name).
+                let name = match c.cni() {
+                    Some(_) => c.hostname.as_str(),
+                    None => c.name.as_str(),
+                };
+                let mut names = vec![name, c.hostname.as_str(), &c.id[..12]];
                 names.extend(e.aliases.iter().map(String::as_str));
                 for n in names {
                     let ips = zone.names.entry(lower(n)).or_default();
@@ -158,7 +164,7 @@ impl Snapshot {
                 }
                 zone.ptr.insert(
                     e.ip,
-                    format!("{}.{}", c.name, state.networks[&e.network].name),
+                    format!("{}.{}", name, state.networks[&e.network].name),
                 );
                 zone.clients.insert(e.ip, client.clone());
             }

@@ -36,6 +36,11 @@ pub enum CniCommand {
     Check,
     Del,
     Version,
+    /// CNI 1.1.0: can the plugin serve ADD? (No attachment.)
+    Status,
+    /// CNI 1.1.0: release what the config's `cni.dev/valid-attachments`
+    /// does not list. (No attachment.)
+    Gc,
 }
 
 impl CniCommand {
@@ -45,6 +50,8 @@ impl CniCommand {
             CniCommand::Check => "CHECK",
             CniCommand::Del => "DEL",
             CniCommand::Version => "VERSION",
+            CniCommand::Status => "STATUS",
+            CniCommand::Gc => "GC",
         }
     }
 }
@@ -163,8 +170,8 @@ impl CniRunner {
             .join(":")
     }
 
-    /// Executes one plugin with `config` on stdin. For VERSION the
-    /// attachment is not used (and may be None).
+    /// Executes one plugin with `config` on stdin. For VERSION, STATUS
+    /// and GC the attachment is not used (and may be None).
     pub fn exec(
         &self,
         command: CniCommand,
@@ -274,6 +281,23 @@ pub fn plugin_config(
         conf.insert("prevResult".into(), prev.clone());
     }
     Ok(Value::Object(conf))
+}
+
+/// The configuration libcni (1.2 and later) hands plugin `index` of
+/// `list` for GC (and, without `valid`, STATUS): the plugin's object with
+/// `name` and `cniVersion` of the list and the attachments still in use
+/// as both `cni.dev/valid-attachments` and `cni.dev/attachments` (libcni
+/// sends both: the specification's text named the second, cni#1101).
+pub fn gc_config(list: &Value, index: usize, valid: &[(&str, &str)]) -> Result<Value> {
+    let att = Attachment::new("-", Path::new("/"), "-");
+    let mut conf = plugin_config(list, index, &att, None)?;
+    let valid: Vec<Value> = valid
+        .iter()
+        .map(|(id, ifname)| json!({"containerID": id, "ifname": ifname}))
+        .collect();
+    conf["cni.dev/valid-attachments"] = json!(valid);
+    conf["cni.dev/attachments"] = json!(valid);
+    Ok(conf)
 }
 
 /// `version` (like "0.3.1", "1.0.0") >= `min`; unparsable parts count 0.
