@@ -143,10 +143,9 @@ impl Network {
     pub fn is_docker(&self, id: &str) -> bool {
         matches!(&self.owner, NetworkOwner::Docker { network, .. } if network == id)
     }
-    /// Whether netd's API manages it (else an engine does, through a
-    /// plugin: netd's own containers do not join it).
-    pub fn is_netd(&self) -> bool {
-        self.owner == NetworkOwner::Netd
+    /// Whether Docker manages it, through netd's plugin.
+    pub fn is_docker_owned(&self) -> bool {
+        matches!(self.owner, NetworkOwner::Docker { .. })
     }
     pub fn subnet(&self) -> Cidr {
         self.ipam.subnet()

@@ -75,12 +75,12 @@ impl Snapshot {
             zones: HashMap::new(),
             upstreams,
         };
-        // Networks an engine owns have its own name resolution (Docker's
+        // Docker's networks have Docker's own name resolution (its
         // embedded server at 127.0.0.11 in the container).
         for n in state
             .networks
             .values()
-            .filter(|n| !n.default && n.is_netd())
+            .filter(|n| !n.default && !n.is_docker_owned())
         {
             snap.zones.insert(
                 n.gateway(),
@@ -108,7 +108,7 @@ impl Snapshot {
             state
                 .networks
                 .get(nid)
-                .filter(|n| !n.default && n.is_netd())
+                .filter(|n| !n.default && !n.is_docker_owned())
                 .map(|n| n.gateway())
         };
         for c in running() {
