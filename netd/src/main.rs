@@ -231,6 +231,9 @@ enum Tool {
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
     },
+    /// Loads the embedded eBPF object (nothing attached) and prints each
+    /// program's size: instructions, verified instructions, JITed bytes.
+    ProgSizes,
     /// One DNS query; prints the status and the answers.
     DnsQuery {
         server: IpAddr,
@@ -483,6 +486,20 @@ fn run(cli: Cli) -> Result<i32> {
             msg,
             timeout_ms,
         }) => netd::tool::udp_send(to, &msg, timeout_ms).map(|_| 0),
+        Cmd::Tool(Tool::ProgSizes) => {
+            let p = netd::bpf::Programs::load(netd::bpf::BpfLogLevel::Off)?;
+            println!(
+                "{:<20} {:>6} {:>9} {:>7}",
+                "program", "insns", "verified", "jited"
+            );
+            for s in p.sizes()? {
+                println!(
+                    "{:<20} {:>6} {:>9} {:>7}",
+                    s.name, s.insns, s.verified_insns, s.jited_bytes
+                );
+            }
+            Ok(0)
+        }
         Cmd::Tool(Tool::DnsQuery {
             server,
             name,

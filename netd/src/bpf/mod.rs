@@ -271,6 +271,25 @@ impl Programs {
             .collect())
     }
 
+    /// What the kernel made of each loaded program: instructions after
+    /// verification (xlated), instructions the verifier processed, and the
+    /// JITed machine code's size.
+    pub fn sizes(&self) -> Result<Vec<ProgramSize>> {
+        let mut out = Vec::new();
+        for (name, prog) in self.ebpf.programs() {
+            let info = match prog {
+                aya::programs::Program::SchedClassifier(p) => p.info(),
+                aya::programs::Program::CgroupSockAddr(p) => p.info(),
+                aya::programs::Program::Xdp(p) => p.info(),
+                _ => continue,
+            };
+            let Ok(info) = info else { continue };
+            out.push(ProgramSize::from_info(name, &info));
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
     /// The file descriptor of a loaded classifier (tests drive it with
     /// BPF_PROG_TEST_RUN from several threads).
     pub fn program_fd(&mut self, program: &str) -> Result<std::os::fd::RawFd> {
@@ -293,6 +312,30 @@ impl Programs {
             .map_err(|e| anyhow!("BPF_PROG_TEST_RUN on {program}: {e:?}"))?;
         out.truncate(res.data_size_out as usize);
         Ok((res.return_value as i32, out))
+    }
+}
+
+/// A loaded program's size as the kernel reports it (`bpftool prog show`:
+/// `xlated`, `jited`, `verified_insns`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProgramSize {
+    pub name: String,
+    /// Instructions after verification and rewriting (xlated bytes / 8).
+    pub insns: u32,
+    /// Instructions the verifier processed (every path it explored).
+    pub verified_insns: u32,
+    /// Bytes of JITed machine code.
+    pub jited_bytes: u32,
+}
+
+impl ProgramSize {
+    pub fn from_info(name: &str, info: &aya::programs::ProgramInfo) -> ProgramSize {
+        ProgramSize {
+            name: name.to_string(),
+            insns: info.size_translated().unwrap_or(0) / 8,
+            verified_insns: info.verified_instruction_count().unwrap_or(0),
+            jited_bytes: info.size_jitted(),
+        }
     }
 }
 
