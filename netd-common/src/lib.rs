@@ -10,18 +10,21 @@
 /// Suffix of every map name. Bump it whenever the layout of any map key or
 /// value changes: a new netd then creates fresh maps next to (and removes)
 /// the pinned ones of the old layout instead of misreading them.
-pub const MAP_VERSION: &str = "v3";
+pub const MAP_VERSION: &str = "v4";
 
 /// Versions whose pinned conntrack (and host-socket) entries a new netd
 /// carries over on start (their [`CtKey`]/[`CtEntry`]/[`SockKey`]/
 /// [`SockOrig`] layouts are this version's), so an upgrade keeps every
-/// connection. v2 -> v3 added drop reasons, counters and maps; the
-/// conntrack layout did not change.
-pub const MIGRATE_FROM: &[&str] = &["v2"];
+/// connection. v2 -> v3 added drop reasons, counters and maps; v3 -> v4
+/// gave [`Endpoint`] its stats slot and network flags, made the
+/// per-endpoint stats a per-CPU array and the counters one per-CPU
+/// [`Counters`] value; the conntrack layout did not change.
+pub const MIGRATE_FROM: &[&str] = &["v3", "v2"];
 
 /// Map names (without the version suffix; userspace pins them as
 /// `<name>_<MAP_VERSION>`).
 pub mod maps {
+    /// Per-CPU array of one [`Counters`](super::Counters).
     pub const COUNTERS: &str = "NETD_COUNTERS";
     pub const DROPS: &str = "NETD_DROPS";
     /// u32 (IPv4, network order) -> [`Endpoint`](super::Endpoint).
@@ -34,7 +37,8 @@ pub mod maps {
     pub const PORTS: &str = "NETD_PORTS";
     /// [`CtKey`](super::CtKey) -> [`CtEntry`](super::CtEntry).
     pub const CT: &str = "NETD_CT";
-    /// Per-CPU [`EndpointKey`](super::EndpointKey) -> [`EndpointStats`](super::EndpointStats).
+    /// Per-CPU array of [`EndpointStats`](super::EndpointStats), indexed
+    /// by [`Endpoint::slot`](super::Endpoint::slot).
     pub const EP_STATS: &str = "NETD_EP_STATS";
     /// Array of one [`Config`](super::Config).
     pub const CONFIG: &str = "NETD_CFG";
@@ -163,8 +167,8 @@ impl DropReason {
     }
 }
 
-/// Global datapath counters: indexes into the per-CPU `NETD_COUNTERS`
-/// array. Same ABI rule as [`DropReason`]: append only.
+/// Global datapath counters: indexes into the per-CPU [`Counters`] value
+/// (`NETD_COUNTERS[0]`). Same ABI rule as [`DropReason`]: append only.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -254,8 +258,26 @@ impl Counter {
     }
 }
 
-/// Per-endpoint traffic counters (value of a per-CPU hash keyed by the
-/// host-side veth's ifindex).
+/// Every global counter of one CPU, indexed by [`Counter`]: one per-CPU
+/// array lookup serves every counter a packet bumps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Counters {
+    pub v: [u64; Counter::COUNT as usize],
+}
+const _: () = assert!(core::mem::size_of::<Counters>() == 8 * Counter::COUNT as usize);
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            v: [0; Counter::COUNT as usize],
+        }
+    }
+}
+
+/// Per-endpoint traffic counters (a per-CPU array indexed by the
+/// endpoint's [`Endpoint::slot`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -291,8 +313,15 @@ pub struct Endpoint {
     /// The network's bridge (gateway) MAC: source MAC of frames netd
     /// delivers into the container.
     pub gw_mac: [u8; 6],
+    /// Index of the endpoint's counters in NETD_EP_STATS (below
+    /// [`MAX_ENDPOINTS`]; userspace allocates it and zeroes it first).
+    pub slot: u32,
+    /// Its network's NET_* flags, copied: the same-network fast path
+    /// decides without a NETD_NET lookup (userspace writes an endpoint
+    /// after its network and removes it before).
+    pub net_flags: u32,
 }
-const _: () = assert!(core::mem::size_of::<Endpoint>() == 24);
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 32);
 
 pub const NET_ICC: u32 = 1;
 pub const NET_MASQUERADE: u32 = 2;
@@ -552,6 +581,7 @@ mod user {
     // SAFETY: repr(C), no padding (proved by the bytemuck::Pod derive),
     // every bit pattern valid.
     unsafe impl aya::Pod for EndpointStats {}
+    unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for Network {}

@@ -106,8 +106,12 @@ fn is_loopback(addr: u32) -> bool {
 }
 
 fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
-    counters::add(Counter::FromContainerPackets, 1);
-    counters::add(Counter::FromContainerBytes, u64::from(ctx.len()));
+    let len = ctx.len();
+    counters::add_packet(
+        Counter::FromContainerPackets,
+        Counter::FromContainerBytes,
+        len,
+    );
     let ifindex = ingress_ifindex(ctx);
     // Fail closed: a veth whose endpoint (or network) the maps do not
     // know carries nothing.
@@ -115,39 +119,58 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(ep) = (unsafe { NETD_EP_IF.get(EndpointKey { ifindex }) }).copied() else {
         return Err(DropReason::NoEndpoint);
     };
-    counters::endpoint_rx(ifindex, ctx.len());
+    counters::endpoint_rx(&ep, len);
 
     let eth = parse::eth(ctx)?;
     if eth.src != ep.mac {
         return Err(DropReason::SpoofedSource);
     }
-    let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
-    match eth.proto {
-        ETH_P_IP => {}
-        ETH_P_ARP => {
-            // The sender fields are what neighbours learn: they must be
-            // the endpoint's (0.0.0.0: an address probe).
-            let a = parse::arp(ctx)?;
-            if a.mac != ep.mac || (a.ip != ep.ip && a.ip != 0) {
-                return Err(DropReason::SpoofedSource);
+    if eth.proto != ETH_P_IP {
+        let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
+        return match eth.proto {
+            ETH_P_ARP => {
+                // The sender fields are what neighbours learn: they must be
+                // the endpoint's (0.0.0.0: an address probe).
+                let a = parse::arp(ctx)?;
+                if a.mac != ep.mac || (a.ip != ep.ip && a.ip != 0) {
+                    return Err(DropReason::SpoofedSource);
+                }
+                Ok(tc::ACT_UNSPEC)
             }
-            return Ok(tc::ACT_UNSPEC);
-        }
-        ETH_P_IPV6 if net.flags & NET_IPV6 != 0 => return Ok(tc::ACT_UNSPEC),
-        // IPv6 on an IPv4-only network, VLAN tags, anything else.
-        _ => return Err(DropReason::NotIpv4),
+            ETH_P_IPV6 if net.flags & NET_IPV6 != 0 => Ok(tc::ACT_UNSPEC),
+            // IPv6 on an IPv4-only network, VLAN tags, anything else.
+            _ => Err(DropReason::NotIpv4),
+        };
     }
     let ip = parse::ipv4(ctx, ETH_HLEN)?;
-    counters::add(Counter::FromContainerIpv4, 1);
     if ip.saddr != ep.ip && ip.saddr != 0 {
         return Err(DropReason::SpoofedSource);
     }
     if eth.dst_group {
+        counters::add(Counter::FromContainerIpv4, 1);
         return Ok(tc::ACT_UNSPEC);
     }
     if is_loopback(ip.daddr) {
         return Err(DropReason::Martian);
     }
+    // The fast path: another container on this network, neither a
+    // fragment nor ICMP (those take the full walk below: fragments for
+    // their datagram's ports, ICMP errors for the flows they quote). No
+    // conntrack, no NAT, no network lookup: nothing is translated between
+    // two containers of one network, no flow of another kind has a
+    // container address as its destination from a container (hairpin
+    // flows are addressed to a host address), and the endpoint carries its
+    // network's flags. The checks are the full walk's: endpoint, source
+    // MAC and address (above), isolation and icc.
+    if !ip.is_fragment()
+        && ip.proto != IPPROTO_ICMP
+        // SAFETY: map value copied out.
+        && let Some(peer) = unsafe { NETD_EP.get(ip.daddr) }.copied()
+    {
+        return to_peer(ctx, &ep, ep.net_flags, &peer, Some(ip.proto));
+    }
+    counters::add(Counter::FromContainerIpv4, 1);
+    let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
     // The L4 ports: from the header, or for a later fragment from its
     // datagram's first fragment.
     let l4 = if ip.is_later_fragment() {
@@ -230,19 +253,10 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         return hairpin_new_flow(ctx, &ip, l4, &t, &ep);
     }
 
-    // Another container?
+    // Another container (ICMP and fragments; the rest took the fast path).
     // SAFETY: map value copied out.
     if let Some(peer) = unsafe { NETD_EP.get(ip.daddr) }.copied() {
-        if peer.net_id != ep.net_id {
-            return Err(DropReason::NetworkIsolation);
-        }
-        if net.flags & NET_ICC == 0 {
-            return Err(DropReason::IccDenied);
-        }
-        counters::add(Counter::Forwarded, 1);
-        counters::endpoint_tx(peer.ifindex, ctx.len());
-        // SAFETY: helper call.
-        return Ok(unsafe { bpf_redirect_peer(peer.ifindex, 0) } as i32);
+        return to_peer(ctx, &ep, net.flags, &peer, None);
     }
 
     // Somewhere else: the host itself (pass), the world (masquerade), or
@@ -281,6 +295,32 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     let e = snat_new_flow(&ip, &l4, &cfg, &ep, net.flags & NET_MASQUERADE != 0)?;
     out_to_world(ctx, &ip, &l4, &e)
+}
+
+/// Container -> container: another network is isolated, icc=false
+/// (`net_flags`: the sender's network's) denies, else straight into the
+/// peer (past the bridge). The fast path (`fast`: the packet's protocol)
+/// counts its IPv4 and TCP packets here, with the forward, in one counter
+/// lookup (the full walk counted them already).
+#[inline(always)]
+fn to_peer(
+    ctx: &TcContext,
+    ep: &Endpoint,
+    net_flags: u32,
+    peer: &Endpoint,
+    fast: Option<u8>,
+) -> Result<i32, DropReason> {
+    if peer.net_id != ep.net_id {
+        return Err(DropReason::NetworkIsolation);
+    }
+    if net_flags & NET_ICC == 0 {
+        return Err(DropReason::IccDenied);
+    }
+    let len = ctx.len();
+    counters::forwarded(fast.is_some(), fast == Some(IPPROTO_TCP));
+    counters::endpoint_tx(peer, len);
+    // SAFETY: helper call.
+    Ok(unsafe { bpf_redirect_peer(peer.ifindex, 0) } as i32)
 }
 
 /// Where a packet for the world goes, decided before it is rewritten.
@@ -550,8 +590,11 @@ fn host_socket_owns(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> bool {
 }
 
 fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
-    counters::add(Counter::FromWorldPackets, 1);
-    counters::add(Counter::FromWorldBytes, u64::from(ctx.len()));
+    counters::add_packet(
+        Counter::FromWorldPackets,
+        Counter::FromWorldBytes,
+        ctx.len(),
+    );
     let eth = parse::eth(ctx)?;
     if eth.proto != ETH_P_IP || eth.dst_group {
         return Ok(tc::ACT_UNSPEC);
@@ -832,7 +875,7 @@ fn deliver(ctx: &TcContext, addr: u32) -> Result<i32, DropReason> {
         return Err(DropReason::NoEndpoint);
     };
     nat::set_macs(ctx, &ep.gw_mac, &ep.mac)?;
-    counters::endpoint_tx(ep.ifindex, ctx.len());
+    counters::endpoint_tx(&ep, ctx.len());
     // SAFETY: helper call.
     Ok(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32)
 }

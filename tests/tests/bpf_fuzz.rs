@@ -233,6 +233,7 @@ fn random_and_mutated_frames_get_valid_verdicts_and_leave_control_maps_alone() {
                 ip: be(ip),
                 mac,
                 gw_mac: [2, 0, 0, 0, 0, 1],
+                ..netd_common::Endpoint::default()
             },
         );
     }

@@ -62,6 +62,7 @@ fn setup(flags: u32, b_net: u32, ct_entries: u32) -> Walk {
             ip: be(A_IP),
             mac: A_MAC,
             gw_mac: GW_MAC,
+            ..Endpoint::default()
         },
     );
     bpfmaps::add_endpoint(
@@ -72,6 +73,7 @@ fn setup(flags: u32, b_net: u32, ct_entries: u32) -> Walk {
             ip: be(B_IP),
             mac: B_MAC,
             gw_mac: GW_MAC,
+            ..Endpoint::default()
         },
     );
     Walk { tb, p }
@@ -135,6 +137,110 @@ fn forward_same_network_redirects_to_the_peer_unchanged() {
         bpfmaps::ct(&mut w.p).is_empty(),
         "no conntrack for same-network traffic"
     );
+}
+
+/// The same-network fast path (TCP/UDP, not fragmented): redirected
+/// byte for byte (checksums as they came, whether complete or not), no
+/// conntrack entry, counted like the full walk counts (packets, bytes,
+/// IPv4, TCP, forwarded; the sender's rx and the peer's tx by endpoint
+/// slot), and every check the full walk makes: a spoofed source, another
+/// network, icc=false, a 127/8 destination. ICMP and fragments to the
+/// peer take the full walk and arrive the same way.
+#[test]
+fn the_same_network_fast_path_forwards_counts_and_checks() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    let to_b = Frame {
+        dst_mac: B_MAC,
+        ..a_to(B_IP)
+    };
+    let payload = [7u8; 1000];
+    let tcp = to_b.tcp(40000, 80, packet::TCP_ACK, &payload);
+    let mut udp = to_b.udp(40001, 53, b"query");
+    // A CHECKSUM_PARTIAL-like UDP header (only the pseudo-header sum) is
+    // left alone too.
+    udp[packet::ETH_HLEN + 26] ^= 0x55;
+    for f in [&tcp, &udp] {
+        let (v, out) = w.run(bpf::FROM_CONTAINER, f);
+        assert_eq!(v, tc::ACT_REDIRECT);
+        assert_eq!(&out, f, "not rewritten");
+    }
+    assert!(packet::checksums_ok(&tcp));
+    assert!(bpfmaps::ct(&mut w.p).is_empty(), "no conntrack");
+    let c = |w: &Walk, n: &str| w.counter(n);
+    assert_eq!(c(&w, "forwarded"), 2);
+    assert_eq!(c(&w, "from_container.packets"), 2);
+    assert_eq!(
+        c(&w, "from_container.bytes"),
+        (tcp.len() + udp.len()) as u64
+    );
+    assert_eq!(c(&w, "from_container.ipv4"), 2);
+    assert_eq!(c(&w, "from_container.tcp"), 1);
+    let a = bpfmaps::endpoint_stats(&mut w.p, LO);
+    let b = bpfmaps::endpoint_stats(&mut w.p, B_VETH);
+    assert_eq!(
+        (a.rx_packets, a.rx_bytes),
+        (2, (tcp.len() + udp.len()) as u64)
+    );
+    assert_eq!(
+        (b.tx_packets, b.tx_bytes),
+        (2, (tcp.len() + udp.len()) as u64)
+    );
+    assert_eq!((a.tx_packets, b.rx_packets), (0, 0));
+
+    // ICMP echo and a fragmented datagram: the full walk, same result.
+    let ping = to_b.icmp_echo(7, false);
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &ping);
+    assert_eq!((v, out == ping), (tc::ACT_REDIRECT, true));
+    let frags = packet::fragment(&to_b.udp(5000, 53, &[1u8; 3000]), 0x21, 1480);
+    for f in &frags {
+        let (v, out) = w.run(bpf::FROM_CONTAINER, f);
+        assert_eq!((v, &out == f), (tc::ACT_REDIRECT, true));
+    }
+    assert_eq!(c(&w, "forwarded"), 3 + frags.len() as u64);
+    assert!(bpfmaps::ct(&mut w.p).is_empty());
+
+    // Its checks.
+    let spoofed = Frame {
+        src: Ipv4Addr::new(172, 17, 0, 99),
+        ..to_b
+    }
+    .tcp(1, 80, packet::TCP_ACK, b"");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &spoofed).0, tc::ACT_SHOT);
+    let wrong_mac = Frame {
+        src_mac: [2, 0, 0, 0, 0, 9],
+        ..to_b
+    }
+    .udp(1, 53, b"x");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &wrong_mac).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("spoofed-source"), 2);
+    let lo = Frame {
+        dst: Ipv4Addr::new(127, 0, 0, 1),
+        ..to_b
+    }
+    .udp(1, 53, b"x");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &lo).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("martian"), 1);
+    // icc=false, then B on another network (the endpoints follow their
+    // network's flags, as the daemon writes them).
+    bpfmaps::add_network(&mut w.p, 1, NET_MASQUERADE);
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &tcp).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("icc-denied"), 1);
+    bpfmaps::add_endpoint(
+        &mut w.p,
+        Endpoint {
+            ifindex: B_VETH,
+            net_id: 2,
+            ip: be(B_IP),
+            mac: B_MAC,
+            gw_mac: GW_MAC,
+            ..Endpoint::default()
+        },
+    );
+    bpfmaps::add_network(&mut w.p, 1, NET_ICC | NET_MASQUERADE);
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &udp).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("network-isolation"), 1);
+    assert_eq!(c(&w, "forwarded"), 3 + frags.len() as u64);
 }
 
 #[test]
@@ -267,6 +373,7 @@ fn snat_keeps_a_free_original_port_and_probes_on_collision() {
             ip: be(B_IP),
             mac: B_MAC,
             gw_mac: GW_MAC,
+            ..Endpoint::default()
         },
     );
     // B (now on the test-run ingress) uses A's tuple's port to the same destination.
@@ -585,6 +692,7 @@ fn an_internal_network_publishes_nothing() {
             ip: be(B_IP),
             mac: B_MAC,
             gw_mac: GW_MAC,
+            ..Endpoint::default()
         },
     );
     let hairpin = Frame {
@@ -905,6 +1013,7 @@ fn unknown_endpoints_and_networks_fail_closed() {
         ip: be(A_IP),
         mac: A_MAC,
         gw_mac: GW_MAC,
+        ..Endpoint::default()
     };
     bpfmaps::remove_network(&mut w.p, 1);
     let f = a_to(OUTSIDE_IP).tcp(40000, 80, TCP_SYN, b"");
@@ -994,6 +1103,7 @@ fn flows_follow_the_address_not_a_stale_ifindex() {
             ip: be(A_IP),
             mac: A_MAC,
             gw_mac: GW_MAC,
+            ..Endpoint::default()
         },
     );
     bpfmaps::add_endpoint(
@@ -1004,6 +1114,7 @@ fn flows_follow_the_address_not_a_stale_ifindex() {
             ip: be(Ipv4Addr::new(172, 17, 0, 9)),
             mac: c_mac,
             gw_mac: GW_MAC,
+            ..Endpoint::default()
         },
     );
     let before = bpfmaps::endpoint_stats(&mut w.p, 77).tx_packets;
@@ -1034,7 +1145,8 @@ fn unreachable_routes_are_answered_by_the_kernel() {
 /// A measurement, not a check (`-- --ignored hot_path_cost`): the
 /// kernel's run time of each hot path on a fixed frame (BPF_PROG_TEST_RUN,
 /// one run per call: a rewriting program must see a fresh frame each
-/// time), median of 20,000 runs: container to container, an established
+/// time), median and minimum of 20,000 runs (the minimum is the
+/// steadier figure on a shared machine): container to container, an established
 /// masqueraded flow out and its reply in, an established published-port
 /// flow in and its reply out. The redirect itself is not executed by
 /// BPF_PROG_TEST_RUN: this is the programs' own cost.
@@ -1078,6 +1190,11 @@ fn hot_path_cost() {
     );
     let paths: Vec<(&str, &str, Vec<u8>)> = vec![
         (
+            "floor (from_world, arp: pass)",
+            bpf::FROM_WORLD,
+            packet::arp(A_MAC, 1, A_MAC, A_IP, [0; 6], HOST_IP),
+        ),
+        (
             "c2c",
             bpf::FROM_CONTAINER,
             Frame {
@@ -1115,13 +1232,19 @@ fn hot_path_cost() {
                     let mut runs = Vec::with_capacity(20_000);
                     for _ in 0..20_000 {
                         let (v, ns) = bpfmaps::test_run_repeat(fd, frame, 1)?;
-                        assert!(v == tc::ACT_REDIRECT, "{name}: verdict {v}");
+                        assert!(
+                            v == tc::ACT_REDIRECT || name.starts_with("floor"),
+                            "{name}: verdict {v}"
+                        );
                         runs.push(ns);
                     }
                     runs.sort_unstable();
-                    Ok(runs[runs.len() / 2])
+                    Ok((runs[0], runs[runs.len() / 2]))
                 })
                 .unwrap();
-        eprintln!("{name:32} {best:>5} ns/packet (median)");
+        eprintln!(
+            "{name:32} {:>5} ns/packet (median), {:>5} (min)",
+            best.1, best.0
+        );
     }
 }

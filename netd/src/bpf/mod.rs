@@ -13,7 +13,7 @@ use aya::{
         tc::{SchedClassifierLinkId, TcAttachOptions},
     },
 };
-use netd_common::{Counter, DropReason, maps};
+use netd_common::{Counter, Counters, DropReason, maps};
 
 use crate::netns::NetNs;
 
@@ -255,7 +255,17 @@ impl Programs {
 
     /// Global counters, summed over CPUs.
     pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>> {
-        let sums = self.per_cpu_sums(maps::COUNTERS, Counter::COUNT)?;
+        let map: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(
+            self.ebpf
+                .map(maps::COUNTERS)
+                .with_context(|| format!("map {} missing", maps::COUNTERS))?,
+        )?;
+        let mut sums = [0u64; Counter::COUNT as usize];
+        for c in map.get(&0, 0)?.iter() {
+            for (s, v) in sums.iter_mut().zip(c.v.iter()) {
+                *s += v;
+            }
+        }
         Ok(Counter::ALL
             .iter()
             .map(|c| (c.name(), sums[*c as usize]))

@@ -25,13 +25,13 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use aya::maps::{
-    Array, HashMap, IterableMap, MapData, PerCpuHashMap,
+    Array, HashMap, IterableMap, MapData, PerCpuArray, PerCpuValues,
     lpm_trie::{Key, LpmTrie},
 };
 use netd_common::{
-    Config, CtEntry, CtKey, Endpoint, EndpointKey, EndpointStats, MAP_VERSION, MIGRATE_FROM,
-    NET_ICC, NET_INTERNAL, NET_MASQUERADE, Network, PortKey, PortTarget, SockKey, SockOrig,
-    ct_kind, maps,
+    Config, CtEntry, CtKey, Endpoint, EndpointKey, EndpointStats, MAP_VERSION, MAX_ENDPOINTS,
+    MIGRATE_FROM, NET_ICC, NET_INTERNAL, NET_MASQUERADE, Network, PortKey, PortTarget, SockKey,
+    SockOrig, ct_kind, maps,
 };
 
 pub use self::ports::port_blocks;
@@ -76,6 +76,10 @@ pub struct Ebpf {
     /// swapped the programs over to the new maps.
     carry: Vec<(&'static str, MapData)>,
     reserved: Reserved,
+    /// Each endpoint's slot in NETD_EP_STATS, by host veth ifindex
+    /// (adopted from the pinned endpoints on start, so counters survive a
+    /// restart).
+    slots: BTreeMap<u32, u32>,
 }
 
 impl Ebpf {
@@ -90,6 +94,7 @@ impl Ebpf {
             started: false,
             carry: Vec::new(),
             reserved: Reserved::default(),
+            slots: BTreeMap::new(),
         }
     }
 
@@ -150,6 +155,7 @@ impl Ebpf {
     fn desired(&self, state: &State) -> Result<Desired> {
         let mut d = Desired::default();
         let mut gw_macs = BTreeMap::new();
+        let mut net_flags = BTreeMap::new();
         for n in state.networks.values() {
             let mut flags = 0;
             if n.options.icc {
@@ -169,6 +175,7 @@ impl Ebpf {
                 },
             );
             gw_macs.insert(n.id.clone(), link_mac(&n.bridge).unwrap_or_default());
+            net_flags.insert(n.id.clone(), flags);
         }
         for c in state
             .containers
@@ -186,6 +193,9 @@ impl Ebpf {
                     ip: u32::from(ep.ip).to_be(),
                     mac: ep.mac,
                     gw_mac: gw_macs.get(&ep.network).copied().unwrap_or_default(),
+                    // Set by `assign_slots`.
+                    slot: 0,
+                    net_flags: net_flags.get(&ep.network).copied().unwrap_or_default(),
                 };
                 d.by_ip.insert(e.ip, e);
                 d.by_if.insert(EndpointKey { ifindex: idx }, e);
@@ -207,24 +217,75 @@ impl Ebpf {
         Ok(d)
     }
 
+    /// Gives every endpoint of `d` its stats slot: the one it had, else
+    /// the lowest free one. Returns the slots handed out anew (their
+    /// counters must be zeroed before the endpoint is written).
+    fn assign_slots(&mut self, d: &mut Desired) -> Result<Vec<u32>> {
+        self.slots
+            .retain(|ifindex, _| d.by_if.contains_key(&EndpointKey { ifindex: *ifindex }));
+        let mut used: BTreeSet<u32> = self.slots.values().copied().collect();
+        let mut fresh = Vec::new();
+        let mut next = 0u32;
+        for k in d.by_if.keys() {
+            if self.slots.contains_key(&k.ifindex) {
+                continue;
+            }
+            while used.contains(&next) {
+                next += 1;
+            }
+            if next >= MAX_ENDPOINTS {
+                bail!("more than {MAX_ENDPOINTS} endpoints");
+            }
+            used.insert(next);
+            self.slots.insert(k.ifindex, next);
+            fresh.push(next);
+        }
+        let slots = &self.slots;
+        for e in d.by_if.values_mut().chain(d.by_ip.values_mut()) {
+            e.slot = slots.get(&e.ifindex).copied().unwrap_or_default();
+        }
+        Ok(fresh)
+    }
+
     /// Makes the maps match `d`. The first sync after start compares
     /// with the maps themselves (adopting whatever an earlier daemon left);
     /// later ones diff against the previous desired state, so a change
     /// costs syscalls for the entries it changes, not for every entry.
-    fn sync_maps(&mut self, d: &Desired) -> Result<()> {
+    fn sync_maps(&mut self, d: &Desired, fresh_slots: &[u32]) -> Result<()> {
         let prev = self.last.take();
         let p = prev.as_ref();
         let progs = self.progs()?;
+        // Networks are written before their endpoints and removed after
+        // them (an endpoint carries its network's flags for the fast
+        // path, which never looks the network up).
+        let mut networks = d.networks.clone();
+        if let Some(p) = p {
+            for (k, v) in &p.networks {
+                networks.entry(*k).or_insert(*v);
+            }
+        }
         apply(
             &mut HashMap::try_from(progs.map_mut(maps::NETWORKS)?)?,
             p.map(|p| &p.networks),
-            &d.networks,
+            &networks,
         )?;
         apply(
             &mut HashMap::try_from(progs.map_mut(maps::LOCAL_ADDRS)?)?,
             p.map(|p| &p.local),
             &d.local,
         )?;
+        if !fresh_slots.is_empty() {
+            let mut stats: PerCpuArray<&mut MapData, EndpointStats> =
+                PerCpuArray::try_from(progs.map_mut(maps::EP_STATS)?)?;
+            let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+            for slot in fresh_slots {
+                stats.set(
+                    *slot,
+                    PerCpuValues::try_from(vec![EndpointStats::default(); cpus])?,
+                    0,
+                )?;
+            }
+        }
         apply(
             &mut HashMap::try_from(progs.map_mut(maps::ENDPOINTS)?)?,
             p.map(|p| &p.by_ip),
@@ -235,25 +296,12 @@ impl Ebpf {
             p.map(|p| &p.by_if),
             &d.by_if,
         )?;
-        {
-            let mut stats: PerCpuHashMap<&mut MapData, EndpointKey, EndpointStats> =
-                PerCpuHashMap::try_from(progs.map_mut(maps::EP_STATS)?)?;
-            let stale: Vec<EndpointKey> = match p {
-                Some(p) => p
-                    .by_if
-                    .keys()
-                    .filter(|k| !d.by_if.contains_key(k))
-                    .copied()
-                    .collect(),
-                None => stats
-                    .keys()
-                    .filter_map(|k| k.ok())
-                    .filter(|k| !d.by_if.contains_key(k))
-                    .collect(),
-            };
-            for k in stale {
-                let _ = stats.remove(&k);
-            }
+        if networks.len() != d.networks.len() {
+            apply(
+                &mut HashMap::try_from(progs.map_mut(maps::NETWORKS)?)?,
+                Some(&networks),
+                &d.networks,
+            )?;
         }
         {
             let mut ports: LpmTrie<&mut MapData, PortKey, PortTarget> =
@@ -611,6 +659,20 @@ impl Datapath for Ebpf {
             Some(c) => c.clone(),
             None => cgroup2_root()?,
         };
+        // Pinned endpoints keep their stats slots (and counters).
+        {
+            let by_if: HashMap<&MapData, EndpointKey, Endpoint> = HashMap::try_from(
+                progs
+                    .ebpf()
+                    .map(maps::ENDPOINTS_BY_IF)
+                    .context("endpoints")?,
+            )?;
+            self.slots = by_if
+                .iter()
+                .filter_map(|r| r.ok())
+                .map(|(k, e)| (k.ifindex, e.slot))
+                .collect();
+        }
         self.progs = Some(progs);
         self.carry_over()?;
         // The programs are attached by the first sync, once the maps
@@ -627,9 +689,10 @@ impl Datapath for Ebpf {
 
     fn sync(&mut self, state: &State) -> Result<()> {
         let t = std::time::Instant::now();
-        let d = self.desired(state)?;
+        let mut d = self.desired(state)?;
+        let fresh = self.assign_slots(&mut d)?;
         let t_desired = t.elapsed();
-        self.sync_maps(&d)?;
+        self.sync_maps(&d, &fresh)?;
         let t_maps = t.elapsed();
         self.attach(&d)?;
         if !self.started {
@@ -655,6 +718,7 @@ impl Datapath for Ebpf {
     fn cleanup(&mut self) -> Result<()> {
         self.progs = None;
         self.last = None;
+        self.slots.clear();
         self.carry.clear();
         let _ = std::fs::remove_dir_all(self.links_dir());
         let _ = std::fs::remove_dir_all(self.maps_dir());
@@ -676,7 +740,10 @@ impl Datapath for Ebpf {
     }
 
     fn stats(&mut self) -> Result<Stats> {
-        let progs = self.progs()?;
+        let progs = self
+            .progs
+            .as_ref()
+            .context("the eBPF datapath is not initialised")?;
         let mut out = Stats::new("ebpf");
         out.counters = progs
             .counters()?
@@ -688,10 +755,10 @@ impl Datapath for Ebpf {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-        let stats: PerCpuHashMap<&MapData, EndpointKey, EndpointStats> =
-            PerCpuHashMap::try_from(progs.ebpf().map(maps::EP_STATS).context("stats map")?)?;
-        for r in stats.iter() {
-            let (k, per_cpu) = r?;
+        let stats: PerCpuArray<&MapData, EndpointStats> =
+            PerCpuArray::try_from(progs.ebpf().map(maps::EP_STATS).context("stats map")?)?;
+        for (ifindex, slot) in &self.slots {
+            let per_cpu = stats.get(slot, 0)?;
             let mut t = EndpointCounters::default();
             for s in per_cpu.iter() {
                 t.rx_packets += s.rx_packets;
@@ -699,7 +766,7 @@ impl Datapath for Ebpf {
                 t.tx_packets += s.tx_packets;
                 t.tx_bytes += s.tx_bytes;
             }
-            out.endpoints.insert(k.ifindex, t);
+            out.endpoints.insert(*ifindex, t);
         }
         let table: HashMap<&MapData, CtKey, CtEntry> =
             HashMap::try_from(progs.ebpf().map(maps::CT).context("ct map")?)?;
