@@ -320,8 +320,11 @@ pub struct Endpoint {
     /// decides without a NETD_NET lookup (userspace writes an endpoint
     /// after its network and removes it before).
     pub net_flags: u32,
+    /// Its network's subnet mask (network order): only a destination in
+    /// the subnet is looked up as a peer by the fast path.
+    pub mask: u32,
 }
-const _: () = assert!(core::mem::size_of::<Endpoint>() == 32);
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 36);
 
 pub const NET_ICC: u32 = 1;
 pub const NET_MASQUERADE: u32 = 2;

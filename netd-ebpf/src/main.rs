@@ -36,8 +36,9 @@ use aya_ebpf::{
     bindings::{
         BPF_F_CURRENT_NETNS, BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED,
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_PROHIBIT,
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
-        bpf_check_mtu_flags::BPF_MTU_CHK_SEGS, bpf_fib_lookup as FibParams, bpf_sock_tuple,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE, BPF_FIB_LOOKUP_SKIP_NEIGH,
+        bpf_check_mtu_flags::BPF_MTU_CHK_SEGS, bpf_fib_lookup as FibParams, bpf_redir_neigh,
+        bpf_redir_neigh__bindgen_ty_1, bpf_sock_tuple,
     },
     helpers::generated::{
         bpf_check_mtu, bpf_fib_lookup, bpf_redirect_neigh, bpf_redirect_peer, bpf_sk_lookup_udp,
@@ -153,8 +154,8 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     if is_loopback(ip.daddr) {
         return Err(DropReason::Martian);
     }
-    // The fast path: another container on this network, neither a
-    // fragment nor ICMP (those take the full walk below: fragments for
+    // The fast path: another container on this network (its subnet),
+    // neither a fragment nor ICMP (those take the full walk below: fragments for
     // their datagram's ports, ICMP errors for the flows they quote). No
     // conntrack, no NAT, no network lookup: nothing is translated between
     // two containers of one network, no flow of another kind has a
@@ -164,6 +165,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     // MAC and address (above), isolation and icc.
     if !ip.is_fragment()
         && ip.proto != IPPROTO_ICMP
+        && (ip.daddr ^ ep.ip) & ep.mask == 0
         // SAFETY: map value copied out.
         && let Some(peer) = unsafe { NETD_EP.get(ip.daddr) }.copied()
     {
@@ -286,7 +288,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         if net.flags & NET_MASQUERADE == 0 {
             // Untracked protocols leave as they are (their replies are
             // not let in: nothing tracks them).
-            return redirect_neigh(cfg.uplink_ifindex);
+            return redirect_neigh(cfg.uplink_ifindex, next_hop(&fib));
         }
         return Err(DropReason::Unsupported);
     };
@@ -325,8 +327,8 @@ fn to_peer(
 
 /// Where a packet for the world goes, decided before it is rewritten.
 enum Egress {
-    /// Out of this interface (bpf_redirect_neigh).
-    Redirect(u32),
+    /// Out of this interface to this next hop (bpf_redirect_neigh).
+    Redirect(u32, u32),
     /// A local destination: the stack delivers it.
     Local,
     /// Handed to the kernel untranslated: it answers ICMP (fragmentation
@@ -338,7 +340,7 @@ impl Egress {
     #[inline(always)]
     fn verdict(self) -> Result<i32, DropReason> {
         match self {
-            Egress::Redirect(i) => redirect_neigh(i),
+            Egress::Redirect(i, nh) => redirect_neigh(i, nh),
             Egress::Local | Egress::Kernel => Ok(tc::ACT_UNSPEC),
         }
     }
@@ -366,7 +368,7 @@ fn egress_to_world(
                 frag_needed(ctx, ip)?;
                 return Ok(Egress::Kernel);
             }
-            Ok(Egress::Redirect(fib.ifindex))
+            Ok(Egress::Redirect(fib.ifindex, next_hop(&fib)))
         }
         // A reply to the host itself: the stack routes it.
         BPF_FIB_LKUP_RET_NOT_FWDED => Ok(Egress::Local),
@@ -385,8 +387,7 @@ fn out_to_world(ctx: &TcContext, ip: &Ipv4, l4: &L4, e: &CtEntry) -> Result<i32,
     if let Egress::Kernel = out {
         return Ok(tc::ACT_UNSPEC);
     }
-    nat::rewrite_addr(ctx, ip.proto, l4, IP_SADDR_OFF, ip.saddr, e.addr)?;
-    nat::rewrite_port(ctx, ip.proto, l4, true, l4.sport, e.port)?;
+    nat::translate(ctx, ip, l4, true, e.addr, e.port)?;
     match e.kind {
         ct_kind::SNAT => counters::add(Counter::Snat, 1),
         ct_kind::REV_DNAT => counters::add(Counter::RevDnat, 1),
@@ -444,6 +445,10 @@ fn frag_needed(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
     Ok(tc::ACT_UNSPEC)
 }
 
+/// A FIB lookup without the neighbour: the redirect resolves it
+/// (`bpf_redirect_neigh` with the next hop the lookup found, so the kernel
+/// does not route the packet a second time), and an unresolved neighbour
+/// is the redirect's to resolve anyway.
 #[inline(always)]
 fn fib_lookup(ctx: &TcContext, fib: &mut FibParams) -> u32 {
     // SAFETY: helper call on a properly sized, initialised struct.
@@ -452,10 +457,18 @@ fn fib_lookup(ctx: &TcContext, fib: &mut FibParams) -> u32 {
             ctx.skb.skb as *mut _,
             fib,
             core::mem::size_of::<FibParams>() as i32,
-            0,
+            BPF_FIB_LOOKUP_SKIP_NEIGH,
         )
     };
     rc as u32
+}
+
+/// The next hop a successful lookup found (the gateway, or the
+/// destination itself on a link).
+#[inline(always)]
+fn next_hop(fib: &FibParams) -> u32 {
+    // SAFETY: the lookup wrote the IPv4 member.
+    unsafe { fib.__bindgen_anon_4.ipv4_dst }
 }
 
 /// Creates both conntrack entries of a new flow to the world and returns
@@ -852,8 +865,7 @@ fn to_container(
     } else if !l4.hdr {
         counters::add(Counter::Fragments, 1);
     }
-    nat::rewrite_addr(ctx, ip.proto, l4, IP_DADDR_OFF, ip.daddr, addr)?;
-    nat::rewrite_port(ctx, ip.proto, l4, false, l4.dport, port)?;
+    nat::translate(ctx, ip, l4, false, addr, port)?;
     deliver(ctx, addr)
 }
 
@@ -881,9 +893,20 @@ fn deliver(ctx: &TcContext, addr: u32) -> Result<i32, DropReason> {
 }
 
 #[inline(always)]
-fn redirect_neigh(ifindex: u32) -> Result<i32, DropReason> {
-    // SAFETY: helper call; NULL params = the kernel picks the next hop.
-    Ok(unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) } as i32)
+fn redirect_neigh(ifindex: u32, next_hop: u32) -> Result<i32, DropReason> {
+    let mut nh = bpf_redir_neigh {
+        nh_family: u32::from(AF_INET),
+        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: next_hop },
+    };
+    // SAFETY: helper call on an initialised struct of the size passed.
+    Ok(unsafe {
+        bpf_redirect_neigh(
+            ifindex,
+            &mut nh,
+            core::mem::size_of::<bpf_redir_neigh>() as i32,
+            0,
+        )
+    } as i32)
 }
 
 #[inline(always)]

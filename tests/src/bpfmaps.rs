@@ -46,10 +46,13 @@ pub fn add_network(p: &mut Programs, id: u32, flags: u32) {
 }
 
 /// Adds an endpoint as the daemon writes it: its stats slot (the test's
-/// ifindex, modulo the array) and its network's flags (when the network
-/// exists) filled in.
+/// ifindex, modulo the array), its network's flags (when the network
+/// exists) and, unless given, a /16 subnet mask filled in.
 pub fn add_endpoint(p: &mut Programs, mut e: Endpoint) {
     e.slot = slot_of(e.ifindex);
+    if e.mask == 0 {
+        e.mask = 0xffff_0000u32.to_be();
+    }
     let nets: HashMap<&mut MapData, u32, Network> =
         HashMap::try_from(p.map_mut(maps::NETWORKS).unwrap()).unwrap();
     if let Ok(n) = nets.get(&e.net_id, 0) {

@@ -156,6 +156,7 @@ impl Ebpf {
         let mut d = Desired::default();
         let mut gw_macs = BTreeMap::new();
         let mut net_flags = BTreeMap::new();
+        let mut masks = BTreeMap::new();
         for n in state.networks.values() {
             let mut flags = 0;
             if n.options.icc {
@@ -176,6 +177,13 @@ impl Ebpf {
             );
             gw_macs.insert(n.id.clone(), link_mac(&n.bridge).unwrap_or_default());
             net_flags.insert(n.id.clone(), flags);
+            let prefix = u32::from(n.subnet().prefix);
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - prefix)
+            };
+            masks.insert(n.id.clone(), mask.to_be());
         }
         for c in state
             .containers
@@ -196,6 +204,7 @@ impl Ebpf {
                     // Set by `assign_slots`.
                     slot: 0,
                     net_flags: net_flags.get(&ep.network).copied().unwrap_or_default(),
+                    mask: masks.get(&ep.network).copied().unwrap_or_default(),
                 };
                 d.by_ip.insert(e.ip, e);
                 d.by_if.insert(EndpointKey { ifindex: idx }, e);
