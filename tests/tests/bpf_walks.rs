@@ -243,6 +243,65 @@ fn the_same_network_fast_path_forwards_counts_and_checks() {
     assert_eq!(c(&w, "forwarded"), 3 + frags.len() as u64);
 }
 
+/// The translation of tracked flows (one store for the IPv4 checksum,
+/// addresses and ports) with and without IPv4 options: masquerade out
+/// and back, a published port in and back; every field, both checksums
+/// and the payload.
+#[test]
+fn translation_keeps_checksums_with_and_without_ip_options() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    bpfmaps::add_ports(&mut w.p, 17, Ipv4Addr::UNSPECIFIED, 5353, 5353, A_IP, 53);
+    // Record route (7), an empty one: 4 bytes with padding (EOL).
+    let opts = [7u8, 3, 4, 0];
+    for (n, with) in [false, true].into_iter().enumerate() {
+        let o = |f: Vec<u8>| {
+            if with {
+                packet::with_ip_options(&f, &opts)
+            } else {
+                f
+            }
+        };
+        let sport = 40000 + n as u16;
+        let out_syn = o(a_to(OUTSIDE_IP).tcp(sport, 80, TCP_SYN, b"out"));
+        assert!(packet::checksums_ok(&out_syn));
+        let (v, out) = w.run(bpf::FROM_CONTAINER, &out_syn);
+        assert_eq!(v, tc::ACT_REDIRECT);
+        let f = packet::fields(&out);
+        assert_eq!((f.src, f.dst, f.dport), (HOST_IP, OUTSIDE_IP, 80));
+        assert!((NAT_MIN..=NAT_MAX).contains(&f.sport));
+        assert!(packet::checksums_ok(&out), "snat, options {with}");
+        assert_eq!(out.len(), out_syn.len());
+        assert_eq!(&out[out.len() - 3..], b"out");
+        if with {
+            assert_eq!(&out[ETH_HLEN + 20..ETH_HLEN + 24], &opts, "options kept");
+        }
+        let back = o(world_to_host().tcp(80, f.sport, TCP_SYN | packet::TCP_ACK, b"in"));
+        let (v, back) = w.run(bpf::FROM_WORLD, &back);
+        assert_eq!(v, tc::ACT_REDIRECT);
+        let b = packet::fields(&back);
+        assert_eq!((b.dst, b.dport, b.dst_mac), (A_IP, sport, A_MAC));
+        assert!(packet::checksums_ok(&back), "rev-snat, options {with}");
+
+        let q = o(world_to_host().udp(5000 + n as u16, 5353, b"query"));
+        let (v, dnated) = w.run(bpf::FROM_WORLD, &q);
+        assert_eq!(v, tc::ACT_REDIRECT);
+        let d = packet::fields(&dnated);
+        assert_eq!((d.dst, d.dport, d.src), (A_IP, 53, OUTSIDE_IP));
+        assert!(packet::checksums_ok(&dnated), "dnat, options {with}");
+        let answer = o(a_to(OUTSIDE_IP).udp(53, 5000 + n as u16, b"answer"));
+        let (v, out) = w.run(bpf::FROM_CONTAINER, &answer);
+        assert_eq!(v, tc::ACT_REDIRECT);
+        let a = packet::fields(&out);
+        assert_eq!((a.src, a.sport, a.dport), (HOST_IP, 5353, 5000 + n as u16));
+        assert!(packet::checksums_ok(&out), "rev-dnat, options {with}");
+    }
+    assert_eq!(w.counter("snat"), 2);
+    assert_eq!(w.counter("rev_snat"), 2);
+    assert_eq!(w.counter("dnat"), 2);
+    assert_eq!(w.counter("rev_dnat"), 2);
+}
+
 #[test]
 fn icc_false_drops_container_to_container() {
     root!();
