@@ -328,20 +328,28 @@ impl Programs {
 /// A loaded program's size as the kernel reports it (`bpftool prog show`:
 /// `xlated`, `jited`, `verified_insns`).
 #[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct ProgramSize {
     pub name: String,
+    pub id: u32,
     /// Instructions after verification and rewriting (xlated bytes / 8).
     pub insns: u32,
     /// Instructions the verifier processed (every path it explored).
     pub verified_insns: u32,
     /// Bytes of JITed machine code.
     pub jited_bytes: u32,
+    /// Time spent in the program and runs (kernel.bpf_stats_enabled).
+    pub run_time_ns: u64,
+    pub run_count: u64,
 }
 
 impl ProgramSize {
     pub fn from_info(name: &str, info: &aya::programs::ProgramInfo) -> ProgramSize {
         ProgramSize {
             name: name.to_string(),
+            id: info.id(),
+            run_time_ns: info.run_time().as_nanos() as u64,
+            run_count: info.run_count(),
             insns: info.size_translated().unwrap_or(0) / 8,
             verified_insns: info.verified_instruction_count().unwrap_or(0),
             jited_bytes: info.size_jitted(),

@@ -14,7 +14,7 @@
 //!
 //! Order of a sync: maps first, then attachments (a program never runs on
 //! a veth, or on the uplink, before the maps describe it).
-mod ct;
+pub mod ct;
 pub mod ports;
 
 use std::{
@@ -780,6 +780,7 @@ impl Datapath for Ebpf {
         let table: HashMap<&MapData, CtKey, CtEntry> =
             HashMap::try_from(progs.ebpf().map(maps::CT).context("ct map")?)?;
         out.conntrack_entries = Some(ct::dump::<CtKey, CtEntry>(table.map())?.len() as u64);
+        out.programs = progs.sizes()?;
         Ok(out)
     }
 }
