@@ -2,11 +2,13 @@
 //! published-port DNAT and conntrack in the kernel; this side keeps their
 //! maps equal to the control plane's state and owns their attachments.
 //!
-//! Maps and TCX links are pinned under `--bpffs` (maps as
-//! `maps/<NAME>_<MAP_VERSION>`, links as `links/<iface>`), so the datapath
-//! keeps forwarding while the daemon is down, and a restarted daemon adopts
-//! them: pinned maps are reused and pinned links get the new programs
-//! atomically (bpf_link_update). Pins of another map version are removed
+//! Maps and the uplink's TCX link are pinned under `--bpffs` (maps as
+//! `maps/<NAME>_<MAP_VERSION>`, links as `links/<iface>`); container veths
+//! carry TC filters (cls_bpf, see `Programs::attach_tc`), which need no
+//! pin. So the datapath keeps forwarding while the daemon is down, and a
+//! restarted daemon adopts it all: pinned maps are reused, the pinned link
+//! and the filters get the new programs atomically (bpf_link_update, a
+//! cls_bpf replace). Pins of another map version are removed
 //! on start; the conntrack and host-socket entries of a version whose
 //! layout this one reads (`MIGRATE_FROM`) are carried over first, as are
 //! those of a conntrack table pinned with another `--conntrack-size`, so
@@ -116,6 +118,17 @@ impl Ebpf {
 /// A stable u32 id for a network: the first 8 hex digits of its id.
 pub fn net_id(id: &str) -> u32 {
     u32::from_str_radix(&id[..8.min(id.len())], 16).unwrap_or(0)
+}
+
+/// The names of this namespace's interfaces.
+fn link_names() -> BTreeSet<String> {
+    nix::net::if_::if_nameindex()
+        .map(|l| {
+            l.iter()
+                .map(|i| i.name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The IPv4 addresses of this namespace (network order).
@@ -381,23 +394,31 @@ impl Ebpf {
         Ok(())
     }
 
-    /// Attaches from_container to the veths of `d` (adopting pinned
-    /// links) and unpins the links of veths that left it.
+    /// Attaches from_container to the veths of `d` as TC filters (an
+    /// earlier daemon's filter gets the new program atomically; a TCX link
+    /// an older netd pinned for the veth is released once the filter is
+    /// there) and forgets the veths that left `d` (a veth that is still
+    /// there loses its filter).
     fn attach(&mut self, d: &Desired) -> Result<()> {
         let links = self.links_dir();
         for veth in &d.veths {
             if self.attached.contains(veth) {
                 continue;
             }
+            self.progs()?.attach_tc(bpf::FROM_CONTAINER, veth)?;
             let pin = links.join(veth);
-            self.progs()?
-                .attach_pinned(bpf::FROM_CONTAINER, veth, &pin)?;
+            if pin.exists() {
+                let _ = std::fs::remove_file(&pin);
+            }
             self.attached.insert(veth.clone());
         }
         let gone: Vec<String> = self.attached.difference(&d.veths).cloned().collect();
         for veth in gone {
-            // The veth is gone (its link with it) or leaving: unpin.
-            let _ = std::fs::remove_file(links.join(&veth));
+            if ifindex(&veth) != 0
+                && let Err(e) = bpf::detach_tc(bpf::FROM_CONTAINER, &veth)
+            {
+                tracing::warn!("{e:#}");
+            }
             self.attached.remove(&veth);
         }
         Ok(())
@@ -728,6 +749,12 @@ impl Datapath for Ebpf {
         self.progs = None;
         self.last = None;
         self.slots.clear();
+        // netd's TC filters, wherever they are (this instance may be a
+        // fresh one cleaning up after another daemon): a filter left
+        // behind would keep running with the maps it holds.
+        for name in link_names() {
+            let _ = bpf::detach_tc(bpf::FROM_CONTAINER, &name);
+        }
         self.carry.clear();
         let _ = std::fs::remove_dir_all(self.links_dir());
         let _ = std::fs::remove_dir_all(self.maps_dir());
