@@ -117,6 +117,44 @@ where
     }
 }
 
+/// Writes `entries` into a hash map with BPF_MAP_UPDATE_BATCH (one
+/// syscall per `BATCH` entries; for benchmarks and tests that fill a
+/// table).
+pub fn update_batch<K: aya::Pod, V: aya::Pod>(map: &MapData, entries: &[(K, V)]) -> Result<()> {
+    let fd = map.fd().as_fd().as_raw_fd();
+    for chunk in entries.chunks(BATCH as usize) {
+        let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
+        let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: fd as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: the kernel reads `count` keys and values.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        if rc != 0 {
+            return Err(anyhow::anyhow!(
+                "BPF_MAP_UPDATE_BATCH: {} ({} of {} written)",
+                std::io::Error::last_os_error(),
+                attr.count,
+                chunk.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
 /// Deletes `keys` from a hash map with BPF_MAP_DELETE_BATCH (one
 /// syscall per `BATCH` keys); returns how many went. A key that is gone
 /// already stops a batch (ENOENT): the rest of that batch is deleted one
