@@ -501,6 +501,7 @@ mod tests {
             raw_options: BTreeMap::new(),
             default: false,
             owner: Default::default(),
+            ipam6: None,
         }
     }
 
@@ -514,6 +515,8 @@ mod tests {
             ifname: "eth0".into(),
             aliases: Vec::new(),
             static_ip: false,
+            ip6: None,
+            static_ip6: false,
         };
         Container {
             id: name.into(),
