@@ -147,4 +147,5 @@ scenarios!(
     reboot_releases_containers,
     fault_injection_walk,
     cluster_node_routes,
+    removed_containers_leave_no_flows,
 );
