@@ -243,6 +243,10 @@ impl Daemon {
             raw_options: BTreeMap::new(),
             default: true,
             owner: NetworkOwner::Netd,
+            ipam6: match self.cfg.default_ipv6 {
+                Some(s) => Some(crate::ipam6::Allocator6::new(s, None)?),
+                None => None,
+            },
         };
         self.state.networks.insert(net.id.clone(), net);
         Ok(())
@@ -304,6 +308,9 @@ impl Daemon {
             tracing::warn!("datapath cleanup: {e:#}");
         }
         if let Err(e) = self.cgroups.remove_parent() {
+            tracing::warn!("{e:#}");
+        }
+        if let Err(e) = self.sandboxes.unmount() {
             tracing::warn!("{e:#}");
         }
         self.state = State {

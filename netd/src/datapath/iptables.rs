@@ -65,6 +65,7 @@ pub struct Iptables {
     /// The last batches applied, to skip identical re-applies.
     last: String,
     last_bridge: String,
+    conntrack: super::KernelConntrack,
 }
 
 /// Runs `program args` with `input` on its stdin, killing it after
@@ -391,7 +392,7 @@ impl Datapath for Iptables {
             restore_bridge(&bridge)?;
             self.last_bridge = bridge;
         }
-        Ok(())
+        self.conntrack.sync(state)
     }
 
     fn cleanup(&mut self) -> Result<()> {
@@ -480,6 +481,7 @@ mod tests {
             raw_options: BTreeMap::new(),
             default: true,
             owner: Default::default(),
+            ipam6: None,
         };
         let ep = Endpoint {
             id: "e".into(),
@@ -490,6 +492,8 @@ mod tests {
             ifname: "eth0".into(),
             aliases: Vec::new(),
             static_ip: false,
+            ip6: None,
+            static_ip6: false,
         };
         let c = Container {
             id: "web".into(),

@@ -125,6 +125,7 @@ const CHAINS: &str = "\
 pub struct Nftables {
     /// The last table applied, to skip identical re-applies.
     last: String,
+    conntrack: super::KernelConntrack,
 }
 
 /// Runs `nft -f -` with `script` (one transaction; killed after 30 s; an
@@ -460,7 +461,7 @@ impl Datapath for Nftables {
             nft(&apply_script(&table))?;
             self.last = table;
         }
-        Ok(())
+        self.conntrack.sync(state)
     }
 
     fn cleanup(&mut self) -> Result<()> {
@@ -501,6 +502,7 @@ mod tests {
             raw_options: BTreeMap::new(),
             default: false,
             owner: Default::default(),
+            ipam6: None,
         }
     }
 
@@ -514,6 +516,8 @@ mod tests {
             ifname: "eth0".into(),
             aliases: Vec::new(),
             static_ip: false,
+            ip6: None,
+            static_ip6: false,
         };
         Container {
             id: name.into(),

@@ -15,6 +15,7 @@ mod dns;
 mod ebpf_only;
 mod faults;
 mod instances;
+mod ipv6;
 mod modes;
 mod networks;
 mod nftables_only;
@@ -27,6 +28,7 @@ use cluster::*;
 use dns::*;
 use faults::*;
 use instances::*;
+use ipv6::*;
 use modes::*;
 use networks::*;
 use ports::*;
@@ -147,4 +149,6 @@ scenarios!(
     reboot_releases_containers,
     fault_injection_walk,
     cluster_node_routes,
+    removed_containers_leave_no_flows,
+    ipv6_control_plane,
 );
