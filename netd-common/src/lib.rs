@@ -209,10 +209,13 @@ pub enum Counter {
     Fragments = 16,
     /// Unconfirmed flows evicted to make room in a full table.
     CtEvicted = 17,
+    /// Masqueraded TCP flows closed both ways whose translated port a new
+    /// flow to the same destination took (every probed port was taken).
+    CtReused = 18,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::FromContainerPackets,
         Counter::FromContainerBytes,
@@ -232,6 +235,7 @@ impl Counter {
         Counter::FragNeeded,
         Counter::Fragments,
         Counter::CtEvicted,
+        Counter::CtReused,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -254,6 +258,7 @@ impl Counter {
             Counter::FragNeeded => "frag_needed",
             Counter::Fragments => "fragments",
             Counter::CtEvicted => "ct.evicted",
+            Counter::CtReused => "ct.reused",
         }
     }
 }

@@ -156,6 +156,28 @@ pub fn create(
     }
 }
 
+/// Removes the closed flow whose reply entry is at `rev_key` (a
+/// masqueraded TCP flow, both directions CLOSING) so that its translated
+/// port serves a new flow; false (nothing removed) if the flow is not
+/// closed both ways.
+#[inline(always)]
+pub fn take_over_closed(rev_key: &CtKey) -> bool {
+    let Some(r) = peek(rev_key) else {
+        return true;
+    };
+    if r.kind != ct_kind::REV_SNAT || r.state != ct_state::CLOSING {
+        return false;
+    }
+    let old = rev_key.reverse(&r);
+    if peek(&old).is_some_and(|f| f.state != ct_state::CLOSING) {
+        return false;
+    }
+    remove(&old);
+    remove(rev_key);
+    counters::add(Counter::CtReused, 1);
+    true
+}
+
 /// Whether `key` is free (a probe; `create` settles races).
 #[inline(always)]
 pub fn free(key: &CtKey) -> bool {

@@ -162,12 +162,14 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     // container address as its destination from a container (hairpin
     // flows are addressed to a host address), and the endpoint carries its
     // network's flags. The checks are the full walk's: endpoint, source
-    // MAC and address (above), isolation and icc.
+    // MAC and address (above), icc; a peer of another network (only
+    // possible with overlapping subnets) takes the full walk.
     if !ip.is_fragment()
         && ip.proto != IPPROTO_ICMP
         && (ip.daddr ^ ep.ip) & ep.mask == 0
         // SAFETY: map value copied out.
         && let Some(peer) = unsafe { NETD_EP.get(ip.daddr) }.copied()
+        && peer.net_id == ep.net_id
     {
         return to_peer(ctx, &ep, ep.net_flags, &peer, Some(ip.proto));
     }
@@ -492,7 +494,11 @@ fn snat_new_flow(
     }
     let span = if max < min { 1 } else { max - min + 1 };
     let orig = u32::from(l4.sport);
-    let start = (orig ^ u32::from_be(ip.daddr) ^ (u32::from(l4.dport) << 3)) % span;
+    // Spread (a multiplicative hash): a container's consecutive ports do
+    // not probe one crowded stretch of the range.
+    let start =
+        (orig.wrapping_mul(0x9e37_79b1) ^ u32::from_be(ip.daddr) ^ (u32::from(l4.dport) << 3))
+            % span;
     let fwd_key = ct::key(ip.saddr, ip.daddr, ip.proto, l4);
     let now = ct::now();
     let in_range = orig >= min && orig <= max;
@@ -520,6 +526,8 @@ fn snat_new_flow(
     // race for the same port.
     if masquerade {
         let mut found = false;
+        // A probed port whose flow to this same destination has closed.
+        let mut closed = None;
         for i in 0..NAT_PROBES + 1 {
             let port = if i == 0 {
                 if !in_range {
@@ -530,13 +538,32 @@ fn snat_new_flow(
                 (min + (start + i - 1) % span) as u16
             };
             out.port = port;
-            if ct::free(&fwd_key.reverse(&out)) {
-                found = true;
-                break;
+            match ct::peek(&fwd_key.reverse(&out)) {
+                None => {
+                    found = true;
+                    break;
+                }
+                Some(r)
+                    if closed.is_none()
+                        && ip.proto == IPPROTO_TCP
+                        && r.kind == ct_kind::REV_SNAT
+                        && r.state == ct_state::CLOSING =>
+                {
+                    closed = Some(port);
+                }
+                Some(_) => {}
             }
         }
         if !found {
-            return Err(DropReason::NatPortsExhausted);
+            // Every probed port is taken: a TCP flow to this destination
+            // that has closed both ways (FIN or RST) gives its port up to
+            // the new connection, as netfilter reuses a closed tuple (the
+            // server's TIME_WAIT takes the new SYN: its timestamps are
+            // newer). Its entries would only have waited for the GC.
+            out.port = closed.ok_or(DropReason::NatPortsExhausted)?;
+            if !ct::take_over_closed(&fwd_key.reverse(&out)) {
+                return Err(DropReason::NatPortsExhausted);
+            }
         }
     }
     let rev_key = fwd_key.reverse(&out);

@@ -409,6 +409,60 @@ fn snat_then_reverse_snat_tcp() {
     assert_eq!(bpfmaps::ct(&mut w.p).len(), 2);
 }
 
+/// Masquerade with every port of the range taken (10 here) by flows to
+/// one destination: a new TCP flow is refused while they are open, and
+/// takes the port of one that has closed both ways (FIN each way), as a
+/// server's TIME_WAIT tuple is reused; the closed flow's two entries go,
+/// counted, and a half-closed flow keeps its port.
+#[test]
+fn a_closed_flows_port_serves_a_new_flow_when_the_range_is_full() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    const FIN: u8 = 0x01;
+    let span = usize::from(NAT_MAX - NAT_MIN + 1);
+    let mut nat = Vec::new();
+    for i in 0..span {
+        let sport = 40000 + i as u16;
+        let (v, out) = w.run(
+            bpf::FROM_CONTAINER,
+            &a_to(OUTSIDE_IP).tcp(sport, 80, TCP_SYN, b""),
+        );
+        assert_eq!(v, tc::ACT_REDIRECT);
+        nat.push((sport, packet::fields(&out).sport));
+    }
+    let mut ports: Vec<u16> = nat.iter().map(|n| n.1).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), span, "every port of the range in use");
+    let new = a_to(OUTSIDE_IP).tcp(45000, 80, TCP_SYN, b"");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &new).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("nat-ports-exhausted"), 1);
+    // Flow 0 half-closed (the server's FIN only): still refused.
+    let (c0, n0) = nat[0];
+    let fin_in = |nat_port| world_to_host().tcp(80, nat_port, FIN | packet::TCP_ACK, b"");
+    assert_eq!(w.run(bpf::FROM_WORLD, &fin_in(n0)).0, tc::ACT_REDIRECT);
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &new).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("nat-ports-exhausted"), 2);
+    // Then the container's FIN: closed both ways, its port is reused.
+    let fin_out = a_to(OUTSIDE_IP).tcp(c0, 80, FIN | packet::TCP_ACK, b"");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &fin_out).0, tc::ACT_REDIRECT);
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &new);
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(packet::fields(&out).sport, n0, "the closed flow's port");
+    assert!(packet::checksums_ok(&out));
+    assert_eq!(w.counter("ct.reused"), 1);
+    let ct = bpfmaps::ct_consistent(&mut w.p).unwrap();
+    assert_eq!(ct.len(), 2 * span, "the old flow's entries went");
+    assert!(!ct.iter().any(|(k, _)| k.sport == c0 && k.saddr == be(A_IP)));
+    // The reply reaches the new flow's socket.
+    let (v, back) = w.run(
+        bpf::FROM_WORLD,
+        &world_to_host().tcp(80, n0, TCP_SYN | packet::TCP_ACK, b""),
+    );
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(packet::fields(&back).dport, 45000);
+}
+
 #[test]
 fn snat_keeps_a_free_original_port_and_probes_on_collision() {
     root!();
@@ -1017,7 +1071,8 @@ fn a_full_table_evicts_unconfirmed_flows_only() {
 fn masquerade_keeps_a_port_only_in_the_nat_range() {
     root!();
     let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
-    let (_, out) = w.run(bpf::FROM_CONTAINER, &a_to(OUTSIDE_IP).udp(40000, 53, b"q"));
+    // (To another port: its translation cannot take 61005 from the next.)
+    let (_, out) = w.run(bpf::FROM_CONTAINER, &a_to(OUTSIDE_IP).udp(40000, 54, b"q"));
     let p = packet::fields(&out).sport;
     assert!((NAT_MIN..=NAT_MAX).contains(&p), "{p}");
     let (_, out) = w.run(bpf::FROM_CONTAINER, &a_to(OUTSIDE_IP).udp(61005, 53, b"q"));

@@ -1,8 +1,7 @@
 //! The eBPF datapath's conntrack GC on a real table: idle flows go (both
 //! entries), live ones stay, a flow with one live direction stays, and
-//! the pass is recorded (entries walked, expired, CPU and wall time).
-//! Both ways of checking candidates again are covered: one by one (few
-//! candidates) and by re-reading the table (many).
+//! the pass is recorded (entries walked, expired, CPU and wall time),
+//! with few candidates and with more than a read batch of them.
 use aya::maps::HashMap;
 use netd::{
     bpf::{BpfLogLevel, Programs},
@@ -84,8 +83,7 @@ fn conntrack_gc_removes_idle_flows_in_batches() {
     if !require_root("conntrack_gc_removes_idle_flows_in_batches") {
         return;
     }
-    // Few candidates: each re-read before it goes.
     gc_case(10, 20, 5);
-    // Many (more than a batch of 4096 entries): the table re-read once.
+    // Many (more than a batch of 4096 entries).
     gc_case(5000, 300, 100);
 }

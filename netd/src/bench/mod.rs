@@ -1047,6 +1047,19 @@ pub fn run(mut o: Opts) -> Result<()> {
                                     placement.name()
                                 )
                             })?;
+                    if let Target::Netd(i) = t
+                        && i.dp == "ebpf"
+                        && std::env::var_os("NETD_BENCH_DEBUG").is_some()
+                    {
+                        let st = i.stats()?;
+                        eprintln!(
+                            "\nDEBUG {scenario} {}: drops {} counters {} gc {}",
+                            load.name(),
+                            st["Drops"],
+                            st["Counters"],
+                            st["ConntrackGC"]
+                        );
+                    }
                     samples.push(Sample {
                         placement: placement.name().into(),
                         scenario: scenario.to_string(),

@@ -155,84 +155,16 @@ pub fn update_batch<K: aya::Pod, V: aya::Pod>(map: &MapData, entries: &[(K, V)])
 
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
-/// Deletes `keys` from a hash map with BPF_MAP_DELETE_BATCH (one
-/// syscall per `BATCH` keys); returns how many went. A key that is gone
-/// already stops a batch (ENOENT): the rest of that batch is deleted one
-/// by one.
-pub fn delete_batch<K: aya::Pod>(map: &MapData, keys: &[K]) -> Result<u64> {
-    let fd = map.fd().as_fd().as_raw_fd();
-    let mut deleted = 0u64;
-    for chunk in keys.chunks(BATCH as usize) {
-        let mut attr = BatchAttr {
-            keys: chunk.as_ptr() as u64,
-            count: chunk.len() as u32,
-            map_fd: fd as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: the kernel reads `count` keys from `keys`.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_DELETE_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        let done = attr.count as usize;
-        deleted += done as u64;
-        if rc == 0 {
-            continue;
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::ENOENT) {
-            return Err(anyhow::anyhow!("BPF_MAP_DELETE_BATCH: {err}"));
-        }
-        // The key at `done` was gone; the ones after it one by one.
-        for k in chunk.iter().skip(done + 1) {
-            // SAFETY: bpf(BPF_MAP_DELETE_ELEM) reads one key.
-            let mut one = DeleteAttr {
-                map_fd: fd as u32,
-                _pad: 0,
-                key: k as *const K as u64,
-            };
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_DELETE_ELEM,
-                    &mut one as *mut DeleteAttr,
-                    std::mem::size_of::<DeleteAttr>(),
-                )
-            };
-            if rc == 0 {
-                deleted += 1;
-            }
-        }
-    }
-    Ok(deleted)
-}
-
-#[repr(C)]
-struct DeleteAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-}
-
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
-
-/// Above this many candidates, the GC re-reads the whole table (a few
-/// batch syscalls) instead of each candidate and its reverse entry (two
-/// syscalls per candidate).
-const RECHECK_ONE_BY_ONE: usize = 1024;
-
 /// The conntrack garbage collector: a flow goes when both of its
 /// directions are idle past their state's timeout. It reads the whole
-/// table in BPF_MAP_LOOKUP_BATCH batches, checks the candidates again as
-/// the table has them right before deleting (a flow a packet refreshed
-/// after the snapshot, a SYN reopening a closing tuple, is kept: each
-/// candidate and its reverse entry are re-read, or for many candidates
-/// the table once more), and deletes in BPF_MAP_DELETE_BATCH batches.
+/// table in BPF_MAP_LOOKUP_BATCH batches (a few syscalls for the whole
+/// table instead of two per entry), then checks each candidate flow again
+/// as the table has it right before deleting its two entries: a flow a
+/// packet refreshed after the read (a SYN reopening a closed tuple) is
+/// kept. Deleting is per entry on purpose: BPF_MAP_DELETE_BATCH or
+/// LOOKUP_AND_DELETE_BATCH would delete what a packet refreshed between
+/// the check and the batch (the reopened connection would lose its
+/// translation).
 pub struct CtGc {
     pub ct: HashMap<MapData, CtKey, CtEntry>,
 }
@@ -254,30 +186,27 @@ impl ConntrackGc for CtGc {
             .map(|(k, _)| *k)
             .collect();
         drop(entries);
-        let doomed: Vec<CtKey> = if candidates.len() > RECHECK_ONE_BY_ONE {
+        let mut gone = std::collections::HashSet::new();
+        for k in candidates {
+            if gone.contains(&k) {
+                continue;
+            }
+            // Again, as the table has it now.
             let now = monotonic_ns();
-            let again: std::collections::HashMap<CtKey, CtEntry> =
-                dump::<CtKey, CtEntry>(self.ct.map())?.into_iter().collect();
-            candidates
-                .into_iter()
-                .filter(|k| {
-                    again
-                        .get(k)
-                        .is_some_and(|e| flow_expired(now, k, e, |rk| again.get(rk).copied()))
-                })
-                .collect()
-        } else {
-            candidates
-                .into_iter()
-                .filter(|k| {
-                    let now = monotonic_ns();
-                    self.ct
-                        .get(k, 0)
-                        .is_ok_and(|e| flow_expired(now, k, &e, |rk| self.ct.get(rk, 0).ok()))
-                })
-                .collect()
-        };
-        run.expired = delete_batch(self.ct.map(), &doomed)?;
+            let Ok(e) = self.ct.get(&k, 0) else { continue };
+            let rk = k.reverse(&e);
+            let back = self.ct.get(&rk, 0).ok();
+            if !flow_expired(now, &k, &e, |_| back) {
+                continue;
+            }
+            if self.ct.remove(&k).is_ok() {
+                run.expired += 1;
+            }
+            if back.is_some() && self.ct.remove(&rk).is_ok() {
+                run.expired += 1;
+                gone.insert(rk);
+            }
+        }
         run.cpu_micros = thread_cpu_time().saturating_sub(cpu).as_micros() as u64;
         run.wall_micros = wall.elapsed().as_micros() as u64;
         Ok(run)
