@@ -262,7 +262,9 @@ fn translation_keeps_checksums_with_and_without_ip_options() {
                 f
             }
         };
-        let sport = 40000 + n as u16;
+        // A privileged port: translated into the NAT range (address and
+        // port rewritten).
+        let sport = 700 + n as u16;
         let out_syn = o(a_to(OUTSIDE_IP).tcp(sport, 80, TCP_SYN, b"out"));
         assert!(packet::checksums_ok(&out_syn));
         let (v, out) = w.run(bpf::FROM_CONTAINER, &out_syn);
@@ -363,10 +365,9 @@ fn snat_then_reverse_snat_tcp() {
     let f = packet::fields(&out);
     assert_eq!(f.src, HOST_IP, "masqueraded to the uplink address");
     assert_eq!(f.dst, OUTSIDE_IP);
-    assert!(
-        (NAT_MIN..=NAT_MAX).contains(&f.sport),
-        "40000 is outside the NAT range: translated into it ({})",
-        f.sport
+    assert_eq!(
+        f.sport, 40000,
+        "the container's port kept, as netfilter's masquerade keeps it"
     );
     assert_eq!(f.dport, 80);
     assert!(packet::checksums_ok(&out), "IPv4 and TCP checksums verify");
@@ -421,8 +422,9 @@ fn a_closed_flows_port_serves_a_new_flow_when_the_range_is_full() {
     const FIN: u8 = 0x01;
     let span = usize::from(NAT_MAX - NAT_MIN + 1);
     let mut nat = Vec::new();
+    // Privileged container ports: each translated into the range.
     for i in 0..span {
-        let sport = 40000 + i as u16;
+        let sport = 600 + i as u16;
         let (v, out) = w.run(
             bpf::FROM_CONTAINER,
             &a_to(OUTSIDE_IP).tcp(sport, 80, TCP_SYN, b""),
@@ -434,7 +436,7 @@ fn a_closed_flows_port_serves_a_new_flow_when_the_range_is_full() {
     ports.sort_unstable();
     ports.dedup();
     assert_eq!(ports.len(), span, "every port of the range in use");
-    let new = a_to(OUTSIDE_IP).tcp(45000, 80, TCP_SYN, b"");
+    let new = a_to(OUTSIDE_IP).tcp(999, 80, TCP_SYN, b"");
     assert_eq!(w.run(bpf::FROM_CONTAINER, &new).0, tc::ACT_SHOT);
     assert_eq!(w.drops("nat-ports-exhausted"), 1);
     // Flow 0 half-closed (the server's FIN only): still refused.
@@ -460,7 +462,7 @@ fn a_closed_flows_port_serves_a_new_flow_when_the_range_is_full() {
         &world_to_host().tcp(80, n0, TCP_SYN | packet::TCP_ACK, b""),
     );
     assert_eq!(v, tc::ACT_REDIRECT);
-    assert_eq!(packet::fields(&back).dport, 45000);
+    assert_eq!(packet::fields(&back).dport, 999);
 }
 
 #[test]
@@ -871,7 +873,7 @@ fn fragments_are_translated_with_their_datagram() {
     let whole = packet::reassemble(&out);
     assert!(packet::checksums_ok(&whole), "the datagram's UDP checksum");
     let nat_port = packet::fields(&whole).sport;
-    assert!((NAT_MIN..=NAT_MAX).contains(&nat_port));
+    assert_eq!(nat_port, 5000, "the container's port, kept");
     assert_eq!(w.counter("fragments"), 2);
 
     // A fragmented reply comes back in the same way.
@@ -1065,18 +1067,58 @@ fn a_full_table_evicts_unconfirmed_flows_only() {
     assert_eq!(w.run(bpf::FROM_WORLD, &more).0, tc::ACT_REDIRECT);
 }
 
-/// Item 8: masquerade keeps the container's port only inside the NAT
-/// range (outside it, the port could be a host socket's).
+/// Item 8, as netfilter's masquerade does it: the container's own port
+/// is kept (in the NAT range, or outside it when it is not privileged,
+/// not published and no host socket has the tuple or listens on the
+/// port); otherwise a port of the NAT range.
 #[test]
-fn masquerade_keeps_a_port_only_in_the_nat_range() {
+fn masquerade_keeps_the_containers_port_unless_the_host_could_confuse_it() {
     root!();
     let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
-    // (To another port: its translation cannot take 61005 from the next.)
-    let (_, out) = w.run(bpf::FROM_CONTAINER, &a_to(OUTSIDE_IP).udp(40000, 54, b"q"));
-    let p = packet::fields(&out).sport;
-    assert!((NAT_MIN..=NAT_MAX).contains(&p), "{p}");
-    let (_, out) = w.run(bpf::FROM_CONTAINER, &a_to(OUTSIDE_IP).udp(61005, 53, b"q"));
-    assert_eq!(packet::fields(&out).sport, 61005);
+    let sport = |w: &mut Walk, f: Vec<u8>| {
+        let (v, out) = w.run(bpf::FROM_CONTAINER, &f);
+        assert_eq!(v, tc::ACT_REDIRECT);
+        assert!(packet::checksums_ok(&out));
+        packet::fields(&out).sport
+    };
+    let in_range = |p: u16| (NAT_MIN..=NAT_MAX).contains(&p);
+    assert_eq!(sport(&mut w, a_to(OUTSIDE_IP).udp(40000, 54, b"q")), 40000);
+    assert_eq!(
+        sport(&mut w, a_to(OUTSIDE_IP).tcp(40001, 80, TCP_SYN, b"")),
+        40001
+    );
+    assert_eq!(sport(&mut w, a_to(OUTSIDE_IP).udp(61005, 53, b"q")), 61005);
+    // Privileged.
+    assert!(in_range(sport(
+        &mut w,
+        a_to(OUTSIDE_IP).tcp(80, 80, TCP_SYN, b"")
+    )));
+    // Published on the host.
+    bpfmaps::add_ports(&mut w.p, 6, Ipv4Addr::UNSPECIFIED, 8080, 8080, B_IP, 80);
+    assert!(in_range(sport(
+        &mut w,
+        a_to(OUTSIDE_IP).tcp(8080, 80, TCP_SYN, b"")
+    )));
+    // A host socket listening on the port, and one bound to it (UDP).
+    let ns = w.tb.host.clone();
+    let (tcp, udp) = ns
+        .run(|| {
+            Ok((
+                std::net::TcpListener::bind((HOST_IP, 41000))?,
+                std::net::UdpSocket::bind((HOST_IP, 41001))?,
+            ))
+        })
+        .unwrap();
+    assert!(in_range(sport(
+        &mut w,
+        a_to(OUTSIDE_IP).tcp(41000, 80, TCP_SYN, b"")
+    )));
+    assert!(in_range(sport(
+        &mut w,
+        a_to(OUTSIDE_IP).udp(41001, 53, b"q")
+    )));
+    drop((tcp, udp));
+    assert_eq!(w.drops("nat-ports-exhausted"), 0);
 }
 
 /// Item 9: two CPUs creating the same flow at once end with one flow

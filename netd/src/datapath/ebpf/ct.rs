@@ -24,7 +24,7 @@ pub const ICMP: u64 = 30;
 const BPF_NOEXIST: u64 = 1;
 
 /// Entries read per BPF_MAP_LOOKUP_BATCH call.
-const BATCH: u32 = 4096;
+const BATCH: u32 = 16384;
 
 pub fn timeout(proto: u8, state: u8) -> u64 {
     match (proto, state) {
@@ -69,8 +69,19 @@ where
     K: aya::Pod,
     V: aya::Pod,
 {
+    let mut out = Vec::new();
+    dump_each::<K, V>(map, |k, v| out.push((*k, *v)))?;
+    Ok(out)
+}
+
+/// Calls `f` on every entry of a hash map of `K -> V`, read in
+/// BPF_MAP_LOOKUP_BATCH batches of `BATCH` (nothing else is allocated).
+pub fn dump_each<K, V>(map: &MapData, mut f: impl FnMut(&K, &V)) -> Result<()>
+where
+    K: aya::Pod,
+    V: aya::Pod,
+{
     let fd = map.fd().as_fd().as_raw_fd();
-    let mut out: Vec<(K, V)> = Vec::new();
     let mut keys: Vec<K> = Vec::with_capacity(BATCH as usize);
     let mut values: Vec<V> = Vec::with_capacity(BATCH as usize);
     // The position token (hash tables: a bucket index, u32); room for more.
@@ -105,9 +116,16 @@ where
                 keys.set_len(n);
                 values.set_len(n);
             }
-            out.extend(keys.drain(..).zip(values.drain(..)));
+            for (k, v) in keys.iter().zip(values.iter()) {
+                f(k, v);
+            }
+            // SAFETY: plain data, refilled by the next call.
+            unsafe {
+                keys.set_len(0);
+                values.set_len(0);
+            }
             if rc != 0 {
-                return Ok(out);
+                return Ok(());
             }
             token = next;
             first = false;
@@ -174,18 +192,17 @@ impl ConntrackGc for CtGc {
         let cpu = thread_cpu_time();
         let wall = std::time::Instant::now();
         let now = monotonic_ns();
-        let entries: std::collections::HashMap<CtKey, CtEntry> =
-            dump::<CtKey, CtEntry>(self.ct.map())?.into_iter().collect();
-        let mut run = GcRun {
-            entries: entries.len() as u64,
-            ..GcRun::default()
-        };
-        let candidates: Vec<CtKey> = entries
-            .iter()
-            .filter(|(k, e)| flow_expired(now, k, e, |rk| entries.get(rk).copied()))
-            .map(|(k, _)| *k)
-            .collect();
-        drop(entries);
+        // One pass over the snapshot: the entries idle past their timeout
+        // are the candidates (a flow goes when both of its entries are;
+        // the reverse entry is checked below, in the table).
+        let mut run = GcRun::default();
+        let mut candidates = Vec::new();
+        dump_each::<CtKey, CtEntry>(self.ct.map(), |k, e| {
+            run.entries += 1;
+            if expired(now, k, e) {
+                candidates.push(*k);
+            }
+        })?;
         let mut gone = std::collections::HashSet::new();
         for k in candidates {
             if gone.contains(&k) {
@@ -243,8 +260,28 @@ fn thread_cpu_time() -> std::time::Duration {
 /// and, for published-port flows, a binding that still exists.
 pub struct Live {
     pub ips: BTreeSet<u32>,
-    /// (proto, host port, container address).
-    pub ports: BTreeSet<(u8, u16, u32)>,
+    /// The published ranges.
+    pub ports: Vec<LiveRange>,
+}
+
+/// A published range: host ports [host_min, host_max] of `proto` to
+/// `container_ip` (network order).
+#[derive(Clone, Copy, Debug)]
+pub struct LiveRange {
+    pub proto: u8,
+    pub container_ip: u32,
+    pub host_min: u16,
+    pub host_max: u16,
+}
+
+impl Live {
+    fn published(&self, proto: u8, host_port: u16, container_ip: u32) -> bool {
+        self.ports.iter().any(|r| {
+            r.proto == proto
+                && r.container_ip == container_ip
+                && (r.host_min..=r.host_max).contains(&host_port)
+        })
+    }
 }
 
 /// Whether the control plane's state no longer has what the entry refers
@@ -260,7 +297,7 @@ pub fn stale(k: &CtKey, e: &CtEntry, live: &Live) -> bool {
         ct_kind::REV_HAIRPIN => e.port2,
         _ => return false,
     };
-    !live.ports.contains(&(k.proto, host_port, e.container_ip))
+    !live.published(k.proto, host_port, e.container_ip)
 }
 
 /// Copies every entry of `from` (another table of the same layout) into
@@ -298,7 +335,12 @@ mod tests {
         let (c, host) = (0x0a00_0002, 0x0a00_0001);
         let live = Live {
             ips: [c].into(),
-            ports: [(6, 8080, c)].into(),
+            ports: vec![LiveRange {
+                proto: 6,
+                container_ip: c,
+                host_min: 8080,
+                host_max: 8080,
+            }],
         };
         let k = |dport: u16| CtKey {
             saddr: 5,

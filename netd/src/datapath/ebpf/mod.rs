@@ -37,7 +37,7 @@ use netd_common::{
 };
 
 pub use self::ports::port_blocks;
-use self::ports::{RESERVED_SYSCTL, Reserved, port_key, port_ranges};
+use self::ports::{PortSet, RESERVED_SYSCTL, Reserved, port_key, port_ranges};
 use super::{ConntrackGc, Datapath, EndpointCounters, Stats};
 use crate::{
     bpf::{self, BpfLogLevel, Programs},
@@ -82,6 +82,59 @@ pub struct Ebpf {
     /// (adopted from the pinned endpoints on start, so counters survive a
     /// restart).
     slots: BTreeMap<u32, u32>,
+    /// What a sync would otherwise ask the kernel for again and again
+    /// (see `Links`), and each container's published ranges.
+    links: Links,
+    ranges: BTreeMap<String, ContainerPorts>,
+}
+
+/// Interface indexes and MACs by name, kept while the interface is in the
+/// desired state: a sync asks the kernel only about new ones. (As the
+/// attachments do: a veth keeps its name and index while it is in use.)
+#[derive(Default)]
+struct Links {
+    index: BTreeMap<String, u32>,
+    mac: BTreeMap<String, [u8; 6]>,
+}
+
+impl Links {
+    fn index(&mut self, name: &str) -> u32 {
+        if let Some(i) = self.index.get(name) {
+            return *i;
+        }
+        let i = ifindex(name);
+        if i != 0 {
+            self.index.insert(name.to_string(), i);
+        }
+        i
+    }
+
+    fn mac(&mut self, name: &str) -> [u8; 6] {
+        if let Some(m) = self.mac.get(name) {
+            return *m;
+        }
+        match link_mac(name) {
+            Ok(m) => {
+                self.mac.insert(name.to_string(), m);
+                m
+            }
+            Err(_) => [0; 6],
+        }
+    }
+
+    /// Forgets every name not in `keep`.
+    fn retain(&mut self, keep: &BTreeSet<String>) {
+        self.index.retain(|n, _| keep.contains(n));
+        self.mac.retain(|n, _| keep.contains(n));
+    }
+}
+
+/// One container's published ports as ranges, recomputed only when its
+/// bindings or address change.
+struct ContainerPorts {
+    ip: Ipv4Addr,
+    bindings: Vec<PortBinding>,
+    ranges: Vec<(u8, Ipv4Addr, PortTarget)>,
 }
 
 impl Ebpf {
@@ -97,6 +150,8 @@ impl Ebpf {
             carry: Vec::new(),
             reserved: Reserved::default(),
             slots: BTreeMap::new(),
+            links: Links::default(),
+            ranges: BTreeMap::new(),
         }
     }
 
@@ -165,11 +220,12 @@ where
 }
 
 impl Ebpf {
-    fn desired(&self, state: &State) -> Result<Desired> {
+    fn desired(&mut self, state: &State) -> Result<Desired> {
         let mut d = Desired::default();
         let mut gw_macs = BTreeMap::new();
         let mut net_flags = BTreeMap::new();
         let mut masks = BTreeMap::new();
+        let mut names = BTreeSet::new();
         for n in state.networks.values() {
             let mut flags = 0;
             if n.options.icc {
@@ -185,10 +241,11 @@ impl Ebpf {
                 net_id(&n.id),
                 Network {
                     flags,
-                    bridge_ifindex: ifindex(&n.bridge),
+                    bridge_ifindex: self.links.index(&n.bridge),
                 },
             );
-            gw_macs.insert(n.id.clone(), link_mac(&n.bridge).unwrap_or_default());
+            gw_macs.insert(n.id.clone(), self.links.mac(&n.bridge));
+            names.insert(n.bridge.clone());
             net_flags.insert(n.id.clone(), flags);
             let prefix = u32::from(n.subnet().prefix);
             let mask = if prefix == 0 {
@@ -198,13 +255,14 @@ impl Ebpf {
             };
             masks.insert(n.id.clone(), mask.to_be());
         }
+        let mut ranges = BTreeMap::new();
         for c in state
             .containers
             .values()
             .filter(|c| c.status == Status::Running)
         {
             for ep in c.endpoints.values() {
-                let idx = ifindex(&ep.veth);
+                let idx = self.links.index(&ep.veth);
                 if idx == 0 {
                     continue;
                 }
@@ -222,20 +280,45 @@ impl Ebpf {
                 d.by_ip.insert(e.ip, e);
                 d.by_if.insert(EndpointKey { ifindex: idx }, e);
                 d.veths.insert(ep.veth.clone());
+                names.insert(ep.veth.clone());
             }
-            if let Some(ep) = c.primary() {
-                for b in &c.ports {
-                    d.bindings.push((ep.ip, *b));
+            if let Some(ep) = c.primary()
+                && !c.ports.is_empty()
+            {
+                let cached = self
+                    .ranges
+                    .remove(&c.id)
+                    .filter(|p| p.ip == ep.ip && p.bindings == c.ports);
+                let cp = cached.unwrap_or_else(|| {
+                    let bindings: Vec<(Ipv4Addr, PortBinding)> =
+                        c.ports.iter().map(|b| (ep.ip, *b)).collect();
+                    ContainerPorts {
+                        ip: ep.ip,
+                        bindings: c.ports.clone(),
+                        ranges: port_ranges(&bindings),
+                    }
+                });
+                ranges.insert(c.id.clone(), cp);
+            }
+        }
+        self.links.retain(&names);
+        self.ranges = ranges;
+        for cp in self.ranges.values() {
+            for (proto, host, t) in &cp.ranges {
+                d.ranges.insert(RangeId::of(*proto, *host, t));
+                for (start, bits) in port_blocks(t.host_port_min, t.host_port_max) {
+                    let k = port_key(*proto, *host, start, bits);
+                    d.ports.insert(port_id(&k), (k, *t));
                 }
             }
         }
-        for (proto, host, t) in port_ranges(&d.bindings) {
-            for (start, bits) in port_blocks(t.host_port_min, t.host_port_max) {
-                let k = port_key(proto, host, start, bits);
-                d.ports.insert(port_id(&k), (k, t));
-            }
-        }
-        d.local = local_addrs();
+        // The host's addresses: read again when the networks (their
+        // bridges' addresses) change; the refresh every few seconds
+        // follows the rest.
+        d.local = match &self.last {
+            Some(l) if l.networks.keys().eq(d.networks.keys()) => l.local.clone(),
+            _ => local_addrs(),
+        };
         Ok(d)
     }
 
@@ -359,23 +442,13 @@ impl Ebpf {
         // so a restarted service is never blackholed by a stale entry.
         let live = ct::Live {
             ips: d.by_ip.keys().copied().collect(),
-            ports: d
-                .bindings
-                .iter()
-                .map(|(ip, b)| (b.proto.number(), b.host_port, u32::from(*ip).to_be()))
-                .collect(),
+            ports: d.ranges.iter().map(|r| r.live()).collect(),
         };
         let removed = match p {
             None => true,
             Some(p) => {
                 p.by_ip.keys().any(|k| !live.ips.contains(k))
-                    || p.bindings.iter().any(|(ip, b)| {
-                        !live.ports.contains(&(
-                            b.proto.number(),
-                            b.host_port,
-                            u32::from(*ip).to_be(),
-                        ))
-                    })
+                    || p.ranges.iter().any(|r| !d.ranges.contains(r))
             }
         };
         if removed {
@@ -480,10 +553,13 @@ impl Ebpf {
 
     /// The ports the kernel must not hand out as ephemeral ones.
     fn sync_reserved_ports(&mut self, d: &Desired) {
-        let mut ours: BTreeSet<u16> = d.bindings.iter().map(|(_, b)| b.host_port).collect();
+        let mut ours = PortSet::default();
+        for r in &d.ranges {
+            ours.insert_range(r.host_min, r.host_max);
+        }
         let (lo, hi) = self.cfg.nat_ports;
         if lo <= hi {
-            ours.extend(lo..=hi);
+            ours.insert_range(lo, hi);
         }
         let Ok(current) = sysctl_read(RESERVED_SYSCTL) else {
             return;
@@ -564,8 +640,43 @@ struct Desired {
     by_ip: BTreeMap<u32, Endpoint>,
     by_if: BTreeMap<EndpointKey, Endpoint>,
     veths: BTreeSet<String>,
-    bindings: Vec<(Ipv4Addr, PortBinding)>,
+    /// Every published range (coalesced bindings of one container).
+    ranges: BTreeSet<RangeId>,
     ports: BTreeMap<PortId, (Key<PortKey>, PortTarget)>,
+}
+
+/// A published range as an orderable value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct RangeId {
+    proto: u8,
+    host: u32,
+    container_ip: u32,
+    host_min: u16,
+    host_max: u16,
+    container_min: u16,
+}
+
+impl RangeId {
+    fn of(proto: u8, host: Ipv4Addr, t: &PortTarget) -> RangeId {
+        RangeId {
+            proto,
+            host: u32::from(host),
+            container_ip: t.container_ip,
+            host_min: t.host_port_min,
+            host_max: t.host_port_max,
+            container_min: t.container_port_min,
+        }
+    }
+
+    /// What the conntrack cleanup needs of it.
+    fn live(&self) -> ct::LiveRange {
+        ct::LiveRange {
+            proto: self.proto,
+            container_ip: self.container_ip,
+            host_min: self.host_min,
+            host_max: self.host_max,
+        }
+    }
 }
 
 /// An LPM key as an orderable value.
