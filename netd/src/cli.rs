@@ -227,14 +227,23 @@ pub fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
                     println!("{}", serde_json::to_string(n)?);
                 }
             } else {
+                // Wide enough for a plugin's driver (docker:NAME).
+                let dw = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|n| n["Driver"].as_str().unwrap_or_default().len() + 2)
+                    .max()
+                    .unwrap_or(0)
+                    .max(10);
                 println!(
-                    "{:<14}{:<20}{:<10}{:<8}SUBNET",
+                    "{:<14}{:<20}{:<dw$}{:<8}SUBNET",
                     "NETWORK ID", "NAME", "DRIVER", "SCOPE"
                 );
                 for n in v.as_array().into_iter().flatten() {
                     let id = n["Id"].as_str().unwrap_or_default();
                     println!(
-                        "{:<14}{:<20}{:<10}{:<8}{}",
+                        "{:<14}{:<20}{:<dw$}{:<8}{}",
                         &id[..id.len().min(12)],
                         n["Name"].as_str().unwrap_or_default(),
                         n["Driver"].as_str().unwrap_or_default(),

@@ -57,6 +57,9 @@ pub struct Config {
     pub bpffs: PathBuf,
     /// Default bridge: gateway address and prefix.
     pub bip: (std::net::Ipv4Addr, u8),
+    /// `bip` was given (flag or config file): kept even when the host
+    /// already routes its subnet; else a free pool is taken then.
+    pub bip_explicit: bool,
     pub pools: Vec<Pool>,
     pub mtu: u32,
     pub cleanup_on_exit: bool,
@@ -67,6 +70,9 @@ pub struct Config {
     pub cgroup: Option<PathBuf>,
     /// Upstream resolvers (`--dns`, `dns`); empty: the host's resolv.conf.
     pub dns: Vec<std::net::IpAddr>,
+    /// `--docker-plugin NAME`: serve Docker's network driver plugin
+    /// protocol at /run/docker/plugins/NAME.sock.
+    pub docker_plugin: Option<String>,
     /// Addresses containers reach without masquerade: the pods of every
     /// node of the cluster.
     pub cluster_cidr: Option<crate::ipam::Cidr>,

@@ -16,6 +16,7 @@ pub mod link;
 pub mod logging;
 pub mod model;
 pub mod netns;
+pub mod plugin;
 pub mod ports;
 pub mod portspec;
 pub mod process;

@@ -126,6 +126,10 @@ enum Cmd {
         /// One short round per scenario (CI smoke test).
         #[arg(long)]
         quick: bool,
+        /// Docker peers (Docker's bridge, and Docker on netd's plugin per
+        /// datapath): auto (when dockerd is installed), yes or no.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "yes", "no"])]
+        docker: String,
     },
     /// Build a throwaway topology and show netd at work.
     Demo,
@@ -181,6 +185,10 @@ struct DaemonArgs {
     /// host's resolv.conf.
     #[arg(long = "dns", value_name = "IP")]
     dns: Vec<IpAddr>,
+    /// Serve Docker's network driver plugin protocol as NAME, at
+    /// /run/docker/plugins/NAME.sock (`docker network create -d NAME`).
+    #[arg(long, value_name = "NAME")]
+    docker_plugin: Option<String>,
     /// The cluster's pod range: traffic between containers and these
     /// addresses is never masqueraded (pods see each other's addresses).
     #[arg(long = "cluster-cidr", value_name = "CIDR")]
@@ -285,6 +293,9 @@ fn main() {
 }
 
 fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
+    if let Some(name) = &a.docker_plugin {
+        netd::plugin::docker::check_name(name)?;
+    }
     if let Some(ns) = &a.netns {
         // Before any thread exists: the whole daemon lives in `ns`.
         let f =
@@ -296,6 +307,7 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
         Some(p) => config::File::load(p)?,
         None => config::File::default(),
     };
+    let bip_explicit = a.bip.is_some() || file.bip.is_some();
     let bip = a.bip.or(file.bip).unwrap_or_else(|| "172.17.0.1/16".into());
     let cfg = Config {
         datapath: a.datapath.or(file.datapath).unwrap_or(Kind::Ebpf),
@@ -305,6 +317,7 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
         socket,
         bpffs: a.bpffs,
         bip: config::parse_bip(&bip)?,
+        bip_explicit,
         pools: file
             .default_address_pools
             .unwrap_or_else(netd::ipam::default_pools),
@@ -326,6 +339,7 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
         } else {
             a.dns
         },
+        docker_plugin: a.docker_plugin,
         cluster_cidr: match a.cluster_cidr.or(file.cluster_cidr) {
             Some(c) => Some(
                 c.parse::<netd::ipam::Cidr>()
@@ -415,6 +429,7 @@ fn run(cli: Cli) -> Result<i32> {
             ports,
             out,
             quick,
+            docker,
         } => {
             let list = |s: &str| -> Vec<String> {
                 s.split(',')
@@ -446,6 +461,11 @@ fn run(cli: Cli) -> Result<i32> {
                 ports,
                 out,
                 quick,
+                docker: match docker.as_str() {
+                    "yes" => Some(true),
+                    "no" => Some(false),
+                    _ => None,
+                },
             })
             .map(|_| 0)
         }

@@ -139,6 +139,14 @@ pub enum NetworkOwner {
 }
 
 impl Network {
+    /// The Docker plugin's network with Docker's id `id`.
+    pub fn is_docker(&self, id: &str) -> bool {
+        matches!(&self.owner, NetworkOwner::Docker { network, .. } if network == id)
+    }
+    /// Whether Docker manages it, through netd's plugin.
+    pub fn is_docker_owned(&self) -> bool {
+        matches!(self.owner, NetworkOwner::Docker { .. })
+    }
     pub fn subnet(&self) -> Cidr {
         self.ipam.subnet()
     }
@@ -289,6 +297,12 @@ pub struct Link {
 }
 
 impl Container {
+    /// Whether netd made this container (namespace, files, cgroup,
+    /// processes), or only wires an interface into an engine's sandbox.
+    pub fn is_netd(&self) -> bool {
+        self.owner == Owner::Netd
+    }
+
     /// Endpoints in attachment order (eth0 first).
     pub fn endpoints_in_order(&self) -> Vec<&Endpoint> {
         let mut v: Vec<&Endpoint> = self.endpoints.values().collect();

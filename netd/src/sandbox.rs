@@ -26,6 +26,10 @@ use crate::{
 
 /// Prefix of every host-side veth netd creates (`vnd` + 9 hex digits).
 pub const VETH_PREFIX: &str = "vnd";
+/// Prefix of the container end of an engine's endpoint while it is in
+/// the host namespace (`vnc` + 9 hex digits), before the engine moves it
+/// into its sandbox.
+pub const PEER_PREFIX: &str = "vnc";
 /// Prefix of user networks' bridges (`netd-` + 10 hex digits).
 pub const BRIDGE_PREFIX: &str = "netd-";
 
@@ -157,8 +161,28 @@ impl Sandboxes {
         Ok(())
     }
 
+    /// A Docker endpoint's veth pair, both ends in the host namespace:
+    /// the host end (marked) on the network's bridge, the other end
+    /// (`ep.ifname`, with the endpoint's MAC) for Docker to move into its
+    /// sandbox, where Docker names it, gives it its address and routes.
+    pub async fn wire_docker_endpoint(&self, ep: &Endpoint, net: &Network) -> Result<()> {
+        let br = self.nl.index_of(&net.bridge).await?;
+        let here = NetNs::at("/proc/thread-self/ns/net");
+        let vi = self
+            .nl
+            .create_veth(&ep.veth, &ep.ifname, &here, ep.mac, net.options.mtu)
+            .await?;
+        self.nl.set_alias(vi, &self.marker).await?;
+        self.nl.set_master_up(vi, br).await?;
+        if self.hairpin {
+            self.nl.set_hairpin(vi).await?;
+        }
+        Ok(())
+    }
+
     /// Removes a container's links and namespace (not its state entry),
-    /// going on after errors and returning them all.
+    /// going on after errors and returning them all. An engine's
+    /// endpoint has only its links here.
     pub async fn teardown(&self, c: &Container) -> Vec<anyhow::Error> {
         let mut errors = Vec::new();
         for ep in c.endpoints.values() {
@@ -166,9 +190,10 @@ impl Sandboxes {
                 errors.push(e.context(format!("removing {}", ep.veth)));
             }
         }
-        // A CNI attachment's namespace is the runtime's: never removed.
-        if !matches!(c.mode, Mode::Container(_))
-            && c.cni().is_none()
+        // An engine's namespace (Docker's sandbox, a CNI runtime's
+        // namespace) is never removed.
+        if c.is_netd()
+            && !matches!(c.mode, Mode::Container(_))
             && let Err(e) = NetNs::at(self.netns_path(&c.id)).remove()
         {
             errors.push(e);

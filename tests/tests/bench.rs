@@ -2,6 +2,11 @@
 //! topologies, every datapath carries traffic in every scenario, and the
 //! reports are written. It asserts that figures exist and are positive,
 //! never how fast anything is.
+use netd::testbed::{
+    docker::{CONTAINERD, DOCKER_CLI, DOCKERD},
+    image::BUSYBOX,
+    require_tools,
+};
 use netd_tests::{daemon::netd_bin, require_root};
 
 #[test]
@@ -16,6 +21,9 @@ fn bench_quick_produces_positive_figures_for_every_datapath() {
             "--quick",
             "--datapaths",
             "ebpf,nftables,iptables",
+            // The Docker peers have a test of their own.
+            "--docker",
+            "no",
             "--out",
         ])
         .arg(&out)
@@ -81,5 +89,67 @@ fn bench_quick_produces_positive_figures_for_every_datapath() {
             .unwrap();
         assert!(c["figures"]["publish_1000_ports_ms"].as_f64().unwrap() > 0.0);
     }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The Docker peers (`--docker yes`): Docker's bridge and Docker on
+/// netd's plugin carry c2c TCP_RR and published-port TCP_CRR, and the
+/// report compares them.
+#[test]
+fn bench_quick_docker_peers() {
+    if !require_root("bench_quick_docker_peers")
+        || !require_tools(
+            "bench_quick_docker_peers",
+            &[DOCKERD, DOCKER_CLI, CONTAINERD, BUSYBOX, "/usr/bin/iperf3"],
+        )
+    {
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("netd-bench-docker-{}", std::process::id()));
+    let o = std::process::Command::new(netd_bin())
+        .args([
+            "bench",
+            "--quick",
+            "--datapaths",
+            "ebpf",
+            "--scenarios",
+            "c2c,dnat",
+            "--docker",
+            "yes",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "netd bench failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("docker+ebpf/docker"), "{md}");
+    let samples = report["samples"].as_array().unwrap();
+    for (scenario, load) in [("c2c", "TCP_RR"), ("dnat", "TCP_CRR")] {
+        for peer in ["docker", "docker+ebpf"] {
+            let s = samples
+                .iter()
+                .find(|s| s["scenario"] == scenario && s["load"] == load && s["datapath"] == peer)
+                .unwrap_or_else(|| panic!("missing {scenario} {load} {peer}"));
+            assert!(
+                s["figures"]["per_sec"].as_f64().unwrap_or(0.0) > 0.0,
+                "{scenario} {load} {peer}: {s}"
+            );
+        }
+    }
+    // Nothing of the peers is left in the output directory.
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("tmp-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -94,19 +94,38 @@ fn peer_pidfd(fd: i32) -> Option<OwnedFd> {
     (rc == 0 && pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) })
 }
 
-/// Binds the API socket: refuses when a live process serves `socket`
+/// How one protocol served by [`serve`] answers: its content type and
+/// the shape of its error bodies. netd's API speaks Docker Engine API
+/// errors (`{"message": ...}`), the Docker plugin protocol `{"Err": ...}`.
+#[derive(Clone, Copy, Debug)]
+pub struct Dialect {
+    pub content_type: &'static str,
+    pub error_body: fn(&ApiError) -> Value,
+}
+
+fn engine_error(e: &ApiError) -> Value {
+    json!({ "message": e.message })
+}
+
+/// netd's own API.
+pub const ENGINE_API: Dialect = Dialect {
+    content_type: "application/json",
+    error_body: engine_error,
+};
+
+/// Binds a server socket: refuses when a live process serves `socket`
 /// already, removes a stale socket file otherwise, creates the socket
 /// under a restrictive umask, then makes it mode 0660 and, when a group
-/// named `group` exists, owned by it (Docker's `docker` group pattern:
-/// members may use the daemon without being root).
-pub fn bind(socket: &Path, group: &str) -> Result<UnixListener> {
+/// named `group` is given and exists, owned by it (Docker's `docker`
+/// group pattern: members may use the daemon without being root).
+pub fn bind(socket: &Path, group: Option<&str>) -> Result<UnixListener> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
             bail!(
-                "another process serves {} already (another netd daemon?): refusing to take it over",
+                "another process serves {} already (another netd daemon, or another plugin?): refusing to take it over",
                 socket.display()
             );
         }
@@ -121,7 +140,9 @@ pub fn bind(socket: &Path, group: &str) -> Result<UnixListener> {
     let listener = listener.with_context(|| format!("binding {}", socket.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
-    if let Ok(Some(g)) = nix::unistd::Group::from_name(group) {
+    if let Some(group) = group
+        && let Ok(Some(g)) = nix::unistd::Group::from_name(group)
+    {
         nix::unistd::chown(socket, None, Some(g.gid))
             .with_context(|| format!("giving {} to group {group}", socket.display()))?;
         tracing::info!("API socket {} is open to group {group}", socket.display());
@@ -129,8 +150,9 @@ pub fn bind(socket: &Path, group: &str) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves `handler` on `listener` until the task is dropped.
-pub async fn serve<H, F>(listener: UnixListener, limits: Limits, handler: Arc<H>)
+/// Serves `handler` on `listener`, answering in `dialect`, until the task
+/// is dropped.
+pub async fn serve<H, F>(listener: UnixListener, limits: Limits, dialect: Dialect, handler: Arc<H>)
 where
     H: Fn(Request) -> F + Send + Sync + 'static,
     F: std::future::Future<Output = Response> + Send,
@@ -160,7 +182,7 @@ where
             let _slot = slot;
             let service = service_fn(move |req| {
                 let (peer, handler) = (peer.clone(), handler.clone());
-                async move { Ok::<_, Infallible>(respond(req, peer, limits, &*handler).await) }
+                async move { Ok::<_, Infallible>(respond(req, peer, limits, dialect, &*handler).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -178,23 +200,24 @@ where
 
 type Body = Full<Bytes>;
 
-fn reply(status: u16, v: &Value) -> hyper::Response<Body> {
+fn reply(dialect: Dialect, status: u16, v: &Value) -> hyper::Response<Body> {
     let body = serde_json::to_vec(v).unwrap_or_default();
     hyper::Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_TYPE, dialect.content_type)
         .body(Full::new(Bytes::from(body)))
         .expect("a valid response")
 }
 
-fn error(e: ApiError) -> hyper::Response<Body> {
-    reply(e.status, &json!({ "message": e.message }))
+fn error(dialect: Dialect, e: ApiError) -> hyper::Response<Body> {
+    reply(dialect, e.status, &(dialect.error_body)(&e))
 }
 
 async fn respond<H, F>(
     req: hyper::Request<Incoming>,
     peer: Arc<Peer>,
     limits: Limits,
+    dialect: Dialect,
     handler: &H,
 ) -> hyper::Response<Body>
 where
@@ -215,13 +238,16 @@ where
         })
         .collect();
     let too_large = || {
-        error(ApiError::new(
-            413,
-            format!(
-                "request body too large: the limit is {} bytes",
-                limits.max_body_bytes
+        error(
+            dialect,
+            ApiError::new(
+                413,
+                format!(
+                    "request body too large: the limit is {} bytes",
+                    limits.max_body_bytes
+                ),
             ),
-        ))
+        )
     };
     let declared = req
         .headers()
@@ -233,9 +259,19 @@ where
     }
     let body = Limited::new(req.into_body(), limits.max_body_bytes).collect();
     let bytes = match tokio::time::timeout(limits.body_timeout, body).await {
-        Err(_) => return error(ApiError::new(408, "timed out reading the request body")),
+        Err(_) => {
+            return error(
+                dialect,
+                ApiError::new(408, "timed out reading the request body"),
+            );
+        }
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Ok(Err(e)) => return error(ApiError::bad(format!("reading the request body: {e}"))),
+        Ok(Err(e)) => {
+            return error(
+                dialect,
+                ApiError::bad(format!("reading the request body: {e}")),
+            );
+        }
         Ok(Ok(b)) => b.to_bytes(),
     };
     let body = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -243,7 +279,7 @@ where
     } else {
         match serde_json::from_slice(&bytes) {
             Ok(v) => v,
-            Err(e) => return error(ApiError::bad(format!("malformed JSON body: {e}"))),
+            Err(e) => return error(dialect, ApiError::bad(format!("malformed JSON body: {e}"))),
         }
     };
     let r = handler(Request {
@@ -255,7 +291,7 @@ where
     })
     .await;
     match r {
-        Ok(v) => reply(200, &v),
-        Err(e) => error(e),
+        Ok(v) => reply(dialect, 200, &v),
+        Err(e) => error(dialect, e),
     }
 }

@@ -67,6 +67,9 @@ pub struct NetworkSpec {
     pub raw_options: BTreeMap<String, String>,
     /// Netd for the API; the plugins set their own.
     pub owner: crate::model::NetworkOwner,
+    /// The network's id: a fresh one for the API, the engine's own for a
+    /// plugin (Docker's network id).
+    pub id: Option<String>,
 }
 
 impl NetworkCreate {
@@ -175,6 +178,7 @@ impl NetworkCreate {
             bridge,
             raw_options: self.options,
             owner: crate::model::NetworkOwner::Netd,
+            id: None,
         })
     }
 }

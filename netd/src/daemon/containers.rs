@@ -84,7 +84,7 @@ impl Daemon {
                     "Conflicting options: port publishing and the container type network mode",
                 );
             }
-            let tid = self.container_id(target)?;
+            let tid = self.netd_container_id(target)?;
             if self.state.containers[&tid].status != Status::Running {
                 return api::conflict(format!(
                     "cannot join the network of container {target}: it is not running"
@@ -101,6 +101,9 @@ impl Daemon {
             Mode::Bridge => Some(self.network_id(&spec.network)?),
             _ => None,
         };
+        if let Some(n) = &network {
+            self.refuse_foreign_network(n)?;
+        }
         if let (Some(ip), Some(net)) = (spec.ip, &network) {
             let n = &self.state.networks[net];
             validate::host_in("--ip", ip, &n.subnet())
@@ -193,7 +196,7 @@ impl Daemon {
     /// checked against everything else, then its cgroup, namespace,
     /// endpoints and files, then the datapath and the saved state. On
     /// failure nothing is left behind.
-    async fn bring_up(&mut self, mut c: Container) -> Result<()> {
+    pub(crate) async fn bring_up(&mut self, mut c: Container) -> Result<()> {
         let mut next = self.state.clone();
         self.assign_addresses(&mut c, &mut next)?;
         c.status = Status::Running;
@@ -201,19 +204,22 @@ impl Daemon {
         c.exit_code = None;
         c.finished_at = None;
         next.containers.insert(c.id.clone(), c.clone());
-        let mut txn = Txn::new(if self.state.containers.contains_key(&c.id) {
-            "start"
-        } else {
-            "create"
+        let mut txn = Txn::new(match &c.owner {
+            Owner::Docker { .. } => "docker-endpoint",
+            _ if self.state.containers.contains_key(&c.id) => "start",
+            _ => "create",
         });
+        // An engine's endpoint: only its links are netd's.
+        let own = c.is_netd();
         self.begin(Intent {
             op: txn.op.into(),
             links: c.endpoints.values().map(|e| e.veth.clone()).collect(),
             netns: match c.mode {
                 Mode::Container(_) => vec![],
+                _ if !own => vec![],
                 _ => vec![self.sandboxes.netns_path(&c.id)],
             },
-            cgroups: vec![c.id.clone()],
+            cgroups: if own { vec![c.id.clone()] } else { vec![] },
         })?;
         if let Err(e) = self.build_sandbox(&c, &next, &mut txn).await {
             return Err(self.abort(txn, e).await);
@@ -285,6 +291,16 @@ impl Daemon {
     /// The kernel side of [`bring_up`](Self::bring_up), every step
     /// recorded in `txn`.
     async fn build_sandbox(&self, c: &Container, next: &State, txn: &mut Txn) -> Result<()> {
+        if let Owner::Docker { .. } = &c.owner {
+            // The veth pair only: Docker moves one end into its sandbox.
+            let ep = c.primary().context("a Docker endpoint has one interface")?;
+            txn.step("endpoint");
+            txn.applied(Undo::Link(ep.veth.clone()));
+            return self
+                .sandboxes
+                .wire_docker_endpoint(ep, &next.networks[&ep.network])
+                .await;
+        }
         txn.step("cgroup");
         self.cgroups.create(&c.id)?;
         txn.applied(Undo::Cgroup(c.id.clone()));
@@ -323,7 +339,7 @@ impl Daemon {
         name: &str,
         stdio: Option<[OwnedFd; 3]>,
     ) -> Result<Option<watch::Receiver<Option<i32>>>> {
-        let id = self.container_id(name)?;
+        let id = self.netd_container_id(name)?;
         let c = self.state.containers[&id].clone();
         super::cni::refuse(&c, "start")?;
         if let Mode::Container(t) = &c.mode
@@ -501,10 +517,18 @@ impl Daemon {
     ) -> Result<()> {
         let c = self.state.containers[id].clone();
         let netns_inode = match c.mode {
+            _ if !c.is_netd() => None,
             Mode::Bridge | Mode::None => NetNs::at(self.sandboxes.netns_path(id)).inode().ok(),
             _ => None,
         };
         let mut errors = self.commit_removal(next, txn).await?;
+        if c.status == Status::Running && !c.is_netd() {
+            // An engine's endpoint: no processes, no cgroup, no files.
+            txn.step("sandbox");
+            errors.extend(self.sandboxes.teardown(&c).await);
+            self.report(txn, errors);
+            return Ok(());
+        }
         if c.status == Status::Running {
             txn.step("processes");
             // `stop` asks first; an exited main process's leftovers and
@@ -546,7 +570,7 @@ impl Daemon {
     }
 
     pub async fn container_stop(&mut self, name: &str) -> Result<Value> {
-        let id = self.container_id(name)?;
+        let id = self.netd_container_id(name)?;
         let c = self.state.containers[&id].clone();
         super::cni::refuse(&c, "stop")?;
         self.take_down(&id, None, "stop").await?;
@@ -554,7 +578,7 @@ impl Daemon {
     }
 
     pub async fn container_rm(&mut self, name: &str, force: bool) -> Result<Value> {
-        let id = self.container_id(name)?;
+        let id = self.netd_container_id(name)?;
         let c = self.state.containers[&id].clone();
         super::cni::refuse(&c, "rm")?;
         if c.status == Status::Running && !force {
@@ -577,18 +601,52 @@ impl Daemon {
                 dependents.join(", ")
             ));
         }
-        // One commit: the container is gone from the state first, then
-        // from the host.
-        let txn = Txn::new("rm");
-        let mut next = exited(&self.state, &id, None);
-        next.containers.remove(&id);
-        self.remove_sandbox(&id, next, None, &txn).await?;
+        self.remove_container(&id, "rm").await?;
         Ok(json!(c.name))
+    }
+
+    /// Removes container `id` in one commit: gone from the state first,
+    /// then from the host.
+    pub(crate) async fn remove_container(&mut self, id: &str, op: &'static str) -> Result<()> {
+        let txn = Txn::new(op);
+        let mut next = exited(&self.state, id, None);
+        next.containers.remove(id);
+        self.remove_sandbox(id, next, None, &txn).await
+    }
+
+    /// Resolves a container the API may operate on: netd's own, not an
+    /// engine's endpoint (those follow their engine's commands).
+    pub(crate) fn netd_container_id(&self, name: &str) -> Result<String> {
+        let id = self.container_id(name)?;
+        let c = &self.state.containers[&id];
+        match &c.owner {
+            Owner::Docker { .. } => api::conflict(format!(
+                "{} is a Docker endpoint: manage it with docker (docker rm, docker network disconnect)",
+                c.name
+            )),
+            // CNI attachments: each operation refuses them itself
+            // (cni::refuse names the operation).
+            Owner::Netd | Owner::Cni { .. } => Ok(id),
+        }
+    }
+
+    /// Refuses netd's own containers on a network an engine owns (its
+    /// addresses are the engine's to give).
+    pub(crate) fn refuse_foreign_network(&self, nid: &str) -> Result<()> {
+        let n = &self.state.networks[nid];
+        match &n.owner {
+            NetworkOwner::Docker { .. } => api::conflict(format!(
+                "network {} belongs to Docker: attach Docker containers to it with docker run --network or docker network connect",
+                n.name
+            )),
+            NetworkOwner::Netd | NetworkOwner::Cni { .. } => Ok(()),
+        }
     }
 
     pub async fn network_connect(&mut self, net: &str, spec: ConnectSpec) -> Result<Value> {
         let nid = self.network_id(net)?;
-        let cid = self.container_id(&spec.container)?;
+        let cid = self.netd_container_id(&spec.container)?;
+        self.refuse_foreign_network(&nid)?;
         let c = self.state.containers[&cid].clone();
         super::cni::refuse(&c, "network connect")?;
         if c.mode != Mode::Bridge {
@@ -668,7 +726,7 @@ impl Daemon {
 
     pub async fn network_disconnect(&mut self, net: &str, container: &str) -> Result<Value> {
         let nid = self.network_id(net)?;
-        let cid = self.container_id(container)?;
+        let cid = self.netd_container_id(container)?;
         let c = self.state.containers[&cid].clone();
         super::cni::refuse(&c, "network disconnect")?;
         let Some(ep) = c.endpoints.get(&nid).cloned() else {
@@ -720,7 +778,7 @@ impl Daemon {
         exec: Exec,
         stdio: [OwnedFd; 3],
     ) -> Result<tokio::process::Child> {
-        let id = self.container_id(name)?;
+        let id = self.netd_container_id(name)?;
         let c = &self.state.containers[&id];
         super::cni::refuse(c, "exec")?;
         if c.status != Status::Running {
@@ -760,7 +818,7 @@ impl Daemon {
 
     /// `kill`: a signal to the container's main process.
     pub fn container_kill(&self, name: &str, signal: &str) -> Result<Value> {
-        let id = self.container_id(name)?;
+        let id = self.netd_container_id(name)?;
         let c = &self.state.containers[&id];
         let sig = process::parse_signal(signal).map_err(|e| ApiError::bad(format!("{e:#}")))?;
         let Some(main) = c.main.filter(|_| c.status == Status::Running) else {

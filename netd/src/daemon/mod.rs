@@ -31,6 +31,7 @@ use crate::{
 
 pub mod cni;
 pub mod containers;
+pub mod docker;
 pub mod lock;
 pub mod networks;
 pub mod nodes;
@@ -151,7 +152,7 @@ impl Daemon {
             exits: BTreeMap::new(),
             me: Weak::new(),
         };
-        d.ensure_default_network()?;
+        d.ensure_default_network().await?;
         d.reconcile().await?;
         d.state.datapath = Some(d.cfg.datapath);
         d.state.cluster_cidr = d.cfg.cluster_cidr;
@@ -198,12 +199,37 @@ impl Daemon {
         }
     }
 
-    fn ensure_default_network(&mut self) -> Result<()> {
+    async fn ensure_default_network(&mut self) -> Result<()> {
         if self.state.networks.values().any(|n| n.default) {
             return Ok(());
         }
-        let (gw, prefix) = self.cfg.bip;
-        let subnet = Cidr::containing(gw, prefix);
+        let (mut gw, prefix) = self.cfg.bip;
+        let mut subnet = Cidr::containing(gw, prefix);
+        // As dockerd does without --bip: when the default subnet is in
+        // use on this host (docker0 has the same default), take the first
+        // free one of the address pools instead.
+        if !self.cfg.bip_explicit
+            && self
+                .nl
+                .link_by_name(&self.cfg.default_bridge)
+                .await?
+                .is_none()
+        {
+            let routes: Vec<Cidr> = self
+                .nl
+                .route_prefixes()
+                .await?
+                .into_iter()
+                .map(|(a, p)| Cidr::containing(a, p))
+                .collect();
+            if let Some(r) = routes.iter().find(|r| r.overlaps(&subnet)) {
+                let free = crate::ipam::pick_subnet(&self.cfg.pools, &routes)?;
+                tracing::info!(
+                    "the default network's subnet {subnet} overlaps the host's route {r} (docker0?): it takes {free} instead (--bip chooses)"
+                );
+                (subnet, gw) = (free, free.first_host());
+            }
+        }
         let net = Network {
             id: rand_id(),
             name: DEFAULT_NETWORK.into(),
@@ -260,10 +286,10 @@ impl Daemon {
         tracing::info!("shutting down and removing everything (--cleanup-on-exit)");
         let ids: Vec<String> = self.state.containers.keys().cloned().collect();
         for id in ids {
-            let r = if self.state.containers[&id].cni().is_some() {
-                self.cni_release(&id, "cni-shutdown").await
-            } else {
-                self.container_rm(&id, true).await.map(|_| ())
+            let r = match &self.state.containers[&id].owner {
+                Owner::Cni { .. } => self.cni_release(&id, "cni-shutdown").await,
+                Owner::Docker { .. } => self.remove_container(&id, "rm").await,
+                Owner::Netd => self.container_rm(&id, true).await.map(|_| ()),
             };
             if let Err(e) = r {
                 tracing::warn!("removing container {id}: {e:#}");
@@ -321,11 +347,31 @@ pub async fn run(cfg: Config) -> Result<()> {
     // Before anything is touched: a second daemon stops here.
     let who = format!("pid {}, socket {}", std::process::id(), socket.display());
     let _lock = lock::acquire(&[&cfg.state_dir, &cfg.exec_root], &who)?;
-    let listener = server::bind(&socket, "netd")?;
+    let listener = server::bind(&socket, Some("netd"))?;
+    // The Docker plugin's socket: refused before anything is touched when
+    // another live process serves it.
+    let plugin = cfg.docker_plugin.clone();
+    let plugin_socket = plugin.as_deref().map(crate::plugin::docker::socket_path);
+    let plugin_listener = match &plugin_socket {
+        Some(p) => match server::bind(p, None) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                remove_socket(&socket);
+                return Err(e.context("serving the Docker plugin"));
+            }
+        },
+        None => None,
+    };
+    let remove_sockets = || {
+        remove_socket(&socket);
+        if let Some(p) = &plugin_socket {
+            remove_socket(p);
+        }
+    };
     let daemon = match Daemon::start(cfg).await {
         Ok(d) => d,
         Err(e) => {
-            remove_socket(&socket);
+            remove_sockets();
             return Err(e);
         }
     };
@@ -374,6 +420,8 @@ pub async fn run(cfg: Config) -> Result<()> {
             if let Err(e) = blocking(|| d.dp.refresh(&d.state)) {
                 tracing::warn!("datapath refresh: {e:#}");
             }
+            // Docker endpoints whose sandbox went away unannounced.
+            d.docker_gc().await;
         }
     });
     let router = shared.clone();
@@ -381,15 +429,50 @@ pub async fn run(cfg: Config) -> Result<()> {
         let d = router.clone();
         async move { api::router::route(&d, req).await }
     });
-    let server = tokio::spawn(server::serve(listener, server::Limits::default(), handler));
+    let server = tokio::spawn(server::serve(
+        listener,
+        server::Limits::default(),
+        server::ENGINE_API,
+        handler,
+    ));
+    let plugin_server = match (plugin_listener, plugin) {
+        (Some(l), Some(name)) => {
+            tracing::info!(
+                "serving the Docker network plugin {name} at {} (docker network create -d {name})",
+                crate::plugin::docker::socket_path(&name).display()
+            );
+            let d = shared.clone();
+            let handler = Arc::new(move |req: api::Request| {
+                let (d, name) = (d.clone(), name.clone());
+                async move { crate::plugin::docker::route(&d, &name, req).await }
+            });
+            // Docker sends a range as one binding per port, three times
+            // per container (CreateEndpoint, Join, Program): room for
+            // every port.
+            let limits = server::Limits {
+                max_body_bytes: 32 << 20,
+                ..server::Limits::default()
+            };
+            Some(tokio::spawn(server::serve(
+                l,
+                limits,
+                crate::plugin::docker::DIALECT,
+                handler,
+            )))
+        }
+        _ => None,
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
         r = server => { r?; }
     }
+    if let Some(p) = plugin_server {
+        p.abort();
+    }
     shared.lock().await.shutdown().await;
-    remove_socket(&socket);
+    remove_sockets();
     Ok(())
 }
 

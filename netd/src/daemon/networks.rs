@@ -100,8 +100,12 @@ impl Daemon {
         let gateway = spec.gateway.unwrap_or_else(|| subnet.first_host());
         let ipam = Allocator::new(subnet, gateway, spec.ip_range)
             .map_err(|e| api::ApiError::bad(format!("{e:#}")))?;
+        let id = spec.id.clone().unwrap_or_else(rand_id);
+        if self.state.networks.contains_key(&id) {
+            return api::conflict(format!("network {id} already exists"));
+        }
         Ok(Network {
-            id: rand_id(),
+            id,
             name,
             created: now(),
             bridge,
@@ -144,15 +148,23 @@ impl Daemon {
                 users.join(", ")
             ));
         }
-        let txn = Txn::new("network-rm");
+        self.remove_network(&id, "network-rm").await?;
+        Ok(json!(net.name))
+    }
+
+    /// Removes network `id` (no container is attached to it): from the
+    /// state first, then its bridge.
+    pub(crate) async fn remove_network(&mut self, id: &str, op: &'static str) -> Result<()> {
+        let net = self.state.networks[id].clone();
+        let txn = Txn::new(op);
         let mut next = self.state.clone();
-        next.networks.remove(&id);
+        next.networks.remove(id);
         let mut errors = self.commit_removal(next, &txn).await?;
         txn.step("bridge");
         if let Err(e) = self.nl.delete_by_name(&net.bridge).await {
             errors.push(e);
         }
         self.report(&txn, errors);
-        Ok(json!(net.name))
+        Ok(())
     }
 }

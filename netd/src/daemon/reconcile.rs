@@ -53,18 +53,30 @@ impl Daemon {
                     c.name
                 );
                 let code = c.main.map(|_| EXIT_UNKNOWN);
+                let docker = matches!(c.owner, Owner::Docker { .. });
                 self.state = super::containers::exited(&self.state, id, code);
+                if docker {
+                    // A Docker endpoint that is gone is forgotten: Docker
+                    // makes a new one.
+                    self.state.containers.remove(id);
+                }
             }
         }
         for n in self.state.networks.values() {
             self.sandboxes.ensure_bridge(n).await?;
         }
         for id in &ids {
-            let c = self.state.containers[id].clone();
+            let Some(c) = self.state.containers.get(id).cloned() else {
+                continue;
+            };
             if c.status != Status::Running {
                 continue;
             }
-            if let Err(e) = self.restore_container(&c).await {
+            let r = match &c.owner {
+                Owner::Docker { .. } => self.restore_docker_endpoint(&c).await,
+                _ => self.restore_container(&c).await,
+            };
+            if let Err(e) = r {
                 tracing::warn!(
                     "container {}: could not restore its networking: {e:#}",
                     c.name
@@ -117,6 +129,14 @@ impl Daemon {
 
     /// Why a container the state calls running cannot be.
     fn why_not_running(&self, c: &Container) -> Option<&'static str> {
+        if let Owner::Docker { .. } = &c.owner {
+            // Docker's sandbox held the other end: gone with it.
+            return c
+                .endpoints
+                .values()
+                .any(|e| crate::link::ifindex(&e.veth) == 0)
+                .then_some("its veth is gone with Docker's sandbox");
+        }
         match &c.mode {
             Mode::Container(t) => {
                 if self.state.containers.get(t).map(|t| t.status) != Some(Status::Running) {
@@ -166,7 +186,7 @@ impl Daemon {
         }
         let namespaces: BTreeSet<&str> = running
             .iter()
-            .filter(|c| !matches!(c.mode, Mode::Container(_)))
+            .filter(|c| c.is_netd() && !matches!(c.mode, Mode::Container(_)))
             .map(|c| c.id.as_str())
             .collect();
         for e in std::fs::read_dir(self.sandboxes.netns_dir())?.flatten() {

@@ -32,12 +32,18 @@ impl Daemon {
         if let Some(r) = n.ipam.ip_range() {
             cfg["IPRange"] = json!(r.to_string());
         }
+        let driver = match &n.owner {
+            NetworkOwner::Netd => "bridge".to_string(),
+            NetworkOwner::Docker { plugin, .. } => format!("docker:{plugin}"),
+            NetworkOwner::Cni { .. } => "cni".to_string(),
+        };
         json!({
             "Name": n.name,
             "Id": n.id,
             "Created": n.created,
             "Scope": "local",
-            "Driver": "bridge",
+            "Driver": driver,
+            "Owner": n.owner,
             "EnableIPv6": false,
             "IPAM": { "Driver": "default", "Options": {}, "Config": [cfg] },
             "Internal": n.options.internal,
@@ -179,6 +185,20 @@ impl Daemon {
             ),
         };
         let files = self.sandboxes.files_of(c);
+        // An engine's endpoint has no files of netd's; its sandbox is the
+        // engine's.
+        let file = |name: &str| {
+            if c.is_netd() {
+                json!(files.join(name))
+            } else {
+                json!("")
+            }
+        };
+        let sandbox_key = match &c.owner {
+            Owner::Docker { sandbox, .. } => json!(sandbox.clone().unwrap_or_default()),
+            Owner::Cni { netns, .. } => json!(netns),
+            Owner::Netd => json!(self.sandboxes.sandbox_key(c)),
+        };
         let links: Vec<String> = c
             .dns
             .links
@@ -217,12 +237,13 @@ impl Daemon {
                 "ExtraHosts": c.dns.extra_hosts.iter().map(|(n, i)| format!("{n}:{i}")).collect::<Vec<_>>(),
                 "Links": links,
             },
-            "HostsPath": files.join("hosts"),
-            "ResolvConfPath": files.join("resolv.conf"),
-            "HostnamePath": files.join("hostname"),
-            "LogPath": self.sandboxes.log_path(&c.id),
+            "Owner": c.owner,
+            "HostsPath": file("hosts"),
+            "ResolvConfPath": file("resolv.conf"),
+            "HostnamePath": file("hostname"),
+            "LogPath": if c.is_netd() { json!(self.sandboxes.log_path(&c.id)) } else { json!("") },
             "NetworkSettings": {
-                "SandboxKey": self.sandboxes.sandbox_key(c),
+                "SandboxKey": sandbox_key,
                 "Ports": ports,
                 "IPAddress": first.map(|e| e.ip.to_string()).unwrap_or_default(),
                 "IPPrefixLen": first_net.map(|n| n.subnet().prefix).unwrap_or(0),

@@ -75,7 +75,13 @@ impl Snapshot {
             zones: HashMap::new(),
             upstreams,
         };
-        for n in state.networks.values().filter(|n| !n.default) {
+        // Docker's networks have Docker's own name resolution (its
+        // embedded server at 127.0.0.11 in the container).
+        for n in state
+            .networks
+            .values()
+            .filter(|n| !n.default && !n.is_docker_owned())
+        {
             snap.zones.insert(
                 n.gateway(),
                 Zone {
@@ -102,7 +108,7 @@ impl Snapshot {
             state
                 .networks
                 .get(nid)
-                .filter(|n| !n.default)
+                .filter(|n| !n.default && !n.is_docker_owned())
                 .map(|n| n.gateway())
         };
         for c in running() {

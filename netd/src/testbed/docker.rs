@@ -240,6 +240,21 @@ impl Dockerd {
         Ok(())
     }
 
+    /// Stops dockerd (SIGTERM: it stops its containers; or SIGKILL: they
+    /// are left to the next dockerd) and starts it again on the same
+    /// directories and containerd.
+    pub fn restart_dockerd(&mut self, opts: &DockerdOptions, kill9: bool) -> Result<()> {
+        if let Some(mut c) = self.dockerd.take() {
+            if kill9 {
+                let _ = c.kill();
+                let _ = c.wait();
+            } else {
+                cleanup::stop_child(&mut c, Duration::from_secs(30));
+            }
+        }
+        self.start_dockerd(opts)
+    }
+
     /// dockerd's pid.
     pub fn pid(&self) -> Option<u32> {
         self.dockerd.as_ref().map(Child::id)

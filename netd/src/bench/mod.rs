@@ -29,8 +29,13 @@ use crate::{
     testbed::{self, HOST_IP, OUTSIDE_IP, Testbed},
 };
 
+mod docker;
+
 pub struct Opts {
     pub datapaths: Vec<String>,
+    /// The Docker peers: `Some(true)` required, `Some(false)` never,
+    /// `None` when dockerd is installed.
+    pub docker: Option<bool>,
     pub scenarios: Vec<String>,
     pub rounds: u32,
     pub duration: f64,
@@ -45,14 +50,114 @@ const UDP_PORT: u16 = 7001;
 const STREAM_PORT: u16 = 5201;
 const SCALE_PORT: u16 = 7500;
 
-/// One datapath's world: namespaces, daemon, containers.
+/// A netd daemon in a testbed's host namespace, with its own state,
+/// exec root, bpffs and cgroup; stopped (`--cleanup-on-exit`) and its
+/// leftovers removed on drop.
+pub(crate) struct Daemon {
+    pub dir: PathBuf,
+    pub cgroup: PathBuf,
+    pub client: Client,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts `netd daemon --datapath dp` (plus `extra` flags) in `tb`'s
+    /// host namespace and waits until it answers.
+    pub(crate) fn start(
+        tb: &Testbed,
+        dp: &str,
+        out: &Path,
+        me: &str,
+        extra: &[&str],
+    ) -> Result<Daemon> {
+        let dir = out.join(format!("tmp-{}", tb.stem));
+        std::fs::create_dir_all(&dir)?;
+        let cgroup = crate::cgroup::cgroup2_root()?.join(&tb.stem);
+        std::fs::create_dir_all(&cgroup)?;
+        let socket = dir.join("netd.sock");
+        let log = std::fs::File::create(dir.join("daemon.log"))?;
+        let child = Command::new(me)
+            .args(["-H"])
+            .arg(&socket)
+            .args(["daemon", "--datapath", dp, "--cleanup-on-exit", "--netns"])
+            .arg(tb.host.path())
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--exec-root")
+            .arg(dir.join("run"))
+            .arg("--bpffs")
+            .arg(dir.join("bpffs"))
+            .arg("--cgroup")
+            .arg(&cgroup)
+            .args(extra)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the daemon")?;
+        let d = Daemon {
+            dir,
+            cgroup,
+            client: Client::new(socket),
+            child: Some(child),
+        };
+        if !testbed::wait_until(Duration::from_secs(30), || d.client.get("/_ping").is_ok()) {
+            bail!("the {dp} daemon did not start: {}", d.log());
+        }
+        Ok(d)
+    }
+
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+            let _ = d.wait();
+        }
+        if let Ok(procs) = std::fs::read_to_string(self.cgroup.join("cgroup.procs")) {
+            for p in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                // SAFETY: plain kill(2).
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+        let _ = std::fs::remove_dir(&self.cgroup);
+        for e in std::fs::read_dir(self.dir.join("run/netns"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let ns = NetNs::at(e.path());
+            if let Ok(ino) = ns.inode() {
+                for p in crate::netns::pids_in(ino) {
+                    // SAFETY: plain kill(2).
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+            }
+            let _ = ns.remove();
+        }
+        // The namespace directory is a (shared) mount of its own, as is
+        // the daemon's bpffs.
+        for m in ["run/netns", "bpffs"] {
+            let _ = nix::mount::umount2(&self.dir.join(m), nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One datapath's world: namespaces, daemon, containers. (The daemon
+/// goes before the namespaces.)
 struct Instance {
     dp: String,
+    d: Daemon,
     tb: Testbed,
-    dir: PathBuf,
-    cgroup: PathBuf,
-    daemon: Option<Child>,
-    client: Client,
     me: String,
     b_ip: String,
 }
@@ -81,42 +186,14 @@ fn servers(me: &str) -> String {
 impl Instance {
     fn start(dp: &str, out: &Path, me: &str) -> Result<Instance> {
         let tb = Testbed::new("bench")?;
-        let dir = out.join(format!("tmp-{}", tb.stem));
-        std::fs::create_dir_all(&dir)?;
-        let cgroup = crate::cgroup::cgroup2_root()?.join(&tb.stem);
-        std::fs::create_dir_all(&cgroup)?;
-        let socket = dir.join("netd.sock");
-        let log = std::fs::File::create(dir.join("daemon.log"))?;
-        let daemon = Command::new(me)
-            .args(["-H"])
-            .arg(&socket)
-            .args(["daemon", "--datapath", dp, "--cleanup-on-exit", "--netns"])
-            .arg(tb.host.path())
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--exec-root")
-            .arg(dir.join("run"))
-            .arg("--bpffs")
-            .arg(dir.join("bpffs"))
-            .arg("--cgroup")
-            .arg(&cgroup)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting the daemon")?;
+        let d = Daemon::start(&tb, dp, out, me, &[])?;
         let mut i = Instance {
             dp: dp.into(),
+            d,
             tb,
-            dir,
-            cgroup,
-            daemon: Some(daemon),
-            client: Client::new(socket),
             me: me.into(),
             b_ip: String::new(),
         };
-        if !testbed::wait_until(Duration::from_secs(30), || i.client.get("/_ping").is_ok()) {
-            bail!("the {dp} daemon did not start: {}", i.log());
-        }
         // b: the servers, published; a: the client.
         let mut srv = pin(0);
         srv.extend(["sh".into(), "-c".into(), servers(me)]);
@@ -130,7 +207,7 @@ impl Instance {
             &srv,
         )?;
         i.create("a", &[])?;
-        let v = i.client.get("/containers/b/json")?;
+        let v = i.d.client.get("/containers/b/json")?;
         i.b_ip = v["NetworkSettings"]["IPAddress"]
             .as_str()
             .unwrap_or_default()
@@ -146,12 +223,8 @@ impl Instance {
         Ok(i)
     }
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
-    }
-
     fn create(&self, name: &str, publish: &[&str]) -> Result<()> {
-        self.client.post(
+        self.d.client.post(
             "/containers/create",
             &json!({ "Name": name, "Publish": publish }),
         )?;
@@ -161,11 +234,12 @@ impl Instance {
     /// `netd run -d` equivalent: a container whose main process is `cmd`.
     fn run_detached(&self, name: &str, publish: &[&str], cmd: &[String]) -> Result<()> {
         let env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
-        self.client.post(
+        self.d.client.post(
             "/containers/create",
             &json!({ "Name": name, "Publish": publish, "Cmd": cmd, "Env": env }),
         )?;
-        self.client
+        self.d
+            .client
             .post(&format!("/containers/{name}/start"), &json!({}))?;
         Ok(())
     }
@@ -177,7 +251,7 @@ impl Instance {
         full.extend(args.iter().cloned());
         let out = Command::new(&self.me)
             .arg("-H")
-            .arg(&self.client.socket)
+            .arg(&self.d.client.socket)
             .args(["exec", name, "--"])
             .args(&full)
             .stdin(Stdio::null())
@@ -196,43 +270,6 @@ impl Instance {
         full.extend(args.iter().cloned());
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
         self.tb.ok(ns, &refs)
-    }
-
-    fn daemon_pid(&self) -> u32 {
-        self.daemon.as_ref().map(|c| c.id()).unwrap_or(0)
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
-            let _ = d.wait();
-        }
-        if let Ok(procs) = std::fs::read_to_string(self.cgroup.join("cgroup.procs")) {
-            for p in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
-                // SAFETY: plain kill(2).
-                unsafe { libc::kill(p, libc::SIGKILL) };
-            }
-        }
-        let _ = std::fs::remove_dir(&self.cgroup);
-        for e in std::fs::read_dir(self.dir.join("run/netns"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let ns = NetNs::at(e.path());
-            if let Ok(ino) = ns.inode() {
-                for p in crate::netns::pids_in(ino) {
-                    // SAFETY: plain kill(2).
-                    unsafe { libc::kill(p, libc::SIGKILL) };
-                }
-            }
-            let _ = ns.remove();
-        }
-        let _ = nix::mount::umount2(&self.dir.join("bpffs"), nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -418,12 +455,40 @@ fn traffic_plan(scenarios: &[String]) -> Vec<(&'static str, Load)> {
     plan
 }
 
-fn measure(i: &Instance, scenario: &str, load: Load, secs: f64) -> Result<BTreeMap<String, f64>> {
-    let port = match load {
+/// The server port a load talks to.
+fn port_of(load: Load) -> u16 {
+    match load {
         Load::Stream => STREAM_PORT,
         Load::UdpRr => UDP_PORT,
         _ => RR_PORT,
-    };
+    }
+}
+
+/// What the traffic rounds visit in turn: netd's datapaths and the
+/// Docker peers.
+enum Target<'a> {
+    Netd(&'a Instance),
+    Docker(&'a docker::Peer),
+}
+
+impl Target<'_> {
+    fn name(&self) -> &str {
+        match self {
+            Target::Netd(i) => &i.dp,
+            Target::Docker(p) => &p.name,
+        }
+    }
+
+    fn measure(&self, scenario: &str, load: Load, secs: f64) -> Result<BTreeMap<String, f64>> {
+        match self {
+            Target::Netd(i) => measure(i, scenario, load, secs),
+            Target::Docker(p) => p.measure(scenario, load, secs),
+        }
+    }
+}
+
+fn measure(i: &Instance, scenario: &str, load: Load, secs: f64) -> Result<BTreeMap<String, f64>> {
+    let port = port_of(load);
     let out = match scenario {
         "c2c" => i.in_container("a", &load.args(&i.me, &i.b_ip, port, secs))?,
         "dnat" => i.in_ns(
@@ -453,7 +518,7 @@ fn bpf_ns_per_packet(
     i: &Instance,
     f: impl FnOnce() -> Result<()>,
 ) -> Result<BTreeMap<String, f64>> {
-    let links = i.dir.join("bpffs/links");
+    let links = i.d.dir.join("bpffs/links");
     let prog_ids = |pin: &Path| -> Option<(String, u64)> {
         let out = Command::new("bpftool")
             .args(["-j", "link", "show", "pinned"])
@@ -580,32 +645,32 @@ fn control(i: &Instance, quick: bool) -> Result<BTreeMap<String, f64>> {
     m.insert("add_one_port_ms".into(), t.elapsed().as_secs_f64() * 1e3);
     m.insert("add_one_port_datapath_ms".into(), last_sync_ms(i)?);
     let t = Instant::now();
-    i.client.delete("/containers/one?force=1")?;
+    i.d.client.delete("/containers/one?force=1")?;
     m.insert("remove_one_port_ms".into(), t.elapsed().as_secs_f64() * 1e3);
     m.insert("remove_one_port_datapath_ms".into(), last_sync_ms(i)?);
-    m.insert("daemon_rss_kib".into(), rss_kib(i.daemon_pid()));
+    m.insert("daemon_rss_kib".into(), rss_kib(i.d.pid()));
     if i.dp == "ebpf" {
         m.insert(
             "bpf_map_memlock_kib".into(),
-            bpf_memlock_bytes(i.daemon_pid()) / 1024.0,
+            bpf_memlock_bytes(i.d.pid()) / 1024.0,
         );
     }
     for n in 0..containers {
-        i.client.delete(&format!("/containers/cp{n}?force=1"))?;
+        i.d.client.delete(&format!("/containers/cp{n}?force=1"))?;
     }
-    i.client.delete("/containers/ports?force=1")?;
+    i.d.client.delete("/containers/ports?force=1")?;
     Ok(m)
 }
 
 fn last_sync_ms(i: &Instance) -> Result<f64> {
-    let v = i.client.get("/info")?;
+    let v = i.d.client.get("/info")?;
     Ok(v["LastSyncMicros"].as_f64().unwrap_or(0.0) / 1000.0)
 }
 
 /// Publishes `n` other ports (one range), then the target after them.
 fn scaling_setup(i: &Instance, n: u32) -> Result<()> {
-    let _ = i.client.delete("/containers/filler?force=1");
-    let _ = i.client.delete("/containers/t?force=1");
+    let _ = i.d.client.delete("/containers/filler?force=1");
+    let _ = i.d.client.delete("/containers/t?force=1");
     if n > 0 {
         let range = format!("20000-{}:20000-{}", 20000 + n - 1, 20000 + n - 1);
         i.create("filler", &[&range])?;
@@ -645,10 +710,33 @@ pub fn run(mut o: Opts) -> Result<()> {
         o.duration,
         o.scenarios.join(",")
     );
+    let with_docker = match o.docker {
+        Some(true) if !docker::available() => bail!(
+            "--docker yes needs dockerd, containerd, the docker CLI, busybox-static and iperf3 (cargo xtask setup installs them)"
+        ),
+        Some(d) => d,
+        None => docker::available(),
+    };
     let mut instances = Vec::new();
     for dp in &o.datapaths {
         instances.push(Instance::start(dp, &o.out, &me)?);
     }
+    // Docker's bridge, then Docker on netd's plugin per datapath.
+    let mut peers = Vec::new();
+    if with_docker {
+        peers.push(docker::Peer::start(None, &o.out, &me)?);
+        for dp in &o.datapaths {
+            peers.push(docker::Peer::start(Some(dp), &o.out, &me)?);
+        }
+    } else if o.docker.is_none() {
+        eprintln!("netd bench: dockerd is not installed: no Docker peers");
+    }
+    let targets: Vec<Target> = instances
+        .iter()
+        .map(Target::Netd)
+        .chain(peers.iter().map(Target::Docker))
+        .collect();
+    let peer_names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
     let floor = Floor::start(&me)?;
     let plan = traffic_plan(&o.scenarios);
     let has = |s: &str| o.scenarios.iter().any(|x| x == s);
@@ -663,7 +751,8 @@ pub fn run(mut o: Opts) -> Result<()> {
         .map(|(_, l)| *l)
         .collect();
     let total = o.rounds as usize
-        * ((plan.len() + scaling.len() + usize::from(has("bpf")) * 3) * instances.len()
+        * (plan.len() * targets.len()
+            + (scaling.len() + usize::from(has("bpf")) * 3) * instances.len()
             + floor_loads.len())
         + usize::from(has("control")) * instances.len();
     let mut pr = Progress {
@@ -675,26 +764,30 @@ pub fn run(mut o: Opts) -> Result<()> {
 
     // Warm-up: every path once, briefly.
     if !o.quick {
-        for i in &instances {
+        for t in &targets {
             for (s, l) in &plan {
-                let _ = measure(i, s, *l, 0.3);
+                // A failure shows in the measured rounds.
+                if let Err(e) = t.measure(s, *l, 0.3) {
+                    tracing::debug!("warm-up {s} on {}: {e:#}", t.name());
+                }
             }
         }
     }
     for (scenario, load) in &plan {
         for round in 1..=o.rounds {
-            for i in &instances {
+            for t in &targets {
                 pr.step(&format!(
                     "{scenario} {} {} round {round}",
                     load.name(),
-                    i.dp
+                    t.name()
                 ));
-                let figures = measure(i, scenario, *load, o.duration)
-                    .with_context(|| format!("{scenario} {} on {}", load.name(), i.dp))?;
+                let figures = t
+                    .measure(scenario, *load, o.duration)
+                    .with_context(|| format!("{scenario} {} on {}", load.name(), t.name()))?;
                 samples.push(Sample {
                     scenario: scenario.to_string(),
                     load: load.name().into(),
-                    datapath: i.dp.clone(),
+                    datapath: t.name().to_string(),
                     round,
                     figures,
                 });
@@ -774,9 +867,11 @@ pub fn run(mut o: Opts) -> Result<()> {
         }
     }
     eprintln!();
+    drop(targets);
+    drop(peers);
     drop(instances);
     drop(floor);
-    let report = report(&o, &samples)?;
+    let report = report(&o, &peer_names, &samples)?;
     println!("{report}");
     Ok(())
 }
@@ -795,7 +890,7 @@ fn machine() -> Value {
 }
 
 /// Writes report.json, report.md and the SVG charts; returns the markdown table.
-fn report(o: &Opts, samples: &[Sample]) -> Result<String> {
+fn report(o: &Opts, peers: &[String], samples: &[Sample]) -> Result<String> {
     // (scenario, load, figure) -> datapath -> values
     type Key = (String, String, String);
     let mut by: BTreeMap<Key, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
@@ -809,6 +904,7 @@ fn report(o: &Opts, samples: &[Sample]) -> Result<String> {
         }
     }
     let mut cols: Vec<String> = o.datapaths.clone();
+    cols.extend(peers.iter().cloned());
     if samples.iter().any(|s| s.datapath == "floor") {
         cols.push("floor".into());
     }
@@ -819,16 +915,27 @@ fn report(o: &Opts, samples: &[Sample]) -> Result<String> {
     let has_ipt = cols.iter().any(|c| c == "iptables");
     let ratio_cols: Vec<&String> = cols
         .iter()
-        .filter(|c| *c != "iptables" && *c != "floor")
+        .filter(|c| *c != "iptables" && *c != "floor" && !c.starts_with("docker"))
         .collect();
+    // Docker on netd against Docker's own bridge.
+    let docker_cols: Vec<&String> = if cols.iter().any(|c| c == "docker") {
+        cols.iter().filter(|c| c.starts_with("docker+")).collect()
+    } else {
+        vec![]
+    };
     for c in &ratio_cols {
         if has_ipt {
             md.push_str(&format!(" {c}/iptables |"));
         }
         md.push_str(&format!(" {c}/floor |"));
     }
+    for c in &docker_cols {
+        md.push_str(&format!(" {c}/docker |"));
+    }
     md.push('\n');
-    md.push_str(&"|---".repeat(3 + cols.len() + ratio_cols.len() * (1 + usize::from(has_ipt))));
+    md.push_str(&"|---".repeat(
+        3 + cols.len() + ratio_cols.len() * (1 + usize::from(has_ipt)) + docker_cols.len(),
+    ));
     md.push_str("|\n");
     let mut medians: BTreeMap<Key, BTreeMap<String, f64>> = BTreeMap::new();
     for (k, per) in &by {
@@ -858,6 +965,12 @@ fn report(o: &Opts, samples: &[Sample]) -> Result<String> {
             }
             md.push_str(&format!(" {} |", r("floor")));
         }
+        for c in &docker_cols {
+            md.push_str(&match (med.get(*c), med.get("docker")) {
+                (Some(a), Some(b)) if *b != 0.0 => format!(" {:.2}x |", a / b),
+                _ => " - |".into(),
+            });
+        }
         md.push('\n');
         medians.insert(k.clone(), med);
     }
@@ -879,6 +992,7 @@ fn report(o: &Opts, samples: &[Sample]) -> Result<String> {
         "rounds": o.rounds,
         "duration_secs": o.duration,
         "datapaths": o.datapaths,
+        "docker_peers": peers,
         "samples": samples,
     });
     std::fs::write(o.out.join("report.json"), serde_json::to_vec_pretty(&raw)?)?;
