@@ -220,6 +220,8 @@ fn random_and_mutated_frames_get_valid_verdicts_and_leave_control_maps_alone() {
             nat_port_max: NAT_PORTS.1,
             _pad: 0,
             netns_cookie: 0,
+            cluster_net: 0,
+            cluster_mask: 0,
         },
     );
     bpfmaps::add_network(&mut p, 1, NET_ICC | NET_MASQUERADE);

@@ -50,6 +50,8 @@ fn setup(flags: u32, b_net: u32, ct_entries: u32) -> Walk {
             nat_port_max: NAT_MAX,
             _pad: 0,
             netns_cookie: 0,
+            cluster_net: 0,
+            cluster_mask: 0,
         },
     );
     bpfmaps::add_network(&mut p, 1, flags);

@@ -30,8 +30,8 @@ use aya::maps::{
 };
 use netd_common::{
     Config, CtEntry, CtKey, Endpoint, EndpointKey, EndpointStats, MAP_VERSION, MIGRATE_FROM,
-    NET_ICC, NET_INTERNAL, NET_MASQUERADE, Network, PortKey, PortTarget, SockKey, SockOrig,
-    ct_kind, maps,
+    NET_CLUSTER, NET_DIRECT_ALL, NET_DIRECT_ICMP, NET_DIRECT_PORTS, NET_FROM_NETWORKS, NET_ICC,
+    NET_INTERNAL, NET_MASQUERADE, Network, PortKey, PortTarget, SockKey, SockOrig, ct_kind, maps,
 };
 
 pub use self::ports::port_blocks;
@@ -148,18 +148,37 @@ where
 
 impl Ebpf {
     fn desired(&self, state: &State) -> Result<Desired> {
-        let mut d = Desired::default();
+        let mut d = Desired {
+            cluster: state.cluster_cidr.map(|c| {
+                let mask = if c.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(c.prefix))
+                };
+                (u32::from(c.network()).to_be(), mask.to_be())
+            }),
+            ..Desired::default()
+        };
         let mut gw_macs = BTreeMap::new();
+        let mut wires = BTreeMap::new();
         for n in state.networks.values() {
+            // What the gateway mode means on the wire (model::Wire).
+            let w = n.wire(state.cluster_cidr);
+            wires.insert(n.id.clone(), w);
             let mut flags = 0;
-            if n.options.icc {
-                flags |= NET_ICC;
-            }
-            if n.options.masquerade {
-                flags |= NET_MASQUERADE;
-            }
-            if n.options.internal {
-                flags |= NET_INTERNAL;
+            for (on, flag) in [
+                (n.options.icc, NET_ICC),
+                (w.masquerade, NET_MASQUERADE),
+                (n.options.internal, NET_INTERNAL),
+                (w.direct_ports, NET_DIRECT_PORTS),
+                (w.direct_icmp, NET_DIRECT_ICMP),
+                (w.direct_all, NET_DIRECT_ALL),
+                (w.from_other_networks, NET_FROM_NETWORKS),
+                (w.cluster, NET_CLUSTER),
+            ] {
+                if on {
+                    flags |= flag;
+                }
             }
             d.networks.insert(
                 net_id(&n.id),
@@ -191,9 +210,25 @@ impl Ebpf {
                 d.by_if.insert(EndpointKey { ifindex: idx }, e);
                 d.veths.insert(ep.veth.clone());
             }
-            if let Some(ep) = c.primary() {
+            if let Some(ep) = c.primary()
+                && let Some(w) = wires.get(&ep.network)
+            {
                 for b in &c.ports {
-                    d.bindings.push((ep.ip, *b));
+                    if w.host_ports && b.host_port != 0 {
+                        d.bindings.push((ep.ip, *b));
+                    }
+                    if w.direct_ports {
+                        // The container's own address and port, as a
+                        // "host" binding of itself.
+                        d.direct_bindings.push((
+                            ep.ip,
+                            PortBinding {
+                                host_ip: std::net::IpAddr::V4(ep.ip),
+                                host_port: b.container_port,
+                                ..*b
+                            },
+                        ));
+                    }
                 }
             }
         }
@@ -201,6 +236,12 @@ impl Ebpf {
             for (start, bits) in port_blocks(t.host_port_min, t.host_port_max) {
                 let k = port_key(proto, host, start, bits);
                 d.ports.insert(port_id(&k), (k, t));
+            }
+        }
+        for (proto, cip, t) in port_ranges(&d.direct_bindings) {
+            for (start, bits) in port_blocks(t.host_port_min, t.host_port_max) {
+                let k = port_key(proto, cip, start, bits);
+                d.direct.insert(port_id(&k), (k, t));
             }
         }
         d.local = local_addrs();
@@ -255,34 +296,26 @@ impl Ebpf {
                 let _ = stats.remove(&k);
             }
         }
+        sync_lpm(
+            &mut LpmTrie::try_from(progs.map_mut(maps::PORTS)?)?,
+            p.map(|p| &p.ports),
+            &d.ports,
+        )?;
+        sync_lpm(
+            &mut LpmTrie::try_from(progs.map_mut(maps::DIRECT)?)?,
+            p.map(|p| &p.direct),
+            &d.direct,
+        )?;
+        // The cluster's pod range.
         {
-            let mut ports: LpmTrie<&mut MapData, PortKey, PortTarget> =
-                LpmTrie::try_from(progs.map_mut(maps::PORTS)?)?;
-            let have: Vec<Key<PortKey>> = match p {
-                Some(p) => p
-                    .ports
-                    .iter()
-                    .filter(|(k, _)| !d.ports.contains_key(k))
-                    .map(|(_, (k, _))| *k)
-                    .collect(),
-                None => ports
-                    .keys()
-                    .collect::<Result<Vec<_>, _>>()?
-                    .into_iter()
-                    .filter(|k| !d.ports.contains_key(&port_id(k)))
-                    .collect(),
-            };
-            for k in have {
-                ports.remove(&k)?;
-            }
-            for (id, (k, t)) in &d.ports {
-                let unchanged = match p {
-                    Some(p) => p.ports.get(id).map(|(_, pt)| pt) == Some(t),
-                    None => ports.get(k, 0).ok().as_ref() == Some(t),
-                };
-                if !unchanged {
-                    ports.insert(k, *t, 0)?;
-                }
+            let mut arr: Array<&mut MapData, Config> =
+                Array::try_from(progs.map_mut(maps::CONFIG)?)?;
+            let mut cfg = arr.get(&0, 0)?;
+            let (net, mask) = d.cluster.unwrap_or((0, 0));
+            if (cfg.cluster_net, cfg.cluster_mask) != (net, mask) {
+                cfg.cluster_net = net;
+                cfg.cluster_mask = mask;
+                arr.set(0, cfg, 0)?;
             }
         }
         // Conntrack entries of removed containers or unpublished ports go,
@@ -486,8 +519,50 @@ struct Desired {
     by_ip: BTreeMap<u32, Endpoint>,
     by_if: BTreeMap<EndpointKey, Endpoint>,
     veths: BTreeSet<String>,
+    /// Published host ports (`nat` modes), and their LPM entries.
     bindings: Vec<(Ipv4Addr, PortBinding)>,
     ports: BTreeMap<PortId, (Key<PortKey>, PortTarget)>,
+    /// Published container ports reachable by routing, keyed by the
+    /// container's address, and their LPM entries (NETD_DIRECT).
+    direct_bindings: Vec<(Ipv4Addr, PortBinding)>,
+    direct: BTreeMap<PortId, (Key<PortKey>, PortTarget)>,
+    /// The cluster CIDR (network, mask; network order).
+    cluster: Option<(u32, u32)>,
+}
+
+/// Makes an LPM map of ports match `want`: against `have` (what the
+/// previous sync wrote) when known, else against the map's own contents.
+fn sync_lpm(
+    map: &mut LpmTrie<&mut MapData, PortKey, PortTarget>,
+    have: Option<&BTreeMap<PortId, (Key<PortKey>, PortTarget)>>,
+    want: &BTreeMap<PortId, (Key<PortKey>, PortTarget)>,
+) -> Result<()> {
+    let gone: Vec<Key<PortKey>> = match have {
+        Some(h) => h
+            .iter()
+            .filter(|(k, _)| !want.contains_key(k))
+            .map(|(_, (k, _))| *k)
+            .collect(),
+        None => map
+            .keys()
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|k| !want.contains_key(&port_id(k)))
+            .collect(),
+    };
+    for k in gone {
+        map.remove(&k)?;
+    }
+    for (id, (k, t)) in want {
+        let unchanged = match have {
+            Some(h) => h.get(id).map(|(_, pt)| pt) == Some(t),
+            None => map.get(k, 0).ok().as_ref() == Some(t),
+        };
+        if !unchanged {
+            map.insert(k, *t, 0)?;
+        }
+    }
+    Ok(())
 }
 
 /// An LPM key as an orderable value.
@@ -604,9 +679,23 @@ impl Datapath for Ebpf {
             nat_port_max: self.cfg.nat_ports.1,
             _pad: 0,
             netns_cookie: netns_cookie()?,
+            // The first sync sets it from the state; until then a pinned
+            // table keeps the previous daemon's (the cluster's traffic
+            // goes on across a restart).
+            cluster_net: 0,
+            cluster_mask: 0,
         };
         let mut arr: Array<&mut MapData, Config> = Array::try_from(progs.map_mut(maps::CONFIG)?)?;
-        arr.set(0, cfg, 0)?;
+        let old = arr.get(&0, 0).unwrap_or_default();
+        arr.set(
+            0,
+            Config {
+                cluster_net: old.cluster_net,
+                cluster_mask: old.cluster_mask,
+                ..cfg
+            },
+            0,
+        )?;
         self.cgroup = match &self.cfg.cgroup {
             Some(c) => c.clone(),
             None => cgroup2_root()?,
