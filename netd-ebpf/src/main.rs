@@ -798,13 +798,13 @@ fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
     if let Some(e) = ct::lookup(&key, &l4)
         && matches!(
             e.kind,
-            ct_kind::REV_SNAT | ct_kind::DNAT | ct_kind::REV_ROUTED
+            ct_kind::REV_SNAT | ct_kind::DNAT | ct_kind::REV_ROUTED | ct_kind::ROUTED_IN
         )
     {
         match e.kind {
             ct_kind::REV_SNAT => counters::add(Counter::RevSnat, 1),
             ct_kind::DNAT => counters::add(Counter::Dnat, 1),
-            _ => {}
+            _ => counters::add(Counter::RoutedIn, 1),
         }
         return to_container(ctx, &ip, &l4, e.addr, e.port);
     }

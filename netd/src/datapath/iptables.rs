@@ -217,6 +217,7 @@ pub fn render(state: &State) -> String {
     let mut raw_protect = String::new();
     let mut nat = String::new();
     let mut masq = String::new();
+    let mut routed_in = String::new();
     let mut ports = String::new();
     let mut fwd = String::new();
     let mut fwd_out = String::new();
@@ -241,8 +242,12 @@ pub fn render(state: &State) -> String {
             let _ = writeln!(iso2, "-A NETD-ISOLATION-2 -o {br} -j DROP");
             if w.from_other_networks {
                 // Routed: other networks may route in (the port filter
-                // below decides).
+                // below decides), and keep their addresses doing so.
                 let _ = writeln!(iso1_routed, "-A NETD-ISOLATION-1 -o {br} -j RETURN");
+                let _ = writeln!(routed_in, "-A NETD-POSTROUTING -o {br} -j RETURN");
+                // Their replies come back from this bridge to their own
+                // addresses (isolation still drops anything else).
+                let _ = writeln!(raw, "-A NETD-RAW -i {br} -j RETURN");
             }
             if w.masquerade {
                 let _ = writeln!(
@@ -344,6 +349,9 @@ pub fn render(state: &State) -> String {
     {
         let _ = writeln!(nat, "-A NETD-POSTROUTING -s {c} -d {c} -j RETURN");
     }
+    // Containers of other networks reach a routed network's containers
+    // with their own addresses (as the eBPF datapath delivers them).
+    nat.push_str(&routed_in);
     nat.push_str(&masq);
     raw.push_str(&raw_protect);
     let mut out = String::from("*raw\n");
@@ -601,7 +609,12 @@ mod tests {
         assert!(has("-A NETD-FORWARD -o netd-rtd -p icmp -j ACCEPT"));
         assert!(has("-A NETD-FORWARD -o netd-rtd -j DROP"));
         assert!(has("-A NETD-ISOLATION-1 -o netd-rtd -j RETURN"));
+        assert!(has("-A NETD-RAW -i netd-rtd -j RETURN"));
         let pos = |l: &str| r.find(l).unwrap_or_else(|| panic!("{l}"));
+        assert!(
+            pos("-A NETD-POSTROUTING -o netd-rtd -j RETURN")
+                < pos("-A NETD-POSTROUTING -s 172.17.0.0/16 ! -o netd0 -j MASQUERADE")
+        );
         assert!(
             pos("-A NETD-ISOLATION-1 -o netd-rtd -j RETURN")
                 < pos("-A NETD-ISOLATION-1 -i netd0 ! -o netd0 -j NETD-ISOLATION-2")

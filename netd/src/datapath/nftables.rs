@@ -84,6 +84,7 @@ const CHAINS: &str = "\
 		type filter hook prerouting priority raw; policy accept;
 		iifname != \"lo\" ip daddr 127.0.0.0/8 drop
 		ip saddr @cluster ip daddr @cluster_subnets return
+		iifname @routed_bridges return
 		ip daddr @nat_endpoints ip daddr . iifname != @endpoint_bridges drop
 	}
 
@@ -106,6 +107,7 @@ const CHAINS: &str = "\
 		type nat hook postrouting priority srcnat; policy accept;
 		ip saddr . ip daddr . meta l4proto . th dport @hairpin masquerade
 		ip saddr @cluster ip daddr @cluster return
+		oifname @routed_bridges return
 		ip saddr @masq_subnets ip saddr . oifname != @subnets masquerade
 		oifname @bridges ip saddr 127.0.0.0/8 masquerade
 	}

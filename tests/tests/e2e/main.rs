@@ -14,6 +14,7 @@ mod cluster;
 mod dns;
 mod ebpf_only;
 mod faults;
+mod gateway_modes;
 mod instances;
 mod modes;
 mod networks;
@@ -26,6 +27,7 @@ use bad_input::*;
 use cluster::*;
 use dns::*;
 use faults::*;
+use gateway_modes::*;
 use instances::*;
 use modes::*;
 use networks::*;
@@ -147,4 +149,5 @@ scenarios!(
     reboot_releases_containers,
     fault_injection_walk,
     cluster_node_routes,
+    gateway_modes,
 );
