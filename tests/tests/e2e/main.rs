@@ -149,5 +149,6 @@ scenarios!(
     reboot_releases_containers,
     fault_injection_walk,
     cluster_node_routes,
+    cluster_pod_traffic,
     gateway_modes,
 );
