@@ -59,8 +59,15 @@ fn bench_quick_produces_positive_figures_for_every_datapath() {
         ("egress", "UDP_RR"),
         ("scaling_0", "TCP_CRR"),
         ("scaling_1000", "TCP_CRR"),
+        ("node2node", "TCP_RR"),
+        ("node2node", "TCP_CRR"),
+        ("node2node", "TCP_STREAM"),
     ] {
-        for dp in ["ebpf", "nftables", "iptables"] {
+        let floor = scenario == "node2node";
+        for dp in ["ebpf", "nftables", "iptables", "floor"]
+            .into_iter()
+            .filter(|dp| floor || *dp != "floor")
+        {
             let s = samples
                 .iter()
                 .find(|s| s["scenario"] == scenario && s["load"] == load && s["datapath"] == dp)
@@ -82,6 +89,17 @@ fn bench_quick_produces_positive_figures_for_every_datapath() {
             > 0.0,
         "{bpf}"
     );
+    let n2n = samples
+        .iter()
+        .find(|s| s["scenario"] == "bpf_node2node")
+        .expect("bpf stats of node2node");
+    for fig in [
+        "node1_from_container_ns_per_packet",
+        "node2_from_world_ns_per_packet",
+    ] {
+        assert!(n2n["figures"][fig].as_f64().unwrap_or(0.0) > 0.0, "{n2n}");
+    }
+    assert!(md.contains("| node2node | TCP_RR | per_sec |"), "{md}");
     for dp in ["ebpf", "nftables", "iptables"] {
         let c = samples
             .iter()

@@ -12,9 +12,18 @@
 //!   connections/s and latency p50/p99 of connect..close.
 //! - UDP_RR: 1-byte datagram and its echo, back to back.
 //! - TCP_STREAM: iperf3, one flow, Gbit/s received.
+//!
+//! `node2node` builds a two-node cluster per datapath (`testbed::cluster`:
+//! node namespaces on an underlay, a daemon with `--cluster-cidr` on
+//! each, a pod network per node, each node `node add`ed on the other) and
+//! measures a pod on node 1 against a pod on node 2 by address, beside a
+//! routed floor: two plain namespaces behind veths in the same two node
+//! namespaces, routed over the same underlay by static routes (no bridge,
+//! no rule, no program).
 use std::{
     collections::BTreeMap,
     io::Write as _,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -25,8 +34,12 @@ use serde_json::{Value, json};
 
 use crate::{
     api::Client,
+    link::{Netlink, mac_for_ip},
     netns::NetNs,
-    testbed::{self, HOST_IP, OUTSIDE_IP, Testbed},
+    testbed::{
+        self, HOST_IP, OUTSIDE_IP, Testbed,
+        cluster::{Cluster, node_ip},
+    },
 };
 
 mod docker;
@@ -44,7 +57,17 @@ pub struct Opts {
     pub quick: bool,
 }
 
-pub const ALL_SCENARIOS: [&str; 6] = ["c2c", "dnat", "egress", "scaling", "control", "bpf"];
+pub const ALL_SCENARIOS: [&str; 7] = [
+    "c2c",
+    "dnat",
+    "egress",
+    "scaling",
+    "control",
+    "bpf",
+    "node2node",
+];
+/// The cluster CIDR of `node2node`; node N's pods are 10.244.N.0/24.
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const RR_PORT: u16 = 7000;
 const UDP_PORT: u16 = 7001;
 const STREAM_PORT: u16 = 5201;
@@ -294,6 +317,173 @@ impl Floor {
     }
 }
 
+/// `node2node` on one datapath: a two-node cluster, the servers in pod
+/// `b` on node 2, the client pod `a` on node 1. (Daemons go before the
+/// node namespaces, those before the cluster's.)
+struct Node2Node {
+    dp: String,
+    d: Vec<Daemon>,
+    _nodes: Vec<Testbed>,
+    _cluster: Cluster,
+    me: String,
+    server_ip: String,
+}
+
+impl Node2Node {
+    fn start(dp: &str, out: &Path, me: &str) -> Result<Node2Node> {
+        let cluster = Cluster::new("b2n", 2)?;
+        let nodes = vec![cluster.node_testbed(1), cluster.node_testbed(2)];
+        let mut d = Vec::new();
+        for tb in &nodes {
+            d.push(Daemon::start(
+                tb,
+                dp,
+                out,
+                me,
+                &["--cluster-cidr", CLUSTER_CIDR],
+            )?);
+        }
+        for (i, daemon) in d.iter().enumerate() {
+            let (n, other) = (i as u8 + 1, 2 - i as u8);
+            daemon.client.post(
+                "/networks/create",
+                &json!({ "Name": "pods", "Subnet": format!("10.244.{n}.0/24") }),
+            )?;
+            daemon.client.post(
+                "/nodes",
+                &json!({
+                    "Name": format!("node{other}"),
+                    "PodCidr": format!("10.244.{other}.0/24"),
+                    "Address": node_ip(other).to_string(),
+                }),
+            )?;
+        }
+        let mut srv = pin(0);
+        srv.extend(["sh".into(), "-c".into(), servers(me)]);
+        let env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+        d[1].client.post(
+            "/containers/create",
+            &json!({ "Name": "b", "Network": "pods", "Cmd": srv, "Env": env }),
+        )?;
+        d[1].client.post("/containers/b/start", &json!({}))?;
+        d[0].client.post(
+            "/containers/create",
+            &json!({ "Name": "a", "Network": "pods" }),
+        )?;
+        let v = d[1].client.get("/containers/b/json")?;
+        let server_ip = v["NetworkSettings"]["IPAddress"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(Node2Node {
+            dp: dp.into(),
+            d,
+            _nodes: nodes,
+            _cluster: cluster,
+            me: me.into(),
+            server_ip,
+        })
+    }
+
+    /// Runs `load` in pod a (node 1) against pod b (node 2).
+    fn measure(&self, load: Load, secs: f64) -> Result<BTreeMap<String, f64>> {
+        let mut full = pin(1);
+        full.extend(load.args(&self.me, &self.server_ip, port_of(load), secs));
+        let out = Command::new(&self.me)
+            .arg("-H")
+            .arg(&self.d[0].client.socket)
+            .args(["exec", "a", "--"])
+            .args(&full)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "node2node {} on {}: {}",
+                load.name(),
+                self.dp,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        load.parse(&String::from_utf8_lossy(&out.stdout))
+    }
+}
+
+/// The floor of `node2node`: namespaces a (10.244.1.2) and b (10.244.2.2)
+/// behind plain veths in two node namespaces that route each other's
+/// /24 via the underlay; the same servers in b.
+struct RoutedFloor {
+    node1: Testbed,
+    _node2: Testbed,
+    _cluster: Cluster,
+    /// Removed last, once the servers in them are gone.
+    pods: Pods,
+}
+
+struct Pods(Vec<NetNs>);
+
+impl Drop for Pods {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = p.remove();
+        }
+    }
+}
+
+impl RoutedFloor {
+    const SERVER: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
+
+    fn start(me: &str) -> Result<RoutedFloor> {
+        let cluster = Cluster::new("bfl", 2)?;
+        let mut f = RoutedFloor {
+            node1: cluster.node_testbed(1),
+            _node2: cluster.node_testbed(2),
+            _cluster: cluster,
+            pods: Pods(Vec::new()),
+        };
+        for n in [1u8, 2] {
+            let pod = NetNs::create_named(&format!("{}-p{n}", f.node1.stem))?;
+            f.pods.0.push(pod.clone());
+            let node = f._cluster.nodes[n as usize - 1].clone();
+            let (gw, ip) = (Ipv4Addr::new(10, 244, n, 1), Ipv4Addr::new(10, 244, n, 2));
+            let other = 3 - n;
+            testbed::block_on(async move {
+                let nl = Netlink::in_ns(&node)?;
+                let v = nl
+                    .create_veth("pod", "eth0", &pod, mac_for_ip(ip), 1500)
+                    .await?;
+                nl.add_addr(v, gw, 24).await?;
+                nl.set_up(v).await?;
+                nl.replace_route(Ipv4Addr::new(10, 244, other, 0), 24, node_ip(other))
+                    .await?;
+                let pn = Netlink::in_ns(&pod)?;
+                let lo = pn.index_of("lo").await?;
+                pn.set_up(lo).await?;
+                let e = pn.index_of("eth0").await?;
+                pn.add_addr(e, ip, 24).await?;
+                pn.set_up(e).await?;
+                pn.add_default_route(gw).await?;
+                anyhow::Ok(())
+            })
+            .context("wiring the routed floor")?;
+        }
+        let mut cmd = pin(0);
+        cmd.extend(["sh".into(), "-c".into(), servers(me)]);
+        let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        let server = f.pods.0[1].clone();
+        f.node1.spawn(&server, &args)?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(f)
+    }
+
+    fn measure(&self, me: &str, load: Load, secs: f64) -> Result<BTreeMap<String, f64>> {
+        let mut full = pin(1);
+        full.extend(load.args(me, &Self::SERVER.to_string(), port_of(load), secs));
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        load.parse(&self.node1.ok(&self.pods.0[0], &refs)?)
+    }
+}
+
 /// A client command and how to read its figures.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Load {
@@ -518,7 +708,15 @@ fn bpf_ns_per_packet(
     i: &Instance,
     f: impl FnOnce() -> Result<()>,
 ) -> Result<BTreeMap<String, f64>> {
-    let links = i.d.dir.join("bpffs/links");
+    bpf_ns_per_packet_of(&[("", &i.d)], f)
+}
+
+/// BPF run time per packet of each program the daemons attached during
+/// `f`, figures named `PREFIX<program>_ns_per_packet`.
+fn bpf_ns_per_packet_of(
+    daemons: &[(&str, &Daemon)],
+    f: impl FnOnce() -> Result<()>,
+) -> Result<BTreeMap<String, f64>> {
     let prog_ids = |pin: &Path| -> Option<(String, u64)> {
         let out = Command::new("bpftool")
             .args(["-j", "link", "show", "pinned"])
@@ -535,11 +733,14 @@ fn bpf_ns_per_packet(
         Some((p["name"].as_str()?.to_string(), id))
     };
     let mut progs = BTreeMap::new();
-    for e in std::fs::read_dir(&links).into_iter().flatten().flatten() {
-        if let Some((name, id)) = prog_ids(&e.path())
-            && !name.starts_with("netd_")
-        {
-            progs.insert(name, id);
+    for (prefix, d) in daemons {
+        let links = d.dir.join("bpffs/links");
+        for e in std::fs::read_dir(&links).into_iter().flatten().flatten() {
+            if let Some((name, id)) = prog_ids(&e.path())
+                && !name.starts_with("netd_")
+            {
+                progs.insert(format!("{prefix}{name}"), id);
+            }
         }
     }
     let read = |id: u64| -> (u64, u64) {
@@ -740,6 +941,17 @@ pub fn run(mut o: Opts) -> Result<()> {
     let floor = Floor::start(&me)?;
     let plan = traffic_plan(&o.scenarios);
     let has = |s: &str| o.scenarios.iter().any(|x| x == s);
+    // node2node: a two-node cluster per datapath, and the routed floor.
+    let mut n2n = Vec::new();
+    let mut routed_floor = None;
+    if has("node2node") {
+        for dp in &o.datapaths {
+            n2n.push(Node2Node::start(dp, &o.out, &me)?);
+        }
+        routed_floor = Some(RoutedFloor::start(&me)?);
+    }
+    let n2n_loads = [Load::Rr, Load::Crr, Load::Stream];
+    let n2n_bpf = has("bpf") && n2n.iter().any(|n| n.dp == "ebpf");
     let scaling = if has("scaling") {
         o.ports.clone()
     } else {
@@ -753,7 +965,12 @@ pub fn run(mut o: Opts) -> Result<()> {
     let total = o.rounds as usize
         * (plan.len() * targets.len()
             + (scaling.len() + usize::from(has("bpf")) * 3) * instances.len()
-            + floor_loads.len())
+            + floor_loads.len()
+            + if n2n.is_empty() {
+                0
+            } else {
+                n2n_loads.len() * (n2n.len() + 1) + usize::from(n2n_bpf)
+            })
         + usize::from(has("control")) * instances.len();
     let mut pr = Progress {
         done: 0,
@@ -769,6 +986,13 @@ pub fn run(mut o: Opts) -> Result<()> {
                 // A failure shows in the measured rounds.
                 if let Err(e) = t.measure(s, *l, 0.3) {
                     tracing::debug!("warm-up {s} on {}: {e:#}", t.name());
+                }
+            }
+        }
+        for n in &n2n {
+            for l in n2n_loads {
+                if let Err(e) = n.measure(l, 0.3) {
+                    tracing::debug!("warm-up node2node on {}: {e:#}", n.dp);
                 }
             }
         }
@@ -797,6 +1021,34 @@ pub fn run(mut o: Opts) -> Result<()> {
                 let figures = measure_floor(&floor, &me, *load, o.duration)?;
                 samples.push(Sample {
                     scenario: "c2c".into(),
+                    load: load.name().into(),
+                    datapath: "floor".into(),
+                    round,
+                    figures,
+                });
+            }
+        }
+    }
+    if let Some(rf) = &routed_floor {
+        for load in n2n_loads {
+            for round in 1..=o.rounds {
+                for n in &n2n {
+                    pr.step(&format!("node2node {} {} round {round}", load.name(), n.dp));
+                    let figures = n
+                        .measure(load, o.duration)
+                        .with_context(|| format!("node2node {} on {}", load.name(), n.dp))?;
+                    samples.push(Sample {
+                        scenario: "node2node".into(),
+                        load: load.name().into(),
+                        datapath: n.dp.clone(),
+                        round,
+                        figures,
+                    });
+                }
+                pr.step(&format!("node2node {} floor round {round}", load.name()));
+                let figures = rf.measure(&me, load, o.duration)?;
+                samples.push(Sample {
+                    scenario: "node2node".into(),
                     load: load.name().into(),
                     datapath: "floor".into(),
                     round,
@@ -846,6 +1098,23 @@ pub fn run(mut o: Opts) -> Result<()> {
                             figures,
                         });
                     }
+                    // Pod -> remote pod: node 1's from_container sends
+                    // the data out (cluster out), node 2's from_world
+                    // delivers it (cluster in); the ACKs go the other way.
+                    if let Some(n) = n2n.iter().find(|n| n.dp == "ebpf") {
+                        pr.step(&format!("bpf stats node2node round {round}"));
+                        let figures = bpf_ns_per_packet_of(
+                            &[("node1_", &n.d[0]), ("node2_", &n.d[1])],
+                            || n.measure(Load::Stream, o.duration).map(|_| ()),
+                        )?;
+                        samples.push(Sample {
+                            scenario: "bpf_node2node".into(),
+                            load: "TCP_STREAM".into(),
+                            datapath: "ebpf".into(),
+                            round,
+                            figures,
+                        });
+                    }
                 }
                 Ok(())
             })();
@@ -871,6 +1140,8 @@ pub fn run(mut o: Opts) -> Result<()> {
     drop(peers);
     drop(instances);
     drop(floor);
+    drop(n2n);
+    drop(routed_floor);
     let report = report(&o, &peer_names, &samples)?;
     println!("{report}");
     Ok(())
