@@ -604,8 +604,8 @@ fn direct_allowed(net: &Network, proto: u8, daddr: u32, l4: &L4) -> bool {
     let new = match proto {
         IPPROTO_TCP => l4.is_syn(),
         IPPROTO_UDP => true,
-        // An echo request (keyed sport = id, dport = 0).
-        IPPROTO_ICMP => l4.dport == 0,
+        // An echo request (an id of 0 keys requests and replies alike).
+        IPPROTO_ICMP => l4.hdr && l4.tcp_flags == parse::ICMP_ECHO,
         _ => false,
     };
     new && (net.flags & NET_DIRECT_ALL != 0
