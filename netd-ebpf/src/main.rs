@@ -546,7 +546,10 @@ fn snat_new_flow(
     match ct::create(&fwd_key, &out, &rev_key, &back, false)? {
         Created::New => Ok(out),
         Created::Lost(winner) => Ok(winner),
-        Created::RevTaken => Err(DropReason::NatPortsExhausted),
+        // The port was taken since the probe: by this very flow on another
+        // CPU (translate as it does), or by another flow (drop; the
+        // retransmission probes again).
+        Created::RevTaken => ct::peek(&fwd_key).ok_or(DropReason::NatPortsExhausted),
     }
 }
 
@@ -968,7 +971,10 @@ fn hairpin_new_flow(
     match ct::create(&fwd_key, &fwd, &rev_key, &rev, false)? {
         Created::New => hairpin_rewrite(ctx, ip, l4, &fwd),
         Created::Lost(w) => hairpin_rewrite(ctx, ip, l4, &w),
-        Created::RevTaken => Err(DropReason::NatPortsExhausted),
+        Created::RevTaken => match ct::peek(&fwd_key) {
+            Some(w) => hairpin_rewrite(ctx, ip, l4, &w),
+            None => Err(DropReason::NatPortsExhausted),
+        },
     }
 }
 

@@ -415,13 +415,13 @@ pub async fn run(cfg: Config) -> Result<()> {
             // DNS listeners that could not bind are tried again, and a
             // changed host resolv.conf reaches the forwarders.
             d.sync_dns().await;
+            // Docker endpoints whose sandbox went away unannounced.
+            d.docker_gc().await;
             // The datapath follows the host (the eBPF one: uplink address).
             let d = &mut *d;
             if let Err(e) = blocking(|| d.dp.refresh(&d.state)) {
                 tracing::warn!("datapath refresh: {e:#}");
             }
-            // Docker endpoints whose sandbox went away unannounced.
-            d.docker_gc().await;
         }
     });
     let router = shared.clone();
