@@ -31,6 +31,9 @@ pub struct CreateArgs {
     /// IPv4 address on the first network.
     #[arg(long)]
     pub ip: Option<String>,
+    /// IPv6 address on the first network (one with IPv6).
+    #[arg(long)]
+    pub ip6: Option<String>,
     /// MAC address on the first network.
     #[arg(long = "mac-address")]
     pub mac_address: Option<String>,
@@ -62,6 +65,7 @@ impl CreateArgs {
         json!({
             "Name": self.name, "Network": self.network, "Publish": self.publish,
             "PublishAll": self.publish_all, "Expose": self.expose, "Ip": self.ip,
+            "Ip6": self.ip6,
             "MacAddress": self.mac_address, "Hostname": self.hostname,
             "NetworkAliases": self.network_alias, "Dns": self.dns,
             "DnsSearch": self.dns_search, "DnsOptions": self.dns_option,
@@ -76,15 +80,23 @@ pub enum NetworkCmd {
     Create {
         #[arg(short = 'd', long, default_value = "bridge")]
         driver: String,
+        /// A subnet; once per family (an IPv6 one needs --ipv6).
         #[arg(long)]
-        subnet: Option<String>,
+        subnet: Vec<String>,
+        /// A gateway; once per family.
         #[arg(long)]
-        gateway: Option<String>,
+        gateway: Vec<String>,
         #[arg(long = "ip-range")]
         ip_range: Option<String>,
         #[arg(long)]
         internal: bool,
-        /// Driver options: icc, masquerade, mtu, bridge-name, host-binding-ipv4.
+        /// IPv6 too: the --subnet given, or a /64 of the IPv6 pools.
+        #[arg(long)]
+        ipv6: bool,
+        /// --ipv4=false: an IPv6-only network.
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        ipv4: Option<bool>,
+        /// Driver options: icc, masquerade, mtu, bridge-name, host-binding-ipv4, gateway_mode_ipv4.
         #[arg(short = 'o', long = "opt")]
         opt: Vec<String>,
         name: String,
@@ -110,6 +122,8 @@ pub enum NetworkCmd {
     Connect {
         #[arg(long)]
         ip: Option<String>,
+        #[arg(long)]
+        ip6: Option<String>,
         /// A name for the container on this network (repeatable).
         #[arg(long = "alias", value_name = "NAME")]
         alias: Vec<String>,
@@ -203,9 +217,26 @@ pub fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
             gateway,
             ip_range,
             internal,
+            ipv6,
+            ipv4,
             opt,
             name,
         } => {
+            // One value per family: IPv6 ones have a colon.
+            let family =
+                |list: &[String], what: &str| -> Result<(Option<String>, Option<String>)> {
+                    let (v6, v4): (Vec<&String>, Vec<&String>) =
+                        list.iter().partition(|s| s.contains(':'));
+                    if v4.len() > 1 || v6.len() > 1 {
+                        bail!("at most one IPv4 and one IPv6 --{what}");
+                    }
+                    Ok((
+                        v4.first().map(|s| s.to_string()),
+                        v6.first().map(|s| s.to_string()),
+                    ))
+                };
+            let (subnet, subnet6) = family(&subnet, "subnet")?;
+            let (gateway, gateway6) = family(&gateway, "gateway")?;
             let mut options = serde_json::Map::new();
             for o in &opt {
                 let (k, v) = o
@@ -216,7 +247,9 @@ pub fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
             let r = c.post(
                 "/networks/create",
                 &json!({ "Name": name, "Driver": driver, "Subnet": subnet, "Gateway": gateway,
-                         "IpRange": ip_range, "Internal": internal, "Options": options }),
+                         "IpRange": ip_range, "Internal": internal, "Options": options,
+                         "EnableIPv6": ipv6, "EnableIPv4": ipv4,
+                         "Subnet6": subnet6, "Gateway6": gateway6 }),
             )?;
             println!("{}", r["Id"].as_str().unwrap_or_default());
         }
@@ -285,13 +318,14 @@ pub fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
         }
         NetworkCmd::Connect {
             ip,
+            ip6,
             alias,
             network,
             container,
         } => {
             c.post(
                 &format!("/networks/{network}/connect"),
-                &json!({ "Container": container, "Ip": ip, "Aliases": alias }),
+                &json!({ "Container": container, "Ip": ip, "Ip6": ip6, "Aliases": alias }),
             )?;
         }
         NetworkCmd::Disconnect { network, container } => {

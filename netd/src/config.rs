@@ -6,7 +6,8 @@
 //! mtu = 1500
 //! datapath = "iptables"
 //! uplink = "eth0"
-//! default-address-pools = [ { base = "10.10.0.0/16", size = 24 } ]
+//! default-address-pools = [ { base = "10.10.0.0/16", size = 24 },
+//!                           { base = "fd12:3456:789a::/48", size = 64 } ]   # IPv6 pools too
 //! dns = ["198.18.0.1"]           # upstream resolvers (default: the host's resolv.conf)
 //! ```
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::{datapath::Kind, ipam::Pool};
+use crate::{datapath::Kind, ipam::Pool, ipam6::Pool6};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -23,7 +24,8 @@ pub struct File {
     pub mtu: Option<u32>,
     pub datapath: Option<Kind>,
     pub uplink: Option<String>,
-    pub default_address_pools: Option<Vec<Pool>>,
+    /// IPv4 and IPv6 pools in one list, as in Docker's daemon.json.
+    pub default_address_pools: Option<Vec<RawPool>>,
     /// Masquerade source ports for the eBPF datapath, "MIN-MAX".
     pub nat_port_range: Option<String>,
     /// Conntrack table size of the eBPF datapath (entries; two per flow).
@@ -36,6 +38,46 @@ pub struct File {
     pub dns: Option<Vec<std::net::IpAddr>>,
     /// The cluster's pod range (`--cluster-cidr`).
     pub cluster_cidr: Option<String>,
+    /// IPv6 on the default bridge (`--ipv6`), with `fixed-cidr-v6`.
+    pub ipv6: Option<bool>,
+    pub fixed_cidr_v6: Option<String>,
+}
+
+/// A pool as written in the config file (either family).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub base: String,
+    pub size: u8,
+}
+
+/// The config file's pools by family; `None` keeps a family's defaults.
+pub struct Pools {
+    pub v4: Option<Vec<Pool>>,
+    pub v6: Option<Vec<Pool6>>,
+}
+
+/// Splits the config file's pools by family.
+pub fn split_pools(raw: &[RawPool]) -> Result<Pools> {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for p in raw {
+        if p.base.contains(':') {
+            let base: ipnet::Ipv6Net = p
+                .base
+                .parse()
+                .with_context(|| format!("invalid IPv6 pool base {:?}", p.base))?;
+            v6.push(Pool6 { base, size: p.size });
+        } else {
+            v4.push(Pool {
+                base: p.base.parse()?,
+                size: p.size,
+            });
+        }
+    }
+    Ok(Pools {
+        v4: (!v4.is_empty()).then_some(v4),
+        v6: (!v6.is_empty()).then_some(v6),
+    })
 }
 
 impl File {
@@ -61,6 +103,11 @@ pub struct Config {
     /// already routes its subnet; else a free pool is taken then.
     pub bip_explicit: bool,
     pub pools: Vec<Pool>,
+    /// IPv6 pools for `--ipv6` without a subnet (empty: a ULA /48 of this
+    /// instance's, split into /64s).
+    pub pools6: Vec<Pool6>,
+    /// The default bridge's IPv6 subnet (`--ipv6 --fixed-cidr-v6`).
+    pub default_ipv6: Option<ipnet::Ipv6Net>,
     pub mtu: u32,
     pub cleanup_on_exit: bool,
     /// Name of the default network's bridge device.

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod dns;
 pub mod fault;
 pub mod ipam;
+pub mod ipam6;
 pub mod link;
 pub mod logging;
 pub mod model;

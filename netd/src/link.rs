@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use futures_util::TryStreamExt;
 use netlink_packet_route::{
     AddressFamily,
-    address::AddressAttribute,
+    address::{AddressAttribute, AddressFlags},
     link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol},
 };
@@ -270,6 +270,36 @@ impl Netlink {
             Ok(()) => Ok(()),
             Err(e) if is_exists(&e) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("adding {addr}/{prefix} to link {index}")),
+        }
+    }
+
+    /// Adds an IPv6 address without duplicate address detection (netd
+    /// hands out the addresses: nothing to detect, and no 1-2 s of
+    /// "tentative" during which the address does not work); an identical
+    /// address already present is fine.
+    pub async fn add_addr6(&self, index: u32, addr: std::net::Ipv6Addr, prefix: u8) -> Result<()> {
+        let mut req = self.handle.address().add(index, addr.into(), prefix);
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_exists(&e) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("adding {addr}/{prefix} to link {index}")),
+        }
+    }
+
+    /// The IPv6 default route via `gateway`.
+    pub async fn add_default_route6(&self, gateway: std::net::Ipv6Addr) -> Result<()> {
+        let route = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .gateway(gateway)
+            .build();
+        match self.handle.route().add(route).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_exists(&e) => Ok(()),
+            Err(e) => {
+                Err(e).with_context(|| format!("adding the IPv6 default route via {gateway}"))
+            }
         }
     }
 

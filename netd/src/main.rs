@@ -194,6 +194,12 @@ struct DaemonArgs {
     /// addresses is never masqueraded (pods see each other's addresses).
     #[arg(long = "cluster-cidr", value_name = "CIDR")]
     cluster_cidr: Option<String>,
+    /// IPv6 on the default bridge (needs --fixed-cidr-v6).
+    #[arg(long)]
+    ipv6: bool,
+    /// The default bridge's IPv6 subnet.
+    #[arg(long = "fixed-cidr-v6", value_name = "CIDR")]
+    fixed_cidr_v6: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -310,6 +316,13 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
     };
     let bip_explicit = a.bip.is_some() || file.bip.is_some();
     let bip = a.bip.or(file.bip).unwrap_or_else(|| "172.17.0.1/16".into());
+    let config::Pools {
+        v4: pools4,
+        v6: pools6,
+    } = match &file.default_address_pools {
+        Some(raw) => config::split_pools(raw)?,
+        None => config::Pools { v4: None, v6: None },
+    };
     let cfg = Config {
         datapath: a.datapath.or(file.datapath).unwrap_or(Kind::Ebpf),
         uplink: a.uplink.or(file.uplink),
@@ -319,9 +332,25 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
         bpffs: a.bpffs,
         bip: config::parse_bip(&bip)?,
         bip_explicit,
-        pools: file
-            .default_address_pools
-            .unwrap_or_else(netd::ipam::default_pools),
+        pools: pools4.unwrap_or_else(netd::ipam::default_pools),
+        pools6: pools6.unwrap_or_default(),
+        default_ipv6: match (
+            a.ipv6 || file.ipv6.unwrap_or(false),
+            a.fixed_cidr_v6.or(file.fixed_cidr_v6),
+        ) {
+            (false, None) => None,
+            (true, Some(c)) => {
+                let net: ipnet::Ipv6Net = c
+                    .parse()
+                    .with_context(|| format!("invalid --fixed-cidr-v6 {c:?}"))?;
+                netd::ipam6::check_subnet(&net)?;
+                Some(net)
+            }
+            (true, None) => {
+                anyhow::bail!("--ipv6 on the default bridge needs --fixed-cidr-v6 CIDR")
+            }
+            (false, Some(_)) => anyhow::bail!("--fixed-cidr-v6 needs --ipv6"),
+        },
         mtu: a.mtu.or(file.mtu).unwrap_or(1500),
         cleanup_on_exit: a.cleanup_on_exit,
         default_bridge: a.bridge_name,

@@ -154,6 +154,9 @@ pub struct Network {
     /// netd's plugins (then netd's `network rm` refuses it).
     #[serde(default)]
     pub owner: NetworkOwner,
+    /// IPv6 on the network (`--ipv6`): its subnet, gateway and addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam6: Option<crate::ipam6::Allocator6>,
 }
 
 /// Who created a network.
@@ -208,6 +211,15 @@ impl Network {
     pub fn gateway(&self) -> Ipv4Addr {
         self.ipam.gateway()
     }
+    pub fn enable_ipv6(&self) -> bool {
+        self.ipam6.is_some()
+    }
+    pub fn subnet6(&self) -> Option<ipnet::Ipv6Net> {
+        self.ipam6.as_ref().map(|a| a.subnet())
+    }
+    pub fn gateway6(&self) -> Option<std::net::Ipv6Addr> {
+        self.ipam6.as_ref().map(|a| a.gateway())
+    }
 }
 
 /// One container's attachment to one network.
@@ -229,6 +241,12 @@ pub struct Endpoint {
     /// Otherwise `ip` is only held while the container runs.
     #[serde(default)]
     pub static_ip: bool,
+    /// The IPv6 address on a network with IPv6 (held like `ip`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<std::net::Ipv6Addr>,
+    /// `--ip6` was given.
+    #[serde(default)]
+    pub static_ip6: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

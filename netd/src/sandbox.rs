@@ -123,6 +123,10 @@ impl Sandboxes {
         // Docker's `isolated` gateway mode: no address on the host.
         if n.options.gateway_mode != GatewayMode::Isolated {
             self.nl.add_addr(i, n.gateway(), n.subnet().prefix).await?;
+            if let (Some(gw), Some(subnet)) = (n.gateway6(), n.subnet6()) {
+                enable_ipv6_forwarding()?;
+                self.nl.add_addr6(i, gw, subnet.prefix_len()).await?;
+            }
         }
         self.nl.set_up(i).await?;
         Ok(existed.is_none())
@@ -149,14 +153,24 @@ impl Sandboxes {
         if self.hairpin {
             self.nl.set_hairpin(vi).await?;
         }
-        let ifname = ep.ifname.clone();
-        ns.run(move || disable_ipv6(&ifname))?;
+        // IPv6 only where the network has it (Docker disables it on the
+        // interfaces of IPv4-only networks).
+        if ep.ip6.is_none() {
+            let ifname = ep.ifname.clone();
+            ns.run(move || disable_ipv6(&ifname))?;
+        }
         let cn = Netlink::in_ns(ns)?;
         let ci = cn.index_of(&ep.ifname).await?;
         cn.add_addr(ci, ep.ip, net.subnet().prefix).await?;
+        if let (Some(ip6), Some(subnet)) = (ep.ip6, net.subnet6()) {
+            cn.add_addr6(ci, ip6, subnet.prefix_len()).await?;
+        }
         cn.set_up(ci).await?;
         if default_route && !net.options.internal {
             cn.add_default_route(net.gateway()).await?;
+            if let (Some(_), Some(gw6)) = (ep.ip6, net.gateway6()) {
+                cn.add_default_route6(gw6).await?;
+            }
         }
         Ok(())
     }
@@ -255,6 +269,20 @@ fn disable_ipv6(ifname: &str) -> Result<()> {
     let key = format!("net/ipv6/conf/{ifname}/disable_ipv6");
     if Path::new("/proc/sys").join(&key).exists() {
         crate::netns::sysctl_write(&key, "1")?;
+    }
+    Ok(())
+}
+
+/// IPv6 forwarding in the daemon's namespace (Docker sets it when a
+/// network has IPv6), once.
+fn enable_ipv6_forwarding() -> Result<()> {
+    for key in [
+        "net/ipv6/conf/all/forwarding",
+        "net/ipv6/conf/default/forwarding",
+    ] {
+        if crate::netns::sysctl_read(key).is_ok_and(|v| v != "1") {
+            crate::netns::sysctl_write(key, "1")?;
+        }
     }
     Ok(())
 }

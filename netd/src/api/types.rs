@@ -53,6 +53,26 @@ pub struct NetworkCreate {
     pub ip_range: Option<String>,
     pub internal: bool,
     pub options: BTreeMap<String, String>,
+    /// `--ipv6` (Docker's API spelling).
+    #[serde(rename = "EnableIPv6")]
+    pub enable_ipv6: bool,
+    /// `--ipv4=false` makes an IPv6-only network.
+    #[serde(rename = "EnableIPv4")]
+    pub enable_ipv4: Option<bool>,
+    /// The IPv6 subnet and gateway (`--subnet`/`--gateway` with IPv6
+    /// values).
+    #[serde(rename = "Subnet6")]
+    pub subnet6: Option<String>,
+    #[serde(rename = "Gateway6")]
+    pub gateway6: Option<String>,
+}
+
+/// A checked network's IPv6 (`--ipv6`).
+#[derive(Debug, Clone, Default)]
+pub struct Ipv6Spec {
+    /// None: a /64 from the IPv6 pools.
+    pub subnet: Option<ipnet::Ipv6Net>,
+    pub gateway: Option<std::net::Ipv6Addr>,
 }
 
 /// A checked `network create`.
@@ -70,6 +90,8 @@ pub struct NetworkSpec {
     /// The network's id: a fresh one for the API, the engine's own for a
     /// plugin (Docker's network id).
     pub id: Option<String>,
+    /// IPv6 on the network, if asked for.
+    pub ipv6: Option<Ipv6Spec>,
 }
 
 impl NetworkCreate {
@@ -169,6 +191,46 @@ impl NetworkCreate {
             Some(r) => Some(r.parse::<Cidr>()?),
             None => None,
         };
+        if self.enable_ipv4 == Some(false) {
+            return bad(
+                "IPv6-only networks (--ipv4=false) are not supported yet: netd networks have IPv4, and IPv6 with --ipv6",
+            );
+        }
+        let ipv6 = if self.enable_ipv6 {
+            let subnet = match &self.subnet6 {
+                Some(s) => {
+                    let s: ipnet::Ipv6Net = s
+                        .parse()
+                        .with_context(|| format!("invalid IPv6 subnet {s:?}"))?;
+                    crate::ipam6::check_subnet(&s)?;
+                    Some(s)
+                }
+                None => None,
+            };
+            let gateway = match &self.gateway6 {
+                Some(g) => {
+                    let g: std::net::Ipv6Addr = g
+                        .parse()
+                        .with_context(|| format!("invalid IPv6 gateway {g:?}"))?;
+                    let Some(s) = subnet else {
+                        return bad("an IPv6 --gateway needs an IPv6 --subnet");
+                    };
+                    if !s.contains(&g) || g == s.network() {
+                        return bad(format!(
+                            "IPv6 gateway {g} is outside subnet {s} or its anycast address"
+                        ));
+                    }
+                    Some(g)
+                }
+                None => None,
+            };
+            Some(Ipv6Spec { subnet, gateway })
+        } else {
+            if self.subnet6.is_some() || self.gateway6.is_some() {
+                return bad("an IPv6 --subnet or --gateway needs --ipv6");
+            }
+            None
+        };
         Ok(NetworkSpec {
             name,
             subnet,
@@ -178,6 +240,7 @@ impl NetworkCreate {
             bridge,
             raw_options: self.options,
             owner: crate::model::NetworkOwner::Netd,
+            ipv6,
             id: None,
         })
     }
@@ -192,6 +255,8 @@ pub struct ContainerCreate {
     pub publish_all: bool,
     pub expose: Vec<String>,
     pub ip: Option<String>,
+    /// `--ip6`.
+    pub ip6: Option<String>,
     pub mac_address: Option<String>,
     pub hostname: Option<String>,
     pub network_aliases: Vec<String>,
@@ -220,6 +285,7 @@ pub struct ContainerSpec {
     pub publish_all: bool,
     pub exposed: Vec<((u16, u16), Proto)>,
     pub ip: Option<Ipv4Addr>,
+    pub ip6: Option<std::net::Ipv6Addr>,
     pub mac: Option<[u8; 6]>,
     pub hostname: Option<String>,
     pub aliases: Vec<String>,
@@ -234,6 +300,18 @@ pub struct ContainerSpec {
     pub env: Vec<String>,
     pub cwd: Option<PathBuf>,
     pub auto_remove: bool,
+}
+
+/// `--ip6`: an IPv6 address a container could have.
+fn parse_ip6(s: &Option<String>) -> Result<Option<std::net::Ipv6Addr>> {
+    let Some(s) = s else { return Ok(None) };
+    let ip: std::net::Ipv6Addr = s
+        .parse()
+        .with_context(|| format!("invalid --ip6 {s:?}: not an IPv6 address"))?;
+    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_unicast_link_local() {
+        return bad(format!("invalid --ip6 {ip}: not a container's address"));
+    }
+    Ok(Some(ip))
 }
 
 /// Checks network aliases (RFC 1123 names), dropping repeats.
@@ -308,6 +386,7 @@ impl ContainerCreate {
             ),
             None => None,
         };
+        let ip6 = parse_ip6(&self.ip6)?;
         let mac = match &self.mac_address {
             Some(s) => {
                 let m = link::parse_mac(s)?;
@@ -362,6 +441,7 @@ impl ContainerCreate {
             publish_all: self.publish_all,
             exposed,
             ip,
+            ip6,
             mac,
             hostname: self.hostname,
             aliases,
@@ -383,6 +463,7 @@ impl ContainerCreate {
 pub struct Connect {
     pub container: String,
     pub ip: Option<String>,
+    pub ip6: Option<String>,
     pub aliases: Vec<String>,
 }
 
@@ -391,6 +472,7 @@ pub struct Connect {
 pub struct ConnectSpec {
     pub container: String,
     pub ip: Option<Ipv4Addr>,
+    pub ip6: Option<std::net::Ipv6Addr>,
     pub aliases: Vec<String>,
 }
 
@@ -404,6 +486,7 @@ impl Connect {
             None => None,
         };
         Ok(ConnectSpec {
+            ip6: parse_ip6(&self.ip6).map_err(invalid)?,
             container: self.container,
             ip,
             aliases: check_aliases(&self.aliases).map_err(invalid)?,

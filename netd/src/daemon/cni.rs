@@ -171,7 +171,7 @@ impl Daemon {
             }
         }
         let id = rand_id();
-        let mut ep = super::containers::new_endpoint(&net.id, spec.ip.map(|(ip, _)| ip), 0);
+        let mut ep = super::containers::new_endpoint(&net.id, spec.ip.map(|(ip, _)| ip), None, 0);
         ep.ifname = spec.ifname.clone();
         let mut c = Container {
             id: id.clone(),

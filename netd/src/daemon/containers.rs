@@ -3,7 +3,7 @@
 //! happens when a main process exits.
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::OwnedFd,
     path::Path,
     time::Duration,
@@ -39,7 +39,12 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 /// (the daemon cannot know it).
 pub const EXIT_UNKNOWN: i32 = 255;
 
-pub(crate) fn new_endpoint(network: &str, ip: Option<Ipv4Addr>, index: usize) -> Endpoint {
+pub(crate) fn new_endpoint(
+    network: &str,
+    ip: Option<Ipv4Addr>,
+    ip6: Option<Ipv6Addr>,
+    index: usize,
+) -> Endpoint {
     let id = rand_id();
     Endpoint {
         veth: format!("{VETH_PREFIX}{}", &id[..9]),
@@ -50,6 +55,8 @@ pub(crate) fn new_endpoint(network: &str, ip: Option<Ipv4Addr>, index: usize) ->
         ifname: format!("eth{index}"),
         aliases: vec![],
         static_ip: ip.is_some(),
+        ip6,
+        static_ip6: ip6.is_some(),
     }
 }
 
@@ -94,8 +101,8 @@ impl Daemon {
         } else {
             Mode::Bridge
         };
-        if (spec.ip.is_some() || spec.mac.is_some()) && mode != Mode::Bridge {
-            return api::bad("--ip and --mac-address need a bridge network");
+        if (spec.ip.is_some() || spec.ip6.is_some() || spec.mac.is_some()) && mode != Mode::Bridge {
+            return api::bad("--ip, --ip6 and --mac-address need a bridge network");
         }
         let network = match mode {
             Mode::Bridge => Some(self.network_id(&spec.network)?),
@@ -103,6 +110,24 @@ impl Daemon {
         };
         if let Some(n) = &network {
             self.refuse_foreign_network(n)?;
+        }
+        if let (Some(ip6), Some(net)) = (spec.ip6, &network) {
+            let n = &self.state.networks[net];
+            match n.subnet6() {
+                None => {
+                    return api::bad(format!(
+                        "--ip6 needs a network with IPv6: {} has none (create it with --ipv6)",
+                        n.name
+                    ));
+                }
+                Some(s) if !s.contains(&ip6) => {
+                    return api::bad(format!(
+                        "--ip6 {ip6} is outside the subnet {s} of network {}",
+                        n.name
+                    ));
+                }
+                Some(_) => {}
+            }
         }
         if let (Some(ip), Some(net)) = (spec.ip, &network) {
             let n = &self.state.networks[net];
@@ -121,7 +146,7 @@ impl Daemon {
         let dns = self.dns_settings(&spec, &mode, network.as_deref())?;
         let mut endpoints = BTreeMap::new();
         if let Some(nid) = &network {
-            let mut ep = new_endpoint(nid, spec.ip, 0);
+            let mut ep = new_endpoint(nid, spec.ip, spec.ip6, 0);
             ep.aliases = spec.aliases.clone();
             endpoints.insert(nid.clone(), ep);
         }
@@ -258,6 +283,7 @@ impl Daemon {
                     .allocate()
                     .map_err(|e| ApiError::conflict(format!("{e:#}")))?
             };
+            assign_ip6(ep, net)?;
             ep.mac = match c.requested_mac {
                 Some(m) if i == 0 => m,
                 _ => link::mac_for_ip(ep.ip),
@@ -677,7 +703,7 @@ impl Daemon {
         let index = (0..)
             .find(|i| !c.endpoints.values().any(|e| e.ifname == format!("eth{i}")))
             .unwrap_or(0);
-        let mut ep = new_endpoint(&nid, spec.ip, index);
+        let mut ep = new_endpoint(&nid, spec.ip, spec.ip6, index);
         ep.aliases = spec.aliases;
         let mut next = self.state.clone();
         if c.status != Status::Running {
@@ -690,7 +716,9 @@ impl Daemon {
             self.state = next;
             return Ok(json!({}));
         }
-        let ipam = &mut next.networks.get_mut(&nid).expect("exists").ipam;
+        let net = next.networks.get_mut(&nid).expect("exists");
+        assign_ip6(&mut ep, net)?;
+        let ipam = &mut net.ipam;
         ep.ip = match spec.ip {
             Some(ip) => {
                 ipam.reserve(ip)
@@ -750,11 +778,7 @@ impl Daemon {
                 nc.ports.clear();
             }
             if running {
-                next.networks
-                    .get_mut(&nid)
-                    .expect("exists")
-                    .ipam
-                    .release(ep.ip);
+                release(next.networks.get_mut(&nid).expect("exists"), &ep);
             }
         }
         let mut errors = self.commit_removal(next, &txn).await?;
@@ -902,8 +926,44 @@ pub(crate) fn exited(state: &State, id: &str, exit_code: Option<i32>) -> State {
     let eps: Vec<Endpoint> = c.endpoints.values().cloned().collect();
     for ep in eps {
         if let Some(n) = next.networks.get_mut(&ep.network) {
-            n.ipam.release(ep.ip);
+            release(n, &ep);
         }
     }
     next
+}
+
+/// Frees an endpoint's addresses on its network.
+pub(crate) fn release(n: &mut Network, ep: &Endpoint) {
+    n.ipam.release(ep.ip);
+    if let (Some(a), Some(ip6)) = (n.ipam6.as_mut(), ep.ip6) {
+        a.release(ip6);
+    }
+}
+
+/// Gives an endpoint its IPv6 address on a network with IPv6: the one
+/// asked for (`--ip6`), else the one it had if still free, else the
+/// lowest free one.
+pub(crate) fn assign_ip6(ep: &mut Endpoint, net: &mut Network) -> Result<()> {
+    let Some(a) = net.ipam6.as_mut() else {
+        if ep.static_ip6 {
+            return api::bad(format!(
+                "--ip6 needs a network with IPv6: {} has none (create it with --ipv6)",
+                net.name
+            ));
+        }
+        ep.ip6 = None;
+        return Ok(());
+    };
+    ep.ip6 = Some(match ep.ip6 {
+        Some(ip) if ep.static_ip6 => {
+            a.reserve(ip)
+                .map_err(|e| ApiError::conflict(format!("{e:#}")))?;
+            ip
+        }
+        Some(ip) if a.reserve(ip).is_ok() => ip,
+        _ => a
+            .allocate()
+            .map_err(|e| ApiError::conflict(format!("{e:#}")))?,
+    });
+    Ok(())
 }

@@ -188,6 +188,8 @@ impl Daemon {
             ifname: format!("{PEER_PREFIX}{hex}"),
             aliases: vec![],
             static_ip: spec.address.is_some(),
+            ip6: None,
+            static_ip6: false,
         };
         let mut name = format!("docker-{}", proto::short(eid));
         if self.state.containers.values().any(|c| c.name == name) {

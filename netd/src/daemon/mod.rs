@@ -243,6 +243,10 @@ impl Daemon {
             raw_options: BTreeMap::new(),
             default: true,
             owner: NetworkOwner::Netd,
+            ipam6: match self.cfg.default_ipv6 {
+                Some(s) => Some(crate::ipam6::Allocator6::new(s, None)?),
+                None => None,
+            },
         };
         self.state.networks.insert(net.id.clone(), net);
         Ok(())

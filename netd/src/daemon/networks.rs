@@ -9,6 +9,7 @@ use super::{
 use crate::{
     api::{self, types::NetworkSpec},
     ipam::{self, Allocator, Cidr},
+    ipam6::Allocator6,
     model::*,
     sandbox::BRIDGE_PREFIX,
     state::Intent,
@@ -104,6 +105,10 @@ impl Daemon {
         if self.state.networks.contains_key(&id) {
             return api::conflict(format!("network {id} already exists"));
         }
+        let ipam6 = match &spec.ipv6 {
+            None => None,
+            Some(v6) => Some(self.plan_ipv6(v6)?),
+        };
         Ok(Network {
             id,
             name,
@@ -114,7 +119,44 @@ impl Daemon {
             raw_options: spec.raw_options,
             default: false,
             owner: spec.owner.clone(),
+            ipam6,
         })
+    }
+
+    /// A network's IPv6: its subnet (given, or a /64 of the IPv6 pools)
+    /// overlapping no other network's.
+    fn plan_ipv6(&self, v6: &crate::api::types::Ipv6Spec) -> Result<Allocator6> {
+        let taken: Vec<ipnet::Ipv6Net> = self
+            .state
+            .networks
+            .values()
+            .filter_map(|n| n.subnet6())
+            .collect();
+        let subnet = match v6.subnet {
+            Some(s) => {
+                if let Some(o) = self.state.networks.values().find(|n| {
+                    n.subnet6()
+                        .is_some_and(|t| t.contains(&s) || s.contains(&t))
+                }) {
+                    return api::conflict(format!(
+                        "IPv6 subnet {s} overlaps with network {} ({})",
+                        o.name,
+                        o.subnet6().expect("has one")
+                    ));
+                }
+                s
+            }
+            None => {
+                let pools = if self.cfg.pools6.is_empty() {
+                    vec![crate::ipam6::default_pool(&self.state.instance)]
+                } else {
+                    self.cfg.pools6.clone()
+                };
+                crate::ipam6::pick_subnet(&pools, &taken)
+                    .map_err(|e| api::ApiError::bad(format!("{e:#}")))?
+            }
+        };
+        Allocator6::new(subnet, v6.gateway).map_err(|e| api::ApiError::bad(format!("{e:#}")).into())
     }
 
     pub async fn network_rm(&mut self, name: &str) -> Result<Value> {

@@ -22,7 +22,10 @@ impl Daemon {
                         "EndpointID": ep.id,
                         "MacAddress": link::fmt_mac(ep.mac),
                         "IPv4Address": format!("{}/{}", ep.ip, n.subnet().prefix),
-                        "IPv6Address": "",
+                        "IPv6Address": match (ep.ip6, n.subnet6()) {
+                            (Some(ip), Some(s)) => format!("{ip}/{}", s.prefix_len()),
+                            _ => String::new(),
+                        },
                     }),
                 ))
             })
@@ -31,6 +34,10 @@ impl Daemon {
             json!({ "Subnet": n.subnet().to_string(), "Gateway": n.gateway().to_string() });
         if let Some(r) = n.ipam.ip_range() {
             cfg["IPRange"] = json!(r.to_string());
+        }
+        let mut ipam_config = vec![cfg];
+        if let (Some(s), Some(g)) = (n.subnet6(), n.gateway6()) {
+            ipam_config.push(json!({ "Subnet": s.to_string(), "Gateway": g.to_string() }));
         }
         let driver = match &n.owner {
             NetworkOwner::Netd => "bridge".to_string(),
@@ -44,8 +51,9 @@ impl Daemon {
             "Scope": "local",
             "Driver": driver,
             "Owner": n.owner,
-            "EnableIPv6": false,
-            "IPAM": { "Driver": "default", "Options": {}, "Config": [cfg] },
+            "EnableIPv6": n.enable_ipv6(),
+            "EnableIPv4": true,
+            "IPAM": { "Driver": "default", "Options": {}, "Config": ipam_config },
             "Internal": n.options.internal,
             "Attachable": false,
             "Ingress": false,
@@ -124,6 +132,12 @@ impl Daemon {
                         "Gateway": addr(n.gateway().to_string()),
                         "IPAddress": addr(ep.ip.to_string()),
                         "IPPrefixLen": if running { n.subnet().prefix } else { 0 },
+                        "IPv6Gateway": n.gateway6().filter(|_| running && ep.ip6.is_some()).map(|g| g.to_string()).unwrap_or_default(),
+                        "GlobalIPv6Address": ep.ip6.filter(|_| running).map(|a| a.to_string()).unwrap_or_default(),
+                        "GlobalIPv6PrefixLen": match (running, ep.ip6, n.subnet6()) {
+                            (true, Some(_), Some(s)) => s.prefix_len(),
+                            _ => 0,
+                        },
                         "MacAddress": link::fmt_mac(ep.mac),
                         "InterfaceName": ep.ifname,
                         "HostInterfaceName": ep.veth,
@@ -255,6 +269,9 @@ impl Daemon {
                 "IPAddress": first.map(|e| e.ip.to_string()).unwrap_or_default(),
                 "IPPrefixLen": first_net.map(|n| n.subnet().prefix).unwrap_or(0),
                 "Gateway": first_net.map(|n| n.gateway().to_string()).unwrap_or_default(),
+                "GlobalIPv6Address": first.and_then(|e| e.ip6).map(|a| a.to_string()).unwrap_or_default(),
+                "GlobalIPv6PrefixLen": first.and(first_net).and_then(|n| n.subnet6()).filter(|_| first.is_some_and(|e| e.ip6.is_some())).map(|s| s.prefix_len()).unwrap_or(0),
+                "IPv6Gateway": first.filter(|e| e.ip6.is_some()).and(first_net).and_then(|n| n.gateway6()).map(|g| g.to_string()).unwrap_or_default(),
                 "MacAddress": first.map(|e| link::fmt_mac(e.mac)).unwrap_or_default(),
                 "Networks": networks,
             },

@@ -540,6 +540,7 @@ mod tests {
             raw_options: BTreeMap::new(),
             default: true,
             owner: Default::default(),
+            ipam6: None,
         };
         let ep = Endpoint {
             id: "e".into(),
@@ -550,6 +551,8 @@ mod tests {
             ifname: "eth0".into(),
             aliases: Vec::new(),
             static_ip: false,
+            ip6: None,
+            static_ip6: false,
         };
         let c = Container {
             id: "web".into(),

@@ -603,6 +603,7 @@ pub(crate) mod tests {
             raw_options: BTreeMap::new(),
             default: false,
             owner: Default::default(),
+            ipam6: None,
         }
     }
 
@@ -616,6 +617,8 @@ pub(crate) mod tests {
             ifname: "eth0".into(),
             aliases: Vec::new(),
             static_ip: false,
+            ip6: None,
+            static_ip6: false,
         };
         Container {
             id: name.into(),

@@ -23,10 +23,13 @@ pub struct Zone {
     pub subnet: Option<Cidr>,
     pub internal: bool,
     /// Lower-case name -> addresses on this network (container name,
-    /// hostname, short id, aliases).
-    pub names: HashMap<String, Vec<Ipv4Addr>>,
-    /// Address -> `NAME.NETWORK` (PTR).
-    pub ptr: HashMap<Ipv4Addr, String>,
+    /// hostname, short id, aliases), IPv4 and (on networks with IPv6)
+    /// IPv6: A and AAAA.
+    pub names: HashMap<String, Vec<IpAddr>>,
+    /// Address -> `NAME.NETWORK` (PTR, in-addr.arpa and ip6.arpa).
+    pub ptr: HashMap<IpAddr, String>,
+    /// The network's IPv6 subnet.
+    pub subnet6: Option<ipnet::Ipv6Net>,
     /// The containers on this network, by their address on it.
     pub clients: HashMap<Ipv4Addr, Arc<Client>>,
 }
@@ -39,7 +42,7 @@ pub struct Client {
     /// Its `--dns` servers (forwarders); empty means the daemon's.
     pub upstreams: Vec<SocketAddr>,
     /// `--link` aliases on user networks: names only this container sees.
-    pub links: HashMap<String, Vec<Ipv4Addr>>,
+    pub links: HashMap<String, Vec<IpAddr>>,
 }
 
 #[derive(Debug, Default)]
@@ -55,7 +58,7 @@ pub struct Snapshot {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup {
     /// Addresses of a container name on a network in scope.
-    Found(Vec<Ipv4Addr>),
+    Found(Vec<IpAddr>),
     /// A name under a network in scope (`x.mynet`) or a single label that
     /// is no container: NXDOMAIN, not forwarded.
     NoSuchName,
@@ -88,6 +91,7 @@ impl Snapshot {
                     network_id: n.id.clone(),
                     name: lower(&n.name),
                     subnet: Some(n.subnet()),
+                    subnet6: n.subnet6(),
                     internal: n.options.internal,
                     ..Zone::default()
                 },
@@ -120,7 +124,7 @@ impl Snapshot {
             if eps.is_empty() {
                 continue;
             }
-            let mut links: HashMap<String, Vec<Ipv4Addr>> = HashMap::new();
+            let mut links: HashMap<String, Vec<IpAddr>> = HashMap::new();
             for l in &c.dns.links {
                 let Some(t) = state.containers.get(&l.target) else {
                     continue;
@@ -130,7 +134,9 @@ impl Snapshot {
                 }
                 for (_, e) in &eps {
                     if let Some(te) = t.endpoints.get(&e.network) {
-                        links.entry(lower(&l.alias)).or_default().push(te.ip);
+                        let ips = links.entry(lower(&l.alias)).or_default();
+                        ips.push(IpAddr::V4(te.ip));
+                        ips.extend(te.ip6.map(IpAddr::V6));
                     }
                 }
             }
@@ -156,16 +162,21 @@ impl Snapshot {
                 };
                 let mut names = vec![name, c.hostname.as_str(), &c.id[..12]];
                 names.extend(e.aliases.iter().map(String::as_str));
+                let addrs: Vec<IpAddr> = std::iter::once(IpAddr::V4(e.ip))
+                    .chain(e.ip6.map(IpAddr::V6))
+                    .collect();
                 for n in names {
                     let ips = zone.names.entry(lower(n)).or_default();
-                    if !ips.contains(&e.ip) {
-                        ips.push(e.ip);
+                    for a in &addrs {
+                        if !ips.contains(a) {
+                            ips.push(*a);
+                        }
                     }
                 }
-                zone.ptr.insert(
-                    e.ip,
-                    format!("{}.{}", name, state.networks[&e.network].name),
-                );
+                for a in addrs {
+                    zone.ptr
+                        .insert(a, format!("{}.{}", name, state.networks[&e.network].name));
+                }
                 zone.clients.insert(e.ip, client.clone());
             }
         }
@@ -219,7 +230,7 @@ impl Snapshot {
     /// PTR: `Some(Some(name))` for a container's address in scope,
     /// `Some(None)` for another address inside a network in scope
     /// (NXDOMAIN), `None` when the address is not ours (forward).
-    pub fn reverse(&self, scope: &[&Zone], ip: Ipv4Addr) -> Option<Option<String>> {
+    pub fn reverse(&self, scope: &[&Zone], ip: IpAddr) -> Option<Option<String>> {
         for z in scope {
             if let Some(n) = z.ptr.get(&ip) {
                 return Some(Some(n.clone()));
@@ -227,7 +238,10 @@ impl Snapshot {
         }
         scope
             .iter()
-            .any(|z| z.subnet.is_some_and(|s| s.contains(ip)))
+            .any(|z| match ip {
+                IpAddr::V4(v4) => z.subnet.is_some_and(|s| s.contains(v4)),
+                IpAddr::V6(v6) => z.subnet6.is_some_and(|s| s.contains(&v6)),
+            })
             .then_some(None)
     }
 }

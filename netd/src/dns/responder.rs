@@ -20,7 +20,7 @@ use hickory_proto::{
     op::{Edns, Header, Message, MessageType, OpCode, Query, ResponseCode},
     rr::{
         DNSClass, Name, RData, Record, RecordType,
-        rdata::{A, PTR},
+        rdata::{A, AAAA, PTR},
     },
     serialize::binary::{BinDecodable, BinDecoder},
 };
@@ -142,6 +142,8 @@ pub fn respond(
 
     if q.query_type == RecordType::PTR
         && let Some(ip) = arpa_v4(&name)
+            .map(IpAddr::V4)
+            .or_else(|| arpa_v6(&name).map(IpAddr::V6))
     {
         match snap.reverse(&scope, ip) {
             Some(Some(target)) => {
@@ -169,10 +171,19 @@ pub fn respond(
     match snap.lookup(&scope, client, &name) {
         Lookup::Found(ips) => {
             resp.metadata.authoritative = true;
-            if matches!(q.query_type, RecordType::A | RecordType::ANY) {
-                for ip in ips {
-                    resp.add_answer(Record::from_rdata(q.name.clone(), TTL, RData::A(A(ip))));
-                }
+            for ip in ips {
+                let rdata = match ip {
+                    IpAddr::V4(v4) if matches!(q.query_type, RecordType::A | RecordType::ANY) => {
+                        RData::A(A(v4))
+                    }
+                    IpAddr::V6(v6)
+                        if matches!(q.query_type, RecordType::AAAA | RecordType::ANY) =>
+                    {
+                        RData::AAAA(AAAA(v6))
+                    }
+                    _ => continue,
+                };
+                resp.add_answer(Record::from_rdata(q.name.clone(), TTL, rdata));
             }
             // Other types of a known name: NOERROR, no records.
             reply(&resp, max_size)
@@ -269,6 +280,24 @@ fn arpa_v4(name: &str) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::from(o))
 }
 
+/// `x.x....ip6.arpa` (32 nibbles, least significant first) -> the
+/// address.
+fn arpa_v6(name: &str) -> Option<std::net::Ipv6Addr> {
+    let rest = name.strip_suffix(".ip6.arpa")?;
+    let nibbles: Vec<&str> = rest.split('.').collect();
+    if nibbles.len() != 32 {
+        return None;
+    }
+    let mut v: u128 = 0;
+    for n in nibbles.iter().rev() {
+        if n.len() != 1 {
+            return None;
+        }
+        v = (v << 4) | u128::from(u8::from_str_radix(n, 16).ok()?);
+    }
+    Some(std::net::Ipv6Addr::from(v))
+}
+
 /// A query message (for tools and tests).
 pub fn query(id: u16, name: &Name, qtype: RecordType, edns: bool) -> Message {
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
@@ -295,6 +324,7 @@ mod tests {
     const GW: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
     const GW2: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 1);
     const WEB: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
+    const WEB6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
     const DB: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 3);
     const OTHER: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 2);
     const UP: &str = "198.18.0.1:53";
@@ -303,7 +333,7 @@ mod tests {
         let client = Arc::new(Client {
             zones: vec![GW],
             upstreams: vec![],
-            links: HashMap::from([("kv".to_string(), vec![DB])]),
+            links: HashMap::from([("kv".to_string(), vec![IpAddr::V4(DB)])]),
         });
         let mut z = Zone {
             network_id: "n1".into(),
@@ -311,10 +341,14 @@ mod tests {
             subnet: Some(Cidr::new(Ipv4Addr::new(10, 1, 0, 0), 24).unwrap()),
             ..Zone::default()
         };
-        z.names.insert("web".into(), vec![WEB]);
-        z.names.insert("db".into(), vec![DB]);
-        z.names.insert("cache".into(), vec![WEB, DB]);
-        z.ptr.insert(WEB, "web.mynet".into());
+        z.names
+            .insert("web".into(), vec![IpAddr::V4(WEB), IpAddr::V6(WEB6)]);
+        z.names.insert("db".into(), vec![IpAddr::V4(DB)]);
+        z.names
+            .insert("cache".into(), vec![IpAddr::V4(WEB), IpAddr::V4(DB)]);
+        z.ptr.insert(IpAddr::V4(WEB), "web.mynet".into());
+        z.ptr.insert(IpAddr::V6(WEB6), "web.mynet".into());
+        z.subnet6 = Some("fd00:1::/64".parse().unwrap());
         z.clients.insert(WEB, client.clone());
         z.clients.insert(DB, Arc::new(Client::default()));
         let mut z2 = Zone {
@@ -323,7 +357,7 @@ mod tests {
             subnet: Some(Cidr::new(Ipv4Addr::new(10, 2, 0, 0), 24).unwrap()),
             ..Zone::default()
         };
-        z2.names.insert("lonely".into(), vec![OTHER]);
+        z2.names.insert("lonely".into(), vec![IpAddr::V4(OTHER)]);
         z2.clients.insert(
             OTHER,
             Arc::new(Client {
@@ -382,6 +416,33 @@ mod tests {
         );
         let m = answer(ask(&s, GW, DB, "kv", RecordType::A));
         assert_eq!(m.response_code, ResponseCode::NXDomain);
+        // AAAA of a name with an IPv6 address; its PTR under ip6.arpa.
+        let m = answer(ask(&s, GW, WEB, "web", RecordType::AAAA));
+        let aaaa: Vec<_> = m
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::AAAA(a) => Some(a.0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(aaaa, vec![WEB6]);
+        assert!(a_records(&m).is_empty(), "AAAA answers have no A");
+        let ptr6 = crate::ipam6::ptr_name(WEB6);
+        let m = answer(ask(&s, GW, DB, ptr6.trim_end_matches('.'), RecordType::PTR));
+        assert_eq!(m.answers.len(), 1, "{m:?}");
+        let other6 = crate::ipam6::ptr_name("fd00:1::99".parse().unwrap());
+        assert_eq!(
+            answer(ask(
+                &s,
+                GW,
+                DB,
+                other6.trim_end_matches('.'),
+                RecordType::PTR
+            ))
+            .response_code,
+            ResponseCode::NXDomain
+        );
         // AAAA of a known name: no records, no error.
         let m = answer(ask(&s, GW, WEB, "db", RecordType::AAAA));
         assert_eq!(m.response_code, ResponseCode::NoError);
@@ -510,7 +571,9 @@ mod tests {
         let z = s.zones.get_mut(&GW).unwrap();
         z.names.insert(
             "many".into(),
-            (2..200).map(|i| Ipv4Addr::new(10, 1, 0, i)).collect(),
+            (2..200)
+                .map(|i| IpAddr::V4(Ipv4Addr::new(10, 1, 0, i)))
+                .collect(),
         );
         let q = query(1, &Name::from_ascii("many").unwrap(), RecordType::A, false);
         let b = q.to_vec().unwrap();

@@ -210,6 +210,7 @@ impl CreateNetwork {
             ip_range: None,
             internal: flag(&self.options, OPT_INTERNAL)?,
             options,
+            ..NetworkCreate::default()
         }
         .validate(default_mtu)?;
         spec.owner = NetworkOwner::Docker {
