@@ -421,6 +421,7 @@ mod tests {
             created: String::new(),
             bridge: "br".into(),
             ipam: Allocator::new(subnet, subnet.first_host(), None).unwrap(),
+            ipam6: None,
             options: NetworkOptions {
                 gateway_mode: mode,
                 masquerade,
