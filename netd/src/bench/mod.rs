@@ -454,7 +454,7 @@ impl RoutedFloor {
                     .await?;
                 nl.add_addr(v, gw, 24).await?;
                 nl.set_up(v).await?;
-                nl.replace_route(Ipv4Addr::new(10, 244, other, 0), 24, node_ip(other))
+                nl.replace_route(Ipv4Addr::new(10, 244, other, 0), 24, node_ip(other), None)
                     .await?;
                 let pn = Netlink::in_ns(&pod)?;
                 let lo = pn.index_of("lo").await?;

@@ -59,9 +59,9 @@ pub fn cluster_node_routes(dp: &str) {
     for j in [2, 3] {
         assert!(
             r.contains(&format!(
-                "10.244.{j}.0/24 via 198.51.100.{j} dev eth0 proto 78"
+                "10.244.{j}.0/24 via 198.51.100.{j} dev eth0 proto 78 src 10.244.1.1"
             )),
-            "{r}"
+            "the pod network's gateway is the source: {r}"
         );
     }
     let ls = n1.ok(&["node", "ls"]);
@@ -197,6 +197,20 @@ pub fn cluster_pod_traffic(dp: &str) {
         );
         assert!(ping(n1, "c1", ip), "{dp}: ping {ip} from c1");
     }
+    // Node 1 itself (a host-network process: an API server calling a
+    // webhook) reaches node 2's pod, from its pod network's gateway
+    // address (the node routes' source), unmasqueraded.
+    let host1 = n1
+        .tb
+        .ok(
+            &n1.tb.host,
+            &["curl", "-s", "-m", "5", &format!("http://{s2}:80/")],
+        )
+        .unwrap();
+    assert!(
+        host1.contains("s2 to 10.244.1.1:"),
+        "{dp}: node 1 -> pod on node 2: {host1}"
+    );
     // And the other way: a pod on node 2 opens a connection to node 1's.
     serve_http(n1, "c1", 80);
     let body = curl_wait(&c.daemons[1], "s2", &format!("http://{c1}:80/"));
