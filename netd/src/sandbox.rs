@@ -63,6 +63,16 @@ impl Sandboxes {
         self.exec_root.join("netns")
     }
 
+    /// Undoes what [`new`](Self::new) mounted (`--cleanup-on-exit`): the
+    /// namespace directory's own mount.
+    pub fn unmount(&self) -> Result<()> {
+        let dir = self.netns_dir();
+        match nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("unmounting {}", dir.display())),
+        }
+    }
+
     pub fn netns_path(&self, id: &str) -> PathBuf {
         self.netns_dir().join(id)
     }

@@ -310,6 +310,9 @@ impl Daemon {
         if let Err(e) = self.cgroups.remove_parent() {
             tracing::warn!("{e:#}");
         }
+        if let Err(e) = self.sandboxes.unmount() {
+            tracing::warn!("{e:#}");
+        }
         self.state = State {
             instance: self.state.instance.clone(),
             ..State::default()

@@ -65,6 +65,7 @@ pub struct Iptables {
     /// The last batches applied, to skip identical re-applies.
     last: String,
     last_bridge: String,
+    conntrack: super::KernelConntrack,
 }
 
 /// Runs `program args` with `input` on its stdin, killing it after
@@ -451,7 +452,7 @@ impl Datapath for Iptables {
             restore_bridge(&bridge)?;
             self.last_bridge = bridge;
         }
-        Ok(())
+        self.conntrack.sync(state)
     }
 
     fn cleanup(&mut self) -> Result<()> {

@@ -142,6 +142,46 @@ pub fn new(kind: Kind, ebpf: ebpf::EbpfConfig) -> Box<dyn Datapath> {
     }
 }
 
+/// The kernel's conntrack entries of container addresses that went away
+/// (the netfilter datapaths track flows in the kernel): a later container
+/// with the address, or a port published again, must not inherit a stale
+/// translation (Docker flushes them too). Flushed with `conntrack -D`.
+#[derive(Default)]
+pub struct KernelConntrack {
+    last: std::collections::BTreeSet<std::net::Ipv4Addr>,
+}
+
+impl KernelConntrack {
+    pub fn sync(&mut self, state: &State) -> Result<()> {
+        let now: std::collections::BTreeSet<std::net::Ipv4Addr> = state
+            .containers
+            .values()
+            .filter(|c| c.status == crate::model::Status::Running)
+            .flat_map(|c| c.endpoints.values().map(|e| e.ip))
+            .collect();
+        let mut errors = Vec::new();
+        for ip in self.last.difference(&now) {
+            let ip = ip.to_string();
+            for dir in ["-s", "-d", "--reply-src", "--reply-dst"] {
+                // Exit 1: nothing matched.
+                match iptables::run_tool("conntrack", &["-D", dir, &ip], "") {
+                    Ok(o) if o.status.success() || o.status.code() == Some(1) => {}
+                    Ok(o) => errors.push(format!(
+                        "conntrack -D {dir} {ip}: {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    )),
+                    Err(e) => errors.push(format!("{e:#}")),
+                }
+            }
+        }
+        self.last = now;
+        if !errors.is_empty() {
+            bail!("flushing kernel conntrack entries: {}", errors.join("; "));
+        }
+        Ok(())
+    }
+}
+
 /// 127.0.0.1 -> published port with the netfilter datapaths: loopback-
 /// sourced packets may be routed out of the bridges (then masqueraded),
 /// as Docker sets it without the userland proxy.

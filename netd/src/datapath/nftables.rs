@@ -133,6 +133,7 @@ const CHAINS: &str = "\
 pub struct Nftables {
     /// The last table applied, to skip identical re-applies.
     last: String,
+    conntrack: super::KernelConntrack,
 }
 
 /// Runs `nft -f -` with `script` (one transaction; killed after 30 s; an
@@ -562,7 +563,7 @@ impl Datapath for Nftables {
             nft(&apply_script(&table))?;
             self.last = table;
         }
-        Ok(())
+        self.conntrack.sync(state)
     }
 
     fn cleanup(&mut self) -> Result<()> {

@@ -16,6 +16,7 @@ mod ebpf_only;
 mod faults;
 mod gateway_modes;
 mod instances;
+mod ipv6;
 mod modes;
 mod networks;
 mod nftables_only;
@@ -29,6 +30,7 @@ use dns::*;
 use faults::*;
 use gateway_modes::*;
 use instances::*;
+use ipv6::*;
 use modes::*;
 use networks::*;
 use ports::*;
@@ -151,4 +153,6 @@ scenarios!(
     cluster_node_routes,
     cluster_pod_traffic,
     gateway_modes,
+    removed_containers_leave_no_flows,
+    ipv6_control_plane,
 );

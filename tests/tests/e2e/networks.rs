@@ -124,3 +124,60 @@ pub fn user_networks_isolation(dp: &str) {
     n.ok(&["network", "rm", "mynet"]);
     assert!(!n.ok(&["network", "ls"]).contains("mynet"));
 }
+
+/// A removed container leaves no flow behind: the kernel's conntrack
+/// entries (netfilter datapaths) or netd's table (ebpf) of its address
+/// go with it, so a later container with that address starts clean.
+pub fn removed_containers_leave_no_flows(dp: &str) {
+    let n = Netd::start(dp).unwrap();
+    n.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "5353:53/udp",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    let ip = n.ip_of("web");
+    // A UDP flow from outside to the published port, and one out.
+    let _ = n.tb.exec(
+        &n.tb.outside,
+        &[
+            &me(),
+            "tool",
+            "udp-send",
+            &format!("{}:5353", netd_tests::HOST_IP),
+            "x",
+            "--timeout-ms",
+            "300",
+        ],
+    );
+    let _ = n.netd(&[
+        "exec",
+        "web",
+        "--",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "1",
+        &netd_tests::OUTSIDE_IP.to_string(),
+    ]);
+    let flows = |n: &Netd| -> usize {
+        if dp == "ebpf" {
+            stats(n)["ConntrackEntries"].as_u64().unwrap_or(0) as usize
+        } else {
+            let o = n.tb.exec(&n.tb.host, &["conntrack", "-L"]).unwrap();
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.contains(&format!("={ip} ")))
+                .count()
+        }
+    };
+    assert!(flows(&n) > 0, "the flows exist while the container runs");
+    n.ok(&["rm", "-f", "web"]);
+    assert_eq!(flows(&n), 0, "no flow of {ip} outlives its container");
+}
