@@ -10,16 +10,18 @@
 /// Suffix of every map name. Bump it whenever the layout of any map key or
 /// value changes: a new netd then creates fresh maps next to (and removes)
 /// the pinned ones of the old layout instead of misreading them.
-pub const MAP_VERSION: &str = "v4";
+pub const MAP_VERSION: &str = "v5";
 
 /// Versions whose pinned conntrack (and host-socket) entries a new netd
 /// carries over on start (their [`CtKey`]/[`CtEntry`]/[`SockKey`]/
 /// [`SockOrig`] layouts are this version's), so an upgrade keeps every
 /// connection. v2 -> v3 added drop reasons, counters and maps; v3 -> v4
-/// gave [`Endpoint`] its stats slot and network flags, made the
-/// per-endpoint stats a per-CPU array and the counters one per-CPU
-/// [`Counters`] value; the conntrack layout did not change.
-pub const MIGRATE_FROM: &[&str] = &["v3", "v2"];
+/// (gateway modes, the cluster) grew [`Config`], added counters, conntrack
+/// kinds and the `NETD_DIRECT` map; v4 -> v5 gave [`Endpoint`] its stats
+/// slot, network flags and mask, made the per-endpoint stats a per-CPU
+/// array and the counters one per-CPU [`Counters`] value. The conntrack
+/// layout did not change.
+pub const MIGRATE_FROM: &[&str] = &["v4", "v3", "v2"];
 
 /// Map names (without the version suffix; userspace pins them as
 /// `<name>_<MAP_VERSION>`).
@@ -53,8 +55,13 @@ pub mod maps {
     /// Queue of [`CtKey`](super::CtKey): recently created flows, the
     /// candidates for eviction (if still unconfirmed) when the table is full.
     pub const CT_NEW: &str = "NETD_CT_NEW";
+    /// LPM trie: [`PortKey`](super::PortKey) (protocol, *container*
+    /// address, container port) -> [`PortTarget`](super::PortTarget):
+    /// published container ports reachable by routing to the container's
+    /// address (`routed` networks, `nat` without masquerade).
+    pub const DIRECT: &str = "NETD_DIRECT";
     /// Every map netd pins, for cleanup.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         COUNTERS,
         DROPS,
         ENDPOINTS,
@@ -68,6 +75,7 @@ pub mod maps {
         SOCKETS,
         FRAGS,
         CT_NEW,
+        DIRECT,
     ];
 }
 
@@ -209,13 +217,25 @@ pub enum Counter {
     Fragments = 16,
     /// Unconfirmed flows evicted to make room in a full table.
     CtEvicted = 17,
+    /// Packets of containers' flows sent out untranslated (gateway modes
+    /// without masquerade, replies of flows routed in).
+    RoutedOut = 18,
+    /// Packets routed from outside (or from another network) to a
+    /// container's own address, delivered untranslated.
+    RoutedIn = 19,
+    /// Pod -> another node's pod: out of the uplink untranslated
+    /// (FIB lookup + bpf_redirect_neigh), no conntrack.
+    ClusterOut = 20,
+    /// Another node's pod -> a pod here: straight into the endpoint, no
+    /// NAT, no conntrack.
+    ClusterIn = 21,
     /// Masqueraded TCP flows closed both ways whose translated port a new
     /// flow to the same destination took (every probed port was taken).
-    CtReused = 18,
+    CtReused = 22,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 23;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::FromContainerPackets,
         Counter::FromContainerBytes,
@@ -235,6 +255,10 @@ impl Counter {
         Counter::FragNeeded,
         Counter::Fragments,
         Counter::CtEvicted,
+        Counter::RoutedOut,
+        Counter::RoutedIn,
+        Counter::ClusterOut,
+        Counter::ClusterIn,
         Counter::CtReused,
     ];
 
@@ -258,6 +282,10 @@ impl Counter {
             Counter::FragNeeded => "frag_needed",
             Counter::Fragments => "fragments",
             Counter::CtEvicted => "ct.evicted",
+            Counter::RoutedOut => "routed_out",
+            Counter::RoutedIn => "routed_in",
+            Counter::ClusterOut => "cluster_out",
+            Counter::ClusterIn => "cluster_in",
             Counter::CtReused => "ct.reused",
         }
     }
@@ -338,6 +366,21 @@ pub const NET_INTERNAL: u32 = 4;
 /// set by anything yet: networks are IPv4-only, and without it every frame
 /// from a container that is neither IPv4 nor ARP is dropped.
 pub const NET_IPV6: u32 = 8;
+/// Published container ports (NETD_DIRECT) are reachable by routing to
+/// the container's address (`routed`; `nat` without masquerade).
+pub const NET_DIRECT_PORTS: u32 = 16;
+/// ICMP echo is reachable by routing to the container's address
+/// (`routed`).
+pub const NET_DIRECT_ICMP: u32 = 32;
+/// Everything is reachable by routing to the container's address
+/// (`nat-unprotected`).
+pub const NET_DIRECT_ALL: u32 = 64;
+/// Containers of other networks may route to this network's published
+/// container ports and ICMP (`routed`).
+pub const NET_FROM_NETWORKS: u32 = 128;
+/// The subnet lies in the cluster CIDR: pod <-> cluster traffic is never
+/// translated nor tracked.
+pub const NET_CLUSTER: u32 = 256;
 
 /// A network (value of NETD_NET).
 #[repr(C)]
@@ -366,8 +409,20 @@ pub struct Config {
     /// The host namespace's cookie: the cgroup socket programs only
     /// rewrite sockets of this namespace.
     pub netns_cookie: u64,
+    /// The cluster's pod range (`--cluster-cidr`), network order; mask 0:
+    /// no cluster.
+    pub cluster_net: u32,
+    pub cluster_mask: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 32);
+
+impl Config {
+    /// Whether `addr` (network order) is inside the cluster CIDR.
+    #[inline(always)]
+    pub const fn in_cluster(&self, addr: u32) -> bool {
+        self.cluster_mask != 0 && addr & self.cluster_mask == self.cluster_net
+    }
+}
 
 /// Data of a NETD_PORTS LPM key: protocol, host address, host port, in
 /// that order (network byte order), matched by prefix: 8 + 32 bits are
@@ -441,6 +496,12 @@ pub mod ct_kind {
     pub const ROUTED: u8 = 7;
     /// The world's reply of a ROUTED flow: delivered to the container.
     pub const REV_ROUTED: u8 = 8;
+    /// A connection routed to a container's own address (gateway modes
+    /// `routed`, `nat-unprotected`; from the world or from another
+    /// network's container): delivered to the container untranslated.
+    pub const ROUTED_IN: u8 = 9;
+    /// The container's side of a ROUTED_IN flow: sent back untranslated.
+    pub const REV_ROUTED_IN: u8 = 10;
 }
 
 /// Conntrack states, for timeouts.
@@ -494,9 +555,9 @@ impl CtKey {
                 proto: self.proto,
                 _pad: [0; 3],
             },
-            // Source rewritten (or kept, for ROUTED): the reply comes from
-            // daddr to (addr, port).
-            ct_kind::SNAT | ct_kind::REV_DNAT | ct_kind::ROUTED => CtKey {
+            // Source rewritten (or kept, for ROUTED and REV_ROUTED_IN): the
+            // reply comes from daddr to (addr, port).
+            ct_kind::SNAT | ct_kind::REV_DNAT | ct_kind::ROUTED | ct_kind::REV_ROUTED_IN => CtKey {
                 saddr: self.daddr,
                 daddr: e.addr,
                 sport: self.dport,

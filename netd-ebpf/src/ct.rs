@@ -34,7 +34,11 @@ pub fn key(saddr: u32, daddr: u32, proto: u8, l4: &L4) -> CtKey {
 fn is_reply_kind(kind: u8) -> bool {
     matches!(
         kind,
-        ct_kind::REV_SNAT | ct_kind::REV_DNAT | ct_kind::REV_HAIRPIN | ct_kind::REV_ROUTED
+        ct_kind::REV_SNAT
+            | ct_kind::REV_DNAT
+            | ct_kind::REV_HAIRPIN
+            | ct_kind::REV_ROUTED
+            | ct_kind::REV_ROUTED_IN
     )
 }
 

@@ -194,12 +194,18 @@ fn outer(ctx: &TcContext, off: usize, old: u32, new: u32) -> Result<(), DropReas
 /// Which entries an error may follow, by direction.
 #[inline(always)]
 pub fn from_world_kind(kind: u8) -> bool {
-    kind == ct_kind::REV_SNAT || kind == ct_kind::DNAT || kind == ct_kind::REV_ROUTED
+    matches!(
+        kind,
+        ct_kind::REV_SNAT | ct_kind::DNAT | ct_kind::REV_ROUTED | ct_kind::ROUTED_IN
+    )
 }
 
 #[inline(always)]
 pub fn from_container_kind(kind: u8) -> bool {
-    kind == ct_kind::SNAT || kind == ct_kind::REV_DNAT
+    matches!(
+        kind,
+        ct_kind::SNAT | ct_kind::REV_DNAT | ct_kind::REV_ROUTED_IN
+    )
 }
 
 /// Looks the flow up without refreshing it (an error is not traffic).

@@ -8,14 +8,20 @@
 //!   ARP sender); IPv4 and ARP only (IPv6 where the network allows it);
 //!   conntrack hits (masquerade out, published-port replies back out,
 //!   hairpin), same-network unicast straight to the peer container with
-//!   bpf_redirect_peer (icc enforced), isolation between networks, new
+//!   bpf_redirect_peer (icc enforced), isolation between networks (a
+//!   `routed` network's published container ports excepted), new
 //!   masqueraded (or tracked, without masquerade) flows out of the uplink
-//!   (FIB lookup + bpf_redirect_neigh).
-//! - from_world (TC ingress of the uplink): replies of tracked flows and
+//!   (FIB lookup + bpf_redirect_neigh); a pod's traffic to another node's
+//!   pod (the cluster CIDR) out of the uplink untranslated and untracked.
+//! - from_world (TC ingress of the uplink): another node's pod straight
+//!   into the pod (no NAT, no conntrack); replies of tracked flows and
 //!   new connections (a SYN, or a datagram no host socket owns) to
-//!   published ports, translated and redirected into the container;
-//!   nothing else reaches a container's address, and nothing from outside
-//!   may be addressed to 127/8.
+//!   published ports, translated and redirected into the container; new
+//!   connections routed to a container's own address where its network's
+//!   gateway mode allows them (`routed`: published container ports and
+//!   ICMP; `nat-unprotected`: everything), untranslated; nothing else
+//!   reaches a container's address, and nothing from outside may be
+//!   addressed to 127/8.
 //! What goes to the kernel: ARP, broadcast/multicast, the host's own
 //! traffic, packets too big for their egress (untranslated, with DF set,
 //! so that the kernel answers "fragmentation needed"), destinations whose
@@ -48,14 +54,17 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netd_common::{
-    Config, Counter, CtEntry, DropReason, Endpoint, EndpointKey, FRAG_FROM_CONTAINER,
-    FRAG_FROM_WORLD, NET_ICC, NET_INTERNAL, NET_IPV6, NET_MASQUERADE, Network,
+    Config, Counter, CtEntry, CtKey, DropReason, Endpoint, EndpointKey, FRAG_FROM_CONTAINER,
+    FRAG_FROM_WORLD, NET_CLUSTER, NET_DIRECT_ALL, NET_DIRECT_ICMP, NET_DIRECT_PORTS,
+    NET_FROM_NETWORKS, NET_ICC, NET_INTERNAL, NET_IPV6, NET_MASQUERADE, Network,
     PORT_KEY_FULL_PREFIX, PortKey, ct_kind, ct_state, tc,
 };
 
 use crate::{
     ct::Created,
-    maps::{NETD_CFG, NETD_EP, NETD_EP_IF, NETD_LOCAL, NETD_NET, NETD_PORTS, PortLpmKey},
+    maps::{
+        NETD_CFG, NETD_DIRECT, NETD_EP, NETD_EP_IF, NETD_LOCAL, NETD_NET, NETD_PORTS, PortLpmKey,
+    },
     parse::{
         ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IP_DADDR_OFF, IP_SADDR_OFF, IPPROTO_ICMP,
         IPPROTO_TCP, IPPROTO_UDP, Ipv4, L4,
@@ -175,6 +184,14 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     counters::add(Counter::FromContainerIpv4, 1);
     let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
+    // A pod's traffic to another node's pod: untranslated, untracked.
+    if net.flags & NET_CLUSTER != 0
+        && let Some(cfg) = config()
+        && cfg.in_cluster(ip.daddr)
+        && let Some(v) = cluster_out(ctx, &ip, ifindex, &cfg)?
+    {
+        return Ok(v);
+    }
     // The L4 ports: from the header, or for a later fragment from its
     // datagram's first fragment.
     let l4 = if ip.is_later_fragment() {
@@ -229,11 +246,26 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
                 ct_kind::HAIRPIN | ct_kind::REV_HAIRPIN => {
                     return hairpin_rewrite(ctx, &ip, l4, &e);
                 }
-                ct_kind::SNAT | ct_kind::REV_DNAT | ct_kind::ROUTED => {
+                ct_kind::SNAT | ct_kind::REV_DNAT | ct_kind::ROUTED | ct_kind::REV_ROUTED_IN => {
                     if net.flags & NET_INTERNAL != 0 {
                         return Err(DropReason::InternalNetwork);
                     }
+                    // The reply of a connection a container of another
+                    // network routed in: back into that container.
+                    // SAFETY: presence check only.
+                    if e.kind == ct_kind::REV_ROUTED_IN
+                        && unsafe { NETD_EP.get(ip.daddr) }.is_some()
+                    {
+                        counters::add(Counter::RoutedOut, 1);
+                        return deliver(ctx, ip.daddr);
+                    }
                     return out_to_world(ctx, &ip, l4, &e);
+                }
+                // A connection this container routed to a `routed`
+                // network's container.
+                ct_kind::ROUTED_IN => {
+                    counters::add(Counter::RoutedIn, 1);
+                    return deliver(ctx, e.addr);
                 }
                 _ => {}
             }
@@ -260,6 +292,23 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     // Another container (ICMP and fragments; the rest took the fast path).
     // SAFETY: map value copied out.
     if let Some(peer) = unsafe { NETD_EP.get(ip.daddr) }.copied() {
+        if peer.net_id != ep.net_id {
+            // A `routed` network takes connections routed from other
+            // networks to its published container ports (and ICMP echo),
+            // as Docker's isolation rules let them through.
+            if net.flags & NET_INTERNAL == 0
+                && let Some(l4) = &l4
+                && let Some(pnet) = network(peer.net_id)
+                && pnet.flags & NET_FROM_NETWORKS != 0
+                && l4.hdr
+                && direct_allowed(&pnet, ip.proto, ip.daddr, l4)
+            {
+                routed_in_new_flow(&ip, l4, &peer)?;
+                counters::add(Counter::RoutedIn, 1);
+                return deliver_ep(ctx, &peer);
+            }
+            return Err(DropReason::NetworkIsolation);
+        }
         return to_peer(ctx, &ep, net.flags, &peer, None);
     }
 
@@ -393,7 +442,7 @@ fn out_to_world(ctx: &TcContext, ip: &Ipv4, l4: &L4, e: &CtEntry) -> Result<i32,
     match e.kind {
         ct_kind::SNAT => counters::add(Counter::Snat, 1),
         ct_kind::REV_DNAT => counters::add(Counter::RevDnat, 1),
-        _ => {}
+        _ => counters::add(Counter::RoutedOut, 1),
     }
     out.verdict()
 }
@@ -621,7 +670,14 @@ fn pass_world(daddr: u32) -> Result<i32, DropReason> {
 /// TIME_WAIT, a pending connection, or listening on the port; UDP: bound
 /// to the port).
 #[inline(always)]
-fn host_socket_on(ctx: &TcContext, proto: u8, laddr: u32, lport: u16, raddr: u32, rport: u16) -> bool {
+fn host_socket_on(
+    ctx: &TcContext,
+    proto: u8,
+    laddr: u32,
+    lport: u16,
+    raddr: u32,
+    rport: u16,
+) -> bool {
     // SAFETY: an all-zero tuple is valid; filled below.
     let mut t: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     // As a packet from the remote end would carry it.
@@ -654,6 +710,148 @@ fn host_socket_on(ctx: &TcContext, proto: u8, laddr: u32, lport: u16, raddr: u32
         bpf_sk_release(sk as *mut _);
         true
     }
+}
+
+/// From outside to something no flow covers. The host's own traffic
+/// passes; a container's own address takes what its network's gateway
+/// mode lets in by routing (`routed`: new connections to published
+/// container ports and ICMP echo; `nat` without masquerade: published
+/// container ports; `nat-unprotected`: anything), untranslated, tracked
+/// so that the replies leave untranslated too; anything else addressed
+/// to a container is dropped (`nat`: Docker 28's raw-table rule).
+#[inline(always)]
+fn to_address(ctx: &TcContext, ip: &Ipv4, l4: Option<&L4>) -> Result<i32, DropReason> {
+    // SAFETY: map value copied out.
+    let Some(ep) = (unsafe { NETD_EP.get(ip.daddr) }).copied() else {
+        return Ok(tc::ACT_UNSPEC);
+    };
+    let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
+    match l4 {
+        Some(l4) if l4.hdr && direct_allowed(&net, ip.proto, ip.daddr, l4) => {
+            routed_in_new_flow(ip, l4, &ep)?;
+            counters::add(Counter::RoutedIn, 1);
+            to_container(ctx, ip, l4, ip.daddr, l4.dport)
+        }
+        // nat-unprotected filters nothing: other protocols and ICMP
+        // errors go in as they are.
+        None if net.flags & NET_DIRECT_ALL != 0 && net.flags & NET_INTERNAL == 0 => {
+            counters::add(Counter::RoutedIn, 1);
+            deliver_ep(ctx, &ep)
+        }
+        _ => Err(DropReason::NotPublished),
+    }
+}
+
+/// Whether a new connection routed to a container's own address is let
+/// in by the container's network (a TCP SYN, a datagram, an ICMP echo
+/// request; anything else needs a flow).
+#[inline(always)]
+fn direct_allowed(net: &Network, proto: u8, daddr: u32, l4: &L4) -> bool {
+    if net.flags & NET_INTERNAL != 0 {
+        return false;
+    }
+    let new = match proto {
+        IPPROTO_TCP => l4.is_syn(),
+        IPPROTO_UDP => true,
+        // An echo request (an id of 0 keys requests and replies alike).
+        IPPROTO_ICMP => l4.hdr && l4.tcp_flags == parse::ICMP_ECHO,
+        _ => false,
+    };
+    new && (net.flags & NET_DIRECT_ALL != 0
+        || (proto == IPPROTO_ICMP && net.flags & NET_DIRECT_ICMP != 0)
+        || (proto != IPPROTO_ICMP
+            && net.flags & NET_DIRECT_PORTS != 0
+            && direct_port(proto, daddr, l4.dport)))
+}
+
+/// Whether (proto, container address, container port) is a published
+/// container port reachable by routing.
+#[inline(always)]
+fn direct_port(proto: u8, addr: u32, port: u16) -> bool {
+    let key = PortLpmKey::new(
+        PORT_KEY_FULL_PREFIX,
+        PortKey {
+            proto,
+            addr: addr.to_ne_bytes(),
+            port: port.to_be_bytes(),
+            _pad: 0,
+        },
+    );
+    NETD_DIRECT
+        .get(&key)
+        .is_some_and(|t| port >= t.host_port_min && port <= t.host_port_max)
+}
+
+/// Creates the two entries of a connection routed to container `ep`'s
+/// own address: ROUTED_IN (the client's direction, delivered as it is)
+/// and REV_ROUTED_IN (the container's replies, sent back as they are).
+/// A stale reverse entry on the same tuple is replaced.
+#[inline(always)]
+fn routed_in_new_flow(ip: &Ipv4, l4: &L4, ep: &Endpoint) -> Result<(), DropReason> {
+    let key = ct::key(ip.saddr, ip.daddr, ip.proto, l4);
+    let now = ct::now();
+    let fwd = CtEntry {
+        last_seen: now,
+        addr: ip.daddr,
+        port: l4.dport,
+        kind: ct_kind::ROUTED_IN,
+        state: ct_state::NEW,
+        ifindex: ep.ifindex,
+        container_ip: ip.daddr,
+        ..CtEntry::default()
+    };
+    let rev_key: CtKey = key.reverse(&fwd);
+    let back = CtEntry {
+        kind: ct_kind::REV_ROUTED_IN,
+        ..fwd
+    };
+    ct::create(&key, &fwd, &rev_key, &back, true).map(|_| ())
+}
+
+/// A pod's packet to a cluster address that is not a container here: out
+/// of the uplink untranslated (FIB lookup + bpf_redirect_neigh), no
+/// conntrack. `None`: not for the uplink (another local network: the
+/// ordinary checks decide). The host itself, routes the kernel answers
+/// (unreachable) and packets too big for the uplink go to the kernel,
+/// untouched: it forwards, fragments or answers them itself.
+#[inline(always)]
+fn cluster_out(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    ifindex: u32,
+    cfg: &Config,
+) -> Result<Option<i32>, DropReason> {
+    // SAFETY: presence check only.
+    if unsafe { NETD_EP.get(ip.daddr) }.is_some() {
+        return Ok(None);
+    }
+    let mut fib = fib_params(ip, ifindex);
+    let rc = fib_lookup(ctx, &mut fib);
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH | BPF_FIB_LKUP_RET_FRAG_NEEDED => {}
+        BPF_FIB_LKUP_RET_NOT_FWDED
+        | BPF_FIB_LKUP_RET_BLACKHOLE
+        | BPF_FIB_LKUP_RET_UNREACHABLE
+        | BPF_FIB_LKUP_RET_PROHIBIT => return Ok(Some(tc::ACT_UNSPEC)),
+        _ => return Err(DropReason::FibLookupFailed),
+    }
+    if fib.ifindex != cfg.uplink_ifindex {
+        return Ok(None);
+    }
+    let hlen = if ip.is_later_fragment() {
+        0
+    } else {
+        match parse::l4(ctx, ip.proto, ETH_HLEN + ip.hdr_len) {
+            Ok(Some(l4)) => l4.hlen,
+            _ => 0,
+        }
+    };
+    if too_big(ctx, rc, &fib, ip, hlen) {
+        counters::add(Counter::FragNeeded, 1);
+        return Ok(Some(tc::ACT_UNSPEC));
+    }
+    counters::add(Counter::ClusterOut, 1);
+    redirect_neigh(fib.ifindex, next_hop(&fib)).map(Some)
 }
 
 /// Whether a connected host socket owns this datagram's tuple (a host
@@ -704,6 +902,17 @@ fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
     if is_loopback(ip.daddr) {
         return Err(DropReason::Martian);
     }
+    // Another node's pod to a pod here: straight in, untranslated,
+    // untracked (fragments too).
+    if let Some(cfg) = config()
+        && cfg.in_cluster(ip.saddr)
+        // SAFETY: map value copied out.
+        && let Some(ep) = unsafe { NETD_EP.get(ip.daddr) }.copied()
+        && network(ep.net_id).is_some_and(|n| n.flags & NET_CLUSTER != 0)
+    {
+        counters::add(Counter::ClusterIn, 1);
+        return deliver_ep(ctx, &ep);
+    }
     let l4 = if ip.is_later_fragment() {
         // A fragment of a datagram netd translates, or the host's.
         match frag::lookup(FRAG_FROM_WORLD, &ip) {
@@ -723,7 +932,7 @@ fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
         }
         match parse::l4(ctx, ip.proto, ETH_HLEN + ip.hdr_len) {
             Ok(Some(l4)) => l4,
-            _ => return pass_world(ip.daddr),
+            _ => return to_address(ctx, &ip, None),
         }
     };
     let key = ct::key(ip.saddr, ip.daddr, ip.proto, &l4);
@@ -741,22 +950,22 @@ fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
     if let Some(e) = ct::lookup(&key, &l4)
         && matches!(
             e.kind,
-            ct_kind::REV_SNAT | ct_kind::DNAT | ct_kind::REV_ROUTED
+            ct_kind::REV_SNAT | ct_kind::DNAT | ct_kind::REV_ROUTED | ct_kind::ROUTED_IN
         )
     {
         match e.kind {
             ct_kind::REV_SNAT => counters::add(Counter::RevSnat, 1),
             ct_kind::DNAT => counters::add(Counter::Dnat, 1),
-            _ => {}
+            _ => counters::add(Counter::RoutedIn, 1),
         }
         return to_container(ctx, &ip, &l4, e.addr, e.port);
     }
     if ip.proto == IPPROTO_ICMP {
-        return pass_world(ip.daddr);
+        return to_address(ctx, &ip, Some(&l4));
     }
     // A published port?
     let Some(t) = published(ip.proto, ip.daddr, l4.dport) else {
-        return pass_world(ip.daddr);
+        return to_address(ctx, &ip, Some(&l4));
     };
     // SAFETY: map value copied out.
     let Some(ep) = (unsafe { NETD_EP.get(t.container_ip) }).copied() else {
@@ -969,8 +1178,14 @@ fn deliver(ctx: &TcContext, addr: u32) -> Result<i32, DropReason> {
     let Some(ep) = (unsafe { NETD_EP.get(addr) }).copied() else {
         return Err(DropReason::NoEndpoint);
     };
+    deliver_ep(ctx, &ep)
+}
+
+/// Delivers a packet into endpoint `ep` (its MACs set, bpf_redirect_peer).
+#[inline(always)]
+fn deliver_ep(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
     nat::set_macs(ctx, &ep.gw_mac, &ep.mac)?;
-    counters::endpoint_tx(&ep, ctx.len());
+    counters::endpoint_tx(ep, ctx.len());
     // SAFETY: helper call.
     Ok(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32)
 }

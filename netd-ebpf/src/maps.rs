@@ -49,6 +49,12 @@ pub static NETD_CFG: Array<Config, 1> = Array::new();
 
 pub type PortLpmKey = Key<PortKey>;
 
+/// Published container ports reachable by routing: (protocol, container
+/// address, container port) in the same LPM layout as NETD_PORTS.
+#[btf_map]
+pub static NETD_DIRECT: LpmTrie<PortKey, PortTarget, { MAX_PORT_PREFIXES as usize }> =
+    LpmTrie::new();
+
 /// The host's own IPv4 addresses (network order): what "a host address"
 /// means for hairpin and for wildcard published ports from host sockets.
 #[btf_map]

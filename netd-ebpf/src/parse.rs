@@ -164,6 +164,7 @@ pub fn ipv4(ctx: &TcContext, off: usize) -> Result<Ipv4, DropReason> {
 pub struct L4 {
     pub sport: u16,
     pub dport: u16,
+    /// TCP: the flags; ICMP: the type (echo request or reply).
     pub tcp_flags: u8,
     /// Offset of the L4 header.
     pub off: usize,
@@ -283,7 +284,7 @@ pub fn l4(ctx: &TcContext, proto: u8, off: usize) -> Result<Option<L4>, DropReas
             Ok(Some(L4 {
                 sport,
                 dport,
-                tcp_flags: 0,
+                tcp_flags: ty,
                 off,
                 csum_off: off + 2,
                 udp_no_csum: false,

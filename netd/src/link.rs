@@ -368,12 +368,21 @@ impl Netlink {
 
     /// Adds (or replaces) the route `dst/prefix via gateway`, marked as
     /// netd's ([`ROUTE_PROTOCOL`]).
-    pub async fn replace_route(&self, dst: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<()> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+    pub async fn replace_route(
+        &self,
+        dst: Ipv4Addr,
+        prefix: u8,
+        gateway: Ipv4Addr,
+        src: Option<Ipv4Addr>,
+    ) -> Result<()> {
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst, prefix)
             .gateway(gateway)
-            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-            .build();
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+        if let Some(src) = src {
+            b = b.pref_source(src);
+        }
+        let route = b.build();
         self.handle
             .route()
             .add(route)
@@ -400,7 +409,7 @@ impl Netlink {
 
     /// Routes of the main table that netd made ([`ROUTE_PROTOCOL`]): (dst,
     /// prefix, gateway).
-    pub async fn own_routes(&self) -> Result<Vec<(Ipv4Addr, u8, Ipv4Addr)>> {
+    pub async fn own_routes(&self) -> Result<Vec<OwnRoute>> {
         let mut s = self
             .handle
             .route()
@@ -415,8 +424,17 @@ impl Netlink {
                 RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
                 _ => None,
             });
+            let src = msg.attributes.iter().find_map(|a| match a {
+                RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            });
             if let (Some((dst, prefix)), Some(gw)) = (route_dst(&msg), gw) {
-                out.push((dst, prefix, gw));
+                out.push(OwnRoute {
+                    dst,
+                    prefix,
+                    gateway: gw,
+                    src,
+                });
             }
         }
         Ok(out)
@@ -440,6 +458,16 @@ impl Netlink {
         }
         Ok(out)
     }
+}
+
+/// One of netd's routes (marked with its protocol): `dst/prefix via
+/// gateway`, with the source address the host prefers for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnRoute {
+    pub dst: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    pub src: Option<Ipv4Addr>,
 }
 
 fn route_dst(msg: &RouteMessage) -> Option<(Ipv4Addr, u8)> {

@@ -110,8 +110,9 @@ enum Cmd {
         /// Comma-separated: ebpf, nftables, iptables.
         #[arg(long, default_value = "ebpf,nftables,iptables")]
         datapaths: String,
-        /// Comma-separated: c2c, dnat, egress, scaling, control, bpf.
-        #[arg(long, default_value = "c2c,dnat,egress,scaling,control,bpf")]
+        /// Comma-separated: c2c, dnat, egress, scaling, control, bpf,
+        /// node2node.
+        #[arg(long, default_value = "c2c,dnat,egress,scaling,control,bpf,node2node")]
         scenarios: String,
         /// CPU placements of each request/response load, comma-separated:
         /// same (client and servers on CPU 0), cross (servers on CPU 0,

@@ -79,6 +79,38 @@ impl GatewayMode {
     }
 }
 
+/// What a network's gateway mode and options mean on the wire: the one
+/// reading all three datapaths render from (see the README's "Gateway
+/// modes").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wire {
+    /// Traffic to the world leaves with the host's address (`nat` and
+    /// `nat-unprotected` with masquerade on; never an internal network).
+    pub masquerade: bool,
+    /// Published host ports are DNATed to the containers (every mode but
+    /// `routed`, where the host port of `-p` is not used).
+    pub host_ports: bool,
+    /// Nothing from outside the bridge reaches a container's address
+    /// (Docker 28's raw-table rule): `nat` with masquerade on.
+    pub protected: bool,
+    /// Published container ports are reachable by routing to the
+    /// container's address: `routed`, and `nat` without masquerade (whose
+    /// containers' own addresses are on the wire anyway).
+    pub direct_ports: bool,
+    /// ICMP is reachable by routing (`routed`, as Docker allows it).
+    pub direct_icmp: bool,
+    /// Every port is reachable by routing (`nat-unprotected`).
+    pub direct_all: bool,
+    /// Containers of other networks on the host may route to this one's
+    /// published container ports and ICMP (`routed`; the others are
+    /// isolated).
+    pub from_other_networks: bool,
+    /// The subnet lies inside the cluster CIDR (`--cluster-cidr`): its
+    /// traffic to cluster addresses is never masqueraded, and every
+    /// cluster address reaches its containers on every port.
+    pub cluster: bool,
+}
+
 impl std::str::FromStr for GatewayMode {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<GatewayMode> {
@@ -152,6 +184,29 @@ impl Network {
     }
     pub fn subnet(&self) -> Cidr {
         self.ipam.subnet()
+    }
+    /// What the network's gateway mode and options mean on the wire, in a
+    /// cluster with pod range `cluster` (if any).
+    pub fn wire(&self, cluster: Option<Cidr>) -> Wire {
+        let o = &self.options;
+        if o.internal {
+            return Wire {
+                host_ports: o.gateway_mode != GatewayMode::Routed,
+                ..Wire::default()
+            };
+        }
+        let mode = o.gateway_mode;
+        Wire {
+            masquerade: mode.nat() && o.masquerade,
+            host_ports: mode != GatewayMode::Routed,
+            protected: mode == GatewayMode::Nat && o.masquerade,
+            direct_ports: mode == GatewayMode::Routed
+                || (mode == GatewayMode::Nat && !o.masquerade),
+            direct_icmp: mode == GatewayMode::Routed,
+            direct_all: mode == GatewayMode::NatUnprotected,
+            from_other_networks: mode == GatewayMode::Routed,
+            cluster: cluster.is_some_and(|c| c.contains_cidr(&self.subnet())),
+        }
     }
     pub fn gateway(&self) -> Ipv4Addr {
         self.ipam.gateway()
@@ -350,5 +405,58 @@ impl Container {
             } => Some((container_id, netns, ifname)),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_of_each_gateway_mode() {
+        let subnet: Cidr = "10.244.1.0/24".parse().unwrap();
+        let net = |mode: GatewayMode, masquerade: bool, internal: bool| Network {
+            id: "n".into(),
+            name: "n".into(),
+            created: String::new(),
+            bridge: "br".into(),
+            ipam: Allocator::new(subnet, subnet.first_host(), None).unwrap(),
+            ipam6: None,
+            options: NetworkOptions {
+                gateway_mode: mode,
+                masquerade,
+                internal,
+                ..NetworkOptions::default()
+            },
+            raw_options: BTreeMap::new(),
+            default: false,
+            owner: NetworkOwner::Netd,
+        };
+        let nat = net(GatewayMode::Nat, true, false).wire(None);
+        assert!(nat.masquerade && nat.host_ports && nat.protected);
+        assert!(!nat.direct_ports && !nat.direct_all && !nat.cluster);
+        let unp = net(GatewayMode::NatUnprotected, true, false).wire(None);
+        assert!(unp.masquerade && unp.host_ports && !unp.protected && unp.direct_all);
+        let rtd = net(GatewayMode::Routed, true, false).wire(None);
+        assert!(!rtd.masquerade && !rtd.host_ports && !rtd.protected);
+        assert!(rtd.direct_ports && rtd.direct_icmp && rtd.from_other_networks);
+        // nat without masquerade: its addresses are on the wire, its
+        // published container ports reachable by routing (replies too).
+        let bare = net(GatewayMode::Nat, false, false).wire(None);
+        assert!(!bare.masquerade && !bare.protected && bare.direct_ports && bare.host_ports);
+        let iso = net(GatewayMode::Isolated, true, true).wire(None);
+        assert_eq!(
+            iso,
+            Wire {
+                host_ports: true,
+                ..Wire::default()
+            }
+        );
+        // The cluster: a subnet inside the cluster CIDR, not an internal one.
+        let c: Cidr = "10.244.0.0/16".parse().unwrap();
+        assert!(net(GatewayMode::Nat, true, false).wire(Some(c)).cluster);
+        assert!(!net(GatewayMode::Nat, true, true).wire(Some(c)).cluster);
+        let other: Cidr = "10.245.0.0/16".parse().unwrap();
+        assert!(!net(GatewayMode::Nat, true, false).wire(Some(other)).cluster);
     }
 }

@@ -14,9 +14,11 @@ use crate::{
 /// the kernel's ephemeral range).
 pub const EPHEMERAL: (u16, u16) = (32768, 60999);
 
-/// Whether two bindings claim the same host port.
+/// Whether two bindings claim the same host port (a `routed` network's
+/// bindings claim none).
 pub fn conflicts(a: &PortBinding, b: &PortBinding) -> bool {
-    a.proto == b.proto
+    a.host_port != 0
+        && a.proto == b.proto
         && a.host_port == b.host_port
         && (a.host_ip == b.host_ip || a.host_ip.is_unspecified() || b.host_ip.is_unspecified())
 }
@@ -89,6 +91,54 @@ pub fn allocate(
     Ok(out)
 }
 
+/// The bindings of a container on a `routed` network: Docker does not use
+/// the host port there, and the host address only says which address
+/// family a mapping is for. Each container port is published on the
+/// container's own address: a binding with host port 0 (shown without
+/// one, claiming no host port). A host address or port given anyway is
+/// ignored with a warning, as Docker does; IPv6 mappings are skipped
+/// (netd's networks are IPv4-only). `-P` publishes the exposed ports the
+/// same way.
+pub fn routed(
+    specs: &[PortSpec],
+    exposed: &[((u16, u16), Proto)],
+    publish_all: bool,
+) -> Result<Vec<PortBinding>> {
+    let mut specs = specs.to_vec();
+    if publish_all {
+        specs.extend(exposed.iter().map(|(ports, proto)| PortSpec {
+            host_ip: None,
+            host_ports: None,
+            container_ports: *ports,
+            proto: *proto,
+        }));
+    }
+    let mut out: Vec<PortBinding> = Vec::new();
+    for spec in &specs {
+        if spec.host_ip.is_some_and(|ip| ip.is_ipv6()) {
+            continue;
+        }
+        if spec.host_ports.is_some() || spec.host_ip.is_some_and(|ip| !ip.is_unspecified()) {
+            tracing::warn!(
+                "-p {spec}: a routed network publishes the container port on the container's address; the host address and port are not used"
+            );
+        }
+        let bare = PortSpec {
+            host_ip: None,
+            host_ports: None,
+            ..spec.clone()
+        };
+        let bindings = portspec::expand(&bare, &mut |_, _| Ok(0))
+            .map_err(|e| anyhow!(ApiError::bad(format!("{e:#}"))))?;
+        for b in bindings {
+            if !out.contains(&b) {
+                out.push(b);
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -145,6 +195,37 @@ mod tests {
         assert_eq!(e.downcast::<ApiError>().unwrap().status, 409);
         // Another protocol does not.
         allocate(&specs(&["8080:80/udp"]), &[], false, ALL, &used, &mut next).unwrap();
+    }
+
+    #[test]
+    fn routed_bindings_claim_no_host_port() {
+        let b = routed(
+            &specs(&["8080:80", "81-82", "127.0.0.1:9000:90/udp", "[::1]:8080:83"]),
+            &[((80, 80), Proto::Tcp), ((7, 7), Proto::Udp)],
+            true,
+        )
+        .unwrap();
+        let got: Vec<(u16, u16, Proto)> = b
+            .iter()
+            .map(|b| (b.host_port, b.container_port, b.proto))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 80, Proto::Tcp),
+                (0, 81, Proto::Tcp),
+                (0, 82, Proto::Tcp),
+                (0, 90, Proto::Udp),
+                (0, 7, Proto::Udp),
+            ],
+            "host ports and addresses ignored, IPv6 skipped, duplicates once"
+        );
+        assert!(b.iter().all(|b| b.host_ip == ALL));
+        // Two routed containers never conflict; a nat binding is free to
+        // take any host port beside them.
+        assert!(!conflicts(&b[0], &b[0]));
+        let mut next = BTreeMap::new();
+        allocate(&specs(&["80:80"]), &[], false, ALL, &b, &mut next).unwrap();
     }
 
     #[test]

@@ -105,6 +105,47 @@ pub fn add_ports(
     }
 }
 
+/// Publishes container ports [min, max] of `cip` for routing to the
+/// container's address (NETD_DIRECT; one exact entry per port).
+pub fn add_direct(p: &mut Programs, proto: u8, cip: Ipv4Addr, min: u16, max: u16) {
+    let mut m: LpmTrie<&mut MapData, PortKey, PortTarget> =
+        LpmTrie::try_from(p.map_mut(maps::DIRECT).unwrap()).unwrap();
+    let t = PortTarget {
+        container_ip: be(cip),
+        host_port_min: min,
+        host_port_max: max,
+        container_port_min: min,
+        _pad: 0,
+    };
+    for port in min..=max {
+        let k = Key::new(
+            PORT_KEY_FULL_PREFIX,
+            PortKey {
+                proto,
+                addr: cip.octets(),
+                port: port.to_be_bytes(),
+                _pad: 0,
+            },
+        );
+        m.insert(&k, t, 0).unwrap();
+    }
+}
+
+/// Sets the cluster CIDR in the config (`prefix` 0: no cluster).
+pub fn set_cluster(p: &mut Programs, net: Ipv4Addr, prefix: u8) {
+    let mut a: Array<&mut MapData, Config> =
+        Array::try_from(p.map_mut(maps::CONFIG).unwrap()).unwrap();
+    let mut c = a.get(&0, 0).unwrap();
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    };
+    c.cluster_net = be(net);
+    c.cluster_mask = mask.to_be();
+    a.set(0, c, 0).unwrap();
+}
+
 pub fn ct(p: &mut Programs) -> Vec<(CtKey, CtEntry)> {
     let m: HashMap<&mut MapData, CtKey, CtEntry> =
         HashMap::try_from(p.map_mut(maps::CT).unwrap()).unwrap();

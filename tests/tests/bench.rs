@@ -105,8 +105,15 @@ fn bench_quick_produces_positive_figures_for_every_datapath() {
         ("egress", "UDP_RR"),
         ("scaling_0", "TCP_CRR"),
         ("scaling_1000", "TCP_CRR"),
+        ("node2node", "TCP_RR"),
+        ("node2node", "TCP_CRR"),
+        ("node2node", "TCP_STREAM"),
     ] {
-        for dp in ["ebpf", "nftables", "iptables"] {
+        let floor = scenario == "node2node";
+        for dp in ["ebpf", "nftables", "iptables", "floor"]
+            .into_iter()
+            .filter(|dp| floor || *dp != "floor")
+        {
             let found: Vec<&serde_json::Value> = samples
                 .iter()
                 .filter(|s| s["scenario"] == scenario && s["load"] == load && s["datapath"] == dp)
@@ -131,6 +138,17 @@ fn bench_quick_produces_positive_figures_for_every_datapath() {
             > 0.0,
         "{bpf}"
     );
+    let n2n = samples
+        .iter()
+        .find(|s| s["scenario"] == "bpf_node2node")
+        .expect("bpf stats of node2node");
+    for fig in [
+        "node1_from_container_ns_per_packet",
+        "node2_from_world_ns_per_packet",
+    ] {
+        assert!(n2n["figures"][fig].as_f64().unwrap_or(0.0) > 0.0, "{n2n}");
+    }
+    assert!(md.contains("| node2node | TCP_RR | per_sec |"), "{md}");
     for dp in ["ebpf", "nftables", "iptables"] {
         let c = samples
             .iter()
@@ -150,8 +168,10 @@ fn bench_quick_produces_positive_figures_for_every_datapath() {
         "{c}"
     );
     assert!(c["figures"]["gc_pass_ms"].as_f64().unwrap() > 0.0, "{c}");
+    // The idle pass removes the entries the bench wrote (the table less
+    // the bench's own flows).
     assert!(
-        c["figures"]["gc_expired"].as_f64().unwrap() >= 262_000.0,
+        c["figures"]["gc_expired"].as_f64().unwrap() >= 200_000.0,
         "{c}"
     );
     let _ = std::fs::remove_dir_all(&out);

@@ -12,7 +12,10 @@
 use std::net::Ipv4Addr;
 
 use netd::bpf::{self, BpfLogLevel, Programs};
-use netd_common::{Config, Counter, Endpoint, NET_ICC, NET_MASQUERADE, ct_kind, tc};
+use netd_common::{
+    Config, Counter, Endpoint, NET_CLUSTER, NET_DIRECT_ALL, NET_DIRECT_ICMP, NET_DIRECT_PORTS,
+    NET_FROM_NETWORKS, NET_ICC, NET_MASQUERADE, ct_kind, tc,
+};
 use netd_tests::{
     HOST_IP, OUTSIDE_IP, Testbed,
     bpfmaps::{self, be},
@@ -225,6 +228,8 @@ fn random_and_mutated_frames_get_valid_verdicts_and_leave_control_maps_alone() {
             nat_port_max: NAT_PORTS.1,
             _pad: 0,
             netns_cookie: 0,
+            cluster_net: 0,
+            cluster_mask: 0,
         },
     );
     bpfmaps::add_network(&mut p, 1, NET_ICC | NET_MASQUERADE);
@@ -248,8 +253,39 @@ fn random_and_mutated_frames_get_valid_verdicts_and_leave_control_maps_alone() {
     let endpoints = [d.src, d.dst];
     let before = bpfmaps::control_maps_snapshot(&mut p);
 
-    let seeds = seeds();
-    let mut rng = Rng(0x6e65_7464_2d66_757a);
+    run_fuzz(
+        &tb,
+        &mut p,
+        &seeds(),
+        0x6e65_7464_2d66_757a,
+        &|f: &[u8]| starts_a_flow_from_world(f, &published),
+        &|f: &[u8]| starts_a_flow_from_container(f, d.src),
+        &|p: &mut Programs| check_table(p, &endpoints, &published),
+    );
+    assert_eq!(
+        bpfmaps::control_maps_snapshot(&mut p),
+        before,
+        "control-plane maps untouched"
+    );
+    let c = p.counters().unwrap();
+    assert_eq!(c["from_container.packets"], FRAMES_PER_PROGRAM as u64);
+    assert_eq!(c["from_world.packets"], FRAMES_PER_PROGRAM as u64);
+}
+
+/// Runs FRAMES_PER_PROGRAM mutated frames through each program: every
+/// verdict valid, every frame that created a flow one that `world_ok` /
+/// `container_ok` says starts a connection, `check` on the table every
+/// 10,000 frames and at the end.
+fn run_fuzz(
+    tb: &Testbed,
+    p: &mut Programs,
+    seeds: &[Vec<u8>],
+    seed: u64,
+    world_ok: &(dyn Fn(&[u8]) -> bool + Sync),
+    container_ok: &(dyn Fn(&[u8]) -> bool + Sync),
+    check: &(dyn Fn(&mut Programs) + Sync),
+) {
+    let mut rng = Rng(seed);
     let valid = [tc::ACT_UNSPEC, tc::ACT_OK, tc::ACT_SHOT, tc::ACT_REDIRECT];
     for prog in [bpf::FROM_CONTAINER, bpf::FROM_WORLD] {
         let mut verdicts = std::collections::BTreeMap::new();
@@ -259,12 +295,12 @@ fn random_and_mutated_frames_get_valid_verdicts_and_leave_control_maps_alone() {
         // FRAMES_PER_PROGRAM frames have run through the program.
         let mut refused = 0u64;
         let mut created_flows = 0u64;
-        let mut created = bpfmaps::counter(&mut p, Counter::CtCreated);
+        let mut created = bpfmaps::counter(p, Counter::CtCreated);
         tb.host
             .run(|| {
                 let mut ran = 0;
                 while ran < FRAMES_PER_PROGRAM {
-                    let f = mutate(&mut rng, &seeds);
+                    let f = mutate(&mut rng, seeds);
                     let v = match p.test_run(prog, &f) {
                         Ok((v, _)) => v,
                         Err(e) if format!("{e:?}").contains("code: 22") => {
@@ -278,19 +314,19 @@ fn random_and_mutated_frames_get_valid_verdicts_and_leave_control_maps_alone() {
                         valid.contains(&v),
                         "{prog}: frame {ran} {f:02x?} got verdict {v}"
                     );
-                    let now = bpfmaps::counter(&mut p, Counter::CtCreated);
+                    let now = bpfmaps::counter(p, Counter::CtCreated);
                     if now != created {
                         created_flows += 1;
                         let ok = if prog == bpf::FROM_WORLD {
-                            starts_a_flow_from_world(&f, &published)
+                            world_ok(&f)
                         } else {
-                            starts_a_flow_from_container(&f, d.src)
+                            container_ok(&f)
                         };
                         assert!(ok, "{prog}: frame {ran} {f:02x?} created a flow");
                         created = now;
                     }
                     if ran % 10_000 == 0 {
-                        check_table(&mut p, &endpoints, &published);
+                        check(p);
                     }
                     *verdicts.entry(v).or_insert(0u64) += 1;
                     ran += 1;
@@ -305,14 +341,192 @@ fn random_and_mutated_frames_get_valid_verdicts_and_leave_control_maps_alone() {
             "the mutations exercise more than one path: {verdicts:?}"
         );
         assert!(created_flows > 0, "some frames start flows");
-        check_table(&mut p, &endpoints, &published);
+        check(p);
     }
+}
+
+/// The cluster of the modes run: 172.16.0.0/12 holds both endpoints and
+/// another node's pods (172.18.0.0/16).
+fn in_cluster(ip: Ipv4Addr) -> bool {
+    u32::from(ip) >> 20 == u32::from(Ipv4Addr::new(172, 16, 0, 0)) >> 20
+}
+
+/// A frame's IPv4 (src, dst, proto, L4 bytes) when it is a whole first
+/// fragment (or no fragment) with a sane header.
+fn first_ipv4(f: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr, u8, &[u8])> {
+    if f.len() < ETH_HLEN + 20 || f[12..14] != [0x08, 0x00] || f[0] & 1 == 1 {
+        return None;
+    }
+    let ip = &f[ETH_HLEN..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    if ip[0] >> 4 != 4 || ihl < 20 || frag & 0x1fff != 0 {
+        return None;
+    }
+    Some((
+        Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        ip[9],
+        ip.get(ihl..)?,
+    ))
+}
+
+/// Issue 15's paths under the same mutations: A (172.17.0.2) on a
+/// `routed` pod network of a cluster (its TCP port 80 published), B
+/// (172.17.0.3) on a `nat-unprotected` network. Flows from outside start
+/// only with a new connection the mode lets in (A: a SYN to port 80 or an
+/// ICMP echo request, never from a cluster address, which goes in
+/// untracked; B: any SYN, datagram or echo request); from A only with its
+/// own connections outside the cluster (a pod's cluster traffic is never
+/// tracked); nothing is ever masqueraded or DNATed.
+#[test]
+fn mutated_frames_through_the_gateway_modes_and_the_cluster() {
+    if !require_root("mutated_frames_through_the_gateway_modes_and_the_cluster") {
+        return;
+    }
+    let tb = Testbed::new("f").unwrap();
+    let mut p = Programs::load_with(BpfLogLevel::Off, None, CT_SIZE).unwrap();
+    let uplink = tb.host.run(|| Ok(netd::link::ifindex("eth0"))).unwrap();
+    bpfmaps::set_config(
+        &mut p,
+        Config {
+            uplink_ifindex: uplink,
+            uplink_ip: be(HOST_IP),
+            nat_port_min: NAT_PORTS.0,
+            nat_port_max: NAT_PORTS.1,
+            _pad: 0,
+            netns_cookie: 0,
+            cluster_net: 0,
+            cluster_mask: 0,
+        },
+    );
+    bpfmaps::set_cluster(&mut p, Ipv4Addr::new(172, 16, 0, 0), 12);
+    bpfmaps::add_network(
+        &mut p,
+        1,
+        NET_ICC | NET_DIRECT_PORTS | NET_DIRECT_ICMP | NET_FROM_NETWORKS | NET_CLUSTER,
+    );
+    bpfmaps::add_network(&mut p, 2, NET_ICC | NET_MASQUERADE | NET_DIRECT_ALL);
+    let d = Frame::default();
+    for (ifindex, net, ip, mac) in [(1, 1, d.src, d.src_mac), (55, 2, d.dst, d.dst_mac)] {
+        bpfmaps::add_endpoint(
+            &mut p,
+            Endpoint {
+                ifindex,
+                net_id: net,
+                ip: be(ip),
+                mac,
+                gw_mac: [2, 0, 0, 0, 0, 1],
+                ..Endpoint::default()
+            },
+        );
+    }
+    bpfmaps::add_direct(&mut p, 6, d.src, 80, 80);
+    let remote = Ipv4Addr::new(172, 18, 0, 5);
+    let world = |dst: Ipv4Addr, src: Ipv4Addr| Frame {
+        src_mac: [2, 0x42, 198, 18, 0, 1],
+        dst_mac: [2, 0x42, 198, 18, 0, 2],
+        src,
+        dst,
+        ttl: 64,
+    };
+    let a = Frame {
+        dst_mac: [2, 0, 0, 0, 0, 1],
+        ..d.clone()
+    };
+    let mut seeds = seeds();
+    seeds.extend([
+        world(d.src, OUTSIDE_IP).tcp(5555, 80, TCP_SYN, b""),
+        world(d.src, OUTSIDE_IP).tcp(5556, 80, TCP_ACK, b"mid"),
+        world(d.src, OUTSIDE_IP).tcp(5557, 81, TCP_SYN, b""),
+        world(d.src, OUTSIDE_IP).udp(5555, 80, b"u"),
+        world(d.src, OUTSIDE_IP).icmp_echo(5, false),
+        world(d.dst, OUTSIDE_IP).tcp(5558, 22, TCP_SYN, b""),
+        world(d.dst, OUTSIDE_IP).udp(5559, 9, b"u"),
+        world(d.dst, OUTSIDE_IP).icmp_echo(6, false),
+        world(d.src, remote).tcp(5560, 22, TCP_SYN, b""),
+        world(d.dst, remote).udp(5561, 9, b"u"),
+        a.tcp(40000, 80, TCP_SYN, b""),
+        Frame {
+            dst: remote,
+            ..a.clone()
+        }
+        .tcp(40001, 80, TCP_SYN, b""),
+        Frame {
+            dst: remote,
+            ..a.clone()
+        }
+        .udp(40002, 53, b"q"),
+        Frame {
+            dst: OUTSIDE_IP,
+            ..a.clone()
+        }
+        .tcp(80, 5555, TCP_SYN | TCP_ACK, b""),
+        Frame {
+            dst: OUTSIDE_IP,
+            ..a.clone()
+        }
+        .icmp_echo(5, true),
+    ]);
+    seeds.extend(packet::fragment(
+        &world(d.src, remote).udp(53, 5353, &[7u8; 200]),
+        0x96,
+        96,
+    ));
+    let endpoints = [d.src, d.dst];
+    let before = bpfmaps::control_maps_snapshot(&mut p);
+    let world_ok = |f: &[u8]| -> bool {
+        let Some((src, dst, proto, l4)) = first_ipv4(f) else {
+            return false;
+        };
+        let syn = proto == 6 && l4.len() >= 20 && l4[13] & 0x17 == TCP_SYN;
+        let echo = proto == 1 && l4.len() >= 8 && l4[0] == 8;
+        let dport = if l4.len() >= 4 {
+            u16::from_be_bytes([l4[2], l4[3]])
+        } else {
+            0
+        };
+        if dst == d.src {
+            !in_cluster(src) && ((syn && dport == 80) || echo)
+        } else if dst == d.dst {
+            syn || (proto == 17 && l4.len() >= 8) || echo
+        } else {
+            false
+        }
+    };
+    let container_ok = |f: &[u8]| -> bool {
+        starts_a_flow_from_container(f, d.src)
+            && first_ipv4(f).is_some_and(|(_, dst, _, _)| !in_cluster(dst))
+    };
+    let check = |p: &mut Programs| {
+        let ct = bpfmaps::ct_consistent(p).unwrap();
+        assert!(ct.len() <= CT_SIZE as usize);
+        for (k, e) in &ct {
+            assert!(
+                endpoints.iter().any(|ip| be(*ip) == e.container_ip),
+                "{k:?} {e:?}"
+            );
+            assert!(
+                !matches!(
+                    e.kind,
+                    ct_kind::SNAT | ct_kind::DNAT | ct_kind::HAIRPIN | ct_kind::REV_HAIRPIN
+                ) || (e.kind == ct_kind::SNAT && e.container_ip == be(d.dst)),
+                "nothing translated: {k:?} {e:?}"
+            );
+        }
+    };
+    run_fuzz(
+        &tb,
+        &mut p,
+        &seeds,
+        0x6d6f_6465_732d_6675,
+        &world_ok,
+        &container_ok,
+        &check,
+    );
     assert_eq!(
         bpfmaps::control_maps_snapshot(&mut p),
         before,
         "control-plane maps untouched"
     );
-    let c = p.counters().unwrap();
-    assert_eq!(c["from_container.packets"], FRAMES_PER_PROGRAM as u64);
-    assert_eq!(c["from_world.packets"], FRAMES_PER_PROGRAM as u64);
 }

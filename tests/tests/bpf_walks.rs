@@ -8,7 +8,10 @@
 use std::net::Ipv4Addr;
 
 use netd::bpf::{self, BpfLogLevel, Programs};
-use netd_common::{Config, Endpoint, NET_ICC, NET_INTERNAL, NET_MASQUERADE, ct_kind, tc};
+use netd_common::{
+    Config, Endpoint, NET_CLUSTER, NET_DIRECT_ALL, NET_DIRECT_ICMP, NET_DIRECT_PORTS,
+    NET_FROM_NETWORKS, NET_ICC, NET_INTERNAL, NET_MASQUERADE, ct_kind, tc,
+};
 use netd_tests::{
     HOST_IP, OUTSIDE_IP, Testbed,
     bpfmaps::{self, be},
@@ -50,6 +53,8 @@ fn setup(flags: u32, b_net: u32, ct_entries: u32) -> Walk {
             nat_port_max: NAT_MAX,
             _pad: 0,
             netns_cookie: 0,
+            cluster_net: 0,
+            cluster_mask: 0,
         },
     );
     bpfmaps::add_network(&mut p, 1, flags);
@@ -1298,19 +1303,335 @@ fn unreachable_routes_are_answered_by_the_kernel() {
     assert_eq!(w.drops("fib-lookup-failed"), 0);
 }
 
+// ---- issue 15: gateway modes and the cluster ----
+
+/// The cluster of these walks: 172.16.0.0/12 holds A's network
+/// (172.17.0.0/16) and another node's pods (172.18.0.0/16, routed, like
+/// everything else here, via the uplink's gateway).
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 5);
+
+fn cluster_walk(flags: u32) -> Walk {
+    let mut w = setup(flags, 1, 1024);
+    bpfmaps::set_cluster(&mut w.p, Ipv4Addr::new(172, 16, 0, 0), 12);
+    w
+}
+
+fn from_remote_pod() -> Frame {
+    Frame {
+        src: REMOTE_POD,
+        ..world_to(A_IP)
+    }
+}
+
+/// A frame of another IP protocol (GRE), for "anything" checks.
+fn gre(f: &Frame) -> Vec<u8> {
+    let mut frame = f.udp(1, 2, b"gre");
+    frame[packet::ETH_HLEN + 9] = 47;
+    packet::fix_ipv4_checksum(&mut frame);
+    frame
+}
+
+/// A pod's packet to another node's pod leaves by the uplink with FIB
+/// lookup + bpf_redirect_neigh, byte for byte as it came (no NAT), and no
+/// conntrack entry is made; the world outside the cluster is still
+/// masqueraded.
+#[test]
+fn a_pod_reaches_another_nodes_pod_untranslated_and_untracked() {
+    root!();
+    let mut w = cluster_walk(NET_ICC | NET_MASQUERADE | NET_CLUSTER);
+    for frame in [
+        a_to(REMOTE_POD).tcp(40000, 80, TCP_SYN, b"hi"),
+        a_to(REMOTE_POD).udp(40000, 53, b"q"),
+        a_to(REMOTE_POD).icmp_echo(9, false),
+        gre(&a_to(REMOTE_POD)),
+    ] {
+        let (v, out) = w.run(bpf::FROM_CONTAINER, &frame);
+        assert_eq!(v, tc::ACT_REDIRECT, "out of the uplink");
+        assert_eq!(out, frame, "untouched");
+    }
+    assert_eq!(w.counter("cluster_out"), 4);
+    assert!(bpfmaps::ct(&mut w.p).is_empty(), "no conntrack");
+    // Later fragments too (no flow to find them by).
+    let big = a_to(REMOTE_POD).udp(40001, 53, &[7u8; 3000]);
+    for f in packet::fragment(&big, 77, 1480) {
+        let (v, out) = w.run(bpf::FROM_CONTAINER, &f);
+        assert_eq!((v, out == f), (tc::ACT_REDIRECT, true));
+    }
+    // Outside the cluster: masqueraded as ever.
+    let (v, out) = w.run(
+        bpf::FROM_CONTAINER,
+        &a_to(OUTSIDE_IP).tcp(40000, 80, TCP_SYN, b""),
+    );
+    assert_eq!((v, packet::fields(&out).src), (tc::ACT_REDIRECT, HOST_IP));
+    // The gateway (the host) stays the host's; a container of this node
+    // stays the ordinary path's (same network: straight to the peer).
+    let (v, _) = w.run(
+        bpf::FROM_CONTAINER,
+        &a_to(Ipv4Addr::new(198, 18, 0, 2)).udp(1, 53, b"q"),
+    );
+    assert_eq!(v, tc::ACT_UNSPEC);
+    let (v, _) = w.run(
+        bpf::FROM_CONTAINER,
+        &Frame {
+            dst_mac: B_MAC,
+            ..a_to(B_IP)
+        }
+        .tcp(1, 80, TCP_SYN, b""),
+    );
+    assert_eq!((v, w.counter("forwarded")), (tc::ACT_REDIRECT, 1));
+    // A network outside the cluster masquerades cluster destinations too.
+    let mut w = cluster_walk(NET_ICC | NET_MASQUERADE);
+    let (v, out) = w.run(
+        bpf::FROM_CONTAINER,
+        &a_to(REMOTE_POD).tcp(40000, 80, TCP_SYN, b""),
+    );
+    assert_eq!((v, packet::fields(&out).src), (tc::ACT_REDIRECT, HOST_IP));
+}
+
+/// Another node's pod reaches a pod here on any port, straight into the
+/// endpoint (MACs set, nothing else touched, no conntrack); a source
+/// outside the cluster does not (nat mode), nor does a cluster source
+/// reach a network outside the cluster.
+#[test]
+fn another_nodes_pod_is_delivered_straight_into_the_pod() {
+    root!();
+    let mut w = cluster_walk(NET_ICC | NET_MASQUERADE | NET_CLUSTER);
+    for frame in [
+        from_remote_pod().tcp(5555, 22, TCP_SYN, b""),
+        from_remote_pod().tcp(5555, 22, packet::TCP_ACK, b"mid-flow"),
+        from_remote_pod().udp(5555, 53, b"q"),
+        from_remote_pod().icmp_echo(3, false),
+    ] {
+        let (v, out) = w.run(bpf::FROM_WORLD, &frame);
+        assert_eq!(v, tc::ACT_REDIRECT, "into the pod");
+        assert_eq!((out[..6] == A_MAC, out[6..12] == GW_MAC), (true, true));
+        assert_eq!(out[12..], frame[12..], "nothing but the MACs changed");
+    }
+    let big = from_remote_pod().udp(5555, 53, &[1u8; 3000]);
+    for f in packet::fragment(&big, 78, 1480) {
+        assert_eq!(w.run(bpf::FROM_WORLD, &f).0, tc::ACT_REDIRECT);
+    }
+    assert_eq!(w.counter("cluster_in"), 7);
+    assert!(bpfmaps::ct(&mut w.p).is_empty(), "no conntrack");
+    let outsider = world_to(A_IP).tcp(5555, 22, TCP_SYN, b"");
+    assert_eq!(w.run(bpf::FROM_WORLD, &outsider).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("not-published"), 1);
+    let mut w = cluster_walk(NET_ICC | NET_MASQUERADE);
+    let f = from_remote_pod().tcp(5555, 22, TCP_SYN, b"");
+    assert_eq!(w.run(bpf::FROM_WORLD, &f).0, tc::ACT_SHOT);
+}
+
+/// `routed`: published container ports and ICMP echo by routing to the
+/// container's address, untranslated, tracked so that the replies leave
+/// untranslated; nothing else (unpublished ports, a mid-flow segment
+/// without a flow, other protocols); the container's own connections
+/// leave with its address and their replies come in.
+#[test]
+fn routed_mode_takes_published_container_ports_and_icmp() {
+    root!();
+    let mut w = setup(
+        NET_ICC | NET_DIRECT_PORTS | NET_DIRECT_ICMP | NET_FROM_NETWORKS,
+        1,
+        1024,
+    );
+    bpfmaps::add_direct(&mut w.p, 6, A_IP, 80, 80);
+    bpfmaps::add_direct(&mut w.p, 17, A_IP, 53, 53);
+    let syn = world_to(A_IP).tcp(5555, 80, TCP_SYN, b"");
+    let (v, out) = w.run(bpf::FROM_WORLD, &syn);
+    assert_eq!(v, tc::ACT_REDIRECT);
+    let f = packet::fields(&out);
+    assert_eq!(
+        (f.src, f.dst, f.sport, f.dport, f.dst_mac),
+        (OUTSIDE_IP, A_IP, 5555, 80, A_MAC)
+    );
+    assert_eq!(out[12..], syn[12..], "untranslated");
+    let ct = bpfmaps::ct_consistent(&mut w.p).unwrap();
+    assert!(
+        ct.iter()
+            .any(|(k, e)| e.kind == ct_kind::ROUTED_IN && k.dport == 80)
+    );
+    assert!(
+        ct.iter()
+            .any(|(k, e)| e.kind == ct_kind::REV_ROUTED_IN && k.sport == 80)
+    );
+    // The reply leaves untranslated; the flow goes on both ways.
+    let synack = a_to(OUTSIDE_IP).tcp(80, 5555, TCP_SYN | packet::TCP_ACK, b"");
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &synack);
+    assert_eq!((v, out == synack), (tc::ACT_REDIRECT, true));
+    let ack = world_to(A_IP).tcp(5555, 80, packet::TCP_ACK, b"data");
+    assert_eq!(w.run(bpf::FROM_WORLD, &ack).0, tc::ACT_REDIRECT);
+    // UDP to the published port, ICMP echo and its reply.
+    assert_eq!(
+        w.run(bpf::FROM_WORLD, &world_to(A_IP).udp(5555, 53, b"q"))
+            .0,
+        tc::ACT_REDIRECT
+    );
+    assert_eq!(
+        w.run(bpf::FROM_WORLD, &world_to(A_IP).icmp_echo(9, false))
+            .0,
+        tc::ACT_REDIRECT
+    );
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &a_to(OUTSIDE_IP).icmp_echo(9, true));
+    assert_eq!((v, packet::fields(&out).src), (tc::ACT_REDIRECT, A_IP));
+    assert!(bpfmaps::ct_consistent(&mut w.p).is_ok());
+    let routed_in = w.counter("routed_in");
+    // Nothing else gets in.
+    for f in [
+        world_to(A_IP).tcp(5556, 81, TCP_SYN, b""),
+        world_to(A_IP).tcp(5557, 80, packet::TCP_ACK, b"no flow"),
+        world_to(A_IP).udp(5555, 54, b"q"),
+        world_to(A_IP).icmp_echo(10, true),
+        gre(&world_to(A_IP)),
+    ] {
+        assert_eq!(w.run(bpf::FROM_WORLD, &f).0, tc::ACT_SHOT, "{f:02x?}");
+    }
+    assert_eq!(w.drops("not-published"), 5);
+    assert_eq!(w.counter("routed_in"), routed_in);
+    // The container's own connection: its address out, the reply in.
+    let (v, out) = w.run(
+        bpf::FROM_CONTAINER,
+        &a_to(OUTSIDE_IP).tcp(41000, 443, TCP_SYN, b""),
+    );
+    assert_eq!((v, packet::fields(&out).src), (tc::ACT_REDIRECT, A_IP));
+    let back = world_to(A_IP).tcp(443, 41000, TCP_SYN | packet::TCP_ACK, b"");
+    assert_eq!(w.run(bpf::FROM_WORLD, &back).0, tc::ACT_REDIRECT);
+    assert!(w.counter("routed_out") >= 3);
+    assert_eq!(w.counter("snat"), 0, "nothing masqueraded");
+}
+
+/// `nat-unprotected`: anything routed to the container's address gets in
+/// (new TCP connections, datagrams, other protocols), and the replies
+/// leave with the container's address, not masqueraded; the container's
+/// own connections are masqueraded as in `nat`.
+#[test]
+fn nat_unprotected_takes_anything_and_replies_unmasqueraded() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE | NET_DIRECT_ALL, 1, 1024);
+    for f in [
+        world_to(A_IP).tcp(5555, 22, TCP_SYN, b""),
+        world_to(A_IP).udp(5555, 9999, b"q"),
+        world_to(A_IP).icmp_echo(4, false),
+        gre(&world_to(A_IP)),
+    ] {
+        let (v, out) = w.run(bpf::FROM_WORLD, &f);
+        assert_eq!((v, out[12..] == f[12..]), (tc::ACT_REDIRECT, true));
+    }
+    let (v, out) = w.run(
+        bpf::FROM_CONTAINER,
+        &a_to(OUTSIDE_IP).tcp(22, 5555, TCP_SYN | packet::TCP_ACK, b""),
+    );
+    let f = packet::fields(&out);
+    assert_eq!(
+        (v, f.src, f.sport),
+        (tc::ACT_REDIRECT, A_IP, 22),
+        "not masqueraded"
+    );
+    let (v, out) = w.run(
+        bpf::FROM_CONTAINER,
+        &a_to(OUTSIDE_IP).tcp(41000, 443, TCP_SYN, b""),
+    );
+    assert_eq!((v, packet::fields(&out).src), (tc::ACT_REDIRECT, HOST_IP));
+    assert_eq!(w.counter("snat"), 1);
+}
+
+/// `routed` from another network: a container of network 1 (nat) reaches
+/// B's published container port on a routed network 2 with its own
+/// address, and B's reply comes back into it; B's unpublished port stays
+/// isolated.
+#[test]
+fn a_routed_networks_published_port_from_another_network() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 2, 1024);
+    bpfmaps::add_network(
+        &mut w.p,
+        2,
+        NET_ICC | NET_DIRECT_PORTS | NET_DIRECT_ICMP | NET_FROM_NETWORKS,
+    );
+    bpfmaps::add_direct(&mut w.p, 6, B_IP, 80, 80);
+    let syn = a_to(B_IP).tcp(40000, 80, TCP_SYN, b"");
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &syn);
+    assert_eq!(v, tc::ACT_REDIRECT);
+    let f = packet::fields(&out);
+    assert_eq!(
+        (f.src, f.dst, f.dst_mac, f.src_mac),
+        (A_IP, B_IP, B_MAC, GW_MAC)
+    );
+    let unpublished = a_to(B_IP).tcp(40001, 81, TCP_SYN, b"");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &unpublished).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("network-isolation"), 1);
+    // B answers (B on the test-run ingress now, A elsewhere).
+    let (a, b) = (
+        Endpoint {
+            ifindex: B_VETH,
+            net_id: 1,
+            ip: be(A_IP),
+            mac: A_MAC,
+            gw_mac: GW_MAC,
+            ..Endpoint::default()
+        },
+        Endpoint {
+            ifindex: LO,
+            net_id: 2,
+            ip: be(B_IP),
+            mac: B_MAC,
+            gw_mac: GW_MAC,
+            ..Endpoint::default()
+        },
+    );
+    for e in [&a, &b] {
+        bpfmaps::remove_endpoint(&mut w.p, e);
+    }
+    bpfmaps::remove_endpoint(&mut w.p, &Endpoint { ifindex: LO, ..a });
+    bpfmaps::add_endpoint(&mut w.p, a);
+    bpfmaps::add_endpoint(&mut w.p, b);
+    let reply = Frame {
+        src_mac: B_MAC,
+        dst_mac: GW_MAC,
+        src: B_IP,
+        dst: A_IP,
+        ttl: 64,
+    }
+    .tcp(80, 40000, TCP_SYN | packet::TCP_ACK, b"");
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &reply);
+    assert_eq!(v, tc::ACT_REDIRECT);
+    let f = packet::fields(&out);
+    assert_eq!(
+        (f.src, f.dst, f.dst_mac),
+        (B_IP, A_IP, A_MAC),
+        "back into A"
+    );
+    // B cannot open a connection into A's (nat) network.
+    let new = Frame {
+        src_mac: B_MAC,
+        dst_mac: GW_MAC,
+        src: B_IP,
+        dst: A_IP,
+        ttl: 64,
+    }
+    .tcp(41000, 22, TCP_SYN, b"");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &new).0, tc::ACT_SHOT);
+}
+
 /// A measurement, not a check (`-- --ignored hot_path_cost`): the
 /// kernel's run time of each hot path on a fixed frame (BPF_PROG_TEST_RUN,
 /// one run per call: a rewriting program must see a fresh frame each
 /// time), median and minimum of 20,000 runs (the minimum is the
 /// steadier figure on a shared machine): container to container, an established
 /// masqueraded flow out and its reply in, an established published-port
-/// flow in and its reply out. The redirect itself is not executed by
-/// BPF_PROG_TEST_RUN: this is the programs' own cost.
+/// flow in and its reply out, a pod to another node's pod and back (the
+/// cluster paths), an established connection routed to the container's
+/// address (nat-unprotected) and its reply out. The redirect itself is
+/// not executed by BPF_PROG_TEST_RUN: this is the programs' own cost.
 #[test]
 #[ignore]
 fn hot_path_cost() {
     root!();
-    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    let mut w = setup(
+        NET_ICC | NET_MASQUERADE | NET_CLUSTER | NET_DIRECT_ALL,
+        1,
+        1024,
+    );
+    bpfmaps::set_cluster(&mut w.p, Ipv4Addr::new(172, 16, 0, 0), 12);
     bpfmaps::add_ports(&mut w.p, 6, Ipv4Addr::UNSPECIFIED, 8080, 8080, A_IP, 80);
     // The next hop resolved, as on a live host (the FIB lookup succeeds).
     w.tb.ok(
@@ -1344,6 +1665,7 @@ fn hot_path_cost() {
         bpf::FROM_WORLD,
         &world_to_host().tcp(5555, 8080, TCP_SYN, b""),
     );
+    w.run(bpf::FROM_WORLD, &world_to(A_IP).tcp(5556, 80, TCP_SYN, b""));
     let paths: Vec<(&str, &str, Vec<u8>)> = vec![
         (
             "floor (from_world, arp: pass)",
@@ -1378,6 +1700,26 @@ fn hot_path_cost() {
             "published reply out (rev-dnat)",
             bpf::FROM_CONTAINER,
             a_to(OUTSIDE_IP).tcp(80, 5555, packet::TCP_ACK, &payload),
+        ),
+        (
+            "cluster out (pod -> remote pod)",
+            bpf::FROM_CONTAINER,
+            a_to(REMOTE_POD).tcp(40000, 80, packet::TCP_ACK, &payload),
+        ),
+        (
+            "cluster in (remote pod -> pod)",
+            bpf::FROM_WORLD,
+            from_remote_pod().tcp(80, 40000, packet::TCP_ACK, &payload),
+        ),
+        (
+            "routed in (routed-in flow)",
+            bpf::FROM_WORLD,
+            world_to(A_IP).tcp(5556, 80, packet::TCP_ACK, &payload),
+        ),
+        (
+            "routed reply out",
+            bpf::FROM_CONTAINER,
+            a_to(OUTSIDE_IP).tcp(80, 5556, packet::TCP_ACK, &payload),
         ),
     ];
     for (name, prog, frame) in &paths {

@@ -946,15 +946,17 @@ fn ebpf_upgrade_carries_connections_over() {
     }));
     let mut conn = conn.unwrap();
     n.stop_daemon(true);
-    // What a v2 daemon left: its conntrack table pinned as NETD_CT_v2.
+    // What the previous version's daemon left: its conntrack table
+    // pinned as NETD_CT_<that version>.
     let maps = n.dir.join("bpffs/maps");
+    let old = maps.join(format!("NETD_CT_{}", netd_common::MIGRATE_FROM[0]));
     std::fs::rename(
         maps.join(format!("NETD_CT_{}", netd_common::MAP_VERSION)),
-        maps.join("NETD_CT_v2"),
+        &old,
     )
     .unwrap();
     n.start_daemon().unwrap();
-    assert!(!maps.join("NETD_CT_v2").exists(), "the old pin is gone");
+    assert!(!old.exists(), "the old pin is gone");
     assert!(n.log().contains("NETD_CT entries over"), "{}", n.log());
     // Without the carried entries this segment (no SYN) would be the
     // host's, which answers with an RST.

@@ -23,9 +23,18 @@
 //!   connections/s and latency p50/p99 of connect..close.
 //! - UDP_RR: 1-byte datagram and its echo, back to back.
 //! - TCP_STREAM: iperf3, one flow, Gbit/s received.
+//!
+//! `node2node` builds a two-node cluster per datapath (`testbed::cluster`:
+//! node namespaces on an underlay, a daemon with `--cluster-cidr` on
+//! each, a pod network per node, each node `node add`ed on the other) and
+//! measures a pod on node 1 against a pod on node 2 by address, beside a
+//! routed floor: two plain namespaces behind veths in the same two node
+//! namespaces, routed over the same underlay by static routes (no bridge,
+//! no rule, no program).
 use std::{
     collections::BTreeMap,
     io::Write as _,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -36,8 +45,12 @@ use serde_json::{Value, json};
 
 use crate::{
     api::Client,
+    link::{Netlink, mac_for_ip},
     netns::NetNs,
-    testbed::{self, HOST_IP, OUTSIDE_IP, Testbed},
+    testbed::{
+        self, HOST_IP, OUTSIDE_IP, Testbed,
+        cluster::{Cluster, node_ip},
+    },
 };
 
 mod peer;
@@ -61,7 +74,17 @@ pub struct Opts {
     pub quick: bool,
 }
 
-pub const ALL_SCENARIOS: [&str; 6] = ["c2c", "dnat", "egress", "scaling", "control", "bpf"];
+pub const ALL_SCENARIOS: [&str; 7] = [
+    "c2c",
+    "dnat",
+    "egress",
+    "scaling",
+    "control",
+    "bpf",
+    "node2node",
+];
+/// The cluster CIDR of `node2node`; node N's pods are 10.244.N.0/24.
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const RR_PORT: u16 = 7000;
 const UDP_PORT: u16 = 7001;
 const STREAM_PORT: u16 = 5201;
@@ -419,6 +442,192 @@ impl Floor {
     }
 }
 
+/// `node2node` on one datapath: a two-node cluster, the servers in pod
+/// `b` on node 2, the client pod `a` on node 1. (Daemons go before the
+/// node namespaces, those before the cluster's.)
+struct Node2Node {
+    dp: String,
+    d: Vec<Daemon>,
+    _nodes: Vec<Testbed>,
+    _cluster: Cluster,
+    me: String,
+    server_ip: String,
+}
+
+impl Node2Node {
+    fn start(dp: &str, out: &Path, me: &str) -> Result<Node2Node> {
+        let cluster = Cluster::new("b2n", 2)?;
+        let nodes = vec![cluster.node_testbed(1), cluster.node_testbed(2)];
+        let mut d = Vec::new();
+        for tb in &nodes {
+            d.push(Daemon::start(
+                tb,
+                dp,
+                out,
+                me,
+                &["--cluster-cidr", CLUSTER_CIDR],
+            )?);
+        }
+        for (i, daemon) in d.iter().enumerate() {
+            let (n, other) = (i as u8 + 1, 2 - i as u8);
+            daemon.client.post(
+                "/networks/create",
+                &json!({ "Name": "pods", "Subnet": format!("10.244.{n}.0/24") }),
+            )?;
+            daemon.client.post(
+                "/nodes",
+                &json!({
+                    "Name": format!("node{other}"),
+                    "PodCidr": format!("10.244.{other}.0/24"),
+                    "Address": node_ip(other).to_string(),
+                }),
+            )?;
+        }
+        let srv = vec!["sh".to_string(), "-c".into(), servers(me)];
+        let env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+        d[1].client.post(
+            "/containers/create",
+            &json!({ "Name": "b", "Network": "pods", "Cmd": srv, "Env": env }),
+        )?;
+        d[1].client.post("/containers/b/start", &json!({}))?;
+        d[0].client.post(
+            "/containers/create",
+            &json!({ "Name": "a", "Network": "pods" }),
+        )?;
+        let v = d[1].client.get("/containers/b/json")?;
+        let server_ip = v["NetworkSettings"]["IPAddress"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(Node2Node {
+            dp: dp.into(),
+            d,
+            _nodes: nodes,
+            _cluster: cluster,
+            me: me.into(),
+            server_ip,
+        })
+    }
+
+    /// The namespace of the servers (pod b on node 2).
+    fn server_namespace(&self) -> Result<u64> {
+        let v = self.d[1].client.get("/containers/b/json")?;
+        let key = v["NetworkSettings"]["SandboxKey"]
+            .as_str()
+            .context("no SandboxKey")?
+            .to_string();
+        netns_inode(Path::new(&key))
+    }
+
+    /// Runs `load` in pod a (node 1, on CPU `cpu`) against pod b (node 2).
+    fn measure(&self, load: Load, secs: f64, cpu: Option<usize>) -> Result<BTreeMap<String, f64>> {
+        let mut full = taskset(cpu);
+        full.extend(load.args(&self.me, &self.server_ip, port_of(load), secs));
+        let out = Command::new(&self.me)
+            .arg("-H")
+            .arg(&self.d[0].client.socket)
+            .args(["exec", "a", "--"])
+            .args(&full)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "node2node {} on {}: {}",
+                load.name(),
+                self.dp,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        load.parse(&String::from_utf8_lossy(&out.stdout))
+    }
+}
+
+/// The floor of `node2node`: namespaces a (10.244.1.2) and b (10.244.2.2)
+/// behind plain veths in two node namespaces that route each other's
+/// /24 via the underlay; the same servers in b.
+struct RoutedFloor {
+    node1: Testbed,
+    _node2: Testbed,
+    _cluster: Cluster,
+    /// Removed last, once the servers in them are gone.
+    pods: Pods,
+}
+
+struct Pods(Vec<NetNs>);
+
+impl Drop for Pods {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = p.remove();
+        }
+    }
+}
+
+impl RoutedFloor {
+    const SERVER: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
+
+    fn start(me: &str) -> Result<RoutedFloor> {
+        let cluster = Cluster::new("bfl", 2)?;
+        let mut f = RoutedFloor {
+            node1: cluster.node_testbed(1),
+            _node2: cluster.node_testbed(2),
+            _cluster: cluster,
+            pods: Pods(Vec::new()),
+        };
+        for n in [1u8, 2] {
+            let pod = NetNs::create_named(&format!("{}-p{n}", f.node1.stem))?;
+            f.pods.0.push(pod.clone());
+            let node = f._cluster.nodes[n as usize - 1].clone();
+            let (gw, ip) = (Ipv4Addr::new(10, 244, n, 1), Ipv4Addr::new(10, 244, n, 2));
+            let other = 3 - n;
+            testbed::block_on(async move {
+                let nl = Netlink::in_ns(&node)?;
+                let v = nl
+                    .create_veth("pod", "eth0", &pod, mac_for_ip(ip), 1500)
+                    .await?;
+                nl.add_addr(v, gw, 24).await?;
+                nl.set_up(v).await?;
+                nl.replace_route(Ipv4Addr::new(10, 244, other, 0), 24, node_ip(other), None)
+                    .await?;
+                let pn = Netlink::in_ns(&pod)?;
+                let lo = pn.index_of("lo").await?;
+                pn.set_up(lo).await?;
+                let e = pn.index_of("eth0").await?;
+                pn.add_addr(e, ip, 24).await?;
+                pn.set_up(e).await?;
+                pn.add_default_route(gw).await?;
+                anyhow::Ok(())
+            })
+            .context("wiring the routed floor")?;
+        }
+        let cmd = ["sh".to_string(), "-c".into(), servers(me)];
+        let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        let server = f.pods.0[1].clone();
+        f.node1.spawn(&server, &args)?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(f)
+    }
+
+    /// The namespace of the servers (pod b).
+    fn server_namespace(&self) -> Result<u64> {
+        self.pods.0[1].inode()
+    }
+
+    fn measure(
+        &self,
+        me: &str,
+        load: Load,
+        secs: f64,
+        cpu: Option<usize>,
+    ) -> Result<BTreeMap<String, f64>> {
+        let mut full = taskset(cpu);
+        full.extend(load.args(me, &Self::SERVER.to_string(), port_of(load), secs));
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        load.parse(&self.node1.ok(&self.pods.0[0], &refs)?)
+    }
+}
+
 /// A client command and how to read its figures.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Load {
@@ -640,33 +849,47 @@ fn measure_floor(
 }
 
 /// The eBPF programs' run time per packet during `f` (kernel.bpf_stats,
-/// read from the daemon's `/stats`), and their sizes.
+/// read from the daemon's `/stats`).
 fn bpf_ns_per_packet(
     i: &Instance,
     f: impl FnOnce() -> Result<()>,
 ) -> Result<BTreeMap<String, f64>> {
-    let progs = |v: &Value| -> BTreeMap<String, (f64, f64)> {
-        v["Programs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| {
-                Some((
-                    p["Name"].as_str()?.to_string(),
-                    (p["RunTimeNs"].as_f64()?, p["RunCount"].as_f64()?),
-                ))
-            })
-            .collect()
+    bpf_ns_per_packet_of(&[("", &i.d)], f)
+}
+
+/// The eBPF programs' run time per packet of each daemon during `f`
+/// (kernel.bpf_stats, read from each daemon's `/stats`), figures named
+/// `PREFIX<program>_ns_per_packet` and `PREFIX<program>_packets`.
+fn bpf_ns_per_packet_of(
+    daemons: &[(&str, &Daemon)],
+    f: impl FnOnce() -> Result<()>,
+) -> Result<BTreeMap<String, f64>> {
+    let progs = |daemons: &[(&str, &Daemon)]| -> Result<BTreeMap<String, (f64, f64)>> {
+        let mut out = BTreeMap::new();
+        for (prefix, d) in daemons {
+            let v = d.client.get("/stats")?;
+            for p in v["Programs"].as_array().into_iter().flatten() {
+                if let (Some(n), Some(t), Some(c)) = (
+                    p["Name"].as_str(),
+                    p["RunTimeNs"].as_f64(),
+                    p["RunCount"].as_f64(),
+                ) && !n.starts_with("netd_")
+                {
+                    out.insert(format!("{prefix}{n}"), (t, c));
+                }
+            }
+        }
+        Ok(out)
     };
-    let before = progs(&i.stats()?);
+    let before = progs(daemons)?;
     f()?;
-    let after = progs(&i.stats()?);
+    let after = progs(daemons)?;
     let mut out = BTreeMap::new();
     for (n, (t1, c1)) in &after {
         let Some((t0, c0)) = before.get(n) else {
             continue;
         };
-        if c1 > c0 && !n.starts_with("netd_") {
+        if c1 > c0 {
             out.insert(format!("{n}_ns_per_packet"), (t1 - t0) / (c1 - c0));
             out.insert(format!("{n}_packets"), c1 - c0);
         }
@@ -780,9 +1003,10 @@ fn gc_pass(i: &Instance, m: &mut BTreeMap<String, f64>) -> Result<()> {
     let data =
         aya::maps::MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
     let size = data.info()?.max_entries();
-    let present = ct::dump::<CtKey, CtEntry>(&data)?.len() as u32;
-    let n = size.saturating_sub(present) & !1;
-    let entries = |last_seen: u64, state: u8| -> Vec<(CtKey, CtEntry)> {
+    // Counted on the container b's address: a sync's sweep of removed
+    // containers' flows keeps them.
+    let owner = u32::from(i.b_ip.parse::<Ipv4Addr>()?).to_be();
+    let entries = |n: u32, last_seen: u64, state: u8| -> Vec<(CtKey, CtEntry)> {
         (0..n / 2)
             .flat_map(|f| {
                 // Flows from 100.64.0.0/10 (nothing of the bench's) to
@@ -802,7 +1026,7 @@ fn gc_pass(i: &Instance, m: &mut BTreeMap<String, f64>) -> Result<()> {
                     port: k.sport,
                     kind: ct_kind::SNAT,
                     state,
-                    container_ip: k.saddr,
+                    container_ip: owner,
                     ..CtEntry::default()
                 };
                 let rk = k.reverse(&e);
@@ -815,24 +1039,43 @@ fn gc_pass(i: &Instance, m: &mut BTreeMap<String, f64>) -> Result<()> {
             })
             .collect()
     };
+    let ours = |k: &CtKey| {
+        let a = |x: u32| u32::from_be(x) & 0xffc0_0000 == 0x6440_0000;
+        a(k.saddr) || a(k.daddr)
+    };
     let gc = || i.stats().unwrap_or_default()["ConntrackGC"].clone();
     let runs = |v: &Value| v["Runs"].as_u64().unwrap_or(0);
-    // A pass that started after the entries were written: the second one
-    // to end from now.
-    ct::update_batch(&data, &entries(ct::monotonic_ns(), ct_state::ESTABLISHED))?;
-    let r0 = runs(&gc());
+    // Fill the table up (the bench's own flows, which the GC may expire
+    // meanwhile, count) and take a pass that started after the entries
+    // were written: the second one to end from then. Again while the
+    // bench's flows expiring under it left the pass short of a full
+    // table.
+    let mut n = 0;
     let mut live = Value::Null;
-    testbed::wait_until(Duration::from_secs(20), || {
-        let v = gc();
-        live = v["Last"].clone();
-        runs(&v) >= r0 + 2
-    });
-    let walked = live["Entries"].as_u64().unwrap_or(0);
-    if walked < u64::from(present + n) {
-        bail!(
-            "no conntrack GC pass over the {} entries: {live}",
-            present + n
-        );
+    let mut walked = 0;
+    for _ in 0..5 {
+        let others = ct::dump::<CtKey, CtEntry>(&data)?
+            .iter()
+            .filter(|(k, _)| !ours(k))
+            .count() as u32;
+        n = size.saturating_sub(others) & !1;
+        ct::update_batch(
+            &data,
+            &entries(n, ct::monotonic_ns(), ct_state::ESTABLISHED),
+        )?;
+        let r0 = runs(&gc());
+        testbed::wait_until(Duration::from_secs(20), || {
+            let v = gc();
+            live = v["Last"].clone();
+            runs(&v) >= r0 + 2
+        });
+        walked = live["Entries"].as_u64().unwrap_or(0);
+        if walked + 1 >= u64::from(size) {
+            break;
+        }
+    }
+    if walked + 1 < u64::from(size) {
+        bail!("no conntrack GC pass over the {size} entries: {live}");
     }
     m.insert("gc_entries".into(), walked as f64);
     m.insert(
@@ -845,7 +1088,7 @@ fn gc_pass(i: &Instance, m: &mut BTreeMap<String, f64>) -> Result<()> {
     );
     // The same flows idle (closing, last seen at boot): the next pass
     // removes them all.
-    ct::update_batch(&data, &entries(0, ct_state::CLOSING))?;
+    ct::update_batch(&data, &entries(n, 0, ct_state::CLOSING))?;
     let mut idle = Value::Null;
     testbed::wait_until(Duration::from_secs(20), || {
         idle = gc()["Last"].clone();
@@ -994,6 +1237,17 @@ pub fn run(mut o: Opts) -> Result<()> {
     }
     let plan = traffic_plan(&o.scenarios);
     let has = |s: &str| o.scenarios.iter().any(|x| x == s);
+    // node2node: a two-node cluster per datapath, and the routed floor.
+    let mut n2n = Vec::new();
+    let mut routed_floor = None;
+    if has("node2node") {
+        for dp in &o.datapaths {
+            n2n.push(Node2Node::start(dp, &o.out, &me)?);
+        }
+        routed_floor = Some(RoutedFloor::start(&me)?);
+    }
+    let n2n_loads = [Load::Rr, Load::Crr, Load::Stream];
+    let n2n_bpf = has("bpf") && n2n.iter().any(|n| n.dp == "ebpf");
     let scaling = if has("scaling") {
         o.ports.clone()
     } else {
@@ -1004,7 +1258,12 @@ pub fn run(mut o: Opts) -> Result<()> {
     let total = o.rounds as usize
         * (o.cpus.len() * (plan.len() * targets.len() + floor_loads)
             + scaling.len() * instances.len()
-            + usize::from(has("bpf")) * 3 * ebpf_instances)
+            + usize::from(has("bpf")) * (3 * ebpf_instances + usize::from(n2n_bpf))
+            + if n2n.is_empty() {
+                0
+            } else {
+                n2n_loads.len() * (n2n.len() + 1)
+            })
         + usize::from(has("control")) * instances.len();
     let mut pr = Progress {
         done: 0,
@@ -1091,6 +1350,60 @@ pub fn run(mut o: Opts) -> Result<()> {
     // Scaling and program cost: in the lead placement.
     place(&servers_ns, lead.servers());
     let cpu = lead.client();
+    // node2node: in the lead placement too.
+    if let Some(rf) = &routed_floor {
+        let mut ns = vec![rf.server_namespace()?];
+        for n in &n2n {
+            ns.push(n.server_namespace()?);
+        }
+        place(&ns, lead.servers());
+        if !o.quick {
+            for n in &n2n {
+                for l in n2n_loads {
+                    if let Err(e) = n.measure(l, 0.3, cpu) {
+                        tracing::debug!("warm-up node2node on {}: {e:#}", n.dp);
+                    }
+                }
+            }
+        }
+        for load in n2n_loads {
+            for round in 1..=o.rounds {
+                for n in &n2n {
+                    pr.step(&format!(
+                        "{} node2node {} {} round {round}",
+                        lead.name(),
+                        load.name(),
+                        n.dp
+                    ));
+                    let figures = n
+                        .measure(load, o.duration, cpu)
+                        .with_context(|| format!("node2node {} on {}", load.name(), n.dp))?;
+                    samples.push(Sample {
+                        placement: lead.name().into(),
+                        scenario: "node2node".into(),
+                        load: load.name().into(),
+                        datapath: n.dp.clone(),
+                        round,
+                        figures,
+                    });
+                }
+                pr.step(&format!(
+                    "{} node2node {} floor round {round}",
+                    lead.name(),
+                    load.name()
+                ));
+                let figures = rf.measure(&me, load, o.duration, cpu)?;
+                samples.push(Sample {
+                    placement: lead.name().into(),
+                    scenario: "node2node".into(),
+                    load: load.name().into(),
+                    datapath: "floor".into(),
+                    round,
+                    figures,
+                });
+            }
+        }
+    }
     for n in &scaling {
         for i in &instances {
             let ns = scaling_setup(i, *n)?;
@@ -1140,6 +1453,27 @@ pub fn run(mut o: Opts) -> Result<()> {
                             figures,
                         });
                     }
+                    // Pod -> remote pod: node 1's from_container sends
+                    // the data out (cluster out), node 2's from_world
+                    // delivers it (cluster in); the ACKs go the other way.
+                    if let Some(n) = n2n.iter().find(|n| n.dp == "ebpf") {
+                        pr.step(&format!(
+                            "{} bpf stats node2node round {round}",
+                            lead.name()
+                        ));
+                        let figures = bpf_ns_per_packet_of(
+                            &[("node1_", &n.d[0]), ("node2_", &n.d[1])],
+                            || n.measure(Load::Stream, o.duration, cpu).map(|_| ()),
+                        )?;
+                        samples.push(Sample {
+                            placement: lead.name().into(),
+                            scenario: "bpf_node2node".into(),
+                            load: "TCP_STREAM".into(),
+                            datapath: "ebpf".into(),
+                            round,
+                            figures,
+                        });
+                    }
                 }
                 Ok(())
             })();
@@ -1167,6 +1501,8 @@ pub fn run(mut o: Opts) -> Result<()> {
     drop(peers);
     drop(instances);
     drop(floor);
+    drop(n2n);
+    drop(routed_floor);
     let md = report::write(
         &o,
         &report::Run {

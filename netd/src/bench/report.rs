@@ -606,15 +606,14 @@ fn charts(
             ));
         }
         svg.push_str("</svg>\n");
-        let prefix = if placement == "-" {
-            "control"
+        // Figures of no placement (the control plane) keep the names
+        // they had before placements.
+        let name = if placement == "-" {
+            format!("{scenario}_{load}_{figure}.svg")
         } else {
-            placement
+            format!("{placement}_{scenario}_{load}_{figure}.svg")
         };
-        std::fs::write(
-            dir.join(format!("{prefix}_{scenario}_{load}_{figure}.svg")),
-            svg,
-        )?;
+        std::fs::write(dir.join(name), svg)?;
     }
     // CRR against published ports.
     let points: Vec<(u32, &BTreeMap<String, f64>)> = ports

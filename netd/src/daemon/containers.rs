@@ -289,7 +289,12 @@ impl Daemon {
                 _ => link::mac_for_ip(ep.ip),
             };
         }
-        if let Some(primary) = c.primary() {
+        if let Some(primary) = c.primary()
+            && next.networks[&primary.network].options.gateway_mode == GatewayMode::Routed
+        {
+            // Routed: the container ports on the container's address.
+            c.ports = ports::routed(&c.port_specs, &c.exposed, c.publish_all)?;
+        } else if let Some(primary) = c.primary() {
             let host_ip = next.networks[&primary.network].options.host_binding_ipv4;
             let used: Vec<_> = next
                 .containers

@@ -290,12 +290,17 @@ impl Daemon {
             .flat_map(|o| o.ports.iter().copied())
             .collect();
         let mut next = self.state.clone();
-        let ports = proto::allocate(
-            &publish,
-            IpAddr::V4(net.options.host_binding_ipv4),
-            &used,
-            &mut next.next_ephemeral,
-        )?;
+        let ports = if net.options.gateway_mode == crate::model::GatewayMode::Routed {
+            // Routed: the container ports on the container's address.
+            crate::ports::routed(&specs, &[], false)?
+        } else {
+            proto::allocate(
+                &publish,
+                IpAddr::V4(net.options.host_binding_ipv4),
+                &used,
+                &mut next.next_ephemeral,
+            )?
+        };
         let local = self.local_addrs();
         for b in &ports {
             validate::host_binding(b.host_ip, &local)

@@ -432,6 +432,13 @@ pub async fn run(cfg: Config) -> Result<()> {
             d.sync_dns().await;
             // Docker endpoints whose sandbox went away unannounced.
             d.docker_gc().await;
+            // The other nodes' routes follow the pod networks (their
+            // source address) and come back when something deleted them.
+            if !d.state.nodes.is_empty()
+                && let Err(e) = d.reconcile_routes().await
+            {
+                tracing::warn!("node routes: {e:#}");
+            }
             // The datapath follows the host (the eBPF one: uplink address).
             let d = &mut *d;
             if let Err(e) = blocking(|| d.dp.refresh(&d.state)) {

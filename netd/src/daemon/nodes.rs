@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use super::Daemon;
 use crate::{
     api::{self, types::NodeSpec},
-    model::Node,
+    link::OwnRoute,
+    model::{GatewayMode, Node},
 };
 
 impl Daemon {
@@ -116,13 +117,49 @@ impl Daemon {
 
     async fn route_to(&self, n: &Node) -> Result<()> {
         self.nl
-            .replace_route(n.pod_cidr.addr, n.pod_cidr.prefix, n.address)
+            .replace_route(
+                n.pod_cidr.addr,
+                n.pod_cidr.prefix,
+                n.address,
+                self.node_route_source(),
+            )
             .await
     }
 
-    /// Routes for every node; netd's routes that no node names go.
+    /// The source address this host gives its own traffic to other
+    /// nodes' pods: the gateway of its (first) pod network, an address
+    /// inside the cluster CIDR, as flannel gives its own. The other nodes
+    /// take it as the cluster's (no masquerade, past their protection) and
+    /// their pods' replies come back here: host-network processes (an API
+    /// server calling a webhook, a NodePort forwarded by kube-proxy) reach
+    /// pods on every node. None without a pod network with a host address.
+    fn node_route_source(&self) -> Option<Ipv4Addr> {
+        let cluster = self.cfg.cluster_cidr;
+        self.state
+            .networks
+            .values()
+            .filter(|n| n.wire(cluster).cluster && n.options.gateway_mode != GatewayMode::Isolated)
+            .map(|n| (n.subnet(), n.gateway()))
+            .min()
+            .map(|(_, gw)| gw)
+    }
+
+    /// Routes for every node (with the source address of the moment: a
+    /// pod network created or removed since changes it); netd's routes
+    /// that no node names go. Called at start and every few seconds.
     pub(crate) async fn reconcile_routes(&self) -> Result<()> {
+        let have = self.nl.own_routes().await?;
+        let src = self.node_route_source();
         for n in self.state.nodes.values() {
+            let want = OwnRoute {
+                dst: n.pod_cidr.addr,
+                prefix: n.pod_cidr.prefix,
+                gateway: n.address,
+                src,
+            };
+            if have.contains(&want) {
+                continue;
+            }
             if let Err(e) = self.route_to(n).await {
                 tracing::warn!("node {}: {e:#}", n.name);
             }
@@ -133,10 +170,15 @@ impl Daemon {
             .values()
             .map(|n| (n.pod_cidr.addr, n.pod_cidr.prefix, n.address))
             .collect();
-        for (dst, prefix, gw) in self.nl.own_routes().await? {
-            if !want.contains(&(dst, prefix, gw)) {
-                tracing::info!("reconcile: removing the stale route {dst}/{prefix} via {gw}");
-                self.nl.delete_route(dst, prefix, gw).await?;
+        for r in have {
+            if !want.contains(&(r.dst, r.prefix, r.gateway)) {
+                tracing::info!(
+                    "reconcile: removing the stale route {}/{} via {}",
+                    r.dst,
+                    r.prefix,
+                    r.gateway
+                );
+                self.nl.delete_route(r.dst, r.prefix, r.gateway).await?;
             }
         }
         Ok(())

@@ -169,9 +169,16 @@ impl Daemon {
             if e.is_null() {
                 *e = json!([]);
             }
+            // A routed network's binding has no host port (Docker shows
+            // an empty HostPort).
+            let host_port = if b.host_port == 0 {
+                String::new()
+            } else {
+                b.host_port.to_string()
+            };
             e.as_array_mut().expect("array").push(json!({
                 "HostIp": b.host_ip.to_string(),
-                "HostPort": b.host_port.to_string(),
+                "HostPort": host_port,
             }));
         }
         let mode = match &c.mode {
@@ -268,7 +275,13 @@ impl Daemon {
                 "MacAddress": first.map(|e| link::fmt_mac(e.mac)).unwrap_or_default(),
                 "Networks": networks,
             },
-            "PortBindings": c.ports.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
+            "PortBindings": c.ports.iter().map(|b| match first {
+                // Routed: reached on the container's own address.
+                Some(e) if b.host_port == 0 => {
+                    format!("{}/{} -> {}:{}", b.container_port, b.proto, e.ip, b.container_port)
+                }
+                _ => b.to_string(),
+            }).collect::<Vec<_>>(),
         });
         // A CNI attachment: the runtime's ids, no files or logs of netd's.
         if let Some((container_id, netns, ifname)) = c.cni() {

@@ -201,18 +201,35 @@ fn restore_bridge(batch: &str) -> Result<()> {
 }
 
 /// Renders every NETD-* chain for `state`.
+///
+/// Gateway modes (see [`crate::model::Wire`]): `nat` masquerades and
+/// protects container addresses in the raw table; `nat-unprotected`
+/// masquerades and accepts anything routed to its containers; `routed`
+/// neither masquerades nor DNATs, and accepts published container ports
+/// and ICMP routed to its containers, from the world and from other
+/// networks (Docker's `-o BRIDGE -j RETURN` in the isolation chain). In a
+/// cluster (`--cluster-cidr`), traffic between two cluster addresses is
+/// never masqueraded, and cluster addresses reach the containers of
+/// cluster networks (subnets inside the cluster CIDR) on every port.
 pub fn render(state: &State) -> String {
+    let cluster = state.cluster_cidr;
     let mut raw = String::new();
     let _ = writeln!(raw, "-A NETD-RAW -d 127.0.0.0/8 ! -i lo -j DROP");
+    let mut raw_protect = String::new();
     let mut nat = String::new();
+    let mut masq = String::new();
+    let mut routed_in = String::new();
     let mut ports = String::new();
     let mut fwd = String::new();
+    let mut fwd_out = String::new();
     let mut iso1 = String::new();
+    let mut iso1_routed = String::new();
     let mut internal = String::new();
     let mut iso2 = String::new();
     for net in state.networks.values() {
         let (br, subnet) = (&net.bridge, net.subnet());
         let o = &net.options;
+        let w = net.wire(cluster);
         if o.internal {
             // First in NETD-FORWARD: nothing, not even a published port
             // reached through a host address, leaves an internal network.
@@ -224,12 +241,27 @@ pub fn render(state: &State) -> String {
                 "-A NETD-ISOLATION-1 -i {br} ! -o {br} -j NETD-ISOLATION-2"
             );
             let _ = writeln!(iso2, "-A NETD-ISOLATION-2 -o {br} -j DROP");
-            if o.masquerade {
+            if w.from_other_networks {
+                // Routed: other networks may route in (the port filter
+                // below decides), and keep their addresses doing so.
+                let _ = writeln!(iso1_routed, "-A NETD-ISOLATION-1 -o {br} -j RETURN");
+                let _ = writeln!(routed_in, "-A NETD-POSTROUTING -o {br} -j RETURN");
+                // Their replies come back from this bridge to their own
+                // addresses (isolation still drops anything else).
+                let _ = writeln!(raw, "-A NETD-RAW -i {br} -j RETURN");
+            }
+            if w.masquerade {
                 let _ = writeln!(
-                    nat,
+                    masq,
                     "-A NETD-POSTROUTING -s {subnet} ! -o {br} -j MASQUERADE"
                 );
             }
+        }
+        if w.cluster
+            && let Some(c) = cluster
+        {
+            // Pods of other nodes reach this node's pods directly.
+            let _ = writeln!(raw, "-A NETD-RAW -s {c} -d {subnet} -j RETURN");
         }
         // Host processes reaching published ports (127.0.0.1 included)
         // leave with a host source address: masquerade it.
@@ -241,9 +273,20 @@ pub fn render(state: &State) -> String {
         let icc = if o.icc { "ACCEPT" } else { "DROP" };
         let _ = writeln!(fwd, "-A NETD-FORWARD -i {br} -o {br} -j {icc}");
         if !o.internal {
-            let _ = writeln!(fwd, "-A NETD-FORWARD -i {br} ! -o {br} -j ACCEPT");
+            // After every bridge's own filter (a routed network's
+            // published ports are open to other networks, nothing else).
+            let _ = writeln!(fwd_out, "-A NETD-FORWARD -i {br} ! -o {br} -j ACCEPT");
         }
-        let _ = writeln!(fwd, "-A NETD-FORWARD -o {br} -j DROP");
+        if w.direct_icmp {
+            let _ = writeln!(fwd, "-A NETD-FORWARD -o {br} -p icmp -j ACCEPT");
+        }
+        if w.cluster
+            && let Some(c) = cluster
+        {
+            let _ = writeln!(fwd, "-A NETD-FORWARD -s {c} -o {br} -j ACCEPT");
+        }
+        let last = if w.direct_all { "ACCEPT" } else { "DROP" };
+        let _ = writeln!(fwd, "-A NETD-FORWARD -o {br} -j {last}");
     }
     for c in state
         .containers
@@ -251,14 +294,14 @@ pub fn render(state: &State) -> String {
         .filter(|c| c.status == Status::Running)
     {
         // Container addresses are not reachable by routing from outside
-        // their bridge (masquerading networks; without masquerade the
-        // replies of the containers' own flows come that way).
+        // their bridge (`nat` networks with masquerade; the others are
+        // routed to, their containers' replies come that way).
         for ep in c.endpoints.values() {
             if let Some(net) = state.networks.get(&ep.network)
-                && net.options.masquerade
+                && net.wire(cluster).protected
             {
                 let _ = writeln!(
-                    raw,
+                    raw_protect,
                     "-A NETD-RAW -d {}/32 ! -i {} -j DROP",
                     ep.ip, net.bridge
                 );
@@ -271,6 +314,7 @@ pub fn render(state: &State) -> String {
         let Some(net) = state.networks.get(&ep.network) else {
             continue;
         };
+        let w = net.wire(cluster);
         for b in &c.ports {
             let p = b.proto.as_str();
             let dst = match b.host_ip {
@@ -278,18 +322,20 @@ pub fn render(state: &State) -> String {
                 std::net::IpAddr::V4(_) => String::new(),
                 std::net::IpAddr::V6(_) => continue,
             };
-            let _ = writeln!(
-                nat,
-                "-A NETD {dst}-p {p} -m {p} --dport {} -j DNAT --to-destination {}:{}",
-                b.host_port, ep.ip, b.container_port
-            );
-            // Hairpin: a container reaching its own published port.
-            let _ = writeln!(
-                nat,
-                "-A NETD-POSTROUTING -s {ip}/32 -d {ip}/32 -p {p} -m {p} --dport {cp} -j MASQUERADE",
-                ip = ep.ip,
-                cp = b.container_port
-            );
+            if w.host_ports && b.host_port != 0 {
+                let _ = writeln!(
+                    nat,
+                    "-A NETD {dst}-p {p} -m {p} --dport {} -j DNAT --to-destination {}:{}",
+                    b.host_port, ep.ip, b.container_port
+                );
+                // Hairpin: a container reaching its own published port.
+                let _ = writeln!(
+                    nat,
+                    "-A NETD-POSTROUTING -s {ip}/32 -d {ip}/32 -p {p} -m {p} --dport {cp} -j MASQUERADE",
+                    ip = ep.ip,
+                    cp = b.container_port
+                );
+            }
             let _ = writeln!(
                 ports,
                 "-A NETD-PORTS -d {}/32 -o {} -p {p} -m {p} --dport {} -j ACCEPT",
@@ -297,6 +343,18 @@ pub fn render(state: &State) -> String {
             );
         }
     }
+    // Pods talking to the cluster keep their addresses: after the hairpin
+    // and host rules, before the subnets' masquerade.
+    if let Some(c) = cluster
+        && !masq.is_empty()
+    {
+        let _ = writeln!(nat, "-A NETD-POSTROUTING -s {c} -d {c} -j RETURN");
+    }
+    // Containers of other networks reach a routed network's containers
+    // with their own addresses (as the eBPF datapath delivers them).
+    nat.push_str(&routed_in);
+    nat.push_str(&masq);
+    raw.push_str(&raw_protect);
     let mut out = String::from("*raw\n");
     for ch in RAW_CHAINS {
         let _ = writeln!(out, ":{ch} - [0:0]");
@@ -324,6 +382,8 @@ pub fn render(state: &State) -> String {
     );
     let _ = writeln!(out, "-A NETD-FORWARD -j NETD-ISOLATION-1");
     out.push_str(&fwd);
+    out.push_str(&fwd_out);
+    out.push_str(&iso1_routed);
     out.push_str(&iso1);
     let _ = writeln!(out, "-A NETD-ISOLATION-1 -j RETURN");
     out.push_str(&iso2);
@@ -524,6 +584,65 @@ mod tests {
         assert!(
             !render(&s2).contains("172.17.0.2/32 ! -i"),
             "routed: replies come in"
+        );
+    }
+
+    #[test]
+    fn gateway_modes_and_the_cluster() {
+        let r = render(&crate::datapath::nftables::tests::modes_state());
+        let has = |l: &str| r.lines().any(|x| x == l);
+        // nat: masquerade and protection.
+        assert!(has(
+            "-A NETD-POSTROUTING -s 172.17.0.0/16 ! -o netd0 -j MASQUERADE"
+        ));
+        assert!(has("-A NETD-RAW -d 172.17.0.2/32 ! -i netd0 -j DROP"));
+        // nat-unprotected: masquerade, no protection, all open.
+        assert!(has(
+            "-A NETD-POSTROUTING -s 10.10.0.0/24 ! -o netd-unp -j MASQUERADE"
+        ));
+        assert!(!r.contains("-d 10.10.0.2/32 ! -i"), "{r}");
+        assert!(has("-A NETD-FORWARD -o netd-unp -j ACCEPT"));
+        // routed: no masquerade, no DNAT, the container port and ICMP by
+        // routing, other networks may route in.
+        assert!(!r.contains("-s 10.20.0.0/24 ! -o netd-rtd -j MASQUERADE"));
+        assert!(!r.contains("--to-destination 10.20.0.2"));
+        assert!(!r.contains("-d 10.20.0.2/32 ! -i"));
+        assert!(has(
+            "-A NETD-PORTS -d 10.20.0.2/32 -o netd-rtd -p tcp -m tcp --dport 80 -j ACCEPT"
+        ));
+        assert!(has("-A NETD-FORWARD -o netd-rtd -p icmp -j ACCEPT"));
+        assert!(has("-A NETD-FORWARD -o netd-rtd -j DROP"));
+        assert!(has("-A NETD-ISOLATION-1 -o netd-rtd -j RETURN"));
+        assert!(has("-A NETD-RAW -i netd-rtd -j RETURN"));
+        let pos = |l: &str| r.find(l).unwrap_or_else(|| panic!("{l}"));
+        assert!(
+            pos("-A NETD-POSTROUTING -o netd-rtd -j RETURN")
+                < pos("-A NETD-POSTROUTING -s 172.17.0.0/16 ! -o netd0 -j MASQUERADE")
+        );
+        assert!(
+            pos("-A NETD-ISOLATION-1 -o netd-rtd -j RETURN")
+                < pos("-A NETD-ISOLATION-1 -i netd0 ! -o netd0 -j NETD-ISOLATION-2")
+        );
+        // Every bridge's own filter before any bridge's egress accept.
+        assert!(
+            pos("-A NETD-FORWARD -o netd-rtd -j DROP")
+                < pos("-A NETD-FORWARD -i netd0 ! -o netd0 -j ACCEPT")
+        );
+        // isolated: internal.
+        assert!(has("-A NETD-FORWARD -i netd-iso ! -d 10.30.0.0/24 -j DROP"));
+        // The cluster: no masquerade between its addresses (after the
+        // hairpin rules, before the subnets'), and its sources reach the
+        // pods past the raw table and the forward filter.
+        let ret = pos("-A NETD-POSTROUTING -s 10.244.0.0/16 -d 10.244.0.0/16 -j RETURN");
+        assert!(ret < pos("-A NETD-POSTROUTING -s 10.244.1.0/24 ! -o netd-pods -j MASQUERADE"));
+        assert!(pos("-A NETD-POSTROUTING -s 10.244.1.2/32 -d 10.244.1.2/32") < ret);
+        assert!(
+            pos("-A NETD-RAW -s 10.244.0.0/16 -d 10.244.1.0/24 -j RETURN")
+                < pos("-A NETD-RAW -d 10.244.1.2/32 ! -i netd-pods -j DROP")
+        );
+        assert!(
+            pos("-A NETD-FORWARD -s 10.244.0.0/16 -o netd-pods -j ACCEPT")
+                < pos("-A NETD-FORWARD -o netd-pods -j DROP")
         );
     }
 

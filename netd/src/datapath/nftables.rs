@@ -83,6 +83,8 @@ const CHAINS: &str = "\
 	chain raw {
 		type filter hook prerouting priority raw; policy accept;
 		iifname != \"lo\" ip daddr 127.0.0.0/8 drop
+		ip saddr @cluster ip daddr @cluster_subnets return
+		iifname @routed_bridges return
 		ip daddr @nat_endpoints ip daddr . iifname != @endpoint_bridges drop
 	}
 
@@ -104,6 +106,8 @@ const CHAINS: &str = "\
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
 		ip saddr . ip daddr . meta l4proto . th dport @hairpin masquerade
+		ip saddr @cluster ip daddr @cluster return
+		oifname @routed_bridges return
 		ip saddr @masq_subnets ip saddr . oifname != @subnets masquerade
 		oifname @bridges ip saddr 127.0.0.0/8 masquerade
 	}
@@ -114,10 +118,14 @@ const CHAINS: &str = "\
 		oifname @internal_bridges ip saddr . oifname != @subnets drop
 		ct state established,related accept
 		ct status dnat oifname . ip daddr . meta l4proto . th dport @published accept
-		iifname @egress_bridges oifname @bridges iifname . oifname != @same_bridge drop
+		iifname @egress_bridges oifname @bridges oifname != @routed_bridges iifname . oifname != @same_bridge drop
 		iifname . oifname vmap @icc_verdict
-		iifname @egress_bridges accept
+		oifname . ip daddr . meta l4proto . th dport @direct_ports accept
+		oifname @icmp_bridges meta l4proto icmp accept
+		ip saddr @cluster oifname @cluster_bridges accept
+		oifname @open_bridges accept
 		oifname @bridges drop
+		iifname @egress_bridges accept
 	}
 ";
 
@@ -175,18 +183,39 @@ pub fn render(state: &State) -> Result<String> {
     let mut subnets: BTreeSet<(Cidr, String)> = BTreeSet::new();
     let mut masq: BTreeSet<Cidr> = BTreeSet::new();
     let mut icc = BTreeMap::new();
+    // Gateway modes (see crate::model::Wire) and the cluster.
+    let cluster = state.cluster_cidr;
+    let mut routed = BTreeSet::new();
+    let mut icmp = BTreeSet::new();
+    let mut open = BTreeSet::new();
+    let mut cluster_bridges = BTreeSet::new();
+    let mut cluster_subnets: BTreeSet<Cidr> = BTreeSet::new();
     for net in state.networks.values() {
         let br = ifname(&net.bridge)?;
         let o = &net.options;
+        let w = net.wire(cluster);
         bridges.insert(br.clone());
         subnets.insert((net.subnet(), br.clone()));
         if o.internal {
             internal.insert(br.clone());
         } else {
             egress.insert(br.clone());
-            if o.masquerade {
+            if w.masquerade {
                 masq.insert(net.subnet());
             }
+        }
+        if w.from_other_networks {
+            routed.insert(br.clone());
+        }
+        if w.direct_icmp {
+            icmp.insert(br.clone());
+        }
+        if w.direct_all {
+            open.insert(br.clone());
+        }
+        if w.cluster {
+            cluster_bridges.insert(br.clone());
+            cluster_subnets.insert(net.subnet());
         }
         icc.insert(br, if o.icc { "accept" } else { "drop" });
     }
@@ -199,6 +228,7 @@ pub fn render(state: &State) -> Result<String> {
     let mut host_ip: BTreeMap<(Ipv4Addr, Proto, u16), Target> = BTreeMap::new();
     let mut published: BTreeSet<(String, Ipv4Addr, Proto, u16)> = BTreeSet::new();
     let mut hairpin: BTreeSet<(Ipv4Addr, Proto, u16)> = BTreeSet::new();
+    let mut direct: BTreeSet<(String, Ipv4Addr, Proto, u16)> = BTreeSet::new();
     let mut nat_endpoints: BTreeSet<(Ipv4Addr, String)> = BTreeSet::new();
     let mut ports: BTreeSet<String> = BTreeSet::new();
     let mut port_mac: BTreeSet<(String, String)> = BTreeSet::new();
@@ -220,7 +250,7 @@ pub fn render(state: &State) -> Result<String> {
             port_mac.insert((veth.clone(), mac));
             port_ip.insert((veth, ep.ip));
             if let Some(net) = state.networks.get(&ep.network)
-                && net.options.masquerade
+                && net.wire(cluster).protected
             {
                 nat_endpoints.insert((ep.ip, ifname(&net.bridge)?));
             }
@@ -232,7 +262,17 @@ pub fn render(state: &State) -> Result<String> {
         let Some(net) = state.networks.get(&ep.network) else {
             continue;
         };
+        let w = net.wire(cluster);
         for b in &c.ports {
+            if b.host_ip.is_ipv6() {
+                continue;
+            }
+            if w.direct_ports {
+                direct.insert((ifname(&net.bridge)?, ep.ip, b.proto, b.container_port));
+            }
+            if !w.host_ports || b.host_port == 0 {
+                continue;
+            }
             let target = (ep.ip, b.container_port);
             match b.host_ip {
                 IpAddr::V4(ip) if ip == Ipv4Addr::UNSPECIFIED => {
@@ -287,6 +327,17 @@ pub fn render(state: &State) -> Result<String> {
     define(
         &mut out,
         "set",
+        "direct_ports",
+        &format!("ifname . ipv4_addr . {service}"),
+        false,
+        &direct
+            .iter()
+            .map(|(br, ip, p, cp)| format!("{br} . {ip} . {} . {cp}", p.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    define(
+        &mut out,
+        "set",
         "hairpin",
         &format!("ipv4_addr . ipv4_addr . {service}"),
         false,
@@ -319,6 +370,57 @@ pub fn render(state: &State) -> Result<String> {
         "ifname",
         false,
         &names(&internal),
+    );
+    define(
+        &mut out,
+        "set",
+        "routed_bridges",
+        "ifname",
+        false,
+        &names(&routed),
+    );
+    define(
+        &mut out,
+        "set",
+        "icmp_bridges",
+        "ifname",
+        false,
+        &names(&icmp),
+    );
+    define(
+        &mut out,
+        "set",
+        "open_bridges",
+        "ifname",
+        false,
+        &names(&open),
+    );
+    define(
+        &mut out,
+        "set",
+        "cluster_bridges",
+        "ifname",
+        false,
+        &names(&cluster_bridges),
+    );
+    define(
+        &mut out,
+        "set",
+        "cluster",
+        "ipv4_addr",
+        true,
+        &cluster.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+    );
+    define(
+        &mut out,
+        "set",
+        "cluster_subnets",
+        "ipv4_addr",
+        true,
+        &cluster_subnets
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
     );
     define(
         &mut out,
@@ -473,7 +575,7 @@ impl Datapath for Nftables {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
@@ -663,6 +765,144 @@ mod tests {
         assert!(t.contains("ip daddr @nat_endpoints ip daddr . iifname != @endpoint_bridges drop"));
         let script = apply_script(&t);
         assert!(script.contains("delete table bridge netd\n"), "{script}");
+    }
+
+    /// One network per gateway mode (nat is the default bridge), each with
+    /// a container publishing 8080:80, in a cluster whose CIDR holds the
+    /// `nat` pod network `pods`.
+    pub(crate) fn modes_state() -> State {
+        use crate::model::GatewayMode;
+        let mut s = State {
+            cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+            ..State::default()
+        };
+        for (id, br, subnet, mode, internal) in [
+            ("def", "netd0", "172.17.0.0/16", GatewayMode::Nat, false),
+            (
+                "unp",
+                "netd-unp",
+                "10.10.0.0/24",
+                GatewayMode::NatUnprotected,
+                false,
+            ),
+            (
+                "rtd",
+                "netd-rtd",
+                "10.20.0.0/24",
+                GatewayMode::Routed,
+                false,
+            ),
+            (
+                "iso",
+                "netd-iso",
+                "10.30.0.0/24",
+                GatewayMode::Isolated,
+                true,
+            ),
+            (
+                "pods",
+                "netd-pods",
+                "10.244.1.0/24",
+                GatewayMode::Nat,
+                false,
+            ),
+        ] {
+            let mut n = network(id, br, subnet, internal, true);
+            n.options.gateway_mode = mode;
+            s.networks.insert(n.id.clone(), n);
+        }
+        for (name, net, ip) in [
+            ("n", "def", [172, 17, 0, 2]),
+            ("u", "unp", [10, 10, 0, 2]),
+            ("i", "iso", [10, 30, 0, 2]),
+            ("p", "pods", [10, 244, 1, 2]),
+        ] {
+            let c = container(
+                name,
+                net,
+                ip.into(),
+                vec![binding(
+                    [0, 0, 0, 0],
+                    8080 + ip[3] as u16 * 10 + ip[1] as u16,
+                    80,
+                    Proto::Tcp,
+                )],
+            );
+            s.containers.insert(c.id.clone(), c);
+        }
+        // Routed: the container port, no host port.
+        let r = container(
+            "r",
+            "rtd",
+            Ipv4Addr::new(10, 20, 0, 2),
+            vec![binding([0, 0, 0, 0], 0, 80, Proto::Tcp)],
+        );
+        s.containers.insert(r.id.clone(), r);
+        s
+    }
+
+    #[test]
+    fn gateway_modes_and_the_cluster_are_sets() {
+        let t = render(&modes_state()).unwrap();
+        let set = |name: &str| block(&t, name);
+        // nat: masquerade, protection, DNAT.
+        let masq = set("masq_subnets");
+        for m in ["172.17.0.0/16", "10.10.0.0/24", "10.244.1.0/24"] {
+            assert!(masq.contains(m), "{m}: {masq}");
+        }
+        assert!(!masq.contains("10.20.0.0"), "routed: no masquerade");
+        let protected = set("nat_endpoints");
+        assert!(protected.contains("172.17.0.2") && protected.contains("10.244.1.2"));
+        assert!(
+            !protected.contains("10.10.0.2"),
+            "nat-unprotected: {protected}"
+        );
+        assert!(!protected.contains("10.20.0.2"), "routed: {protected}");
+        // routed: no host port, the container port open by routing, ICMP,
+        // other networks may route in.
+        assert!(!set("dnat_ports").contains("10.20.0.2"));
+        assert!(!set("hairpin").contains("10.20.0.2"));
+        assert!(
+            set("direct_ports").contains("\"netd-rtd\" . 10.20.0.2 . tcp . 80"),
+            "{t}"
+        );
+        assert!(!set("direct_ports").contains("172.17.0.2"));
+        assert!(set("icmp_bridges").contains("\"netd-rtd\""));
+        assert!(set("routed_bridges").contains("\"netd-rtd\""));
+        assert!(!set("routed_bridges").contains("netd0"));
+        // nat-unprotected: everything open by routing.
+        let open = set("open_bridges");
+        assert!(
+            open.contains("\"netd-unp\"") && !open.contains("netd0"),
+            "{open}"
+        );
+        // isolated: internal, nothing else.
+        assert!(set("internal_bridges").contains("\"netd-iso\""));
+        // The cluster: no masquerade between its addresses, its sources
+        // reach the pod network.
+        assert!(set("cluster").contains("10.244.0.0/16"));
+        assert!(set("cluster_subnets").contains("10.244.1.0/24"));
+        let cb = set("cluster_bridges");
+        assert!(
+            cb.contains("\"netd-pods\"") && !cb.contains("netd0"),
+            "{cb}"
+        );
+        for rule in [
+            "ip saddr @cluster ip daddr @cluster return",
+            "ip saddr @cluster ip daddr @cluster_subnets return",
+            "ip saddr @cluster oifname @cluster_bridges accept",
+            "oifname . ip daddr . meta l4proto . th dport @direct_ports accept",
+        ] {
+            assert!(t.contains(rule), "{rule}");
+        }
+        // Destination filters come before the bridges' egress accept.
+        assert!(t.find("oifname @bridges drop") < t.find("iifname @egress_bridges accept"));
+        // No cluster: the sets are empty, the rules the same.
+        let mut s = modes_state();
+        s.cluster_cidr = None;
+        let t2 = render(&s).unwrap();
+        assert!(!block(&t2, "cluster").contains("elements"));
+        assert!(!block(&t2, "cluster_bridges").contains("elements"));
     }
 
     #[test]

@@ -805,6 +805,16 @@ mod tests {
         assert!(spec.options.icc && spec.options.masquerade && !spec.options.internal);
         assert_eq!(spec.options.mtu, 1500);
         assert_eq!(spec.bridge, None);
+        // Docker's gateway modes arrive as generic options too.
+        let spec = create(
+            json!({"com.docker.network.generic": {
+                "com.docker.network.bridge.gateway_mode_ipv4": "routed",
+            }}),
+            pool(),
+        )
+        .validate("netd", 1500)
+        .unwrap();
+        assert_eq!(spec.options.gateway_mode, crate::model::GatewayMode::Routed);
     }
 
     #[test]

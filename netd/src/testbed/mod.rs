@@ -57,7 +57,9 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-/// A process in a namespace, killed (and reaped) on drop.
+/// A process in a namespace, killed (and reaped) on drop, with its
+/// process group: a `sh -c "a & b & wait"` takes its children along
+/// (killing the shell alone would leave them running, reparented to init).
 pub struct Bg {
     pub child: Child,
     pub what: String,
@@ -65,6 +67,12 @@ pub struct Bg {
 
 impl Drop for Bg {
     fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: kill(2) of the process group this child leads
+            // (spawn_in made it; the child is not reaped yet, so its pid,
+            // the group's id, is not reused).
+            unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -229,13 +237,16 @@ impl Testbed {
     }
 }
 
-/// Starts `args` in `ns` with output discarded.
+/// Starts `args` in `ns` with output discarded, as the leader of a process
+/// group of its own (killed whole on drop).
 pub fn spawn_in(ns: &NetNs, args: &[&str]) -> Result<Bg> {
+    use std::os::unix::process::CommandExt;
     let mut cmd: Command = ns.command(args[0])?;
     cmd.args(&args[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(Stdio::null())
+        .process_group(0);
     let child = cmd.spawn().with_context(|| format!("starting {args:?}"))?;
     Ok(Bg {
         child,

@@ -14,6 +14,7 @@ mod cluster;
 mod dns;
 mod ebpf_only;
 mod faults;
+mod gateway_modes;
 mod instances;
 mod ipv6;
 mod modes;
@@ -27,6 +28,7 @@ use bad_input::*;
 use cluster::*;
 use dns::*;
 use faults::*;
+use gateway_modes::*;
 use instances::*;
 use ipv6::*;
 use modes::*;
@@ -149,6 +151,8 @@ scenarios!(
     reboot_releases_containers,
     fault_injection_walk,
     cluster_node_routes,
+    cluster_pod_traffic,
+    gateway_modes,
     removed_containers_leave_no_flows,
     ipv6_control_plane,
 );

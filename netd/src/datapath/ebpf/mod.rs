@@ -3,12 +3,15 @@
 //! maps equal to the control plane's state and owns their attachments.
 //!
 //! Maps and the uplink's TCX link are pinned under `--bpffs` (maps as
-//! `maps/<NAME>_<MAP_VERSION>`, links as `links/<iface>`); container veths
-//! carry TC filters (cls_bpf, see `Programs::attach_tc`), which need no
-//! pin. So the datapath keeps forwarding while the daemon is down, and a
-//! restarted daemon adopts it all: pinned maps are reused, the pinned link
-//! and the filters get the new programs atomically (bpf_link_update, a
-//! cls_bpf replace). Pins of another map version are removed
+//! `maps/<NAME>_<MAP_VERSION>`, links as `links/<iface>`); the veths of
+//! netd's own and Docker's containers carry TC filters (cls_bpf, see
+//! `Programs::attach_tc`), which need no pin; CNI attachments' veths get a
+//! pinned TCX link too (the chain's later plugins own their qdiscs:
+//! `bandwidth` adds an ingress qdisc, which a clsact qdisc would hold). So
+//! the datapath keeps forwarding while the daemon is down, and a restarted
+//! daemon adopts it all: pinned maps are reused, the pinned links and the
+//! filters get the new programs atomically (bpf_link_update, a cls_bpf
+//! replace). Pins of another map version are removed
 //! on start; the conntrack and host-socket entries of a version whose
 //! layout this one reads (`MIGRATE_FROM`) are carried over first, as are
 //! those of a conntrack table pinned with another `--conntrack-size`, so
@@ -32,8 +35,9 @@ use aya::maps::{
 };
 use netd_common::{
     Config, CtEntry, CtKey, Endpoint, EndpointKey, EndpointStats, MAP_VERSION, MAX_ENDPOINTS,
-    MIGRATE_FROM, NET_ICC, NET_INTERNAL, NET_MASQUERADE, Network, PortKey, PortTarget, SockKey,
-    SockOrig, ct_kind, maps,
+    MIGRATE_FROM, NET_CLUSTER, NET_DIRECT_ALL, NET_DIRECT_ICMP, NET_DIRECT_PORTS,
+    NET_FROM_NETWORKS, NET_ICC, NET_INTERNAL, NET_MASQUERADE, Network, PortKey, PortTarget,
+    SockKey, SockOrig, ct_kind, maps,
 };
 
 pub use self::ports::port_blocks;
@@ -43,7 +47,7 @@ use crate::{
     bpf::{self, BpfLogLevel, Programs},
     cgroup::cgroup2_root,
     link::{default_route_iface, ifindex, link_ipv4, link_mac},
-    model::Status,
+    model::{Owner, Status},
     netns::netns_cookie,
     netns::{sysctl_read, sysctl_write},
     portspec::PortBinding,
@@ -67,8 +71,8 @@ pub struct Ebpf {
     uplink: String,
     /// The cgroup the host-socket programs attach to.
     cgroup: PathBuf,
-    /// Host veths whose from_container link is pinned.
-    attached: BTreeSet<String>,
+    /// Host veths carrying from_container, and how.
+    attached: BTreeMap<String, Attach>,
     /// What the last sync wrote into the maps.
     last: Option<Desired>,
     /// The first sync attached the uplink and socket programs.
@@ -130,11 +134,53 @@ impl Links {
 }
 
 /// One container's published ports as ranges, recomputed only when its
-/// bindings or address change.
+/// bindings, its address or its network's wire (host ports, direct ports)
+/// change.
 struct ContainerPorts {
     ip: Ipv4Addr,
     bindings: Vec<PortBinding>,
+    /// (host_ports, direct_ports) of its network's [`crate::model::Wire`].
+    wire: (bool, bool),
+    /// Published host ports (`nat` modes): NETD_PORTS.
     ranges: Vec<(u8, Ipv4Addr, PortTarget)>,
+    /// Published container ports reachable by routing, keyed by the
+    /// container's address (`routed`, `nat` without masquerade):
+    /// NETD_DIRECT.
+    direct: Vec<(u8, Ipv4Addr, PortTarget)>,
+}
+
+impl ContainerPorts {
+    fn new(ip: Ipv4Addr, bindings: &[PortBinding], wire: (bool, bool)) -> ContainerPorts {
+        let (host_ports, direct_ports) = wire;
+        let host: Vec<(Ipv4Addr, PortBinding)> = bindings
+            .iter()
+            .filter(|b| host_ports && b.host_port != 0)
+            .map(|b| (ip, *b))
+            .collect();
+        // The container's own address and port, as a "host" binding of
+        // itself.
+        let direct: Vec<(Ipv4Addr, PortBinding)> = bindings
+            .iter()
+            .filter(|_| direct_ports)
+            .map(|b| {
+                (
+                    ip,
+                    PortBinding {
+                        host_ip: std::net::IpAddr::V4(ip),
+                        host_port: b.container_port,
+                        ..*b
+                    },
+                )
+            })
+            .collect();
+        ContainerPorts {
+            ip,
+            bindings: bindings.to_vec(),
+            wire,
+            ranges: port_ranges(&host),
+            direct: port_ranges(&direct),
+        }
+    }
 }
 
 impl Ebpf {
@@ -144,7 +190,7 @@ impl Ebpf {
             progs: None,
             uplink: String::new(),
             cgroup: PathBuf::new(),
-            attached: BTreeSet::new(),
+            attached: BTreeMap::new(),
             last: None,
             started: false,
             carry: Vec::new(),
@@ -221,21 +267,40 @@ where
 
 impl Ebpf {
     fn desired(&mut self, state: &State) -> Result<Desired> {
-        let mut d = Desired::default();
+        let mut d = Desired {
+            cluster: state.cluster_cidr.map(|c| {
+                let mask = if c.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(c.prefix))
+                };
+                (u32::from(c.network()).to_be(), mask.to_be())
+            }),
+            ..Desired::default()
+        };
         let mut gw_macs = BTreeMap::new();
+        let mut wires = BTreeMap::new();
         let mut net_flags = BTreeMap::new();
         let mut masks = BTreeMap::new();
         let mut names = BTreeSet::new();
         for n in state.networks.values() {
+            // What the gateway mode means on the wire (model::Wire).
+            let w = n.wire(state.cluster_cidr);
+            wires.insert(n.id.clone(), w);
             let mut flags = 0;
-            if n.options.icc {
-                flags |= NET_ICC;
-            }
-            if n.options.masquerade {
-                flags |= NET_MASQUERADE;
-            }
-            if n.options.internal {
-                flags |= NET_INTERNAL;
+            for (on, flag) in [
+                (n.options.icc, NET_ICC),
+                (w.masquerade, NET_MASQUERADE),
+                (n.options.internal, NET_INTERNAL),
+                (w.direct_ports, NET_DIRECT_PORTS),
+                (w.direct_icmp, NET_DIRECT_ICMP),
+                (w.direct_all, NET_DIRECT_ALL),
+                (w.from_other_networks, NET_FROM_NETWORKS),
+                (w.cluster, NET_CLUSTER),
+            ] {
+                if on {
+                    flags |= flag;
+                }
             }
             d.networks.insert(
                 net_id(&n.id),
@@ -279,25 +344,23 @@ impl Ebpf {
                 };
                 d.by_ip.insert(e.ip, e);
                 d.by_if.insert(EndpointKey { ifindex: idx }, e);
-                d.veths.insert(ep.veth.clone());
+                let how = match c.owner {
+                    Owner::Cni { .. } => Attach::Tcx,
+                    _ => Attach::Filter,
+                };
+                d.veths.insert(ep.veth.clone(), how);
                 names.insert(ep.veth.clone());
             }
             if let Some(ep) = c.primary()
                 && !c.ports.is_empty()
+                && let Some(w) = wires.get(&ep.network)
             {
+                let wire = (w.host_ports, w.direct_ports);
                 let cached = self
                     .ranges
                     .remove(&c.id)
-                    .filter(|p| p.ip == ep.ip && p.bindings == c.ports);
-                let cp = cached.unwrap_or_else(|| {
-                    let bindings: Vec<(Ipv4Addr, PortBinding)> =
-                        c.ports.iter().map(|b| (ep.ip, *b)).collect();
-                    ContainerPorts {
-                        ip: ep.ip,
-                        bindings: c.ports.clone(),
-                        ranges: port_ranges(&bindings),
-                    }
-                });
+                    .filter(|p| p.ip == ep.ip && p.wire == wire && p.bindings == c.ports);
+                let cp = cached.unwrap_or_else(|| ContainerPorts::new(ep.ip, &c.ports, wire));
                 ranges.insert(c.id.clone(), cp);
             }
         }
@@ -309,6 +372,12 @@ impl Ebpf {
                 for (start, bits) in port_blocks(t.host_port_min, t.host_port_max) {
                     let k = port_key(*proto, *host, start, bits);
                     d.ports.insert(port_id(&k), (k, *t));
+                }
+            }
+            for (proto, cip, t) in &cp.direct {
+                for (start, bits) in port_blocks(t.host_port_min, t.host_port_max) {
+                    let k = port_key(*proto, *cip, start, bits);
+                    d.direct.insert(port_id(&k), (k, *t));
                 }
             }
         }
@@ -408,34 +477,26 @@ impl Ebpf {
                 &d.networks,
             )?;
         }
+        sync_lpm(
+            &mut LpmTrie::try_from(progs.map_mut(maps::PORTS)?)?,
+            p.map(|p| &p.ports),
+            &d.ports,
+        )?;
+        sync_lpm(
+            &mut LpmTrie::try_from(progs.map_mut(maps::DIRECT)?)?,
+            p.map(|p| &p.direct),
+            &d.direct,
+        )?;
+        // The cluster's pod range.
         {
-            let mut ports: LpmTrie<&mut MapData, PortKey, PortTarget> =
-                LpmTrie::try_from(progs.map_mut(maps::PORTS)?)?;
-            let have: Vec<Key<PortKey>> = match p {
-                Some(p) => p
-                    .ports
-                    .iter()
-                    .filter(|(k, _)| !d.ports.contains_key(k))
-                    .map(|(_, (k, _))| *k)
-                    .collect(),
-                None => ports
-                    .keys()
-                    .collect::<Result<Vec<_>, _>>()?
-                    .into_iter()
-                    .filter(|k| !d.ports.contains_key(&port_id(k)))
-                    .collect(),
-            };
-            for k in have {
-                ports.remove(&k)?;
-            }
-            for (id, (k, t)) in &d.ports {
-                let unchanged = match p {
-                    Some(p) => p.ports.get(id).map(|(_, pt)| pt) == Some(t),
-                    None => ports.get(k, 0).ok().as_ref() == Some(t),
-                };
-                if !unchanged {
-                    ports.insert(k, *t, 0)?;
-                }
+            let mut arr: Array<&mut MapData, Config> =
+                Array::try_from(progs.map_mut(maps::CONFIG)?)?;
+            let mut cfg = arr.get(&0, 0)?;
+            let (net, mask) = d.cluster.unwrap_or((0, 0));
+            if (cfg.cluster_net, cfg.cluster_mask) != (net, mask) {
+                cfg.cluster_net = net;
+                cfg.cluster_mask = mask;
+                arr.set(0, cfg, 0)?;
             }
         }
         // Conntrack entries of removed containers or unpublished ports go,
@@ -467,30 +528,55 @@ impl Ebpf {
         Ok(())
     }
 
-    /// Attaches from_container to the veths of `d` as TC filters (an
-    /// earlier daemon's filter gets the new program atomically; a TCX link
-    /// an older netd pinned for the veth is released once the filter is
-    /// there) and forgets the veths that left `d` (a veth that is still
-    /// there loses its filter).
+    /// Attaches from_container to the veths of `d` (see [`Attach`]): a TC
+    /// filter (an earlier daemon's gets the new program atomically; a TCX
+    /// link an older netd pinned for the veth is released once the filter
+    /// is there), or a pinned TCX link (adopted, its program swapped
+    /// atomically); and lets go of the veths that left `d` (a veth that
+    /// is still there loses its filter, or its link with the pin).
     fn attach(&mut self, d: &Desired) -> Result<()> {
         let links = self.links_dir();
-        for veth in &d.veths {
-            if self.attached.contains(veth) {
+        for (veth, how) in &d.veths {
+            if self.attached.get(veth) == Some(how) {
                 continue;
             }
-            self.progs()?.attach_tc(bpf::FROM_CONTAINER, veth)?;
             let pin = links.join(veth);
-            if pin.exists() {
-                let _ = std::fs::remove_file(&pin);
+            match how {
+                Attach::Filter => {
+                    self.progs()?.attach_tc(bpf::FROM_CONTAINER, veth)?;
+                    if pin.exists() {
+                        let _ = std::fs::remove_file(&pin);
+                    }
+                }
+                Attach::Tcx => {
+                    self.progs()?
+                        .attach_pinned(bpf::FROM_CONTAINER, veth, &pin)?;
+                    if self.attached.contains_key(veth) {
+                        let _ = bpf::detach_tc(bpf::FROM_CONTAINER, veth);
+                    }
+                }
             }
-            self.attached.insert(veth.clone());
+            self.attached.insert(veth.clone(), *how);
         }
-        let gone: Vec<String> = self.attached.difference(&d.veths).cloned().collect();
-        for veth in gone {
-            if ifindex(&veth) != 0
-                && let Err(e) = bpf::detach_tc(bpf::FROM_CONTAINER, &veth)
-            {
-                tracing::warn!("{e:#}");
+        let gone: Vec<(String, Attach)> = self
+            .attached
+            .iter()
+            .filter(|(v, _)| !d.veths.contains_key(*v))
+            .map(|(v, h)| (v.clone(), *h))
+            .collect();
+        for (veth, how) in gone {
+            match how {
+                Attach::Filter => {
+                    if ifindex(&veth) != 0
+                        && let Err(e) = bpf::detach_tc(bpf::FROM_CONTAINER, &veth)
+                    {
+                        tracing::warn!("{e:#}");
+                    }
+                }
+                // The veth is gone (its link with it) or leaving: unpin.
+                Attach::Tcx => {
+                    let _ = std::fs::remove_file(links.join(&veth));
+                }
             }
             self.attached.remove(&veth);
         }
@@ -515,7 +601,10 @@ impl Ebpf {
         );
         for e in std::fs::read_dir(&links)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name != uplink && !name.starts_with("cgroup-") && !d.veths.contains(&name) {
+            if name != uplink
+                && !name.starts_with("cgroup-")
+                && d.veths.get(&name) != Some(&Attach::Tcx)
+            {
                 tracing::info!("removing the stale link pin {}", e.path().display());
                 let _ = std::fs::remove_file(e.path());
             }
@@ -633,16 +722,72 @@ impl Ebpf {
     }
 }
 
+/// How from_container sits on a container's host veth.
+///
+/// Decision: TC filters for netd's own and Docker's containers, TCX links
+/// for CNI attachments. A TCX attach waits for an RCU grace period under
+/// the RTNL lock (~14 ms per veth here; attaches cannot overlap), a TC
+/// filter costs ~0.15 ms, which is what makes creating containers on ebpf
+/// as cheap as on iptables. But a filter needs the clsact qdisc, and the
+/// plugins chained after netd in a CNI list own the veth's qdiscs: the
+/// reference `bandwidth` plugin adds an ingress qdisc and fails when one
+/// (clsact included) is there. A TCX link coexists with any qdisc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attach {
+    Filter,
+    Tcx,
+}
+
 #[derive(Default, Clone)]
 struct Desired {
     networks: BTreeMap<u32, Network>,
     local: BTreeMap<u32, u32>,
     by_ip: BTreeMap<u32, Endpoint>,
     by_if: BTreeMap<EndpointKey, Endpoint>,
-    veths: BTreeSet<String>,
+    veths: BTreeMap<String, Attach>,
     /// Every published range (coalesced bindings of one container).
     ranges: BTreeSet<RangeId>,
     ports: BTreeMap<PortId, (Key<PortKey>, PortTarget)>,
+    /// Published container ports reachable by routing, keyed by the
+    /// container's address, and their LPM entries (NETD_DIRECT).
+    direct: BTreeMap<PortId, (Key<PortKey>, PortTarget)>,
+    /// The cluster CIDR (network, mask; network order).
+    cluster: Option<(u32, u32)>,
+}
+
+/// Makes an LPM map of ports match `want`: against `have` (what the
+/// previous sync wrote) when known, else against the map's own contents.
+fn sync_lpm(
+    map: &mut LpmTrie<&mut MapData, PortKey, PortTarget>,
+    have: Option<&BTreeMap<PortId, (Key<PortKey>, PortTarget)>>,
+    want: &BTreeMap<PortId, (Key<PortKey>, PortTarget)>,
+) -> Result<()> {
+    let gone: Vec<Key<PortKey>> = match have {
+        Some(h) => h
+            .iter()
+            .filter(|(k, _)| !want.contains_key(k))
+            .map(|(_, (k, _))| *k)
+            .collect(),
+        None => map
+            .keys()
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|k| !want.contains_key(&port_id(k)))
+            .collect(),
+    };
+    for k in gone {
+        map.remove(&k)?;
+    }
+    for (id, (k, t)) in want {
+        let unchanged = match have {
+            Some(h) => h.get(id).map(|(_, pt)| pt) == Some(t),
+            None => map.get(k, 0).ok().as_ref() == Some(t),
+        };
+        if !unchanged {
+            map.insert(k, *t, 0)?;
+        }
+    }
+    Ok(())
 }
 
 /// A published range as an orderable value.
@@ -793,9 +938,23 @@ impl Datapath for Ebpf {
             nat_port_max: self.cfg.nat_ports.1,
             _pad: 0,
             netns_cookie: netns_cookie()?,
+            // The first sync sets it from the state; until then a pinned
+            // table keeps the previous daemon's (the cluster's traffic
+            // goes on across a restart).
+            cluster_net: 0,
+            cluster_mask: 0,
         };
         let mut arr: Array<&mut MapData, Config> = Array::try_from(progs.map_mut(maps::CONFIG)?)?;
-        arr.set(0, cfg, 0)?;
+        let old = arr.get(&0, 0).unwrap_or_default();
+        arr.set(
+            0,
+            Config {
+                cluster_net: old.cluster_net,
+                cluster_mask: old.cluster_mask,
+                ..cfg
+            },
+            0,
+        )?;
         self.cgroup = match &self.cfg.cgroup {
             Some(c) => c.clone(),
             None => cgroup2_root()?,
