@@ -36,6 +36,7 @@ mod icmp;
 mod maps;
 mod nat;
 mod parse;
+mod probe;
 mod sock;
 
 use aya_ebpf::{

@@ -111,8 +111,11 @@ enum Cmd {
         #[arg(long, default_value = "ebpf,nftables,iptables")]
         datapaths: String,
         /// Comma-separated: c2c, dnat, egress, scaling, control, bpf,
-        /// node2node.
-        #[arg(long, default_value = "c2c,dnat,egress,scaling,control,bpf,node2node")]
+        /// node2node, xdp.
+        #[arg(
+            long,
+            default_value = "c2c,dnat,egress,scaling,control,bpf,node2node,xdp"
+        )]
         scenarios: String,
         /// CPU placements of each request/response load, comma-separated:
         /// same (client and servers on CPU 0), cross (servers on CPU 0,
@@ -252,7 +255,12 @@ enum Tool {
     },
     /// Loads the embedded eBPF object (nothing attached) and prints each
     /// program's size: instructions, verified instructions, JITed bytes.
-    ProgSizes,
+    ProgSizes {
+        /// Another build of netd's eBPF object instead (an older netd's
+        /// `target/ebpf/bpfel-unknown-none/release/netd-ebpf`), to compare.
+        #[arg(long)]
+        object: Option<std::path::PathBuf>,
+    },
     /// One DNS query; prints the status and the answers.
     DnsQuery {
         server: IpAddr,
@@ -557,8 +565,20 @@ fn run(cli: Cli) -> Result<i32> {
             msg,
             timeout_ms,
         }) => netd::tool::udp_send(to, &msg, timeout_ms).map(|_| 0),
-        Cmd::Tool(Tool::ProgSizes) => {
-            let p = netd::bpf::Programs::load(netd::bpf::BpfLogLevel::Off)?;
+        Cmd::Tool(Tool::ProgSizes { object }) => {
+            let p = match object {
+                Some(path) => {
+                    let bytes = std::fs::read(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    netd::bpf::Programs::load_object(
+                        &bytes,
+                        netd::bpf::BpfLogLevel::Off,
+                        None,
+                        netd_common::DEFAULT_CT_ENTRIES,
+                    )?
+                }
+                None => netd::bpf::Programs::load(netd::bpf::BpfLogLevel::Off)?,
+            };
             println!(
                 "{:<20} {:>6} {:>9} {:>7}",
                 "program", "insns", "verified", "jited"

@@ -24,6 +24,13 @@
 //! - UDP_RR: 1-byte datagram and its echo, back to back.
 //! - TCP_STREAM: iperf3, one flow, Gbit/s received.
 //!
+//! `xdp` measures the published-port loads (`dnat`) on the ebpf datapath
+//! in alternating rounds with and without a no-op XDP program
+//! (`xdp_pass`) on the host's uplink, in the lead placement: what XDP on
+//! that interface costs before any program does any work, the least an
+//! XDP variant of `from_world` would add (samples `uplink_tc` and
+//! `uplink_xdp`, and a section of the report).
+//!
 //! `node2node` builds a two-node cluster per datapath (`testbed::cluster`:
 //! node namespaces on an underlay, a daemon with `--cluster-cidr` on
 //! each, a pod network per node, each node `node add`ed on the other) and
@@ -45,6 +52,7 @@ use serde_json::{Value, json};
 
 use crate::{
     api::Client,
+    bpf,
     link::{Netlink, mac_for_ip},
     netns::NetNs,
     testbed::{
@@ -74,7 +82,7 @@ pub struct Opts {
     pub quick: bool,
 }
 
-pub const ALL_SCENARIOS: [&str; 7] = [
+pub const ALL_SCENARIOS: [&str; 8] = [
     "c2c",
     "dnat",
     "egress",
@@ -82,7 +90,11 @@ pub const ALL_SCENARIOS: [&str; 7] = [
     "control",
     "bpf",
     "node2node",
+    "xdp",
 ];
+/// The published-port loads `xdp` measures with and without a no-op XDP
+/// program on the ebpf host's uplink.
+const XDP_LOADS: [Load; 3] = [Load::Crr, Load::Rr, Load::Stream];
 /// The cluster CIDR of `node2node`; node N's pods are 10.244.N.0/24.
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const RR_PORT: u16 = 7000;
@@ -1259,6 +1271,7 @@ pub fn run(mut o: Opts) -> Result<()> {
         * (o.cpus.len() * (plan.len() * targets.len() + floor_loads)
             + scaling.len() * instances.len()
             + usize::from(has("bpf")) * (3 * ebpf_instances + usize::from(n2n_bpf))
+            + usize::from(has("xdp")) * 2 * XDP_LOADS.len() * ebpf_instances
             + if n2n.is_empty() {
                 0
             } else {
@@ -1426,6 +1439,38 @@ pub fn run(mut o: Opts) -> Result<()> {
                     round,
                     figures,
                 });
+            }
+        }
+    }
+    if has("xdp") {
+        for i in instances.iter().filter(|i| i.dp == "ebpf") {
+            for load in XDP_LOADS {
+                for round in 1..=o.rounds {
+                    for xdp in [false, true] {
+                        let scenario = if xdp { "uplink_xdp" } else { "uplink_tc" };
+                        pr.step(&format!(
+                            "{} {scenario} {} round {round}",
+                            lead.name(),
+                            load.name()
+                        ));
+                        let probe = if xdp {
+                            Some(i.tb.host.run(|| bpf::attach_xdp_pass(testbed::UPLINK))?)
+                        } else {
+                            None
+                        };
+                        let figures = measure(i, "dnat", load, o.duration, cpu)
+                            .with_context(|| format!("{scenario} {}", load.name()))?;
+                        drop(probe);
+                        samples.push(Sample {
+                            placement: lead.name().into(),
+                            scenario: scenario.into(),
+                            load: load.name().into(),
+                            datapath: i.dp.clone(),
+                            round,
+                            figures,
+                        });
+                    }
+                }
             }
         }
     }
