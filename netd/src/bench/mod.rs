@@ -1051,26 +1051,30 @@ fn gc_pass(i: &Instance, m: &mut BTreeMap<String, f64>) -> Result<()> {
             })
             .collect()
     };
-    let ours = |k: &CtKey| {
+    // The forward entry's source, the reverse entry's rewrite.
+    let ours = |k: &CtKey, e: &CtEntry| {
         let a = |x: u32| u32::from_be(x) & 0xffc0_0000 == 0x6440_0000;
-        a(k.saddr) || a(k.daddr)
+        a(k.saddr) || a(e.addr)
     };
     let gc = || i.stats().unwrap_or_default()["ConntrackGC"].clone();
     let runs = |v: &Value| v["Runs"].as_u64().unwrap_or(0);
-    // Fill the table up (the bench's own flows, which the GC may expire
-    // meanwhile, count) and take a pass that started after the entries
-    // were written: the second one to end from then. Again while the
-    // bench's flows expiring under it left the pass short of a full
-    // table.
-    let mut n = 0;
+    // A full table of the bench's entries, and a pass that started after
+    // they were written: the second one to end from then. The bench's
+    // own flows go first (their traffic has ended): left in, they would
+    // expire under the measurement and leave the pass short of a full
+    // table. Again if anything still did.
+    let n = size & !1;
     let mut live = Value::Null;
     let mut walked = 0;
     for _ in 0..5 {
-        let others = ct::dump::<CtKey, CtEntry>(&data)?
-            .iter()
-            .filter(|(k, _)| !ours(k))
-            .count() as u32;
-        n = size.saturating_sub(others) & !1;
+        let mut table: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(
+            aya::maps::Map::HashMap(aya::maps::MapData::from_pin(&pin)?),
+        )?;
+        for (k, e) in ct::dump::<CtKey, CtEntry>(&data)? {
+            if !ours(&k, &e) {
+                let _ = table.remove(&k);
+            }
+        }
         ct::update_batch(
             &data,
             &entries(n, ct::monotonic_ns(), ct_state::ESTABLISHED),
