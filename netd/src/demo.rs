@@ -335,10 +335,11 @@ impl Demo {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// What the eBPF datapath did: its programs attached with TCX, no
-    /// iptables rule, and the counters it kept in the kernel.
+    /// What the eBPF datapath did: its programs attached (TC filters on
+    /// the container veths, a TCX link on the uplink), no iptables rule,
+    /// and the counters it kept in the kernel.
     fn datapath_view(&mut self) -> Result<()> {
-        section("the eBPF datapath: programs attached with TCX, no iptables");
+        section("the eBPF datapath: programs attached in TC, no iptables");
         println!("host$ bpftool prog show  (netd's programs)");
         for l in self
             .tb
@@ -349,11 +350,11 @@ impl Demo {
             println!("{l}");
         }
         println!(
-            "host$ bpftool link show  (type 11 = tcx: one per container veth, one on the uplink)"
+            "host$ bpftool net show  (a TC filter per container veth, a TCX link on the uplink)"
         );
         print!(
             "{}",
-            self.tb.ok(&self.tb.host, &["bpftool", "link", "show"])?
+            self.tb.ok(&self.tb.host, &["bpftool", "net", "show"])?
         );
         let rules = self.tb.ok(&self.tb.host, &["iptables-save"])?;
         println!(

@@ -356,16 +356,28 @@ fn targets(
         1.0,
         "ms",
     );
+    // The pass's wall time decides; its CPU time is shown beside it (on a
+    // busy machine the thread also waits for a CPU).
     let entries = control(&t, "gc_entries", "ebpf").map(|s| s.median as u64);
-    t.at_most(
+    let wall = control(&t, "gc_pass_ms", "ebpf");
+    let cpu = control(&t, "gc_pass_cpu_ms", "ebpf");
+    t.push(
         &format!(
             "conntrack GC pass over {} entries",
             entries.map_or("262,144".to_string(), |n| n.to_string())
         ),
-        ("-", "control", "control", "gc_pass_ms"),
-        "ebpf",
-        100.0,
-        "ms",
+        "<= 100 ms",
+        wall.map(|w| {
+            (
+                format!(
+                    "{} ms wall, {} ms CPU",
+                    fmt(w.median),
+                    cpu.map_or("-".into(), |c| fmt(c.median))
+                ),
+                w.median <= 100.0,
+                false,
+            )
+        }),
     );
     t.out
 }
