@@ -25,7 +25,10 @@ pub mod maps {
     pub const CONFIG6: &str = "NETD_CFG6";
     /// Program array: the IPv6 programs the IPv4 ones tail-call.
     pub const JUMP6: &str = "NETD_JMP6";
-    pub const ALL: [&str; 9] = [
+    /// LRU [`SockKey6`](super::SockKey6) -> [`SockOrig`](crate::SockOrig):
+    /// host sockets the cgroup programs sent to a container's IPv6 address.
+    pub const SOCKETS6: &str = "NETD_SOCK6";
+    pub const ALL: [&str; 10] = [
         ENDPOINTS6,
         ENDPOINTS6_BY_IF,
         PORTS6,
@@ -35,6 +38,7 @@ pub mod maps {
         LOCAL6,
         CONFIG6,
         JUMP6,
+        SOCKETS6,
     ];
 }
 
@@ -269,6 +273,19 @@ pub struct FragKey6 {
 }
 const _: () = assert!(core::mem::size_of::<FragKey6>() == 40);
 
+/// Key of NETD_SOCK6: a socket (its cookie) and the container's IPv6
+/// address and port it was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SockKey6 {
+    pub cookie: u64,
+    pub ip: Ip6,
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<SockKey6>() == 32);
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -282,4 +299,5 @@ mod user {
     unsafe impl aya::Pod for CtKey6 {}
     unsafe impl aya::Pod for CtEntry6 {}
     unsafe impl aya::Pod for FragKey6 {}
+    unsafe impl aya::Pod for SockKey6 {}
 }

@@ -7,7 +7,11 @@ use aya_ebpf::{
 };
 use netd_common::{
     DEFAULT_CT_ENTRIES, EndpointKey, FragPorts, MAX_ENDPOINTS, MAX_LOCAL_ADDRS, MAX_PORT_PREFIXES,
-    v6::{Config6, CtEntry6, CtKey6, Endpoint6, FragKey6, Ip6, MAX_FRAGS6, PortKey6, PortTarget6},
+    SockOrig,
+    v6::{
+        Config6, CtEntry6, CtKey6, Endpoint6, FragKey6, Ip6, MAX_FRAGS6, PortKey6, PortTarget6,
+        SockKey6,
+    },
 };
 
 #[btf_map]
@@ -68,3 +72,9 @@ pub struct Flow6 {
 
 #[btf_map]
 pub static NETD_FLOW6: PerCpuArray<Flow6, 1> = PerCpuArray::new();
+
+/// Host sockets the cgroup programs sent to a container's IPv6 address:
+/// what they asked for.
+#[btf_map]
+pub static NETD_SOCK6: LruHashMap<SockKey6, SockOrig, { netd_common::MAX_SOCKETS as usize }> =
+    LruHashMap::new();

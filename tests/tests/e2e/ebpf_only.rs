@@ -325,6 +325,8 @@ fn ebpf_ipv6_traffic() {
         "v6a",
         "-p",
         "8081:80",
+        "-p",
+        "[::]:8082:80",
         "--",
         "sleep",
         "600",
@@ -382,6 +384,19 @@ fn ebpf_ipv6_traffic() {
     });
     let body = body.unwrap_or_else(|| panic!("outside -> [host]:8081\n{}", n.log()));
     assert!(body.contains("hello from b to [2001:db8:18::1]:"), "{body}");
+
+    // From the host itself, no proxy: [::1] and the host's IPv6 address
+    // on an IPv6-only binding (the cgroup programs send the socket to the
+    // container's IPv6 address), and [::1] on 0.0.0.0.
+    for url in [
+        "http://[::1]:8082/",
+        "http://[2001:db8:18::2]:8082/",
+        "http://[::1]:8081/",
+    ] {
+        let o = n.host(true, &["curl", "-g", "-s", "-m", "3", url]);
+        let body = String::from_utf8_lossy(&o.stdout);
+        assert!(body.contains("hello from b"), "{url}: {body}\n{}", n.log());
+    }
 
     // Nothing else: another network, icc=false, an IPv4-only network, a
     // container's address from outside.
