@@ -1891,4 +1891,129 @@ mod v6 {
         assert_eq!(w.run(bpf::FROM_CONTAINER, &orphan).0, tc::ACT_SHOT);
         assert_eq!(w.drops("fragment-unknown"), 1);
     }
+
+    /// Gateway modes over IPv6 (they follow the network's mode): `routed`
+    /// sends the containers' own addresses out (tracked, so replies come
+    /// in) and lets ICMPv6 echo and published container ports in by
+    /// address; `nat` lets nothing in by address.
+    #[test]
+    fn gateway_modes6_routed_in_and_out() {
+        root!();
+        let mut w = setup6(NET_ICC | NET_DIRECT_PORTS | NET_DIRECT_ICMP, 1);
+        let (v, out) = w.run(
+            bpf::FROM_CONTAINER,
+            &a_to6(out6()).tcp(40000, 80, TCP_SYN, b""),
+        );
+        assert_eq!(v, tc::ACT_REDIRECT);
+        let f = fields6(&out);
+        assert_eq!((f.src, f.sport), (a6(), 40000), "no NAT66 in routed mode");
+        assert_eq!(out, a_to6(out6()).tcp(40000, 80, TCP_SYN, b""));
+        let reply = Frame6::new(OUT_MAC, HOST_MAC, out6(), a6()).tcp(
+            80,
+            40000,
+            TCP_SYN | packet::TCP_ACK,
+            b"",
+        );
+        let (v, back) = w.run(bpf::FROM_WORLD, &reply);
+        assert_eq!(v, tc::ACT_REDIRECT, "the reply of a routed flow");
+        assert_eq!(fields6(&back).dst, a6());
+        assert!(packet6::checksum6_ok(&back));
+        let echo = Frame6::new(OUT_MAC, HOST_MAC, out6(), a6()).echo(5, false);
+        assert_eq!(
+            w.run(bpf::FROM_WORLD, &echo).0,
+            tc::ACT_REDIRECT,
+            "ICMPv6 echo in"
+        );
+        let unpublished = Frame6::new(OUT_MAC, HOST_MAC, out6(), a6()).tcp(5555, 22, TCP_SYN, b"");
+        assert_eq!(w.run(bpf::FROM_WORLD, &unpublished).0, tc::ACT_SHOT);
+        assert_eq!(w.drops("not-published"), 1);
+        assert!(w.counter("routed_in") >= 2 && w.counter("routed_out") >= 1);
+    }
+
+    /// ns per packet of the IPv6 paths (BPF_PROG_TEST_RUN, median of
+    /// 20,000 runs, 1400-byte payloads, flows established), to compare with
+    /// `hot_path_cost`: `cargo test --test bpf_walks -- --ignored hot_path_cost6 --nocapture`.
+    #[test]
+    #[ignore]
+    fn hot_path_cost6() {
+        root!();
+        let mut w = setup6(NET_ICC | NET_MASQUERADE, 1);
+        maps6::add_port(&mut w.p, 6, Ipv6Addr::UNSPECIFIED, 8080, a6(), 80);
+        w.tb.ok(
+            &w.tb.host,
+            &[
+                "ip",
+                "-6",
+                "neigh",
+                "replace",
+                OUT6,
+                "lladdr",
+                "02:42:c6:12:00:01",
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
+        )
+        .unwrap();
+        let payload = [0u8; 1400];
+        let (_, out) = w.run(
+            bpf::FROM_CONTAINER,
+            &a_to6(out6()).tcp(40000, 80, TCP_SYN, b""),
+        );
+        let nat = fields6(&out).sport;
+        w.run(
+            bpf::FROM_WORLD,
+            &world6().tcp(80, nat, TCP_SYN | packet::TCP_ACK, b""),
+        );
+        w.run(bpf::FROM_WORLD, &world6().tcp(5555, 8080, TCP_SYN, b""));
+        let paths: Vec<(&str, &str, Vec<u8>)> = vec![
+            (
+                "c2c6",
+                bpf::FROM_CONTAINER,
+                Frame6 {
+                    dst_mac: B_MAC,
+                    ..a_to6(b6())
+                }
+                .tcp(40000, 80, packet::TCP_ACK, &payload),
+            ),
+            (
+                "egress6 out (nat66)",
+                bpf::FROM_CONTAINER,
+                a_to6(out6()).tcp(40000, 80, packet::TCP_ACK, &payload),
+            ),
+            (
+                "egress6 reply in (rev-nat66)",
+                bpf::FROM_WORLD,
+                world6().tcp(80, nat, packet::TCP_ACK, &payload),
+            ),
+            (
+                "published6 in (dnat)",
+                bpf::FROM_WORLD,
+                world6().tcp(5555, 8080, packet::TCP_ACK, &payload),
+            ),
+            (
+                "published6 reply out (rev-dnat)",
+                bpf::FROM_CONTAINER,
+                a_to6(out6()).tcp(80, 5555, packet::TCP_ACK, &payload),
+            ),
+        ];
+        for (name, prog, frame) in &paths {
+            let fd = w.p.program_fd(prog).unwrap();
+            let best =
+                w.tb.host
+                    .run(|| {
+                        let mut runs = Vec::with_capacity(20_000);
+                        for _ in 0..20_000 {
+                            let (v, ns) = bpfmaps::test_run_repeat(fd, frame, 1)?;
+                            assert!(v == tc::ACT_REDIRECT, "{name}: verdict {v}");
+                            runs.push(ns);
+                        }
+                        runs.sort_unstable();
+                        Ok(runs[runs.len() / 2])
+                    })
+                    .unwrap();
+            eprintln!("{name:32} {best:>5} ns/packet (median)");
+        }
+    }
 }
