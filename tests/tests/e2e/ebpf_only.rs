@@ -439,4 +439,32 @@ fn ebpf_ipv6_traffic() {
     for d in ["icc-denied", "network-isolation"] {
         assert!(s["Drops"][d].as_u64().unwrap_or(0) > 0, "{d}: {s}");
     }
+
+    // kill -9: the pinned maps and jump table keep IPv6 forwarding (the
+    // container's namespace entered directly: `netd exec` needs the
+    // daemon); a restarted daemon's programs take over.
+    let sandbox = n.inspect("a")["NetworkSettings"]["SandboxKey"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    n.stop_daemon(true);
+    let a_ns = netd::netns::NetNs::at(sandbox);
+    let ping_a = |dst: &str| {
+        a_ns.command("ping")
+            .unwrap()
+            .args(["-6", "-c", "1", "-W", "1", dst])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(ping_a("fd00:77::3"), "c2c without a daemon");
+    assert!(ping_a("2001:db8:18::1"), "NAT66 without a daemon");
+    n.start_daemon().unwrap();
+    let mut body = None;
+    wait_until(Duration::from_secs(10), || {
+        body = curl6(&n, "a", "http://[2001:db8:18::1]:8000/");
+        body.is_some()
+    });
+    let body = body.unwrap_or_else(|| panic!("after a restart\n{}", n.log()));
+    assert!(body.contains("to [2001:db8:18::2]:"), "{body}");
+    assert!(ping_a("fd00:77::3"));
 }
