@@ -28,7 +28,10 @@ pub mod maps {
     /// LRU [`SockKey6`](super::SockKey6) -> [`SockOrig`](crate::SockOrig):
     /// host sockets the cgroup programs sent to a container's IPv6 address.
     pub const SOCKETS6: &str = "NETD_SOCK6";
-    pub const ALL: [&str; 10] = [
+    /// u32 network id -> [`Network`](crate::Network): the network's IPv6
+    /// side (its flags as `gateway_mode_ipv6` makes them).
+    pub const NETWORKS6: &str = "NETD_NET6";
+    pub const ALL: [&str; 11] = [
         ENDPOINTS6,
         ENDPOINTS6_BY_IF,
         PORTS6,
@@ -39,6 +42,7 @@ pub mod maps {
         CONFIG6,
         JUMP6,
         SOCKETS6,
+        NETWORKS6,
     ];
 }
 

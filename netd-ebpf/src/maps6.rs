@@ -6,8 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use netd_common::{
-    DEFAULT_CT_ENTRIES, EndpointKey, FragPorts, MAX_ENDPOINTS, MAX_LOCAL_ADDRS, MAX_PORT_PREFIXES,
-    SockOrig,
+    DEFAULT_CT_ENTRIES, EndpointKey, FragPorts, MAX_ENDPOINTS, MAX_LOCAL_ADDRS, MAX_NETWORKS,
+    MAX_PORT_PREFIXES, Network, SockOrig,
     v6::{
         Config6, CtEntry6, CtKey6, Endpoint6, FragKey6, Ip6, MAX_FRAGS6, PortKey6, PortTarget6,
         SockKey6,
@@ -78,3 +78,8 @@ pub static NETD_FLOW6: PerCpuArray<Flow6, 1> = PerCpuArray::new();
 #[btf_map]
 pub static NETD_SOCK6: LruHashMap<SockKey6, SockOrig, { netd_common::MAX_SOCKETS as usize }> =
     LruHashMap::new();
+
+/// Networks' IPv6 sides: id -> flags (NET_IPV6 and what the network's
+/// IPv6 gateway mode makes of the others).
+#[btf_map]
+pub static NETD_NET6: HashMap<u32, Network, { MAX_NETWORKS as usize }> = HashMap::new();

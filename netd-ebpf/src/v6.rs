@@ -45,9 +45,9 @@ use crate::{
     maps::NETD_EP_IF,
     maps6::{
         NETD_CFG6, NETD_DIRECT6, NETD_EP6, NETD_EP6_IF, NETD_FIB6, NETD_FLOW6, NETD_FRAG6,
-        NETD_JMP6, NETD_LOCAL6, NETD_PORTS6, PortLpmKey6,
+        NETD_JMP6, NETD_LOCAL6, NETD_NET6, NETD_PORTS6, PortLpmKey6,
     },
-    nat, nat6, network,
+    nat, nat6,
     parse::{self, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, L4},
     parse6::{
         self, ICMP6_DEST_UNREACH, ICMP6_ECHO_REQUEST, ICMP6_PKT_TOOBIG, ICMP6_TIME_EXCEEDED,
@@ -192,6 +192,14 @@ pub fn world_address6(ctx: TcContext) -> i32 {
     }
 }
 
+/// A network's IPv6 side (NETD_NET6): its flags as its IPv6 gateway
+/// mode makes them.
+#[inline(always)]
+fn network6(id: u32) -> Option<Network> {
+    // SAFETY: map value copied out.
+    unsafe { NETD_NET6.get(id) }.copied()
+}
+
 #[inline(always)]
 fn ep6(addr: &Ip6) -> Option<Endpoint6> {
     // SAFETY: map value copied out.
@@ -234,7 +242,8 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     if eth.src != ep.mac {
         return Err(DropReason::SpoofedSource);
     }
-    let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
+    // The network's IPv6 side (its own flags: `gateway_mode_ipv6`).
+    let net = network6(ep.net_id).ok_or(DropReason::NotIpv4)?;
     if net.flags & NET_IPV6 == 0 {
         return Err(DropReason::NotIpv4);
     }
@@ -302,7 +311,7 @@ fn try_container_flow(ctx: &TcContext) -> Result<i32, DropReason> {
     let ep = (unsafe { NETD_EP6_IF.get(EndpointKey { ifindex }) })
         .copied()
         .ok_or(DropReason::NoEndpoint)?;
-    let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
+    let net = network6(ep.net_id).ok_or(DropReason::NoEndpoint)?;
     let ip = parse6::ipv6(ctx)?;
     let l4 = container_l4(ctx, &ip)?;
     if let Some(l4) = &l4 {
@@ -356,7 +365,7 @@ fn try_container_icmp(ctx: &TcContext) -> Result<i32, DropReason> {
     let ep = (unsafe { NETD_EP6_IF.get(EndpointKey { ifindex }) })
         .copied()
         .ok_or(DropReason::NoEndpoint)?;
-    let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
+    let net = network6(ep.net_id).ok_or(DropReason::NoEndpoint)?;
     let ip = parse6::ipv6(ctx)?;
     let v = container_icmp_error(ctx, &ip, &ep, net.flags);
     if v != CONTINUE {
@@ -439,7 +448,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, DropReason> {
     let ep = (unsafe { NETD_EP6_IF.get(EndpointKey { ifindex }) })
         .copied()
         .ok_or(DropReason::NoEndpoint)?;
-    let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
+    let net = network6(ep.net_id).ok_or(DropReason::NoEndpoint)?;
     let ip = parse6::ipv6(ctx)?;
     let l4 = container_l4(ctx, &ip)?;
     let cfg = config().ok_or(DropReason::Unsupported)?;
@@ -487,7 +496,7 @@ fn try_new_flow(ctx: &TcContext) -> Result<i32, DropReason> {
     let ep = (unsafe { NETD_EP6_IF.get(EndpointKey { ifindex }) })
         .copied()
         .ok_or(DropReason::NoEndpoint)?;
-    let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
+    let net = network6(ep.net_id).ok_or(DropReason::NoEndpoint)?;
     let ip = parse6::ipv6(ctx)?;
     let l4 = container_l4(ctx, &ip)?.ok_or(DropReason::Unsupported)?;
     let mut e = CtEntry6::default();
@@ -948,7 +957,7 @@ fn try_world_dnat(
     let Some(ep) = ep6(&t.container_ip) else {
         return pass_world(&ip.daddr).map(|_| None);
     };
-    let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
+    let net = network6(ep.net_id).ok_or(DropReason::NoEndpoint)?;
     if net.flags & NET_INTERNAL != 0 {
         return Err(DropReason::InternalNetwork);
     }
@@ -1018,7 +1027,7 @@ fn try_to_address(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>) -> Result<i32, Dr
     let Some(ep) = ep6(&ip.daddr) else {
         return Ok(tc::ACT_UNSPEC);
     };
-    let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
+    let net = network6(ep.net_id).ok_or(DropReason::NoEndpoint)?;
     match l4 {
         Some(l4) if l4.hdr && direct_allowed(&net, ip, l4) => {
             routed_in_new_flow(ip, l4, &ep)?;

@@ -311,6 +311,21 @@ pub mod v6 {
         Ip6::from_bytes(a.octets())
     }
 
+    /// A network's IPv6 side (NET_IPV6 is added to `flags`).
+    pub fn add_network(p: &mut Programs, id: u32, flags: u32) {
+        let mut m: HashMap<&mut MapData, u32, netd_common::Network> =
+            HashMap::try_from(p.map_mut(maps::NETWORKS6).unwrap()).unwrap();
+        m.insert(
+            id,
+            netd_common::Network {
+                flags: flags | netd_common::NET_IPV6,
+                bridge_ifindex: 0,
+            },
+            0,
+        )
+        .unwrap();
+    }
+
     pub fn set_uplink(p: &mut Programs, a: Ipv6Addr) {
         let mut m: Array<&mut MapData, Config6> =
             Array::try_from(p.map_mut(maps::CONFIG6).unwrap()).unwrap();

@@ -731,6 +731,7 @@ mod v6 {
         );
         maps6::set_uplink(&mut p, HOST6);
         bpfmaps::add_network(&mut p, 1, NET_ICC | NET_MASQUERADE | NET_IPV6);
+        maps6::add_network(&mut p, 1, NET_ICC | NET_MASQUERADE);
         let d = Frame::default();
         for (ifindex, ip, ip6, mac) in [(1, d.src, A6, A_MAC), (55, d.dst, B6, B_MAC)] {
             bpfmaps::add_endpoint(

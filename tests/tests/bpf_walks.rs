@@ -978,6 +978,9 @@ fn containers_speak_ipv4_and_honest_arp_only() {
             gw_mac: GW_MAC,
         },
     );
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &v6).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("not-ipv4"), 5, "the network has no IPv6 side yet");
+    bpfmaps::v6::add_network(&mut w.p, 1, NET_ICC | NET_MASQUERADE);
     // Its link-local, to a peer's link-local (icc on): to the bridge.
     assert_eq!(w.run(bpf::FROM_CONTAINER, &v6).0, tc::ACT_UNSPEC);
 
@@ -1524,6 +1527,8 @@ mod v6 {
             2,
             NET_ICC | NET_MASQUERADE | netd_common::NET_IPV6,
         );
+        maps6::add_network(&mut w.p, 1, flags);
+        maps6::add_network(&mut w.p, 2, NET_ICC | NET_MASQUERADE);
         let host = w.tb.host.clone();
         netd::testbed::block_on(async move {
             let n = netd::link::Netlink::in_ns(&host)?;

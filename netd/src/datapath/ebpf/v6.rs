@@ -13,7 +13,8 @@ use std::{
 use anyhow::Result;
 use aya::maps::{Array, HashMap, IterableMap, MapData, lpm_trie::Key, lpm_trie::LpmTrie};
 use netd_common::{
-    EndpointKey, ct_kind,
+    EndpointKey, NET_DIRECT_ALL, NET_DIRECT_ICMP, NET_DIRECT_PORTS, NET_ICC, NET_INTERNAL,
+    NET_IPV6, NET_MASQUERADE, Network, ct_kind,
     v6::{
         Config6, CtEntry6, CtKey6, Endpoint6, Ip6, PORT_KEY6_FULL_PREFIX, PortKey6, PortTarget6,
         maps,
@@ -38,6 +39,7 @@ type PortId6 = (u8, [u8; 16], u16);
 
 #[derive(Default, Clone, PartialEq)]
 pub struct Desired6 {
+    networks: BTreeMap<u32, Network>,
     by_ip: BTreeMap<Ip6, Endpoint6>,
     by_if: BTreeMap<EndpointKey, Endpoint6>,
     ports: BTreeMap<PortId6, PortTarget6>,
@@ -54,7 +56,28 @@ impl Desired6 {
         let mut wires = BTreeMap::new();
         for n in state.networks.values().filter(|n| n.enable_ipv6()) {
             gw_macs.insert(n.id.clone(), link_mac(&n.bridge).unwrap_or_default());
-            wires.insert(n.id.clone(), n.wire(state.cluster_cidr));
+            let w = wire6(n);
+            let mut flags = NET_IPV6;
+            for (on, flag) in [
+                (n.options.icc, NET_ICC),
+                (w.masquerade, NET_MASQUERADE),
+                (n.options.internal, NET_INTERNAL),
+                (w.direct_ports, NET_DIRECT_PORTS),
+                (w.direct_icmp, NET_DIRECT_ICMP),
+                (w.direct_all, NET_DIRECT_ALL),
+            ] {
+                if on {
+                    flags |= flag;
+                }
+            }
+            d.networks.insert(
+                super::net_id(&n.id),
+                Network {
+                    flags,
+                    bridge_ifindex: ifindex(&n.bridge),
+                },
+            );
+            wires.insert(n.id.clone(), w);
         }
         for c in state
             .containers
@@ -119,6 +142,13 @@ impl Desired6 {
         d.local = local_addrs6();
         d
     }
+}
+
+/// What the network's gateway mode means for its IPv6 side: the IPv4
+/// mode's (`gateway_mode_ipv4`) as long as the control plane has no
+/// separate IPv6 mode; never the cluster (pod networks are IPv4).
+fn wire6(n: &crate::model::Network) -> crate::model::Wire {
+    n.wire(None)
 }
 
 /// The IPv6 addresses of this namespace.
@@ -215,6 +245,12 @@ fn sync_lpm(
 /// maps' own contents), and removes the conntrack entries of containers
 /// and published ports that went away.
 pub fn sync(progs: &mut Programs, prev: Option<&Desired6>, d: &Desired6) -> Result<()> {
+    // Networks first, endpoints after (and removed the other way round).
+    sync_hash(
+        &mut HashMap::try_from(progs.map_mut(maps::NETWORKS6)?)?,
+        prev.map(|p| &p.networks),
+        &d.networks,
+    )?;
     sync_hash(
         &mut HashMap::try_from(progs.map_mut(maps::ENDPOINTS6)?)?,
         prev.map(|p| &p.by_ip),
