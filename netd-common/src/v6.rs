@@ -31,7 +31,10 @@ pub mod maps {
     /// u32 network id -> [`Network`](crate::Network): the network's IPv6
     /// side (its flags as `gateway_mode_ipv6` makes them).
     pub const NETWORKS6: &str = "NETD_NET6";
-    pub const ALL: [&str; 11] = [
+    /// Queue of [`CtKey6`](super::CtKey6): recently created IPv6 flows,
+    /// the eviction candidates when NETD_CT6 is full.
+    pub const CT6_NEW: &str = "NETD_CT6_NEW";
+    pub const ALL: [&str; 12] = [
         ENDPOINTS6,
         ENDPOINTS6_BY_IF,
         PORTS6,
@@ -43,6 +46,7 @@ pub mod maps {
         JUMP6,
         SOCKETS6,
         NETWORKS6,
+        CT6_NEW,
     ];
 }
 

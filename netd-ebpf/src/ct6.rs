@@ -1,8 +1,10 @@
-//! IPv6 conntrack: the same two entries per flow, states and race
-//! handling as the IPv4 table (ct.rs), in NETD_CT6. A full table refuses
-//! new flows (`ct-table-full`); the IPv4 table's early eviction of
-//! unconfirmed flows is not done here (yet).
-use aya_ebpf::bindings::BPF_NOEXIST;
+//! IPv6 conntrack: the same two entries per flow, states, race handling
+//! and early eviction as the IPv4 table (ct.rs), in NETD_CT6: when it is
+//! full, the oldest recently created flow that is still unconfirmed
+//! (NETD_CT6_NEW) makes room (the `evict6` program, tail-called by the
+//! program whose new flow did not fit, which then runs again); failing
+//! that the new flow is refused (`ct-table-full`).
+use aya_ebpf::bindings::{BPF_EXIST, BPF_NOEXIST};
 use netd_common::{
     Counter, DropReason, ct_kind, ct_state,
     v6::{CtEntry6, CtKey6, Ip6},
@@ -11,7 +13,7 @@ use netd_common::{
 use crate::{
     counters,
     ct::now,
-    maps6::NETD_CT6,
+    maps6::{NETD_CT6, NETD_CT6_NEW, NETD_EVICT6},
     parse::{IPPROTO_TCP, L4, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST},
 };
 
@@ -94,11 +96,14 @@ pub fn create(
     if replace_rev {
         remove(rev_key);
     }
+    // A full table: the caller's program hands the packet to evict6,
+    // which makes room and runs it again.
     if !insert(rev_key, rev)? {
         return Ok(Created6::RevTaken);
     }
     match insert(fwd_key, fwd) {
         Ok(true) => {
+            let _ = NETD_CT6_NEW.push(fwd_key, u64::from(BPF_EXIST));
             counters::add(Counter::CtCreated, 2);
             Ok(Created6::New)
         }
@@ -133,4 +138,62 @@ pub fn remove(key: &CtKey6) {
 pub fn peek(key: &CtKey6) -> Option<CtEntry6> {
     // SAFETY: copied out of a valid map value.
     unsafe { NETD_CT6.get(key) }.copied()
+}
+
+/// Queued candidates looked at per eviction attempt.
+const EVICT_TRIES: u32 = 8;
+
+/// Evicts the oldest queued flow that is still unconfirmed (TCP: the
+/// originator never ACKed; others: no reply seen), both of its entries
+/// (a BPF function of its own: its keys stay off the callers' stacks).
+#[inline(never)]
+pub fn evict_one() -> bool {
+    for _ in 0..EVICT_TRIES {
+        match evict_head() {
+            EVICTED => return true,
+            EMPTY => return false,
+            _ => {}
+        }
+    }
+    false
+}
+
+const EVICTED: u32 = 1;
+const EMPTY: u32 = 2;
+
+/// Pops the oldest candidate and evicts its flow if it is still
+/// unconfirmed (a BPF function of its own, so the loop's iterations do
+/// not each take stack).
+#[inline(never)]
+fn evict_head() -> u32 {
+    let Some(s) = NETD_EVICT6.get_ptr_mut(0) else {
+        return EMPTY;
+    };
+    // SAFETY: this CPU's scratch value, used by this program run only.
+    let s = unsafe { &mut *s };
+    let Ok(Some(k)) = NETD_CT6_NEW.pop() else {
+        return EMPTY;
+    };
+    s.k = k;
+    let Some(e) = NETD_CT6.get_ptr(&s.k) else {
+        return 0;
+    };
+    // SAFETY: a valid map value pointer, read only.
+    let (rk, state) = unsafe { (s.k.reverse(&*e), (*e).state) };
+    s.rk = rk;
+    let unconfirmed = if s.k.proto == IPPROTO_TCP {
+        state == ct_state::NEW
+    } else {
+        // SAFETY: as above.
+        NETD_CT6
+            .get_ptr(&s.rk)
+            .is_none_or(|r| unsafe { (*r).state } == ct_state::NEW)
+    };
+    if !unconfirmed {
+        return 0;
+    }
+    remove(&s.k);
+    remove(&s.rk);
+    counters::add(Counter::CtEvicted, 1);
+    EVICTED
 }

@@ -2,12 +2,14 @@
 //! netd_common::v6). Userspace pins them like the others.
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, lpm_trie::Key},
+    btf_maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, Queue, lpm_trie::Key,
+    },
     macros::btf_map,
 };
 use netd_common::{
-    DEFAULT_CT_ENTRIES, EndpointKey, FragPorts, MAX_ENDPOINTS, MAX_LOCAL_ADDRS, MAX_NETWORKS,
-    MAX_PORT_PREFIXES, Network, SockOrig,
+    CT_NEW_QUEUE, DEFAULT_CT_ENTRIES, EndpointKey, FragPorts, MAX_ENDPOINTS, MAX_LOCAL_ADDRS,
+    MAX_NETWORKS, MAX_PORT_PREFIXES, Network, SockOrig,
     v6::{
         Config6, CtEntry6, CtKey6, Endpoint6, FragKey6, Ip6, MAX_FRAGS6, PortKey6, PortTarget6,
         SockKey6,
@@ -83,3 +85,19 @@ pub static NETD_SOCK6: LruHashMap<SockKey6, SockOrig, { netd_common::MAX_SOCKETS
 /// IPv6 gateway mode makes of the others).
 #[btf_map]
 pub static NETD_NET6: HashMap<u32, Network, { MAX_NETWORKS as usize }> = HashMap::new();
+
+/// Recently created IPv6 flows (their forward key), oldest first: the
+/// eviction candidates when NETD_CT6 is full.
+#[btf_map]
+pub static NETD_CT6_NEW: Queue<CtKey6, { CT_NEW_QUEUE as usize }> = Queue::new();
+
+/// Per-CPU scratch for the eviction of an unconfirmed IPv6 flow (not
+/// pinned).
+#[repr(C)]
+pub struct Evict6 {
+    pub k: CtKey6,
+    pub rk: CtKey6,
+}
+
+#[btf_map]
+pub static NETD_EVICT6: PerCpuArray<Evict6, 1> = PerCpuArray::new();

@@ -70,6 +70,7 @@ pub const JMP_WORLD_ICMP6: u32 = 5;
 pub const JMP_WORLD_DNAT6: u32 = 6;
 pub const JMP_WORLD_ADDRESS6: u32 = 7;
 pub const JMP_NEW_FLOW6: u32 = 8;
+pub const JMP_EVICT6: u32 = 9;
 
 /// What a walk returns to its program's main function to have it
 /// tail-call the next program (tail calls are allowed there only).
@@ -79,6 +80,7 @@ const TO_FLOW: i32 = -1002;
 const TO_DNAT: i32 = -1003;
 const TO_ADDRESS: i32 = -1004;
 const TO_NEW_FLOW: i32 = -1005;
+const TO_EVICT: i32 = -1006;
 
 /// An IPv6 frame (EtherType 0x86dd).
 #[inline(always)]
@@ -148,8 +150,36 @@ pub fn egress6(ctx: TcContext) -> i32 {
 pub fn new_flow6(ctx: TcContext) -> i32 {
     match try_new_flow(&ctx) {
         Ok(v) => v,
+        Err(DropReason::CtTableFull) => evict_then(&ctx, JMP_NEW_FLOW6),
         Err(reason) => counters::drop(&ctx, reason),
     }
+}
+
+/// The IPv6 conntrack table is full: evicts the oldest unconfirmed flow
+/// and runs the program whose new flow did not fit again (world_dnat6
+/// for a packet from the uplink, new_flow6 for one from a container);
+/// nothing to evict: `ct-table-full`.
+#[classifier]
+pub fn evict6(ctx: TcContext) -> i32 {
+    if !ct6::evict_one() {
+        return counters::drop(&ctx, DropReason::CtTableFull);
+    }
+    // SAFETY: reading the context (evict_then wrote the slot).
+    let back = unsafe { (*ctx.skb.skb).cb[0] };
+    if back == JMP_WORLD_DNAT6 || back == JMP_NEW_FLOW6 {
+        jump(&ctx, back)
+    } else {
+        counters::drop(&ctx, DropReason::CtTableFull)
+    }
+}
+
+/// Tail-calls evict6, which runs program `back` again after making room
+/// (the slot travels in the skb's control block, which tail calls keep).
+#[inline(always)]
+fn evict_then(ctx: &TcContext, back: u32) -> i32 {
+    // SAFETY: TC programs may write the control block.
+    unsafe { (*ctx.skb.skb).cb[0] = back };
+    jump(ctx, JMP_EVICT6)
 }
 
 /// An IPv6 frame from the world (tail-called by from_world).
@@ -177,6 +207,7 @@ pub fn world_icmp6(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn world_dnat6(ctx: TcContext) -> i32 {
     match try_world_published(&ctx) {
+        Ok(TO_EVICT) | Err(DropReason::CtTableFull) => evict_then(&ctx, JMP_WORLD_DNAT6),
         Ok(v) => v,
         Err(reason) => counters::drop(&ctx, reason),
     }
@@ -499,22 +530,18 @@ fn try_new_flow(ctx: &TcContext) -> Result<i32, DropReason> {
     let net = network6(ep.net_id).ok_or(DropReason::NoEndpoint)?;
     let ip = parse6::ipv6(ctx)?;
     let l4 = container_l4(ctx, &ip)?.ok_or(DropReason::Unsupported)?;
-    let mut e = CtEntry6::default();
-    new_flow(&ip, &l4, &ep, net.flags & NET_MASQUERADE != 0, &mut e)?;
-    Ok(out_to_world_fn(ctx, &ip, &l4, &e))
+    new_flow(&ip, &l4, &ep, net.flags & NET_MASQUERADE != 0)?;
+    // The forward entry, left in the scratch value by new_flow.
+    let f = NETD_FLOW6.get_ptr(0).ok_or(DropReason::Unsupported)?;
+    // SAFETY: this CPU's scratch value, written just now.
+    Ok(out_to_world_fn(ctx, &ip, &l4, unsafe { &(*f).fwd }))
 }
 
-/// A new flow's entries (a BPF function of its own); the forward one in `out`.
+/// A new flow's entries (a BPF function of its own); the forward one is
+/// left in NETD_FLOW6's `fwd`.
 #[inline(never)]
-fn new_flow(
-    ip: &Ipv6,
-    l4: &L4,
-    ep: &Endpoint6,
-    masquerade: bool,
-    out: &mut CtEntry6,
-) -> Result<(), DropReason> {
-    *out = snat_new_flow(ip, l4, ep, masquerade)?;
-    Ok(())
+fn new_flow(ip: &Ipv6, l4: &L4, ep: &Endpoint6, masquerade: bool) -> Result<(), DropReason> {
+    snat_new_flow(ip, l4, ep, masquerade)
 }
 
 #[derive(PartialEq, Eq)]
@@ -649,12 +676,7 @@ fn fib_lookup(ctx: &TcContext, fib: &mut FibParams) -> u32 {
 /// NAT66 to the uplink's IPv6 address, the container's port kept when it
 /// is in the NAT range and free; without masquerade a ROUTED flow.
 #[inline(always)]
-fn snat_new_flow(
-    ip: &Ipv6,
-    l4: &L4,
-    ep: &Endpoint6,
-    masquerade: bool,
-) -> Result<CtEntry6, DropReason> {
+fn snat_new_flow(ip: &Ipv6, l4: &L4, ep: &Endpoint6, masquerade: bool) -> Result<(), DropReason> {
     let cfg = config().ok_or(DropReason::Unsupported)?;
     let (min, max) = (u32::from(cfg.nat_port_min), u32::from(cfg.nat_port_max));
     let (addr, kind, rev_kind) = if masquerade {
@@ -714,10 +736,14 @@ fn snat_new_flow(
     f.rev.port = l4.sport;
     f.rev.kind = rev_kind;
     match ct6::create(&f.fwd_key, &f.fwd, &f.rev_key, &f.rev, false)? {
-        Created6::New => Ok(f.fwd),
-        Created6::Lost(w) => Ok(w),
-        Created6::RevTaken => ct6::peek(&f.fwd_key).ok_or(DropReason::NatPortsExhausted),
+        Created6::New => {}
+        Created6::Lost(w) => f.fwd = w,
+        // The port was taken since the probe: by this very flow on
+        // another CPU (translate as it does), or by another flow (drop;
+        // the retransmission probes again).
+        Created6::RevTaken => f.fwd = ct6::peek(&f.fwd_key).ok_or(DropReason::NatPortsExhausted)?,
     }
+    Ok(())
 }
 
 #[inline(always)]
@@ -912,12 +938,15 @@ fn try_world_published(ctx: &TcContext) -> Result<i32, DropReason> {
         return pass_world(&ip.daddr);
     };
     // The flow (a BPF function of its own), then the translation.
-    let mut e = CtEntry6::default();
-    let v = world_dnat(ctx, &ip, &l4, &t, &mut e);
+    let v = world_dnat(ctx, &ip, &l4, &t);
     if v != CONTINUE {
         return Ok(v);
     }
-    Ok(to_container_fn(ctx, &ip, &l4, &e.addr, e.port))
+    // The flow's translation, left in the scratch value by world_dnat.
+    let f = NETD_FLOW6.get_ptr(0).ok_or(DropReason::Unsupported)?;
+    // SAFETY: this CPU's scratch value, written just now.
+    let (addr, port) = unsafe { ((*f).fwd.addr, (*f).fwd.port) };
+    Ok(to_container_fn(ctx, &ip, &l4, &addr, port))
 }
 
 /// `to_container` as a BPF function of its own.
@@ -930,13 +959,11 @@ fn to_container_fn(ctx: &TcContext, ip: &Ipv6, l4: &L4, addr: &Ip6, port: u16) -
 }
 
 #[inline(never)]
-fn world_dnat(ctx: &TcContext, ip: &Ipv6, l4: &L4, t: &PortTarget6, out: &mut CtEntry6) -> i32 {
+fn world_dnat(ctx: &TcContext, ip: &Ipv6, l4: &L4, t: &PortTarget6) -> i32 {
     match try_world_dnat(ctx, ip, l4, t) {
-        Ok(Some(e)) => {
-            *out = e;
-            CONTINUE
-        }
-        Ok(None) => tc::ACT_UNSPEC,
+        Ok(true) => CONTINUE,
+        Ok(false) => tc::ACT_UNSPEC,
+        Err(DropReason::CtTableFull) => TO_EVICT,
         Err(reason) => counters::drop(ctx, reason),
     }
 }
@@ -953,9 +980,9 @@ fn try_world_dnat(
     ip: &Ipv6,
     l4: &L4,
     t: &PortTarget6,
-) -> Result<Option<CtEntry6>, DropReason> {
+) -> Result<bool, DropReason> {
     let Some(ep) = ep6(&t.container_ip) else {
-        return pass_world(&ip.daddr).map(|_| None);
+        return pass_world(&ip.daddr).map(|_| false);
     };
     let net = network6(ep.net_id).ok_or(DropReason::NoEndpoint)?;
     if net.flags & NET_INTERNAL != 0 {
@@ -967,33 +994,31 @@ fn try_world_dnat(
     if (ip.proto == IPPROTO_TCP && !l4.is_syn())
         || (ip.proto == IPPROTO_UDP && host_socket_owns(ctx, ip, l4))
     {
-        return Ok(None);
+        return Ok(false);
     }
-    let key = ct6::key(ip.saddr, ip.daddr, ip.proto, l4);
-    let cport = t.container_port_min + (l4.dport - t.host_port_min);
-    let fwd = CtEntry6 {
-        last_seen: crate::ct::now(),
-        addr: t.container_ip,
-        container_ip: t.container_ip,
-        port: cport,
-        kind: ct_kind::DNAT,
-        state: ct_state::NEW,
-        ifindex: ep.ifindex,
-    };
-    let rev_key = key.reverse(&fwd);
-    let back = CtEntry6 {
-        addr: ip.daddr,
-        port: l4.dport,
-        kind: ct_kind::REV_DNAT,
-        ifindex: 0,
-        ..fwd
-    };
-    let e = match ct6::create(&key, &fwd, &rev_key, &back, true)? {
-        Created6::Lost(w) => w,
-        _ => fwd,
-    };
+    // Keys and entries in the per-CPU scratch value (off the BPF stack).
+    let f = NETD_FLOW6.get_ptr_mut(0).ok_or(DropReason::Unsupported)?;
+    // SAFETY: this CPU's scratch value, used by this program run only.
+    let f = unsafe { &mut *f };
+    f.fwd_key = ct6::key(ip.saddr, ip.daddr, ip.proto, l4);
+    f.fwd.last_seen = crate::ct::now();
+    f.fwd.addr = t.container_ip;
+    f.fwd.container_ip = t.container_ip;
+    f.fwd.port = t.container_port_min + (l4.dport - t.host_port_min);
+    f.fwd.kind = ct_kind::DNAT;
+    f.fwd.state = ct_state::NEW;
+    f.fwd.ifindex = ep.ifindex;
+    f.rev_key = f.fwd_key.reverse(&f.fwd);
+    f.rev = f.fwd;
+    f.rev.addr = ip.daddr;
+    f.rev.port = l4.dport;
+    f.rev.kind = ct_kind::REV_DNAT;
+    f.rev.ifindex = 0;
+    if let Created6::Lost(w) = ct6::create(&f.fwd_key, &f.fwd, &f.rev_key, &f.rev, true)? {
+        f.fwd = w;
+    }
     counters::add(Counter::Dnat, 1);
-    Ok(Some(e))
+    Ok(true)
 }
 
 #[inline(always)]

@@ -1521,7 +1521,11 @@ mod v6 {
     /// A dual-stack walk: network 1 (`flags` | NET_IPV6) with A on the
     /// test-run ingress, B on network `b_net` (flags as `setup`'s).
     fn setup6(flags: u32, b_net: u32) -> Walk {
-        let mut w = setup(flags | netd_common::NET_IPV6, b_net, 1024);
+        setup6_ct(flags, b_net, 1024)
+    }
+
+    fn setup6_ct(flags: u32, b_net: u32, ct_entries: u32) -> Walk {
+        let mut w = setup(flags | netd_common::NET_IPV6, b_net, ct_entries);
         bpfmaps::add_network(
             &mut w.p,
             2,
@@ -2020,5 +2024,41 @@ mod v6 {
                     .unwrap();
             eprintln!("{name:32} {best:>5} ns/packet (median)");
         }
+    }
+
+    /// A full IPv6 table evicts the oldest unconfirmed flow (evict6, then
+    /// the program runs again); with only confirmed flows left the new one
+    /// is refused and counted.
+    #[test]
+    fn full_table6_evicts_unconfirmed_flows_only() {
+        root!();
+        let mut w = setup6_ct(NET_ICC | NET_MASQUERADE, 1, 4);
+        maps6::add_port(&mut w.p, 6, Ipv6Addr::UNSPECIFIED, 8080, a6(), 80);
+        for sport in [5001, 5002] {
+            let (v, _) = w.run(bpf::FROM_WORLD, &world6().tcp(sport, 8080, TCP_SYN, b""));
+            assert_eq!(v, tc::ACT_REDIRECT);
+        }
+        assert_eq!(maps6::ct(&mut w.p).len(), 4, "two flows fill it");
+        let (v, _) = w.run(bpf::FROM_WORLD, &world6().tcp(5003, 8080, TCP_SYN, b""));
+        assert_eq!(v, tc::ACT_REDIRECT, "room made");
+        assert_eq!(w.counter("ct.evicted"), 1);
+        let ct = maps6::ct(&mut w.p);
+        assert_eq!(ct.len(), 4);
+        assert!(!ct.iter().any(|(k, _)| k.sport == 5001), "the oldest went");
+        // Both flows confirmed (the clients' ACKs): nothing to evict.
+        for sport in [5002, 5003] {
+            w.run(
+                bpf::FROM_WORLD,
+                &world6().tcp(sport, 8080, packet::TCP_ACK, b""),
+            );
+        }
+        let (v, _) = w.run(bpf::FROM_WORLD, &world6().tcp(5004, 8080, TCP_SYN, b""));
+        assert_eq!(v, tc::ACT_SHOT);
+        assert_eq!(w.drops("ct-table-full"), 1);
+        assert_eq!(w.counter("ct.evicted"), 1);
+        // From a container too: no room, refused and counted.
+        let (v, _) = w.run(bpf::FROM_CONTAINER, &a_to6(out6()).udp(40000, 53, b"q"));
+        assert_eq!(v, tc::ACT_SHOT);
+        assert_eq!(w.drops("ct-table-full"), 2);
     }
 }

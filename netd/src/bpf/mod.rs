@@ -24,8 +24,8 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NETD_EBPF_OBJECT"))
 pub const FROM_CONTAINER: &str = "from_container";
 pub const FROM_WORLD: &str = "from_world";
 /// The IPv6 programs, tail-called by the two above through `NETD_JMP6`
-/// (slots 0..9, in this order), never attached themselves.
-pub const IPV6_PROGRAMS: [&str; 9] = [
+/// (slots 0..10, in this order), never attached themselves.
+pub const IPV6_PROGRAMS: [&str; 10] = [
     "from_container6",
     "from_world6",
     "egress6",
@@ -35,6 +35,7 @@ pub const IPV6_PROGRAMS: [&str; 9] = [
     "world_dnat6",
     "world_address6",
     "new_flow6",
+    "evict6",
 ];
 /// The cgroup socket programs (host processes -> published ports).
 pub const SOCK_PROGRAMS: [&str; 8] = [
