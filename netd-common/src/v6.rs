@@ -157,8 +157,11 @@ pub struct Endpoint6 {
     pub mac: [u8; 6],
     /// The bridge's MAC: source MAC of frames netd delivers.
     pub gw_mac: [u8; 6],
+    /// The endpoint's slot in NETD_EP_STATS (its IPv4 side's: one
+    /// endpoint, one set of counters).
+    pub slot: u32,
 }
-const _: () = assert!(core::mem::size_of::<Endpoint6>() == 36);
+const _: () = assert!(core::mem::size_of::<Endpoint6>() == 40);
 
 /// Host-wide IPv6 settings (NETD_CFG6[0]).
 #[repr(C)]

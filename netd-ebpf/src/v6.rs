@@ -27,7 +27,8 @@ use aya_ebpf::{
         bpf_check_mtu_flags::BPF_MTU_CHK_SEGS, bpf_fib_lookup as FibParams, bpf_sock_tuple,
     },
     helpers::generated::{
-        bpf_check_mtu, bpf_fib_lookup, bpf_redirect_peer, bpf_sk_lookup_udp, bpf_sk_release,
+        bpf_check_mtu, bpf_fib_lookup, bpf_redirect_neigh, bpf_redirect_peer, bpf_sk_lookup_udp,
+        bpf_sk_release,
     },
     macros::classifier,
     programs::TcContext,
@@ -42,7 +43,7 @@ use netd_common::{
 use crate::{
     config, counters, ct6,
     ct6::Created6,
-    maps::NETD_EP_IF,
+    maps::{NETD_EP_IF, NETD_EP_STATS},
     maps6::{
         NETD_CFG6, NETD_DIRECT6, NETD_EP6, NETD_EP6_IF, NETD_FIB6, NETD_FLOW6, NETD_FRAG6,
         NETD_JMP6, NETD_LOCAL6, NETD_NET6, NETD_PORTS6, PortLpmKey6,
@@ -54,7 +55,6 @@ use crate::{
         IP6_DADDR_OFF, IP6_SADDR_OFF, IPPROTO_ICMPV6, Ipv6, MLD_REPORT, MLD2_REPORT,
         ND_NEIGHBOR_ADVERT, ND_NEIGHBOR_SOLICIT, ND_REDIRECT, ND_ROUTER_ADVERT, ND_ROUTER_SOLICIT,
     },
-    redirect_neigh,
 };
 
 const AF_INET6: u8 = 10;
@@ -223,6 +223,38 @@ pub fn world_address6(ctx: TcContext) -> i32 {
     }
 }
 
+/// Out of `ifindex` (bpf_redirect_neigh; the kernel resolves the next
+/// hop and its neighbour).
+#[inline(always)]
+fn redirect_neigh6(ifindex: u32) -> Result<i32, DropReason> {
+    // SAFETY: helper call; NULL params = the kernel picks the next hop.
+    Ok(unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) } as i32)
+}
+
+/// Traffic the container sent (its endpoint's counters).
+#[inline(always)]
+fn endpoint_rx(ep: &Endpoint6, len: u32) {
+    if let Some(s) = NETD_EP_STATS.get_ptr_mut(ep.slot) {
+        // SAFETY: this CPU's value of the endpoint's slot.
+        unsafe {
+            (*s).rx_packets += 1;
+            (*s).rx_bytes += u64::from(len);
+        }
+    }
+}
+
+/// Traffic delivered into the container.
+#[inline(always)]
+fn endpoint_tx(ep: &Endpoint6, len: u32) {
+    if let Some(s) = NETD_EP_STATS.get_ptr_mut(ep.slot) {
+        // SAFETY: as above.
+        unsafe {
+            (*s).tx_packets += 1;
+            (*s).tx_bytes += u64::from(len);
+        }
+    }
+}
+
 /// A network's IPv6 side (NETD_NET6): its flags as its IPv6 gateway
 /// mode makes them.
 #[inline(always)]
@@ -268,7 +300,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         }
         return Err(DropReason::NoEndpoint);
     };
-    counters::endpoint_rx(ifindex, ctx.len());
+    endpoint_rx(&ep, ctx.len());
     let eth = parse::eth(ctx)?;
     if eth.src != ep.mac {
         return Err(DropReason::SpoofedSource);
@@ -381,7 +413,7 @@ fn peer_or_egress(
             return Err(DropReason::IccDenied);
         }
         counters::add(Counter::Forwarded, 1);
-        counters::endpoint_tx(peer.ifindex, ctx.len());
+        endpoint_tx(&peer, ctx.len());
         // SAFETY: helper call.
         return Ok(unsafe { bpf_redirect_peer(peer.ifindex, 0) } as i32);
     }
@@ -508,7 +540,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, DropReason> {
     let masquerade = net.flags & NET_MASQUERADE != 0;
     let Some(l4) = l4 else {
         if !masquerade {
-            return redirect_neigh(cfg.uplink_ifindex);
+            return redirect_neigh6(cfg.uplink_ifindex);
         }
         return Err(DropReason::Unsupported);
     };
@@ -555,7 +587,7 @@ impl Egress {
     #[inline(always)]
     fn verdict(self) -> Result<i32, DropReason> {
         match self {
-            Egress::Redirect(i) => redirect_neigh(i),
+            Egress::Redirect(i) => redirect_neigh6(i),
             Egress::Local | Egress::Kernel => Ok(tc::ACT_UNSPEC),
         }
     }
@@ -1138,7 +1170,7 @@ fn deliver(ctx: &TcContext, addr: &Ip6) -> Result<i32, DropReason> {
 #[inline(always)]
 fn deliver_ep(ctx: &TcContext, ep: &Endpoint6) -> Result<i32, DropReason> {
     nat::set_macs(ctx, &ep.gw_mac, &ep.mac)?;
-    counters::endpoint_tx(ep.ifindex, ctx.len());
+    endpoint_tx(ep, ctx.len());
     // SAFETY: helper call.
     Ok(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32)
 }

@@ -50,7 +50,9 @@ pub struct Desired6 {
 }
 
 impl Desired6 {
-    pub fn from_state(state: &State) -> Desired6 {
+    /// `slots`: each endpoint's stats slot by host veth ifindex (its
+    /// IPv4 side's).
+    pub fn from_state(state: &State, slots: &BTreeMap<u32, u32>) -> Desired6 {
         let mut d = Desired6::default();
         let mut gw_macs = BTreeMap::new();
         let mut wires = BTreeMap::new();
@@ -98,6 +100,7 @@ impl Desired6 {
                     ip: ip6(a),
                     mac: ep.mac,
                     gw_mac: *gw_mac,
+                    slot: slots.get(&idx).copied().unwrap_or_default(),
                 };
                 d.by_ip.insert(e.ip, e);
                 d.by_if.insert(EndpointKey { ifindex: idx }, e);
