@@ -305,6 +305,34 @@ impl Netlink {
 
     /// IPv4 addresses of a link (or of all links with `None`).
     pub async fn addrs(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Addr, u8)>> {
+        let all = self.addresses(index, AddressFamily::Inet).await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(i, a, p)| match a {
+                std::net::IpAddr::V4(a) => Some((i, a, p)),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect())
+    }
+
+    /// IPv6 addresses of a link (or of all links with `None`).
+    pub async fn addrs6(&self, index: Option<u32>) -> Result<Vec<(u32, std::net::Ipv6Addr, u8)>> {
+        let all = self.addresses(index, AddressFamily::Inet6).await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(i, a, p)| match a {
+                std::net::IpAddr::V6(a) => Some((i, a, p)),
+                std::net::IpAddr::V4(_) => None,
+            })
+            .collect())
+    }
+
+    /// The addresses of one family: (link index, address, prefix length).
+    async fn addresses(
+        &self,
+        index: Option<u32>,
+        family: AddressFamily,
+    ) -> Result<Vec<(u32, std::net::IpAddr, u8)>> {
         let mut req = self.handle.address().get();
         if let Some(i) = index {
             req = req.set_link_index_filter(i);
@@ -312,11 +340,11 @@ impl Netlink {
         let mut s = req.execute();
         let mut out = Vec::new();
         while let Some(msg) = s.try_next().await? {
-            if msg.header.family != AddressFamily::Inet {
+            if msg.header.family != family {
                 continue;
             }
             for a in &msg.attributes {
-                if let AddressAttribute::Address(std::net::IpAddr::V4(ip)) = a {
+                if let AddressAttribute::Address(ip) = a {
                     out.push((msg.header.index, *ip, msg.header.prefix_len));
                 }
             }

@@ -15,12 +15,23 @@ use crate::{
 pub const EPHEMERAL: (u16, u16) = (32768, 60999);
 
 /// Whether two bindings claim the same host port (a `routed` network's
-/// bindings claim none).
+/// bindings claim none). `0.0.0.0` claims the port on every address of
+/// both families (as Docker's `-p 8080:80` does on 0.0.0.0 and [::]),
+/// `::` on every IPv6 address, any other address on itself only.
 pub fn conflicts(a: &PortBinding, b: &PortBinding) -> bool {
     a.host_port != 0
         && a.proto == b.proto
         && a.host_port == b.host_port
-        && (a.host_ip == b.host_ip || a.host_ip.is_unspecified() || b.host_ip.is_unspecified())
+        && (covers(a.host_ip, b.host_ip) || covers(b.host_ip, a.host_ip))
+}
+
+/// Whether a binding on `wide` claims the port on `addr` too.
+fn covers(wide: IpAddr, addr: IpAddr) -> bool {
+    match wide {
+        IpAddr::V4(w) if w.is_unspecified() => true,
+        IpAddr::V6(w) if w.is_unspecified() => addr.is_ipv6(),
+        w => w == addr,
+    }
 }
 
 /// Concrete bindings for `specs` (plus one ephemeral binding per exposed
@@ -193,6 +204,35 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.downcast::<ApiError>().unwrap().status, 409);
+        // [::] claims IPv6 addresses only; 0.0.0.0 both families.
+        let v6 = allocate(&specs(&["[::]:9090:80"]), &[], false, ALL, &[], &mut next).unwrap();
+        allocate(
+            &specs(&["127.0.0.1:9090:80"]),
+            &[],
+            false,
+            ALL,
+            &v6,
+            &mut next,
+        )
+        .unwrap();
+        for clash in ["[::1]:9090:80", "9090:80", "[::]:9090:81"] {
+            let e = allocate(&specs(&[clash]), &[], false, ALL, &v6, &mut next).unwrap_err();
+            assert_eq!(e.downcast::<ApiError>().unwrap().status, 409, "{clash}");
+        }
+        let e = allocate(
+            &specs(&["[::1]:8080:80"]),
+            &[],
+            false,
+            ALL,
+            &used,
+            &mut next,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.downcast::<ApiError>().unwrap().status,
+            409,
+            "0.0.0.0 covers ::1"
+        );
         // Another protocol does not.
         allocate(&specs(&["8080:80/udp"]), &[], false, ALL, &used, &mut next).unwrap();
     }

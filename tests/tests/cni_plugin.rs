@@ -862,6 +862,130 @@ fn result_shapes_and_gc() {
     assert!(host_veths(&c).is_empty());
 }
 
+/// Dual stack: `subnet6` (or `"ipv6": true`) gives the network IPv6; the
+/// attachment gets an address of each family (runtimeConfig.ips may ask
+/// for both), an IPv6 default route, a result listing both in each
+/// version's shape; CHECK checks the IPv6 address too; mismatches and an
+/// IPv6 address for an IPv4-only config are CNI errors that change nothing.
+#[test]
+fn dual_stack_attachments() {
+    if !require_root("dual_stack_attachments") {
+        return;
+    }
+    let mut c = Cni::start("iptables");
+    let (ns1, ns2, ns3) = (c.netns("d1"), c.netns("d2"), c.netns("d3"));
+    let conf = c.conf(
+        "0.4.0",
+        "cnidual",
+        json!({"subnet": "10.95.0.0/24", "subnet6": "fd00:95::/64"}),
+    );
+    let a1 = Attachment::new(&unique_stem("ctr"), ns1.path(), "eth0");
+    let r1 = c.add(&conf, &a1);
+    let ips = r1["ips"].as_array().unwrap();
+    assert_eq!(ips.len(), 2, "{r1}");
+    assert_eq!(ips[1]["version"], "6", "{r1}");
+    assert_eq!(ips[1]["interface"], 2, "{r1}");
+    assert_eq!(ips[1]["gateway"], "fd00:95::1", "{r1}");
+    let addr6 = ips[1]["address"].as_str().unwrap().to_string();
+    assert!(
+        addr6.starts_with("fd00:95::") && addr6.ends_with("/64"),
+        "{r1}"
+    );
+    assert_eq!(
+        r1["routes"],
+        json!([{"dst": "0.0.0.0/0", "gw": "10.95.0.1"}, {"dst": "::/0", "gw": "fd00:95::1"}])
+    );
+    let have = c.in_ns(&ns1, &["ip", "-6", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(have.contains(&addr6), "{have}");
+    let routes = c.in_ns(&ns1, &["ip", "-6", "route"]);
+    assert!(routes.contains("default via fd00:95::1"), "{routes}");
+    let net: Value = serde_json::from_str(&c.n.ok(&["network", "inspect", "cnidual"])).unwrap();
+    assert_eq!(net[0]["EnableIPv6"], true, "{net}");
+
+    // Both addresses asked for (capability ips), in the 1.0.0 shape.
+    let mut conf2 = c.conf(
+        "1.0.0",
+        "cnidual",
+        json!({"subnet": "10.95.0.0/24", "subnet6": "fd00:95::/64"}),
+    );
+    conf2["runtimeConfig"] = json!({"ips": ["10.95.0.9/24", "fd00:95::9/64"]});
+    let a2 = Attachment::new(&unique_stem("ctr"), ns2.path(), "eth0");
+    let r2 = c.add(&conf2, &a2);
+    assert_eq!(
+        r2["ips"],
+        json!([
+            {"interface": 2, "address": "10.95.0.9/24", "gateway": "10.95.0.1"},
+            {"interface": 2, "address": "fd00:95::9/64", "gateway": "fd00:95::1"},
+        ]),
+        "{r2}"
+    );
+    // CHECK: healthy, then the IPv6 address removed behind netd's back.
+    let mut chk = conf2.clone();
+    chk["prevResult"] = r2.clone();
+    c.ok(CniCommand::Check, &chk, Some(&a2));
+    c.in_ns(
+        &ns2,
+        &["ip", "-6", "addr", "del", "fd00:95::9/64", "dev", "eth0"],
+    );
+    let (code, msg) = c.fails(CniCommand::Check, &chk, Some(&a2));
+    assert_eq!(code, 102, "{msg}");
+    assert!(msg.contains("fd00:95::9/64"), "{msg}");
+
+    // Errors that change nothing: another IPv6 subnet for the network, an
+    // address taken, an IPv6 address for an IPv4-only config.
+    let before = (c.ps(), host_veths(&c));
+    let a3 = Attachment::new(&unique_stem("ctr"), ns3.path(), "eth0");
+    let other = c.conf(
+        "1.0.0",
+        "cnidual",
+        json!({"subnet": "10.95.0.0/24", "subnet6": "fd00:96::/64"}),
+    );
+    let (_, msg) = c.fails(CniCommand::Add, &other, Some(&a3));
+    assert!(
+        msg.contains("fd00:95::/64") && msg.contains("fd00:96::/64"),
+        "{msg}"
+    );
+    let (_, msg) = c.fails(CniCommand::Add, &conf2, Some(&a3));
+    assert!(
+        msg.contains("fd00:95::9") || msg.contains("10.95.0.9"),
+        "{msg}"
+    );
+    let mut v4only = c.conf("1.0.0", "cnifour", json!({"subnet": "10.94.0.0/24"}));
+    v4only["runtimeConfig"] = json!({"ips": ["fd00:94::9/64"]});
+    let (code, msg) = c.fails(CniCommand::Add, &v4only, Some(&a3));
+    assert_eq!(code, 7, "{msg}");
+    assert!(msg.contains("no IPv6"), "{msg}");
+    assert_eq!(
+        (c.ps(), host_veths(&c)),
+        before,
+        "a failed ADD changed something"
+    );
+    assert!(
+        c.links_in(&ns3).lines().count() == 1,
+        "{}",
+        c.links_in(&ns3)
+    );
+
+    // "ipv6": true alone: a /64 of the daemon's IPv6 pool.
+    let pool = c.conf(
+        "1.0.0",
+        "cnipool",
+        json!({"subnet": "10.93.0.0/24", "ipv6": true}),
+    );
+    let r3 = c.add(&pool, &a3);
+    let a = r3["ips"][1]["address"].as_str().unwrap();
+    assert!(a.starts_with("fd") && a.ends_with("/64"), "{r3}");
+
+    // DEL releases both addresses: the same ones can be asked for again.
+    c.del(&conf2, &a2);
+    let r2 = c.add(&conf2, &a2);
+    assert_eq!(r2["ips"][1]["address"], "fd00:95::9/64", "{r2}");
+    for (conf, a) in [(&conf, &a1), (&conf2, &a2), (&pool, &a3)] {
+        c.del(conf, a);
+    }
+    assert!(host_veths(&c).is_empty());
+}
+
 /// Bad configs and environments get a CNI error with the spec's code and
 /// a message naming the problem, and change nothing.
 #[test]
@@ -948,7 +1072,7 @@ fn bad_input_is_a_cni_error_and_changes_nothing() {
             "ipv6 ip",
             with(json!({"runtimeConfig": {"ips": ["fd00::2/64"]}})),
             7,
-            "IPv4-only",
+            "no IPv6",
         ),
         (
             "bad mac",

@@ -382,6 +382,61 @@ fn scenario(datapath: &str) {
     let ni = w.netd_network(int.trim());
     assert_eq!(ni["Containers"].as_object().unwrap().len(), 3, "{ni}");
 
+    // --ipv6: Docker's IPAM gives both pools; netd's network is dual
+    // stack with Docker's IPv6 subnet and gateway, the container gets
+    // Docker's IPv6 address and an IPv6 default route via netd's bridge.
+    let net6 = w.network(
+        "net6",
+        &[
+            "--ipv6",
+            "--subnet",
+            "10.14.0.0/24",
+            "--subnet",
+            "fd00:14::/64",
+        ],
+    );
+    let n6 = w.netd_network(&net6);
+    assert_eq!(n6["EnableIPv6"], true, "{n6}");
+    let configs = n6["IPAM"]["Config"].as_array().unwrap();
+    assert!(
+        configs
+            .iter()
+            .any(|c| c["Subnet"] == "fd00:14::/64" && c["Gateway"] == "fd00:14::1"),
+        "{n6}"
+    );
+    w.sleeper("s1", "net6");
+    w.sleeper("s2", "net6");
+    let v6 = |c: &str| {
+        let f = "{{(index .NetworkSettings.Networks \"net6\").GlobalIPv6Address}}";
+        w.docker(&["inspect", "-f", f, c]).trim().to_string()
+    };
+    let (s1, s2) = (v6("s1"), v6("s2"));
+    assert!(
+        s1.starts_with("fd00:14::") && s2.starts_with("fd00:14::"),
+        "{s1} {s2}"
+    );
+    assert_ne!(s1, s2);
+    let addrs = w.docker(&["exec", "s1", "ip", "-6", "addr"]);
+    assert!(addrs.contains(&format!("{s1}/64")), "{addrs}");
+    let routes = w.docker(&["exec", "s1", "ip", "-6", "route"]);
+    assert!(routes.contains("default via fd00:14::1"), "{routes}");
+    // netd knows the endpoints' IPv6 addresses (its datapath and DNS
+    // use them).
+    let n6 = w.netd_network(&net6);
+    let eps = n6["Containers"].as_object().unwrap();
+    for a in [&s1, &s2] {
+        assert!(
+            eps.values().any(|e| e["IPv6Address"] == format!("{a}/64")),
+            "{a} not in {n6}"
+        );
+    }
+    w.docker(&["rm", "-f", "s1", "s2"]);
+    w.docker(&["network", "rm", "net6"]);
+    assert!(
+        !w.n.ok(&["network", "ls"]).contains(&short(&net6)),
+        "net6 left behind"
+    );
+
     // kill -9 of netd: traffic keeps flowing (pinned programs, rules).
     let mut w = w;
     w.n.stop_daemon(true);
@@ -655,7 +710,7 @@ fn plugin_protocol_answers_and_refuses_bad_input() {
     for (body, want) in [
         (
             create_network(json!({"Options": {"com.docker.network.enable_ipv6": true}})),
-            "IPv4-only",
+            "no IPv6 pool",
         ),
         (
             create_network(json!({"IPv4Data": [
@@ -732,7 +787,7 @@ fn plugin_protocol_answers_and_refuses_bad_input() {
         (endpoint(EP1, "10.31.0.2/24", "zz"), "MAC"),
         (
             json!({"NetworkID": NET, "EndpointID": EP1, "Interface": {"Address": "10.31.0.2/24", "AddressIPv6": "fd00::2/64"}}),
-            "IPv4-only",
+            "has no IPv6",
         ),
         (
             json!({"NetworkID": "bbbb", "EndpointID": EP1, "Interface": {"Address": "10.31.0.2/24"}}),

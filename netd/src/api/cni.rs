@@ -4,7 +4,10 @@
 //! client: it passes the runtime's parameters on, and everything that can
 //! be checked without the daemon's state is checked here, at the API
 //! boundary, with errors that name the offending value.
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -16,6 +19,7 @@ use crate::{
     portspec::{PortSpec, Proto},
     validate::{self, MAX_LIST, bounded},
 };
+use ipnet::Ipv6Net;
 
 /// Turns a validation failure into a 400.
 fn invalid(e: anyhow::Error) -> anyhow::Error {
@@ -131,8 +135,15 @@ pub struct CniAdd {
     /// them when it does not exist, and must have them when it does.
     pub subnet: Option<String>,
     pub gateway: Option<String>,
+    /// The config's `ipv6` / `subnet6` / `gateway6`: the network is
+    /// dual stack (created so, or must be so).
+    #[serde(rename = "IPv6")]
+    pub ipv6: bool,
+    pub subnet6: Option<String>,
+    pub gateway6: Option<String>,
     /// `runtimeConfig.ips` (capability `ips`): `A.B.C.D/PREFIX` or
-    /// `A.B.C.D`.
+    /// `A.B.C.D`, and at most one IPv6 address (`ADDR6/PREFIX` or
+    /// `ADDR6`).
     pub ips: Vec<String>,
     /// `runtimeConfig.mac` (capability `mac`).
     pub mac: Option<String>,
@@ -153,8 +164,13 @@ pub struct CniAddSpec {
     pub config: String,
     pub subnet: Option<Cidr>,
     pub gateway: Option<Ipv4Addr>,
+    /// IPv6 wanted; the subnet (None: a /64 of the pool) and gateway.
+    pub ipv6: bool,
+    pub subnet6: Option<Ipv6Net>,
+    pub gateway6: Option<Ipv6Addr>,
     /// The requested address, and its prefix when one was given.
     pub ip: Option<(Ipv4Addr, Option<u8>)>,
+    pub ip6: Option<(Ipv6Addr, Option<u8>)>,
     pub mac: Option<[u8; 6]>,
     pub ports: Vec<PortSpec>,
     pub hostname: String,
@@ -202,34 +218,65 @@ impl CniAdd {
             }
             None => None,
         };
-        let mut ip = None;
-        for s in &self.ips {
-            let (addr, prefix) = s.split_once('/').unwrap_or((s, ""));
-            let addr = match addr.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(a)) => a,
-                Ok(std::net::IpAddr::V6(_)) => {
+        let subnet6 = match &self.subnet6 {
+            Some(s) => {
+                let s: Ipv6Net = s
+                    .parse()
+                    .with_context(|| format!("invalid subnet6 {s:?}: not an IPv6 CIDR"))?;
+                crate::ipam6::check_subnet(&s)?;
+                Some(s)
+            }
+            None => None,
+        };
+        let gateway6 = match &self.gateway6 {
+            Some(g) => {
+                let g: Ipv6Addr = g
+                    .parse()
+                    .with_context(|| format!("invalid gateway6 {g:?}: not an IPv6 address"))?;
+                let Some(s) = subnet6 else {
+                    return bad("gateway6 needs subnet6");
+                };
+                if !s.contains(&g) || g == s.network() {
                     return bad(format!(
-                        "runtimeConfig.ips entry {s:?} is IPv6: netd networks are IPv4-only"
+                        "gateway6 {g} is outside subnet6 {s} or its anycast address"
                     ));
                 }
-                Err(_) => return bad(format!("invalid runtimeConfig.ips entry {s:?}")),
-            };
+                Some(g)
+            }
+            None => None,
+        };
+        let ipv6 = self.ipv6 || subnet6.is_some();
+        let (mut ip, mut ip6) = (None, None);
+        for s in &self.ips {
+            let (addr, prefix) = s.split_once('/').unwrap_or((s, ""));
+            let addr = addr
+                .parse::<std::net::IpAddr>()
+                .map_err(|_| ApiError::bad(format!("invalid runtimeConfig.ips entry {s:?}")))?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
             let prefix = match prefix {
                 "" => None,
                 p => Some(
                     p.parse::<u8>()
                         .ok()
-                        .filter(|p| *p <= 32)
+                        .filter(|p| *p <= max)
                         .with_context(|| format!("invalid runtimeConfig.ips entry {s:?}"))?,
                 ),
             };
-            if ip.is_some() {
-                return bad(format!(
-                    "runtimeConfig.ips has more than one IPv4 address ({:?}): an attachment has one",
-                    self.ips
-                ));
+            match addr {
+                std::net::IpAddr::V4(a) if ip.is_none() => ip = Some((a, prefix)),
+                std::net::IpAddr::V6(a) if !ipv6 => {
+                    return bad(format!(
+                        "runtimeConfig.ips entry {s:?} is IPv6 ({a}): the network config has no IPv6 (set \"ipv6\": true or \"subnet6\")"
+                    ));
+                }
+                std::net::IpAddr::V6(a) if ip6.is_none() => ip6 = Some((a, prefix)),
+                _ => {
+                    return bad(format!(
+                        "runtimeConfig.ips has more than one address of a family ({:?}): an attachment has one of each",
+                        self.ips
+                    ));
+                }
             }
-            ip = Some((addr, prefix));
         }
         let mac = match &self.mac {
             Some(s) => {
@@ -270,7 +317,11 @@ impl CniAdd {
             config: self.config,
             subnet,
             gateway,
+            ipv6,
+            subnet6,
+            gateway6,
             ip,
+            ip6,
             mac,
             ports,
             hostname,

@@ -55,6 +55,18 @@ pub fn add_result(version: &str, answer: &Value, prev: Option<&Value>) -> Value 
         ip["version"] = json!("4");
     }
     ips.push(ip);
+    // Dual stack: the IPv6 address on the same interface.
+    if answer["Address6"].is_string() {
+        let mut ip6 = json!({
+            "interface": interfaces.len() - 1,
+            "address": answer["Address6"],
+            "gateway": answer["Gateway6"],
+        });
+        if with_ip_version {
+            ip6["version"] = json!("6");
+        }
+        ips.push(ip6);
+    }
     for r in answer["Routes"].as_array().into_iter().flatten() {
         let mut route = json!({ "dst": r["Dst"] });
         if r["Gw"].is_string() {

@@ -217,6 +217,11 @@ struct RawConf {
     network: Option<String>,
     subnet: Option<String>,
     gateway: Option<String>,
+    /// Dual stack: `"ipv6": true` (a /64 of the daemon's IPv6 pool), or
+    /// `subnet6` (and `gateway6`).
+    ipv6: Option<bool>,
+    subnet6: Option<String>,
+    gateway6: Option<String>,
     ipam: Option<Value>,
     runtime_config: RuntimeConfig,
     prev_result: Option<Value>,
@@ -238,6 +243,10 @@ pub struct NetConf {
     pub network: String,
     pub subnet: Option<String>,
     pub gateway: Option<String>,
+    /// `ipv6` (or a `subnet6`): the network has IPv6 too.
+    pub ipv6: bool,
+    pub subnet6: Option<String>,
+    pub gateway6: Option<String>,
     pub runtime_config: RuntimeConfig,
     pub prev_result: Option<Value>,
     pub valid_attachments: Vec<ValidAttachment>,
@@ -355,6 +364,9 @@ impl NetConf {
             socket,
             subnet: raw.subnet,
             gateway: raw.gateway,
+            ipv6: raw.ipv6.unwrap_or(false) || raw.subnet6.is_some(),
+            subnet6: raw.subnet6,
+            gateway6: raw.gateway6,
             runtime_config: raw.runtime_config,
             prev_result: raw.prev_result.filter(|v| !v.is_null()),
             valid_attachments: valid,

@@ -16,7 +16,7 @@
 //! then deletes the veth.
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use super::{
@@ -127,6 +127,31 @@ impl Daemon {
                         n.gateway()
                     ));
                 }
+                match (n.subnet6(), spec.ipv6) {
+                    (None, true) => {
+                        return api::bad(format!(
+                            "network {} exists without IPv6, but the config asks for IPv6",
+                            n.name
+                        ));
+                    }
+                    (Some(have), _) if spec.subnet6.is_some_and(|s| s != have) => {
+                        return api::bad(format!(
+                            "network {} exists with IPv6 subnet {have}, not the config's subnet6 {}",
+                            n.name,
+                            spec.subnet6.expect("checked")
+                        ));
+                    }
+                    _ => {}
+                }
+                if let Some(g) = spec.gateway6
+                    && Some(g) != n.gateway6()
+                {
+                    return api::bad(format!(
+                        "network {} exists with IPv6 gateway {}, not the config's gateway6 {g}",
+                        n.name,
+                        n.gateway6().map(|g| g.to_string()).unwrap_or_default()
+                    ));
+                }
                 (n, false)
             }
             None => {
@@ -141,6 +166,9 @@ impl Daemon {
                     name: spec.network.clone(),
                     subnet: Some(subnet.to_string()),
                     gateway: spec.gateway.map(|g| g.to_string()),
+                    enable_ipv6: spec.ipv6,
+                    subnet6: spec.subnet6.map(|s| s.to_string()),
+                    gateway6: spec.gateway6.map(|g| g.to_string()),
                     ..NetworkCreate::default()
                 }
                 .validate(self.cfg.mtu)?;
@@ -170,8 +198,29 @@ impl Daemon {
                 ));
             }
         }
+        if let Some((ip6, prefix)) = spec.ip6 {
+            // A dual-stack network here (the spec refuses an IPv6
+            // address without "ipv6", and the network was checked).
+            let subnet6 = net.subnet6().context("checked: the network has IPv6")?;
+            if !subnet6.contains(&ip6)
+                || ip6 == subnet6.network()
+                || Some(ip6) == net.gateway6()
+                || prefix.is_some_and(|p| p != subnet6.prefix_len())
+            {
+                return api::bad(format!(
+                    "runtimeConfig.ips address {ip6}{}: not a host address of network {}'s IPv6 subnet {subnet6} (or its gateway)",
+                    prefix.map(|p| format!("/{p}")).unwrap_or_default(),
+                    net.name
+                ));
+            }
+        }
         let id = rand_id();
-        let mut ep = super::containers::new_endpoint(&net.id, spec.ip.map(|(ip, _)| ip), None, 0);
+        let mut ep = super::containers::new_endpoint(
+            &net.id,
+            spec.ip.map(|(ip, _)| ip),
+            spec.ip6.map(|(ip, _)| ip),
+            0,
+        );
         ep.ifname = spec.ifname.clone();
         let mut c = Container {
             id: id.clone(),
@@ -259,10 +308,13 @@ impl Daemon {
             .map(link::fmt_mac)
             .unwrap_or_default();
         let gw = net.gateway().to_string();
-        let routes = if default_route {
-            json!([{ "Dst": "0.0.0.0/0", "Gw": gw }])
-        } else {
-            json!([])
+        let gw6 = net.gateway6().map(|g| g.to_string());
+        let routes = match (default_route, ep.ip6, &gw6) {
+            (false, ..) => json!([]),
+            (true, Some(_), Some(g6)) => {
+                json!([{ "Dst": "0.0.0.0/0", "Gw": gw }, { "Dst": "::/0", "Gw": g6 }])
+            }
+            (true, ..) => json!([{ "Dst": "0.0.0.0/0", "Gw": gw }]),
         };
         // The network's embedded DNS server (user-defined networks).
         let dns = if net.default {
@@ -284,6 +336,11 @@ impl Daemon {
             },
             "Address": format!("{}/{}", ep.ip, net.subnet().prefix),
             "Gateway": gw,
+            "Address6": match (ep.ip6, net.subnet6()) {
+                (Some(a), Some(s)) => json!(format!("{a}/{}", s.prefix_len())),
+                _ => Value::Null,
+            },
+            "Gateway6": gw6,
             "Routes": routes,
             "Dns": dns,
             "Ports": c.ports.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
@@ -396,6 +453,10 @@ impl Daemon {
             ));
         }
         let want_addr = format!("{}/{}", ep.ip, net.subnet().prefix);
+        let want_addr6 = match (ep.ip6, net.subnet6()) {
+            (Some(a), Some(s)) => Some(format!("{a}/{}", s.prefix_len())),
+            _ => None,
+        };
         if !chk.addresses.contains(&want_addr) {
             problems.push(format!(
                 "prevResult does not list the attachment's address {want_addr} on {} (it lists {:?})",
@@ -459,8 +520,17 @@ impl Daemon {
             ));
         }
         let addrs = cn.addrs(Some(l.index)).await?;
-        let have: Vec<String> = addrs.iter().map(|(_, a, p)| format!("{a}/{p}")).collect();
-        for a in chk.addresses.iter().chain(std::iter::once(&want_addr)) {
+        let mut have: Vec<String> = addrs.iter().map(|(_, a, p)| format!("{a}/{p}")).collect();
+        if want_addr6.is_some() {
+            let addrs6 = cn.addrs6(Some(l.index)).await?;
+            have.extend(addrs6.iter().map(|(_, a, p)| format!("{a}/{p}")));
+        }
+        for a in chk
+            .addresses
+            .iter()
+            .chain(std::iter::once(&want_addr))
+            .chain(want_addr6.iter())
+        {
             if !have.contains(a) {
                 problems.push(format!(
                     "interface {} does not have address {a} (it has {have:?})",

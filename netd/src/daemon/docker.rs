@@ -178,6 +178,46 @@ impl Daemon {
                 self.remove_container(&id, "docker-gc").await?;
             }
         }
+        if let Some((ip6, prefix)) = spec.address6 {
+            let Some(subnet6) = net.subnet6() else {
+                return api::bad(format!(
+                    "endpoint IPv6 address {ip6}/{prefix}: network {} has no IPv6 (create it with --ipv6)",
+                    proto::short(nid)
+                ));
+            };
+            if prefix != subnet6.prefix_len() || !subnet6.contains(&ip6) {
+                return api::bad(format!(
+                    "endpoint IPv6 address {ip6}/{prefix} does not match the network's IPv6 subnet {subnet6}"
+                ));
+            }
+            if Some(ip6) == net.gateway6() || ip6 == subnet6.network() {
+                return api::bad(format!(
+                    "endpoint IPv6 address {ip6} is the network's gateway or anycast address"
+                ));
+            }
+            // As for IPv4: Docker's IPAM gave it, so an endpoint holding
+            // it here was forgotten by Docker.
+            let stale: Vec<String> = self
+                .state
+                .containers
+                .values()
+                .filter(|c| matches!(c.owner, Owner::Docker { .. }))
+                .filter(|c| {
+                    c.endpoints
+                        .get(nid)
+                        .is_some_and(|e| e.ip6 == Some(ip6) && e.static_ip6)
+                })
+                .map(|c| c.id.clone())
+                .collect();
+            for id in stale {
+                tracing::warn!(
+                    "Docker gave {ip6} to endpoint {}: removing stale endpoint {} that held it",
+                    proto::short(eid),
+                    proto::short(&id)
+                );
+                self.remove_container(&id, "docker-gc").await?;
+            }
+        }
         let hex = &rand_id()[..9];
         let ep = Endpoint {
             id: eid.clone(),
@@ -188,8 +228,8 @@ impl Daemon {
             ifname: format!("{PEER_PREFIX}{hex}"),
             aliases: vec![],
             static_ip: spec.address.is_some(),
-            ip6: None,
-            static_ip6: false,
+            ip6: spec.address6.map(|a| a.0),
+            static_ip6: spec.address6.is_some(),
         };
         let mut name = format!("docker-{}", proto::short(eid));
         if self.state.containers.values().any(|c| c.name == name) {
@@ -230,9 +270,16 @@ impl Daemon {
         } else {
             net.gateway().to_string()
         };
+        // Docker gives the sandbox an IPv6 default route via GatewayIPv6
+        // when the endpoint has an IPv6 address.
+        let gateway6 = match (net.gateway6(), ep.ip6) {
+            (Some(g), Some(_)) if !net.options.internal => g.to_string(),
+            _ => String::new(),
+        };
         let answer = json!({
             "InterfaceName": { "SrcName": ep.ifname, "DstPrefix": proto::DST_PREFIX },
             "Gateway": gateway,
+            "GatewayIPv6": gateway6,
             "StaticRoutes": [],
             "DisableGatewayService": false,
         });
@@ -405,6 +452,12 @@ fn create_answer(c: &Container, net: &Network, spec: &EndpointSpec) -> Value {
             iface.insert(
                 "Address".into(),
                 json!(format!("{}/{}", ep.ip, net.subnet().prefix)),
+            );
+        }
+        if let (None, Some(ip6), Some(subnet6)) = (spec.address6, ep.ip6, net.subnet6()) {
+            iface.insert(
+                "AddressIPv6".into(),
+                json!(format!("{ip6}/{}", subnet6.prefix_len())),
             );
         }
         if spec.mac.is_none() {

@@ -1,5 +1,7 @@
 //! The JSON the API answers with, in Docker's shapes (`docker inspect`,
 //! `docker network inspect`).
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use anyhow::Result;
 use serde_json::{Value, json};
 
@@ -163,7 +165,7 @@ impl Daemon {
                 ports.entry(format!("{p}/{proto}")).or_insert(Value::Null);
             }
         }
-        for b in &c.ports {
+        for b in &shown_bindings(c) {
             let e = ports
                 .entry(format!("{}/{}", b.container_port, b.proto))
                 .or_insert(json!([]));
@@ -276,7 +278,7 @@ impl Daemon {
                 "MacAddress": first.map(|e| link::fmt_mac(e.mac)).unwrap_or_default(),
                 "Networks": networks,
             },
-            "PortBindings": c.ports.iter().map(|b| match first {
+            "PortBindings": shown_bindings(c).iter().map(|b| match first {
                 // Routed: reached on the container's own address.
                 Some(e) if b.host_port == 0 => {
                     format!("{}/{} -> {}:{}", b.container_port, b.proto, e.ip, b.container_port)
@@ -325,4 +327,23 @@ impl Daemon {
         v["CniAttachments"] = json!(cni);
         Ok(v)
     }
+}
+
+/// A container's bindings as Docker shows them: a binding on 0.0.0.0
+/// serves both families, so a container with an IPv6 address shows it
+/// twice, on `0.0.0.0` and on `::`, with the same host port (Docker's
+/// shape for `-p 8080:80` and `-P` on a dual-stack network).
+fn shown_bindings(c: &Container) -> Vec<crate::portspec::PortBinding> {
+    let dual = c.endpoints.values().any(|e| e.ip6.is_some());
+    let mut out = Vec::new();
+    for b in &c.ports {
+        out.push(*b);
+        if dual && b.host_port != 0 && b.host_ip == IpAddr::V4(Ipv4Addr::UNSPECIFIED) {
+            out.push(crate::portspec::PortBinding {
+                host_ip: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                ..*b
+            });
+        }
+    }
+    out
 }

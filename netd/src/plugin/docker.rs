@@ -19,7 +19,7 @@
 //! publish itself for a remote driver.
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -163,9 +163,20 @@ impl CreateNetwork {
     /// checks them, named by the short id (Docker does not say the name).
     pub fn validate(self, plugin: &str, default_mtu: u32) -> Result<NetworkSpec> {
         check_id("network", &self.network_id)?;
-        if flag(&self.options, OPT_IPV6)? || !self.ipv6_data.is_empty() {
-            return bad("netd networks are IPv4-only: create the network without --ipv6");
-        }
+        // `--ipv6`: Docker's IPAM gives the IPv6 pool (and gateway) as it
+        // gives the IPv4 one; the network is dual-stack.
+        let ipv6 = flag(&self.options, OPT_IPV6)? || !self.ipv6_data.is_empty();
+        let (subnet6, gateway6) = match self.ipv6_data.as_slice() {
+            [] if ipv6 => return bad("Docker gave no IPv6 pool for the --ipv6 network"),
+            [] => (None, None),
+            [d] => (Some(d.pool.clone()), strip_prefix_len(&d.gateway)),
+            more => {
+                return bad(format!(
+                    "netd networks have one IPv6 subnet, Docker gave {} (use one IPv6 --subnet)",
+                    more.len()
+                ));
+            }
+        };
         let data = match self.ipv4_data.as_slice() {
             [d] => d,
             [] => return bad("Docker gave no IPv4 pool for the network"),
@@ -176,11 +187,7 @@ impl CreateNetwork {
                 ));
             }
         };
-        let gateway = match data.gateway.split_once('/') {
-            _ if data.gateway.is_empty() => None,
-            Some((ip, _)) => Some(ip.to_string()),
-            None => Some(data.gateway.clone()),
-        };
+        let gateway = strip_prefix_len(&data.gateway);
         let mut options = BTreeMap::new();
         match self.options.get(OPT_GENERIC) {
             None | Some(Value::Null) => {}
@@ -210,6 +217,9 @@ impl CreateNetwork {
             ip_range: None,
             internal: flag(&self.options, OPT_INTERNAL)?,
             options,
+            enable_ipv6: ipv6,
+            subnet6,
+            gateway6,
             ..NetworkCreate::default()
         }
         .validate(default_mtu)?;
@@ -219,6 +229,15 @@ impl CreateNetwork {
         };
         spec.id = Some(self.network_id);
         Ok(spec)
+    }
+}
+
+/// Docker's IPAM gives gateways as `ADDRESS/PREFIX`: the address.
+fn strip_prefix_len(gateway: &str) -> Option<String> {
+    match gateway.split_once('/') {
+        _ if gateway.is_empty() => None,
+        Some((ip, _)) => Some(ip.to_string()),
+        None => Some(gateway.to_string()),
     }
 }
 
@@ -297,6 +316,8 @@ pub struct EndpointSpec {
     pub ids: Ids,
     /// Address and prefix length from Docker's IPAM.
     pub address: Option<(Ipv4Addr, u8)>,
+    /// The IPv6 address and prefix length (`--ipv6` networks).
+    pub address6: Option<(Ipv6Addr, u8)>,
     /// `--mac-address`.
     pub mac: Option<[u8; 6]>,
     /// `--expose` and the published ports' container side.
@@ -311,12 +332,26 @@ impl CreateEndpoint {
         }
         .validate()?;
         let iface = self.interface.unwrap_or_default();
-        if !iface.address_ipv6.is_empty() {
-            return bad(format!(
-                "netd networks are IPv4-only: cannot give the endpoint the IPv6 address {}",
-                iface.address_ipv6
-            ));
-        }
+        let address6 = if iface.address_ipv6.is_empty() {
+            None
+        } else {
+            let (ip, prefix) = iface.address_ipv6.split_once('/').with_context(|| {
+                format!(
+                    "invalid endpoint IPv6 address {:?}: expected ADDRESS/PREFIX",
+                    iface.address_ipv6
+                )
+            })?;
+            let ip: Ipv6Addr = ip.parse().with_context(|| {
+                format!(
+                    "invalid endpoint IPv6 address {:?}: not IPv6",
+                    iface.address_ipv6
+                )
+            })?;
+            let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 128).with_context(|| {
+                format!("invalid endpoint IPv6 address {:?}", iface.address_ipv6)
+            })?;
+            Some((ip, prefix))
+        };
         let address = if iface.address.is_empty() {
             None
         } else {
@@ -346,6 +381,7 @@ impl CreateEndpoint {
         Ok(EndpointSpec {
             ids,
             address,
+            address6,
             mac,
             exposed: exposed_ports(&self.options)?,
         })
@@ -826,7 +862,7 @@ mod tests {
         for (c, why) in [
             (
                 create(json!({"com.docker.network.enable_ipv6": true}), pool()),
-                "ipv6",
+                "ipv6 without a pool",
             ),
             (create(json!({}), two), "two pools"),
             (create(json!({}), json!([])), "no pool"),
@@ -871,7 +907,40 @@ mod tests {
         assert_eq!(status(c.validate("netd", 1500)), 400);
         let mut c = create(json!({}), pool());
         c.ipv6_data = vec![IpamData::default()];
-        assert_eq!(status(c.validate("netd", 1500)), 400);
+        assert_eq!(status(c.validate("netd", 1500)), 400, "empty IPv6 pool");
+        let mut c = create(json!({}), pool());
+        c.ipv6_data = serde_json::from_value(json!([
+            {"Pool": "fd00:1::/64"}, {"Pool": "fd00:2::/64"},
+        ]))
+        .unwrap();
+        assert_eq!(status(c.validate("netd", 1500)), 400, "two IPv6 pools");
+        let mut c = create(json!({}), pool());
+        c.ipv6_data =
+            serde_json::from_value(json!([{"Pool": "fd00:1::/64", "Gateway": "fd00:2::1/64"}]))
+                .unwrap();
+        assert_eq!(
+            status(c.validate("netd", 1500)),
+            400,
+            "IPv6 gateway outside"
+        );
+    }
+
+    #[test]
+    fn network_takes_dockers_ipv6_pool() {
+        let mut c = create(json!({"com.docker.network.enable_ipv6": true}), pool());
+        c.ipv6_data = serde_json::from_value(json!([
+            {"AddressSpace": "LocalDefault", "Pool": "fd00:77::/64", "Gateway": "fd00:77::1/64"},
+        ]))
+        .unwrap();
+        let spec = c.validate("netd", 1500).unwrap();
+        let v6 = spec.ipv6.expect("dual stack");
+        assert_eq!(v6.subnet, Some("fd00:77::/64".parse().unwrap()));
+        assert_eq!(v6.gateway, Some("fd00:77::1".parse().unwrap()));
+        // No gateway given: netd takes the subnet's first address.
+        let mut c = create(json!({}), pool());
+        c.ipv6_data = serde_json::from_value(json!([{"Pool": "fd00:78::/64"}])).unwrap();
+        let v6 = c.validate("netd", 1500).unwrap().ipv6.expect("dual stack");
+        assert_eq!(v6.gateway, None);
     }
 
     #[test]
@@ -899,6 +968,13 @@ mod tests {
         .unwrap();
         let s = e.validate().unwrap();
         assert_eq!((s.address, s.mac), (None, Some([2, 0x42, 10, 11, 0, 0x99])));
+        let e: CreateEndpoint = serde_json::from_value(json!({
+            "NetworkID": NET, "EndpointID": EP,
+            "Interface": {"Address": "10.11.0.2/24", "AddressIPv6": "fd00:77::2/64"},
+        }))
+        .unwrap();
+        let s = e.validate().unwrap();
+        assert_eq!(s.address6, Some(("fd00:77::2".parse().unwrap(), 64)));
         // No Interface at all is fine (netd chooses).
         let e: CreateEndpoint =
             serde_json::from_value(json!({"NetworkID": NET, "EndpointID": EP})).unwrap();
@@ -907,7 +983,9 @@ mod tests {
             json!({"Address": "10.11.0.2"}),
             json!({"Address": "10.11.0.2/33"}),
             json!({"Address": "fd00::2/64"}),
-            json!({"AddressIPv6": "fd00::2/64"}),
+            json!({"AddressIPv6": "10.11.0.2/24"}),
+            json!({"AddressIPv6": "fd00::2"}),
+            json!({"AddressIPv6": "fd00::2/129"}),
             json!({"MacAddress": "01:00:5e:00:00:01"}),
             json!({"MacAddress": "00:00:00:00:00:00"}),
             json!({"MacAddress": "AkIKCwCZ"}),

@@ -120,6 +120,64 @@ pub fn ipv6_control_plane(dp: &str) {
         v4.trim().is_empty(),
         "IPv6 is off on an IPv4-only network: {v4}"
     );
+    // Published ports on a dual-stack container: one host port number for
+    // both families (0.0.0.0 serves IPv4 and IPv6, shown twice as Docker
+    // shows it), for -p HOSTPORT:PORT and for -P.
+    n.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "pub",
+        "--network",
+        "v6net",
+        "-p",
+        "18090:80",
+        "--expose",
+        "81",
+        "-P",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    let lines = n.ok(&["port", "pub"]);
+    assert!(lines.contains("80/tcp -> 0.0.0.0:18090"), "{lines}");
+    assert!(lines.contains("80/tcp -> [::]:18090"), "{lines}");
+    let ports = &n.inspect("pub")["NetworkSettings"]["Ports"]["81/tcp"];
+    assert_eq!(ports.as_array().map(Vec::len), Some(2), "{ports}");
+    assert_eq!(ports[0]["HostIp"], "0.0.0.0", "{ports}");
+    assert_eq!(ports[1]["HostIp"], "::", "{ports}");
+    assert_eq!(ports[0]["HostPort"], ports[1]["HostPort"], "{ports}");
+    // [::] claims the port on IPv6 only: 127.0.0.1 may take it; 0.0.0.0
+    // may not.
+    n.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "only6",
+        "--network",
+        "v6net",
+        "-p",
+        "[::]:18091:80",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    n.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "lo4",
+        "-p",
+        "127.0.0.1:18091:80",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    let e = n.fails(&[
+        "run", "-d", "--name", "all", "-p", "18091:80", "--", "sleep", "600",
+    ]);
+    assert!(e.contains("already allocated"), "{e}");
+    n.ok(&["rm", "-f", "pub", "only6", "lo4"]);
     // Addresses are released with the container and reused.
     n.ok(&["rm", "-f", "a"]);
     n.ok(&[
