@@ -7,7 +7,9 @@
 //! flushes it, so the result is exactly the state, atomically per table.
 //! The bridge-level rules (containers speak IPv4 and honest ARP only) are
 //! one `ebtables-restore --noflush` batch of their own chain. The jumps
-//! from the built-in chains are installed once, by `init`.
+//! from the built-in chains are installed once, by `init`. Networks with
+//! IPv6 get the same chains in the ip6 tables ([`render6`], applied with
+//! `ip6tables-restore`).
 //!
 //! Beyond Docker's filter and nat rules, the raw table (Docker 28's
 //! reference) drops, before conntrack and NAT, anything from outside the

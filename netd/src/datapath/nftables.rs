@@ -10,7 +10,8 @@
 //! again): the kernel switches from the old table to the new one
 //! atomically. Nothing is applied when the rendered text did not change.
 //!
-//! The table is IPv4 only (`ip` family), like the rest of netd:
+//! The IPv4 table (`ip` family; networks with IPv6 get the same as
+//! `table ip6 netd`, see [`CHAINS6`]):
 //!
 //! - `prerouting` (nat, dstnat) and `output` (nat, -100, not to
 //!   127.0.0.0/8): destinations that are the host's own addresses
@@ -29,10 +30,15 @@
 //!   127.0.0.1-bound published port stays the host's), nothing to a
 //!   container of a masquerading network except from its own bridge.
 //!
-//! A second table, `table bridge netd`, replaced in the same transaction,
-//! lets only IPv4 and ARP whose sender is the endpoint (or 0.0.0.0, a
-//! probe) out of a container's bridge port: no IPv6 (link-local included:
-//! icc=false holds), no VLAN tags, no ARP claiming another address.
+//! A bridge table, `table bridge netd`, replaced in the same transaction,
+//! lets only IPv4, ARP whose sender is the endpoint (or 0.0.0.0, a
+//! probe) and, on a network with IPv6, IPv6 from the endpoint's address,
+//! fe80::/10 and :: out of a container's bridge port: no IPv6 on an
+//! IPv4-only network (link-local included: icc=false holds), no VLAN
+//! tags, no ARP claiming another address.
+//!
+//! A separate `ip6` table rather than one `inet` table: the sets are typed
+//! per family anyway, and the IPv4 table stays as it was.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
