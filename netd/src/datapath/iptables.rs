@@ -412,8 +412,22 @@ fn render_family(state: &State, fam: Family) -> String {
         if o.internal {
             // First in NETD-FORWARD: nothing, not even a published port
             // reached through a host address, leaves an internal network.
-            let _ = writeln!(internal, "-A NETD-FORWARD -i {br} ! -d {subnet} -j DROP");
-            let _ = writeln!(internal, "-A NETD-FORWARD -o {br} ! -s {subnet} -j DROP");
+            // IPv6: not between the bridge's own ports (bridged neighbour
+            // discovery goes to multicast and from link-local addresses;
+            // icc decides there).
+            let same = match fam {
+                Family::V4 => String::new(),
+                Family::V6 => format!("! -o {br} "),
+            };
+            let _ = writeln!(
+                internal,
+                "-A NETD-FORWARD -i {br} {same}! -d {subnet} -j DROP"
+            );
+            let same = same.replace("-o", "-i");
+            let _ = writeln!(
+                internal,
+                "-A NETD-FORWARD -o {br} {same}! -s {subnet} -j DROP"
+            );
         } else {
             let _ = writeln!(
                 iso1,
@@ -878,7 +892,8 @@ mod tests {
         let mut s2 = s.clone();
         s2.networks.get_mut("def").unwrap().options.internal = true;
         let r2 = render6(&s2);
-        assert!(r2.contains("-A NETD-FORWARD -i netd0 ! -d fd00:17::/64 -j DROP\n"));
+        assert!(r2.contains("-A NETD-FORWARD -i netd0 ! -o netd0 ! -d fd00:17::/64 -j DROP\n"));
+        assert!(r2.contains("-A NETD-FORWARD -o netd0 ! -i netd0 ! -s fd00:17::/64 -j DROP\n"));
         assert!(!r2.contains("-s fd00:17::/64 ! -o netd0 -j MASQUERADE"));
         // The bridge chain: the endpoint's address, link-local and ::
         // on IPv6 networks; nothing IPv6 from an IPv4-only network's port.

@@ -143,7 +143,10 @@ const CHAINS: &str = "\
 ";
 
 /// The IPv6 table's rules: [`CHAINS`] for `ip6` (no loopback rule: the
-/// kernel drops ::1 arriving on anything but `lo`; no cluster; ICMPv6).
+/// kernel drops ::1 arriving on anything but `lo`; no cluster; ICMPv6;
+/// an internal network's subnet check leaves traffic between its own
+/// ports to icc: bridged neighbour discovery goes to multicast addresses
+/// and comes from link-local ones).
 const CHAINS6: &str = "\
 	chain raw {
 		type filter hook prerouting priority raw; policy accept;
@@ -176,8 +179,8 @@ const CHAINS6: &str = "\
 
 	chain forward {
 		type filter hook forward priority filter; policy accept;
-		iifname @internal_bridges ip6 daddr . iifname != @subnets drop
-		oifname @internal_bridges ip6 saddr . oifname != @subnets drop
+		iifname @internal_bridges iifname . oifname != @same_bridge ip6 daddr . iifname != @subnets drop
+		oifname @internal_bridges iifname . oifname != @same_bridge ip6 saddr . oifname != @subnets drop
 		ct state established,related accept
 		ct status dnat oifname . ip6 daddr . meta l4proto . th dport @published accept
 		iifname @egress_bridges oifname @bridges oifname != @routed_bridges iifname . oifname != @same_bridge drop

@@ -561,6 +561,108 @@ pub fn ipv6_traffic(dp: &str) {
         "{dp}: {got}"
     );
 
+    // gateway_mode_ipv6=routed (IPv4 stays nat): the outside routes to the
+    // container's IPv6 address and reaches its published container port
+    // and ICMPv6, not another port; the container's own connections keep
+    // its address (no NAT66); the host port is IPv4's only.
+    n.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.70.0.0/24",
+        "--subnet",
+        "fd00:70::/64",
+        "-o",
+        "gateway_mode_ipv6=routed",
+        "v6r",
+    ]);
+    n.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "r",
+        "--network",
+        "v6r",
+        "-p",
+        "8090:80",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    let r = n.inspect("r")["NetworkSettings"]["GlobalIPv6Address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    serve_http6(&n, "r", 80);
+    serve_http6(&n, "r", 81);
+    n.tb.ok(
+        &n.tb.outside,
+        &["ip", "-6", "route", "add", "fd00:70::/64", "via", HOST6],
+    )
+    .unwrap();
+    let got = tb_curl_wait(&n, &n.tb.outside, &format!("http://[{r}]:80/"));
+    assert!(
+        got.contains(&format!("hello from r to [{OUTSIDE6}]:")),
+        "{dp}: routed IPv6: {got}"
+    );
+    assert!(
+        tb_curl(&n, &n.tb.outside, &format!("http://[{r}]:81/")).is_none(),
+        "{dp}: an unpublished port of a routed IPv6 network"
+    );
+    let ping_r =
+        n.tb.exec(&n.tb.outside, &["ping", "-6", "-c", "1", "-W", "1", &r])
+            .unwrap();
+    assert!(
+        ping_r.status.success(),
+        "{dp}: ICMPv6 into a routed network"
+    );
+    let got = curl6_wait(&n, "r", &format!("http://[{OUTSIDE6}]:8000/"), &[]);
+    assert!(
+        got.contains(&format!("to [{r}]:")),
+        "{dp}: no NAT66 in routed: {got}"
+    );
+    assert!(
+        tb_curl(&n, &n.tb.outside, &format!("http://[{HOST6}]:8090/")).is_none(),
+        "{dp}: no IPv6 DNAT in routed"
+    );
+    let got = tb_curl_wait(&n, &n.tb.outside, "http://198.18.0.2:8090/");
+    assert!(got.contains("hello from r"), "{dp}: IPv4 stays nat: {got}");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&n.ok(&["network", "inspect", "v6r"])).unwrap();
+    assert_eq!(
+        inspect[0]["Options"]["com.docker.network.bridge.gateway_mode_ipv6"],
+        "routed"
+    );
+
+    // An internal network keeps IPv6 inside: its containers talk to each
+    // other, not to the world.
+    n.ok(&[
+        "network",
+        "create",
+        "--internal",
+        "--ipv6",
+        "--subnet",
+        "10.71.0.0/24",
+        "--subnet",
+        "fd00:71::/64",
+        "v6i",
+    ]);
+    sleeper(&n, "i1", "v6i");
+    sleeper(&n, "i2", "v6i");
+    let i2 = n.inspect("i2")["NetworkSettings"]["GlobalIPv6Address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        ping6(&n, "i1", &i2, &[]),
+        "{dp}: inside an internal network"
+    );
+    assert!(
+        !ping6(&n, "i1", OUTSIDE6, &[]),
+        "{dp}: IPv6 left an internal network"
+    );
+
     // Switching datapaths removes the IPv6 rules too.
     let ip6_rules = |n: &Netd| {
         let ip6t = n.tb.ok(&n.tb.host, &["ip6tables-save"]).unwrap_or_default();
