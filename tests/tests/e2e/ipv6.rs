@@ -663,6 +663,38 @@ pub fn ipv6_traffic(dp: &str) {
         "{dp}: IPv6 left an internal network"
     );
 
+    // gateway_mode_ipv6=isolated: no IPv6 address of the host on the
+    // bridge (IPv4's stays), so not even the host answers over IPv6.
+    n.ok(&[
+        "network",
+        "create",
+        "--internal",
+        "--ipv6",
+        "--subnet",
+        "10.72.0.0/24",
+        "--subnet",
+        "fd00:72::/64",
+        "-o",
+        "gateway_mode_ipv6=isolated",
+        "v6iso",
+    ]);
+    sleeper(&n, "s1", "v6iso");
+    let v: serde_json::Value =
+        serde_json::from_str(&n.ok(&["network", "inspect", "v6iso"])).unwrap();
+    let br = v[0]["Options"]["com.docker.network.bridge.name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let addrs =
+        n.tb.ok(&n.tb.host, &["ip", "-o", "addr", "show", "dev", &br])
+            .unwrap();
+    assert!(
+        addrs.contains("10.72.0.1/24") && !addrs.contains("fd00:72::"),
+        "{dp}: {addrs}"
+    );
+    assert!(!ping6(&n, "s1", "fd00:72::1", &[]), "{dp}: isolated IPv6");
+    assert!(ping(&n, "s1", "10.72.0.1"), "{dp}: IPv4 keeps its gateway");
+
     // Switching datapaths removes the IPv6 rules too.
     let ip6_rules = |n: &Netd| {
         let ip6t = n.tb.ok(&n.tb.host, &["ip6tables-save"]).unwrap_or_default();
