@@ -144,6 +144,10 @@ const CHAINS: &str = "\
 
 /// The IPv6 table's rules: [`CHAINS`] for `ip6` (no loopback rule: the
 /// kernel drops ::1 arriving on anything but `lo`; no cluster; ICMPv6;
+/// [::1] is not translated: the reply of a connection DNATed from ::1 to a
+/// container is turned back to ::1 in br_netfilter's bridge-level pass,
+/// and the bridge's IPv6 input drops a loopback destination, so such a
+/// connection would hang; untranslated it is refused at once;
 /// an internal network's subnet check leaves traffic between its own
 /// ports to icc: bridged neighbour discovery goes to multicast addresses
 /// and comes from link-local ones).
@@ -165,6 +169,7 @@ const CHAINS6: &str = "\
 	}
 
 	chain published-ports {
+		ip6 daddr ::1 return
 		dnat to ip6 daddr . meta l4proto . th dport map @dnat_host_ports
 		dnat to meta l4proto . th dport map @dnat_ports
 	}
@@ -1085,6 +1090,8 @@ pub(crate) mod tests {
             set("dnat_host_ports").contains("::1 . tcp . 8082 : fd00:17::2 . 82"),
             "{v6}"
         );
+        // ... but [::1] is left alone (see CHAINS6).
+        assert!(v6.contains("\t\tip6 daddr ::1 return\n\t\tdnat to ip6 daddr"));
         assert!(!v6.contains("8083"), "127.0.0.1 is IPv4 only");
         let dnat4 = block(&v4, "dnat_ports");
         assert!(dnat4.contains("tcp . 8080 : 172.17.0.2 . 80"), "{dnat4}");

@@ -503,10 +503,21 @@ pub fn ipv6_traffic(dp: &str) {
     // The host's own processes, by the host's IPv6 address.
     let got = tb_curl_wait(&n, &n.tb.host, &url);
     assert!(got.contains("hello from web"), "{dp}: {got}");
-    // [::1] is not checked: the netfilter datapaths cannot carry it (see
-    // the README's IPv6 section: the reply's destination turns back into
-    // ::1 in br_netfilter's pass, and the kernel drops a loopback
-    // destination arriving on the bridge).
+    // [::1]: the netfilter datapaths cannot carry it (see the README's
+    // IPv6 section: the reply's destination turns back into ::1 in
+    // br_netfilter's pass, and the kernel drops a loopback destination
+    // arriving on the bridge), so it is not translated: refused at once
+    // (curl's exit code 7), not a hang (28).
+    let o =
+        n.tb.exec(
+            &n.tb.host,
+            &["curl", "-g", "-s", "-m", "3", "http://[::1]:8080/"],
+        )
+        .unwrap();
+    assert_eq!(o.status.code(), Some(7), "{dp}: [::1]:8080 is refused");
+    // ... so `localhost` (::1 and 127.0.0.1) gets there by IPv4.
+    let got = tb_curl_wait(&n, &n.tb.host, "http://localhost:8080/");
+    assert!(got.contains("hello from web"), "{dp}: localhost: {got}");
 
     // icc=false over IPv6: no ping6, no TCP between q1 and q2 (global and
     // link-local), both still reach the world.
