@@ -5,7 +5,8 @@
 //! Every sync renders all NETD-* chains from the state and applies them in
 //! one `iptables-restore --noflush` batch: declaring a chain in the batch
 //! flushes it, so the result is exactly the state, atomically per table.
-//! The bridge-level rules (containers speak IPv4 and honest ARP only) are
+//! The bridge-level rules (containers speak IPv4, honest ARP and, on
+//! networks with IPv6, IPv6 from their own addresses only) are
 //! one `ebtables-restore --noflush` batch of their own chain. The jumps
 //! from the built-in chains are installed once, by `init`. Networks with
 //! IPv6 get the same chains in the ip6 tables ([`render6`], applied with
