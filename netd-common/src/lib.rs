@@ -10,19 +10,23 @@
 /// Suffix of every map name. Bump it whenever the layout of any map key or
 /// value changes: a new netd then creates fresh maps next to (and removes)
 /// the pinned ones of the old layout instead of misreading them.
-pub const MAP_VERSION: &str = "v4";
+pub const MAP_VERSION: &str = "v5";
 
 /// Versions whose pinned conntrack (and host-socket) entries a new netd
 /// carries over on start (their [`CtKey`]/[`CtEntry`]/[`SockKey`]/
 /// [`SockOrig`] layouts are this version's), so an upgrade keeps every
 /// connection. v2 -> v3 added drop reasons, counters and maps; v3 -> v4
 /// (gateway modes, the cluster) grew [`Config`], added counters, conntrack
-/// kinds and the `NETD_DIRECT` map; the conntrack layout did not change.
-pub const MIGRATE_FROM: &[&str] = &["v3", "v2"];
+/// kinds and the `NETD_DIRECT` map; v4 -> v5 gave [`Endpoint`] its stats
+/// slot, network flags and mask, made the per-endpoint stats a per-CPU
+/// array and the counters one per-CPU [`Counters`] value. The conntrack
+/// layout did not change.
+pub const MIGRATE_FROM: &[&str] = &["v4", "v3", "v2"];
 
 /// Map names (without the version suffix; userspace pins them as
 /// `<name>_<MAP_VERSION>`).
 pub mod maps {
+    /// Per-CPU array of one [`Counters`](super::Counters).
     pub const COUNTERS: &str = "NETD_COUNTERS";
     pub const DROPS: &str = "NETD_DROPS";
     /// u32 (IPv4, network order) -> [`Endpoint`](super::Endpoint).
@@ -35,7 +39,8 @@ pub mod maps {
     pub const PORTS: &str = "NETD_PORTS";
     /// [`CtKey`](super::CtKey) -> [`CtEntry`](super::CtEntry).
     pub const CT: &str = "NETD_CT";
-    /// Per-CPU [`EndpointKey`](super::EndpointKey) -> [`EndpointStats`](super::EndpointStats).
+    /// Per-CPU array of [`EndpointStats`](super::EndpointStats), indexed
+    /// by [`Endpoint::slot`](super::Endpoint::slot).
     pub const EP_STATS: &str = "NETD_EP_STATS";
     /// Array of one [`Config`](super::Config).
     pub const CONFIG: &str = "NETD_CFG";
@@ -170,8 +175,8 @@ impl DropReason {
     }
 }
 
-/// Global datapath counters: indexes into the per-CPU `NETD_COUNTERS`
-/// array. Same ABI rule as [`DropReason`]: append only.
+/// Global datapath counters: indexes into the per-CPU [`Counters`] value
+/// (`NETD_COUNTERS[0]`). Same ABI rule as [`DropReason`]: append only.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -224,10 +229,13 @@ pub enum Counter {
     /// Another node's pod -> a pod here: straight into the endpoint, no
     /// NAT, no conntrack.
     ClusterIn = 21,
+    /// Masqueraded TCP flows closed both ways whose translated port a new
+    /// flow to the same destination took (every probed port was taken).
+    CtReused = 22,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 23;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::FromContainerPackets,
         Counter::FromContainerBytes,
@@ -251,6 +259,7 @@ impl Counter {
         Counter::RoutedIn,
         Counter::ClusterOut,
         Counter::ClusterIn,
+        Counter::CtReused,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -277,12 +286,31 @@ impl Counter {
             Counter::RoutedIn => "routed_in",
             Counter::ClusterOut => "cluster_out",
             Counter::ClusterIn => "cluster_in",
+            Counter::CtReused => "ct.reused",
         }
     }
 }
 
-/// Per-endpoint traffic counters (value of a per-CPU hash keyed by the
-/// host-side veth's ifindex).
+/// Every global counter of one CPU, indexed by [`Counter`]: one per-CPU
+/// array lookup serves every counter a packet bumps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Counters {
+    pub v: [u64; Counter::COUNT as usize],
+}
+const _: () = assert!(core::mem::size_of::<Counters>() == 8 * Counter::COUNT as usize);
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            v: [0; Counter::COUNT as usize],
+        }
+    }
+}
+
+/// Per-endpoint traffic counters (a per-CPU array indexed by the
+/// endpoint's [`Endpoint::slot`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -318,8 +346,18 @@ pub struct Endpoint {
     /// The network's bridge (gateway) MAC: source MAC of frames netd
     /// delivers into the container.
     pub gw_mac: [u8; 6],
+    /// Index of the endpoint's counters in NETD_EP_STATS (below
+    /// [`MAX_ENDPOINTS`]; userspace allocates it and zeroes it first).
+    pub slot: u32,
+    /// Its network's NET_* flags, copied: the same-network fast path
+    /// decides without a NETD_NET lookup (userspace writes an endpoint
+    /// after its network and removes it before).
+    pub net_flags: u32,
+    /// Its network's subnet mask (network order): only a destination in
+    /// the subnet is looked up as a peer by the fast path.
+    pub mask: u32,
 }
-const _: () = assert!(core::mem::size_of::<Endpoint>() == 24);
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 36);
 
 pub const NET_ICC: u32 = 1;
 pub const NET_MASQUERADE: u32 = 2;
@@ -612,6 +650,7 @@ mod user {
     // SAFETY: repr(C), no padding (proved by the bytemuck::Pod derive),
     // every bit pattern valid.
     unsafe impl aya::Pod for EndpointStats {}
+    unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for Network {}

@@ -1,7 +1,9 @@
 //! Conntrack: lookups, state updates, the creation of a flow's two entries
 //! (one per direction, race-safe), and the eviction of unconfirmed flows
 //! when the table is full.
-use aya_ebpf::{bindings::BPF_EXIST, bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{
+    bindings::BPF_EXIST, bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns,
+};
 use netd_common::{Counter, CtEntry, CtKey, DropReason, ct_kind, ct_state};
 
 use crate::{
@@ -50,7 +52,12 @@ pub fn lookup(key: &CtKey, l4: &L4) -> Option<CtEntry> {
     // SAFETY: a valid map value pointer; concurrent updates of these
     // fields are benign (last writer wins).
     unsafe {
-        (*p).last_seen = bpf_ktime_get_ns();
+        // Written only when the (tick-resolution) clock moved: the entry's
+        // cache line stays clean for most packets.
+        let now = now();
+        if (*p).last_seen != now {
+            (*p).last_seen = now;
+        }
         if key.proto == IPPROTO_TCP {
             if l4.is_syn() {
                 // The tuple reopens (after a FIN/RST, as TIME_WAIT allows).
@@ -153,6 +160,28 @@ pub fn create(
     }
 }
 
+/// Removes the closed flow whose reply entry is at `rev_key` (a
+/// masqueraded TCP flow, both directions CLOSING) so that its translated
+/// port serves a new flow; false (nothing removed) if the flow is not
+/// closed both ways.
+#[inline(always)]
+pub fn take_over_closed(rev_key: &CtKey) -> bool {
+    let Some(r) = peek(rev_key) else {
+        return true;
+    };
+    if r.kind != ct_kind::REV_SNAT || r.state != ct_state::CLOSING {
+        return false;
+    }
+    let old = rev_key.reverse(&r);
+    if peek(&old).is_some_and(|f| f.state != ct_state::CLOSING) {
+        return false;
+    }
+    remove(&old);
+    remove(rev_key);
+    counters::add(Counter::CtReused, 1);
+    true
+}
+
 /// Whether `key` is free (a probe; `create` settles races).
 #[inline(always)]
 pub fn free(key: &CtKey) -> bool {
@@ -191,10 +220,13 @@ pub fn remove(key: &CtKey) {
     let _ = NETD_CT.remove(key);
 }
 
+/// CLOCK_MONOTONIC at tick resolution (bpf_ktime_get_coarse_ns: no
+/// clock-source read; conntrack timeouts are seconds, and the GC compares
+/// with CLOCK_MONOTONIC, never behind this clock).
 #[inline(always)]
 pub fn now() -> u64 {
     // SAFETY: no preconditions.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// The entry for `key`, untouched.

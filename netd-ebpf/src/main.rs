@@ -42,12 +42,13 @@ use aya_ebpf::{
     bindings::{
         BPF_F_CURRENT_NETNS, BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED,
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_PROHIBIT,
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
-        bpf_check_mtu_flags::BPF_MTU_CHK_SEGS, bpf_fib_lookup as FibParams, bpf_sock_tuple,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE, BPF_FIB_LOOKUP_SKIP_NEIGH,
+        bpf_check_mtu_flags::BPF_MTU_CHK_SEGS, bpf_fib_lookup as FibParams, bpf_redir_neigh,
+        bpf_redir_neigh__bindgen_ty_1, bpf_sock_tuple,
     },
     helpers::generated::{
         bpf_check_mtu, bpf_fib_lookup, bpf_redirect_neigh, bpf_redirect_peer, bpf_sk_lookup_udp,
-        bpf_sk_release,
+        bpf_sk_release, bpf_skc_lookup_tcp,
     },
     macros::classifier,
     programs::TcContext,
@@ -115,8 +116,12 @@ fn is_loopback(addr: u32) -> bool {
 }
 
 fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
-    counters::add(Counter::FromContainerPackets, 1);
-    counters::add(Counter::FromContainerBytes, u64::from(ctx.len()));
+    let len = ctx.len();
+    counters::add_packet(
+        Counter::FromContainerPackets,
+        Counter::FromContainerBytes,
+        len,
+    );
     let ifindex = ingress_ifindex(ctx);
     // Fail closed: a veth whose endpoint (or network) the maps do not
     // know carries nothing.
@@ -124,39 +129,61 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(ep) = (unsafe { NETD_EP_IF.get(EndpointKey { ifindex }) }).copied() else {
         return Err(DropReason::NoEndpoint);
     };
-    counters::endpoint_rx(ifindex, ctx.len());
+    counters::endpoint_rx(&ep, len);
 
     let eth = parse::eth(ctx)?;
     if eth.src != ep.mac {
         return Err(DropReason::SpoofedSource);
     }
-    let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
-    match eth.proto {
-        ETH_P_IP => {}
-        ETH_P_ARP => {
-            // The sender fields are what neighbours learn: they must be
-            // the endpoint's (0.0.0.0: an address probe).
-            let a = parse::arp(ctx)?;
-            if a.mac != ep.mac || (a.ip != ep.ip && a.ip != 0) {
-                return Err(DropReason::SpoofedSource);
+    if eth.proto != ETH_P_IP {
+        let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
+        return match eth.proto {
+            ETH_P_ARP => {
+                // The sender fields are what neighbours learn: they must be
+                // the endpoint's (0.0.0.0: an address probe).
+                let a = parse::arp(ctx)?;
+                if a.mac != ep.mac || (a.ip != ep.ip && a.ip != 0) {
+                    return Err(DropReason::SpoofedSource);
+                }
+                Ok(tc::ACT_UNSPEC)
             }
-            return Ok(tc::ACT_UNSPEC);
-        }
-        ETH_P_IPV6 if net.flags & NET_IPV6 != 0 => return Ok(tc::ACT_UNSPEC),
-        // IPv6 on an IPv4-only network, VLAN tags, anything else.
-        _ => return Err(DropReason::NotIpv4),
+            ETH_P_IPV6 if net.flags & NET_IPV6 != 0 => Ok(tc::ACT_UNSPEC),
+            // IPv6 on an IPv4-only network, VLAN tags, anything else.
+            _ => Err(DropReason::NotIpv4),
+        };
     }
     let ip = parse::ipv4(ctx, ETH_HLEN)?;
-    counters::add(Counter::FromContainerIpv4, 1);
     if ip.saddr != ep.ip && ip.saddr != 0 {
         return Err(DropReason::SpoofedSource);
     }
     if eth.dst_group {
+        counters::add(Counter::FromContainerIpv4, 1);
         return Ok(tc::ACT_UNSPEC);
     }
     if is_loopback(ip.daddr) {
         return Err(DropReason::Martian);
     }
+    // The fast path: another container on this network (its subnet),
+    // neither a fragment nor ICMP (those take the full walk below: fragments for
+    // their datagram's ports, ICMP errors for the flows they quote). No
+    // conntrack, no NAT, no network lookup: nothing is translated between
+    // two containers of one network, no flow of another kind has a
+    // container address as its destination from a container (hairpin
+    // flows are addressed to a host address), and the endpoint carries its
+    // network's flags. The checks are the full walk's: endpoint, source
+    // MAC and address (above), icc; a peer of another network (only
+    // possible with overlapping subnets) takes the full walk.
+    if !ip.is_fragment()
+        && ip.proto != IPPROTO_ICMP
+        && (ip.daddr ^ ep.ip) & ep.mask == 0
+        // SAFETY: map value copied out.
+        && let Some(peer) = unsafe { NETD_EP.get(ip.daddr) }.copied()
+        && peer.net_id == ep.net_id
+    {
+        return to_peer(ctx, &ep, ep.net_flags, &peer, Some(ip.proto));
+    }
+    counters::add(Counter::FromContainerIpv4, 1);
+    let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
     // A pod's traffic to another node's pod: untranslated, untracked.
     if net.flags & NET_CLUSTER != 0
         && let Some(cfg) = config()
@@ -262,7 +289,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         return hairpin_new_flow(ctx, &ip, l4, &t, &ep);
     }
 
-    // Another container?
+    // Another container (ICMP and fragments; the rest took the fast path).
     // SAFETY: map value copied out.
     if let Some(peer) = unsafe { NETD_EP.get(ip.daddr) }.copied() {
         if peer.net_id != ep.net_id {
@@ -282,13 +309,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
             }
             return Err(DropReason::NetworkIsolation);
         }
-        if net.flags & NET_ICC == 0 {
-            return Err(DropReason::IccDenied);
-        }
-        counters::add(Counter::Forwarded, 1);
-        counters::endpoint_tx(peer.ifindex, ctx.len());
-        // SAFETY: helper call.
-        return Ok(unsafe { bpf_redirect_peer(peer.ifindex, 0) } as i32);
+        return to_peer(ctx, &ep, net.flags, &peer, None);
     }
 
     // Somewhere else: the host itself (pass), the world (masquerade), or
@@ -318,21 +339,47 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         if net.flags & NET_MASQUERADE == 0 {
             // Untracked protocols leave as they are (their replies are
             // not let in: nothing tracks them).
-            return redirect_neigh(cfg.uplink_ifindex);
+            return redirect_neigh(cfg.uplink_ifindex, next_hop(&fib));
         }
         return Err(DropReason::Unsupported);
     };
     if !l4.hdr {
         return Err(DropReason::FragmentUnknown);
     }
-    let e = snat_new_flow(&ip, &l4, &cfg, &ep, net.flags & NET_MASQUERADE != 0)?;
+    let e = snat_new_flow(ctx, &ip, &l4, &cfg, &ep, net.flags & NET_MASQUERADE != 0)?;
     out_to_world(ctx, &ip, &l4, &e)
+}
+
+/// Container -> container: another network is isolated, icc=false
+/// (`net_flags`: the sender's network's) denies, else straight into the
+/// peer (past the bridge). The fast path (`fast`: the packet's protocol)
+/// counts its IPv4 and TCP packets here, with the forward, in one counter
+/// lookup (the full walk counted them already).
+#[inline(always)]
+fn to_peer(
+    ctx: &TcContext,
+    ep: &Endpoint,
+    net_flags: u32,
+    peer: &Endpoint,
+    fast: Option<u8>,
+) -> Result<i32, DropReason> {
+    if peer.net_id != ep.net_id {
+        return Err(DropReason::NetworkIsolation);
+    }
+    if net_flags & NET_ICC == 0 {
+        return Err(DropReason::IccDenied);
+    }
+    let len = ctx.len();
+    counters::forwarded(fast.is_some(), fast == Some(IPPROTO_TCP));
+    counters::endpoint_tx(peer, len);
+    // SAFETY: helper call.
+    Ok(unsafe { bpf_redirect_peer(peer.ifindex, 0) } as i32)
 }
 
 /// Where a packet for the world goes, decided before it is rewritten.
 enum Egress {
-    /// Out of this interface (bpf_redirect_neigh).
-    Redirect(u32),
+    /// Out of this interface to this next hop (bpf_redirect_neigh).
+    Redirect(u32, u32),
     /// A local destination: the stack delivers it.
     Local,
     /// Handed to the kernel untranslated: it answers ICMP (fragmentation
@@ -344,7 +391,7 @@ impl Egress {
     #[inline(always)]
     fn verdict(self) -> Result<i32, DropReason> {
         match self {
-            Egress::Redirect(i) => redirect_neigh(i),
+            Egress::Redirect(i, nh) => redirect_neigh(i, nh),
             Egress::Local | Egress::Kernel => Ok(tc::ACT_UNSPEC),
         }
     }
@@ -372,7 +419,7 @@ fn egress_to_world(
                 frag_needed(ctx, ip)?;
                 return Ok(Egress::Kernel);
             }
-            Ok(Egress::Redirect(fib.ifindex))
+            Ok(Egress::Redirect(fib.ifindex, next_hop(&fib)))
         }
         // A reply to the host itself: the stack routes it.
         BPF_FIB_LKUP_RET_NOT_FWDED => Ok(Egress::Local),
@@ -391,8 +438,7 @@ fn out_to_world(ctx: &TcContext, ip: &Ipv4, l4: &L4, e: &CtEntry) -> Result<i32,
     if let Egress::Kernel = out {
         return Ok(tc::ACT_UNSPEC);
     }
-    nat::rewrite_addr(ctx, ip.proto, l4, IP_SADDR_OFF, ip.saddr, e.addr)?;
-    nat::rewrite_port(ctx, ip.proto, l4, true, l4.sport, e.port)?;
+    nat::translate(ctx, ip, l4, true, e.addr, e.port)?;
     match e.kind {
         ct_kind::SNAT => counters::add(Counter::Snat, 1),
         ct_kind::REV_DNAT => counters::add(Counter::RevDnat, 1),
@@ -450,6 +496,10 @@ fn frag_needed(ctx: &TcContext, ip: &Ipv4) -> Result<i32, DropReason> {
     Ok(tc::ACT_UNSPEC)
 }
 
+/// A FIB lookup without the neighbour: the redirect resolves it
+/// (`bpf_redirect_neigh` with the next hop the lookup found, so the kernel
+/// does not route the packet a second time), and an unresolved neighbour
+/// is the redirect's to resolve anyway.
 #[inline(always)]
 fn fib_lookup(ctx: &TcContext, fib: &mut FibParams) -> u32 {
     // SAFETY: helper call on a properly sized, initialised struct.
@@ -458,10 +508,18 @@ fn fib_lookup(ctx: &TcContext, fib: &mut FibParams) -> u32 {
             ctx.skb.skb as *mut _,
             fib,
             core::mem::size_of::<FibParams>() as i32,
-            0,
+            BPF_FIB_LOOKUP_SKIP_NEIGH,
         )
     };
     rc as u32
+}
+
+/// The next hop a successful lookup found (the gateway, or the
+/// destination itself on a link).
+#[inline(always)]
+fn next_hop(fib: &FibParams) -> u32 {
+    // SAFETY: the lookup wrote the IPv4 member.
+    unsafe { fib.__bindgen_anon_4.ipv4_dst }
 }
 
 /// Creates both conntrack entries of a new flow to the world and returns
@@ -473,6 +531,7 @@ fn fib_lookup(ctx: &TcContext, fib: &mut FibParams) -> u32 {
 /// its replies are let in (ROUTED).
 #[inline(always)]
 fn snat_new_flow(
+    ctx: &TcContext,
     ip: &Ipv4,
     l4: &L4,
     cfg: &Config,
@@ -485,10 +544,29 @@ fn snat_new_flow(
     }
     let span = if max < min { 1 } else { max - min + 1 };
     let orig = u32::from(l4.sport);
-    let start = (orig ^ u32::from_be(ip.daddr) ^ (u32::from(l4.dport) << 3)) % span;
+    // Spread (a multiplicative hash): a container's consecutive ports do
+    // not probe one crowded stretch of the range.
+    let start =
+        (orig.wrapping_mul(0x9e37_79b1) ^ u32::from_be(ip.daddr) ^ (u32::from(l4.dport) << 3))
+            % span;
     let fwd_key = ct::key(ip.saddr, ip.daddr, ip.proto, l4);
     let now = ct::now();
+    // The container's own port is kept, as netfilter's masquerade keeps
+    // it, when it is in the NAT range, or else when no host socket could
+    // be confused with the flow: not a privileged or published port, and
+    // no socket of the host's has the translated tuple or listens on the
+    // port. Then each of the container's connections has a tuple of its
+    // own on the wire, and a server's TIME_WAIT only ever sees a tuple
+    // come back from the connection that left it (TCP timestamp offsets
+    // are per connection: a tuple reused by another connection is
+    // refused until TIME_WAIT ends).
     let in_range = orig >= min && orig <= max;
+    let keep = masquerade
+        && (in_range
+            || (orig >= 1024
+                && (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP)
+                && published(ip.proto, cfg.uplink_ip, l4.sport).is_none()
+                && !host_socket_on(ctx, ip.proto, cfg.uplink_ip, l4.sport, ip.daddr, l4.dport)));
     let (addr, rev_kind) = if masquerade {
         (cfg.uplink_ip, ct_kind::REV_SNAT)
     } else {
@@ -513,9 +591,11 @@ fn snat_new_flow(
     // race for the same port.
     if masquerade {
         let mut found = false;
+        // A probed port whose flow to this same destination has closed.
+        let mut closed = None;
         for i in 0..NAT_PROBES + 1 {
             let port = if i == 0 {
-                if !in_range {
+                if !keep {
                     continue;
                 }
                 l4.sport
@@ -523,13 +603,32 @@ fn snat_new_flow(
                 (min + (start + i - 1) % span) as u16
             };
             out.port = port;
-            if ct::free(&fwd_key.reverse(&out)) {
-                found = true;
-                break;
+            match ct::peek(&fwd_key.reverse(&out)) {
+                None => {
+                    found = true;
+                    break;
+                }
+                Some(r)
+                    if closed.is_none()
+                        && ip.proto == IPPROTO_TCP
+                        && r.kind == ct_kind::REV_SNAT
+                        && r.state == ct_state::CLOSING =>
+                {
+                    closed = Some(port);
+                }
+                Some(_) => {}
             }
         }
         if !found {
-            return Err(DropReason::NatPortsExhausted);
+            // Every probed port is taken: a TCP flow to this destination
+            // that has closed both ways (FIN or RST) gives its port up to
+            // the new connection, as netfilter reuses a closed tuple (the
+            // server's TIME_WAIT takes the new SYN: its timestamps are
+            // newer). Its entries would only have waited for the GC.
+            out.port = closed.ok_or(DropReason::NatPortsExhausted)?;
+            if !ct::take_over_closed(&fwd_key.reverse(&out)) {
+                return Err(DropReason::NatPortsExhausted);
+            }
         }
     }
     let rev_key = fwd_key.reverse(&out);
@@ -564,6 +663,53 @@ fn pass_world(daddr: u32) -> Result<i32, DropReason> {
         return Err(DropReason::NotPublished);
     }
     Ok(tc::ACT_UNSPEC)
+}
+
+/// Whether a socket of the host's has the tuple (`laddr`:`lport` <->
+/// `raddr`:`rport`, network / host order) in any state (TCP: connected,
+/// TIME_WAIT, a pending connection, or listening on the port; UDP: bound
+/// to the port).
+#[inline(always)]
+fn host_socket_on(
+    ctx: &TcContext,
+    proto: u8,
+    laddr: u32,
+    lport: u16,
+    raddr: u32,
+    rport: u16,
+) -> bool {
+    // SAFETY: an all-zero tuple is valid; filled below.
+    let mut t: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    // As a packet from the remote end would carry it.
+    t.__bindgen_anon_1.ipv4.saddr = raddr;
+    t.__bindgen_anon_1.ipv4.daddr = laddr;
+    t.__bindgen_anon_1.ipv4.sport = rport.to_be();
+    t.__bindgen_anon_1.ipv4.dport = lport.to_be();
+    // SAFETY: helper calls; a found socket is released before returning.
+    unsafe {
+        let sk = if proto == IPPROTO_TCP {
+            bpf_skc_lookup_tcp(
+                ctx.skb.skb as *mut _,
+                &mut t,
+                12,
+                BPF_F_CURRENT_NETNS as u64,
+                0,
+            )
+        } else {
+            bpf_sk_lookup_udp(
+                ctx.skb.skb as *mut _,
+                &mut t,
+                12,
+                BPF_F_CURRENT_NETNS as u64,
+                0,
+            )
+        };
+        if sk.is_null() {
+            return false;
+        }
+        bpf_sk_release(sk as *mut _);
+        true
+    }
 }
 
 /// From outside to something no flow covers. The host's own traffic
@@ -705,7 +851,7 @@ fn cluster_out(
         return Ok(Some(tc::ACT_UNSPEC));
     }
     counters::add(Counter::ClusterOut, 1);
-    redirect_neigh(fib.ifindex).map(Some)
+    redirect_neigh(fib.ifindex, next_hop(&fib)).map(Some)
 }
 
 /// Whether a connected host socket owns this datagram's tuple (a host
@@ -738,8 +884,11 @@ fn host_socket_owns(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> bool {
 }
 
 fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
-    counters::add(Counter::FromWorldPackets, 1);
-    counters::add(Counter::FromWorldBytes, u64::from(ctx.len()));
+    counters::add_packet(
+        Counter::FromWorldPackets,
+        Counter::FromWorldBytes,
+        ctx.len(),
+    );
     let eth = parse::eth(ctx)?;
     if eth.proto != ETH_P_IP || eth.dst_group {
         return Ok(tc::ACT_UNSPEC);
@@ -1008,8 +1157,7 @@ fn to_container(
     } else if !l4.hdr {
         counters::add(Counter::Fragments, 1);
     }
-    nat::rewrite_addr(ctx, ip.proto, l4, IP_DADDR_OFF, ip.daddr, addr)?;
-    nat::rewrite_port(ctx, ip.proto, l4, false, l4.dport, port)?;
+    nat::translate(ctx, ip, l4, false, addr, port)?;
     deliver(ctx, addr)
 }
 
@@ -1037,15 +1185,26 @@ fn deliver(ctx: &TcContext, addr: u32) -> Result<i32, DropReason> {
 #[inline(always)]
 fn deliver_ep(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
     nat::set_macs(ctx, &ep.gw_mac, &ep.mac)?;
-    counters::endpoint_tx(ep.ifindex, ctx.len());
+    counters::endpoint_tx(ep, ctx.len());
     // SAFETY: helper call.
     Ok(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32)
 }
 
 #[inline(always)]
-fn redirect_neigh(ifindex: u32) -> Result<i32, DropReason> {
-    // SAFETY: helper call; NULL params = the kernel picks the next hop.
-    Ok(unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) } as i32)
+fn redirect_neigh(ifindex: u32, next_hop: u32) -> Result<i32, DropReason> {
+    let mut nh = bpf_redir_neigh {
+        nh_family: u32::from(AF_INET),
+        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: next_hop },
+    };
+    // SAFETY: helper call on an initialised struct of the size passed.
+    Ok(unsafe {
+        bpf_redirect_neigh(
+            ifindex,
+            &mut nh,
+            core::mem::size_of::<bpf_redir_neigh>() as i32,
+            0,
+        )
+    } as i32)
 }
 
 #[inline(always)]

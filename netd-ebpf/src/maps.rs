@@ -2,7 +2,7 @@
 //! are the map names userspace looks up (netd_common::maps); userspace
 //! pins them with a version suffix.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, Queue, lpm_trie::Key},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue, lpm_trie::Key},
     macros::btf_map,
 };
 use netd_common::{
@@ -39,9 +39,10 @@ pub static NETD_CT: HashMap<
     { aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize },
 > = HashMap::new();
 
+/// Per-endpoint counters, indexed by `Endpoint::slot`.
 #[btf_map]
-pub static NETD_EP_STATS: PerCpuHashMap<EndpointKey, EndpointStats, { MAX_ENDPOINTS as usize }> =
-    PerCpuHashMap::new();
+pub static NETD_EP_STATS: PerCpuArray<EndpointStats, { MAX_ENDPOINTS as usize }> =
+    PerCpuArray::new();
 
 #[btf_map]
 pub static NETD_CFG: Array<Config, 1> = Array::new();

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use netd_common::DropReason;
 
-use crate::parse::{IP_CSUM_OFF, IPPROTO_ICMP, IPPROTO_UDP, L4};
+use crate::parse::{IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, IPPROTO_ICMP, IPPROTO_UDP, Ipv4, L4};
 
 const E: DropReason = DropReason::RewriteFailed;
 
@@ -84,8 +84,107 @@ pub fn set_df(ctx: &TcContext, frag: u16) -> Result<(), DropReason> {
     ctx.store(crate::parse::IP_FRAG_OFF, &new, 0).map_err(|_| E)
 }
 
+/// Both MACs in one store.
 #[inline(always)]
 pub fn set_macs(ctx: &TcContext, src: &[u8; 6], dst: &[u8; 6]) -> Result<(), DropReason> {
-    ctx.store(0, dst, 0).map_err(|_| E)?;
-    ctx.store(6, src, 0).map_err(|_| E)
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(dst);
+    macs[6..].copy_from_slice(src);
+    ctx.store(0, &macs, 0).map_err(|_| E)
+}
+
+/// The IPv4 header checksum after a 32-bit word changed from `old` to
+/// `new` (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')). Checksum and words
+/// as they lie in the packet: ones' complement sums do not care about
+/// byte order as long as every word is read the same way.
+#[inline(always)]
+fn csum_replace4(csum: u16, old: u32, new: u32) -> u16 {
+    let mut sum = u32::from(!csum);
+    sum += (!old & 0xffff) + (!old >> 16) + (new & 0xffff) + (new >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// Rewrites one side of a packet, its source (`source`) or its
+/// destination, to (`addr`, `port`): the translation of every tracked
+/// flow. The L4 checksum goes through the kernel's helpers (they know
+/// whether the skb carries a full checksum or only the pseudo-header's,
+/// CHECKSUM_PARTIAL); the IPv4 checksum is computed here and stored with
+/// the addresses, and, when the L4 header follows a 20-byte IPv4 header,
+/// with the ports: one store for what took five helper calls. ICMP echo
+/// (the id is in the checksummed ICMP header), later fragments (no L4
+/// header) and IPv4 options take the field-by-field rewrite.
+#[inline(always)]
+pub fn translate(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    l4: &L4,
+    source: bool,
+    addr: u32,
+    port: u16,
+) -> Result<(), DropReason> {
+    let (old_addr, old_port) = if source {
+        (ip.saddr, l4.sport)
+    } else {
+        (ip.daddr, l4.dport)
+    };
+    if ip.proto == IPPROTO_ICMP || !l4.hdr {
+        let off = if source { IP_SADDR_OFF } else { IP_DADDR_OFF };
+        rewrite_addr(ctx, ip.proto, l4, off, old_addr, addr)?;
+        return rewrite_port(ctx, ip.proto, l4, source, old_port, port);
+    }
+    if old_addr == addr && old_port == port {
+        return Ok(());
+    }
+    if !(ip.proto == IPPROTO_UDP && l4.udp_no_csum) {
+        let mangled = if ip.proto == IPPROTO_UDP {
+            u64::from(BPF_F_MARK_MANGLED_0)
+        } else {
+            0
+        };
+        if old_addr != addr {
+            let flags = u64::from(BPF_F_PSEUDO_HDR) | 4 | mangled;
+            ctx.l4_csum_replace(l4.csum_off, u64::from(old_addr), u64::from(addr), flags)
+                .map_err(|_| E)?;
+        }
+        if old_port != port {
+            ctx.l4_csum_replace(
+                l4.csum_off,
+                u64::from(old_port.to_be()),
+                u64::from(port.to_be()),
+                2 | mangled,
+            )
+            .map_err(|_| E)?;
+        }
+    }
+    let (saddr, daddr) = if source {
+        (addr, ip.daddr)
+    } else {
+        (ip.saddr, addr)
+    };
+    let (sport, dport) = if source {
+        (port, l4.dport)
+    } else {
+        (l4.sport, port)
+    };
+    // csum, saddr, daddr [, sport, dport]
+    let mut b = [0u8; 14];
+    b[0..2].copy_from_slice(&csum_replace4(ip.csum, old_addr, addr).to_ne_bytes());
+    b[2..6].copy_from_slice(&saddr.to_ne_bytes());
+    b[6..10].copy_from_slice(&daddr.to_ne_bytes());
+    b[10..12].copy_from_slice(&sport.to_be_bytes());
+    b[12..14].copy_from_slice(&dport.to_be_bytes());
+    if ip.hdr_len == 20 {
+        return ctx.store(IP_CSUM_OFF, &b, 0).map_err(|_| E);
+    }
+    let mut a = [0u8; 10];
+    a.copy_from_slice(&b[..10]);
+    ctx.store(IP_CSUM_OFF, &a, 0).map_err(|_| E)?;
+    if old_port != port {
+        let mut p = [0u8; 4];
+        p.copy_from_slice(&b[10..]);
+        ctx.store(l4.off, &p, 0).map_err(|_| E)?;
+    }
+    Ok(())
 }

@@ -103,6 +103,8 @@ pub struct Ipv4 {
     /// Addresses in network order.
     pub saddr: u32,
     pub daddr: u32,
+    /// The header checksum as it lies in the packet (read natively).
+    pub csum: u16,
 }
 
 impl Ipv4 {
@@ -151,6 +153,8 @@ pub fn ipv4(ctx: &TcContext, off: usize) -> Result<Ipv4, DropReason> {
         frag: be16(p, 6),
         saddr: raw32(p, 12),
         daddr: raw32(p, 16),
+        // SAFETY: within the checked 20 bytes.
+        csum: unsafe { core::ptr::read_unaligned(p.add(10) as *const u16) },
     })
 }
 

@@ -596,6 +596,43 @@ pub fn render_stats(v: &Value, global: bool) -> String {
         if let Some(n) = v["ConntrackEntries"].as_u64() {
             writeln!(out, "conntrack entries: {n}").ok();
         }
+        let gc = &v["ConntrackGC"];
+        if gc.is_object() {
+            let pass = |p: &Value| {
+                format!(
+                    "{} entries, {} expired, {} us CPU, {} us wall",
+                    p["Entries"], p["Expired"], p["CpuMicros"], p["WallMicros"]
+                )
+            };
+            writeln!(
+                out,
+                "conntrack gc: {} passes, {} expired; last: {}; costliest: {}",
+                gc["Runs"],
+                gc["ExpiredTotal"],
+                pass(&gc["Last"]),
+                pass(&gc["Max"])
+            )
+            .ok();
+        }
+        if let Some(progs) = v["Programs"].as_array().filter(|p| !p.is_empty()) {
+            let mut rows = vec![[
+                "PROGRAM".to_string(),
+                "INSNS".into(),
+                "VERIFIED".into(),
+                "JITED BYTES".into(),
+            ]];
+            for p in progs {
+                let n = |f: &str| p[f].as_u64().unwrap_or(0).to_string();
+                rows.push([
+                    p["Name"].as_str().unwrap_or_default().to_string(),
+                    n("Insns"),
+                    n("VerifiedInsns"),
+                    n("JitedBytes"),
+                ]);
+            }
+            writeln!(out, "programs:").ok();
+            out.push_str(&table(&rows, 1));
+        }
         if let Some(n) = v["CniAttachments"].as_u64().filter(|n| *n > 0) {
             writeln!(out, "cni attachments: {n}").ok();
         }

@@ -114,7 +114,13 @@ enum Cmd {
         /// node2node.
         #[arg(long, default_value = "c2c,dnat,egress,scaling,control,bpf,node2node")]
         scenarios: String,
-        #[arg(long, default_value_t = 5)]
+        /// CPU placements of each request/response load, comma-separated:
+        /// same (client and servers on CPU 0), cross (servers on CPU 0,
+        /// client on CPU 1), free (unpinned). The first one leads the
+        /// report and the targets.
+        #[arg(long, default_value = "same,cross,free")]
+        cpus: String,
+        #[arg(long, default_value_t = 3)]
         rounds: u32,
         /// Seconds per measurement.
         #[arg(long, default_value_t = 5.0)]
@@ -127,10 +133,16 @@ enum Cmd {
         /// One short round per scenario (CI smoke test).
         #[arg(long)]
         quick: bool,
-        /// Docker peers (Docker's bridge, and Docker on netd's plugin per
-        /// datapath): auto (when dockerd is installed), yes or no.
-        #[arg(long, default_value = "auto", value_parser = ["auto", "yes", "no"])]
-        docker: String,
+        /// Real peers, comma-separated: docker (Docker's default bridge),
+        /// podman (Podman with netavark), docker+netd (Docker on netd's
+        /// plugin, per datapath); `auto`: docker and podman where
+        /// installed (a missing one is reported); `none`.
+        #[arg(long, default_value = "auto")]
+        peers: String,
+        /// Older spelling of the Docker peers: yes = docker,docker+netd
+        /// (required), no = without any Docker peer, auto = as --peers.
+        #[arg(long, value_parser = ["auto", "yes", "no"])]
+        docker: Option<String>,
     },
     /// Build a throwaway topology and show netd at work.
     Demo,
@@ -238,6 +250,9 @@ enum Tool {
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
     },
+    /// Loads the embedded eBPF object (nothing attached) and prints each
+    /// program's size: instructions, verified instructions, JITed bytes.
+    ProgSizes,
     /// One DNS query; prints the status and the answers.
     DnsQuery {
         server: IpAddr,
@@ -454,11 +469,13 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Bench {
             datapaths,
             scenarios,
+            cpus,
             rounds,
             duration,
             ports,
             out,
             quick,
+            peers,
             docker,
         } => {
             let list = |s: &str| -> Vec<String> {
@@ -483,19 +500,46 @@ fn run(cli: Cli) -> Result<i32> {
                     );
                 }
             }
+            let cpus = list(&cpus)
+                .iter()
+                .map(|c| c.parse::<netd::bench::Placement>())
+                .collect::<Result<Vec<_>>>()?;
+            let (mut peers, mut optional) = match peers.as_str() {
+                "auto" => {
+                    let l = vec!["docker".to_string(), "podman".to_string()];
+                    (l.clone(), l)
+                }
+                "none" => (vec![], vec![]),
+                l => (list(l), vec![]),
+            };
+            for p in &peers {
+                if !netd::bench::PEER_KINDS.contains(&p.as_str()) {
+                    anyhow::bail!(
+                        "unknown peer {p:?}: expected {}, auto or none",
+                        netd::bench::PEER_KINDS.join(", ")
+                    );
+                }
+            }
+            match docker.as_deref() {
+                Some("yes") => {
+                    peers.retain(|p| !p.starts_with("docker"));
+                    peers.extend(["docker".to_string(), "docker+netd".to_string()]);
+                    optional.retain(|p| !p.starts_with("docker"));
+                }
+                Some("no") => peers.retain(|p| !p.starts_with("docker")),
+                _ => {}
+            }
             netd::bench::run(netd::bench::Opts {
                 datapaths: list(&datapaths),
+                peers,
+                optional_peers: optional,
+                cpus,
                 scenarios,
                 rounds,
                 duration,
                 ports,
                 out,
                 quick,
-                docker: match docker.as_str() {
-                    "yes" => Some(true),
-                    "no" => Some(false),
-                    _ => None,
-                },
             })
             .map(|_| 0)
         }
@@ -513,6 +557,20 @@ fn run(cli: Cli) -> Result<i32> {
             msg,
             timeout_ms,
         }) => netd::tool::udp_send(to, &msg, timeout_ms).map(|_| 0),
+        Cmd::Tool(Tool::ProgSizes) => {
+            let p = netd::bpf::Programs::load(netd::bpf::BpfLogLevel::Off)?;
+            println!(
+                "{:<20} {:>6} {:>9} {:>7}",
+                "program", "insns", "verified", "jited"
+            );
+            for s in p.sizes()? {
+                println!(
+                    "{:<20} {:>6} {:>9} {:>7}",
+                    s.name, s.insns, s.verified_insns, s.jited_bytes
+                );
+            }
+            Ok(0)
+        }
         Cmd::Tool(Tool::DnsQuery {
             server,
             name,

@@ -21,6 +21,8 @@ pub fn set_config(p: &mut Programs, c: Config) {
     a.set(0, c, 0).unwrap();
 }
 
+/// Adds (or changes) a network; its endpoints' copies of the flags follow,
+/// as the daemon keeps them.
 pub fn add_network(p: &mut Programs, id: u32, flags: u32) {
     let mut m: HashMap<&mut MapData, u32, Network> =
         HashMap::try_from(p.map_mut(maps::NETWORKS).unwrap()).unwrap();
@@ -33,15 +35,40 @@ pub fn add_network(p: &mut Programs, id: u32, flags: u32) {
         0,
     )
     .unwrap();
+    let eps: Vec<Endpoint> = {
+        let m: HashMap<&mut MapData, u32, Endpoint> =
+            HashMap::try_from(p.map_mut(maps::ENDPOINTS).unwrap()).unwrap();
+        m.iter().map(|r| r.unwrap().1).collect()
+    };
+    for e in eps.into_iter().filter(|e| e.net_id == id) {
+        add_endpoint(p, e);
+    }
 }
 
-pub fn add_endpoint(p: &mut Programs, e: Endpoint) {
+/// Adds an endpoint as the daemon writes it: its stats slot (the test's
+/// ifindex, modulo the array), its network's flags (when the network
+/// exists) and, unless given, a /16 subnet mask filled in.
+pub fn add_endpoint(p: &mut Programs, mut e: Endpoint) {
+    e.slot = slot_of(e.ifindex);
+    if e.mask == 0 {
+        e.mask = 0xffff_0000u32.to_be();
+    }
+    let nets: HashMap<&mut MapData, u32, Network> =
+        HashMap::try_from(p.map_mut(maps::NETWORKS).unwrap()).unwrap();
+    if let Ok(n) = nets.get(&e.net_id, 0) {
+        e.net_flags = n.flags;
+    }
     let mut m: HashMap<&mut MapData, u32, Endpoint> =
         HashMap::try_from(p.map_mut(maps::ENDPOINTS).unwrap()).unwrap();
     m.insert(e.ip, e, 0).unwrap();
     let mut m: HashMap<&mut MapData, EndpointKey, Endpoint> =
         HashMap::try_from(p.map_mut(maps::ENDPOINTS_BY_IF).unwrap()).unwrap();
     m.insert(EndpointKey { ifindex: e.ifindex }, e, 0).unwrap();
+}
+
+/// The stats slot tests give the endpoint on veth `ifindex`.
+pub fn slot_of(ifindex: u32) -> u32 {
+    ifindex % netd_common::MAX_ENDPOINTS
 }
 
 /// Publishes host ports [min, max] (one exact entry per port: the
@@ -198,12 +225,12 @@ pub fn ct_clear(p: &mut Programs) {
     }
 }
 
-/// The endpoint counters of `ifindex`, summed over CPUs.
+/// The endpoint counters of `ifindex` (its slot), summed over CPUs.
 pub fn endpoint_stats(p: &mut Programs, ifindex: u32) -> netd_common::EndpointStats {
-    let m: aya::maps::PerCpuHashMap<&mut MapData, EndpointKey, netd_common::EndpointStats> =
-        aya::maps::PerCpuHashMap::try_from(p.map_mut(maps::EP_STATS).unwrap()).unwrap();
+    let m: aya::maps::PerCpuArray<&mut MapData, netd_common::EndpointStats> =
+        aya::maps::PerCpuArray::try_from(p.map_mut(maps::EP_STATS).unwrap()).unwrap();
     let mut t = netd_common::EndpointStats::default();
-    if let Ok(v) = m.get(&EndpointKey { ifindex }, 0) {
+    if let Ok(v) = m.get(&slot_of(ifindex), 0) {
         for s in v.iter() {
             t.rx_packets += s.rx_packets;
             t.tx_packets += s.tx_packets;
@@ -288,7 +315,7 @@ pub fn test_run_repeat(prog_fd: i32, frame: &[u8], repeat: u32) -> std::io::Resu
 
 /// One global counter, summed over CPUs.
 pub fn counter(p: &mut Programs, c: netd_common::Counter) -> u64 {
-    let m: aya::maps::PerCpuArray<&mut MapData, u64> =
+    let m: aya::maps::PerCpuArray<&mut MapData, netd_common::Counters> =
         aya::maps::PerCpuArray::try_from(p.map_mut(maps::COUNTERS).unwrap()).unwrap();
-    m.get(&(c as u32), 0).unwrap().iter().sum()
+    m.get(&0, 0).unwrap().iter().map(|v| v.v[c as usize]).sum()
 }

@@ -348,3 +348,19 @@ pub fn ipv6_echo(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 16], dst: [u8; 16
     p.extend_from_slice(&[128, 0, 0, 0, 0, 1, 0, 1]);
     ether(dst_mac, src_mac, 0x86dd, &p)
 }
+
+/// `frame` with IPv4 options `opts` (a multiple of 4 bytes) after its
+/// 20-byte header: IHL, total length and header checksum follow (the L4
+/// checksum does not cover options).
+pub fn with_ip_options(frame: &[u8], opts: &[u8]) -> Vec<u8> {
+    assert_eq!(opts.len() % 4, 0);
+    let mut f = frame[..ETH_HLEN + 20].to_vec();
+    f.extend_from_slice(opts);
+    f.extend_from_slice(&frame[ETH_HLEN + 20..]);
+    let ip = &mut f[ETH_HLEN..];
+    ip[0] = 0x40 | ((20 + opts.len()) / 4) as u8;
+    let total = u16::from_be_bytes([ip[2], ip[3]]) + opts.len() as u16;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    fix_ipv4_checksum(&mut f);
+    f
+}

@@ -67,6 +67,7 @@ fn setup(flags: u32, b_net: u32, ct_entries: u32) -> Walk {
             ip: be(A_IP),
             mac: A_MAC,
             gw_mac: GW_MAC,
+            ..Endpoint::default()
         },
     );
     bpfmaps::add_endpoint(
@@ -77,6 +78,7 @@ fn setup(flags: u32, b_net: u32, ct_entries: u32) -> Walk {
             ip: be(B_IP),
             mac: B_MAC,
             gw_mac: GW_MAC,
+            ..Endpoint::default()
         },
     );
     Walk { tb, p }
@@ -142,6 +144,171 @@ fn forward_same_network_redirects_to_the_peer_unchanged() {
     );
 }
 
+/// The same-network fast path (TCP/UDP, not fragmented): redirected
+/// byte for byte (checksums as they came, whether complete or not), no
+/// conntrack entry, counted like the full walk counts (packets, bytes,
+/// IPv4, TCP, forwarded; the sender's rx and the peer's tx by endpoint
+/// slot), and every check the full walk makes: a spoofed source, another
+/// network, icc=false, a 127/8 destination. ICMP and fragments to the
+/// peer take the full walk and arrive the same way.
+#[test]
+fn the_same_network_fast_path_forwards_counts_and_checks() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    let to_b = Frame {
+        dst_mac: B_MAC,
+        ..a_to(B_IP)
+    };
+    let payload = [7u8; 1000];
+    let tcp = to_b.tcp(40000, 80, packet::TCP_ACK, &payload);
+    let mut udp = to_b.udp(40001, 53, b"query");
+    // A CHECKSUM_PARTIAL-like UDP header (only the pseudo-header sum) is
+    // left alone too.
+    udp[packet::ETH_HLEN + 26] ^= 0x55;
+    for f in [&tcp, &udp] {
+        let (v, out) = w.run(bpf::FROM_CONTAINER, f);
+        assert_eq!(v, tc::ACT_REDIRECT);
+        assert_eq!(&out, f, "not rewritten");
+    }
+    assert!(packet::checksums_ok(&tcp));
+    assert!(bpfmaps::ct(&mut w.p).is_empty(), "no conntrack");
+    let c = |w: &Walk, n: &str| w.counter(n);
+    assert_eq!(c(&w, "forwarded"), 2);
+    assert_eq!(c(&w, "from_container.packets"), 2);
+    assert_eq!(
+        c(&w, "from_container.bytes"),
+        (tcp.len() + udp.len()) as u64
+    );
+    assert_eq!(c(&w, "from_container.ipv4"), 2);
+    assert_eq!(c(&w, "from_container.tcp"), 1);
+    let a = bpfmaps::endpoint_stats(&mut w.p, LO);
+    let b = bpfmaps::endpoint_stats(&mut w.p, B_VETH);
+    assert_eq!(
+        (a.rx_packets, a.rx_bytes),
+        (2, (tcp.len() + udp.len()) as u64)
+    );
+    assert_eq!(
+        (b.tx_packets, b.tx_bytes),
+        (2, (tcp.len() + udp.len()) as u64)
+    );
+    assert_eq!((a.tx_packets, b.rx_packets), (0, 0));
+
+    // ICMP echo and a fragmented datagram: the full walk, same result.
+    let ping = to_b.icmp_echo(7, false);
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &ping);
+    assert_eq!((v, out == ping), (tc::ACT_REDIRECT, true));
+    let frags = packet::fragment(&to_b.udp(5000, 53, &[1u8; 3000]), 0x21, 1480);
+    for f in &frags {
+        let (v, out) = w.run(bpf::FROM_CONTAINER, f);
+        assert_eq!((v, &out == f), (tc::ACT_REDIRECT, true));
+    }
+    assert_eq!(c(&w, "forwarded"), 3 + frags.len() as u64);
+    assert!(bpfmaps::ct(&mut w.p).is_empty());
+
+    // Its checks.
+    let spoofed = Frame {
+        src: Ipv4Addr::new(172, 17, 0, 99),
+        ..to_b
+    }
+    .tcp(1, 80, packet::TCP_ACK, b"");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &spoofed).0, tc::ACT_SHOT);
+    let wrong_mac = Frame {
+        src_mac: [2, 0, 0, 0, 0, 9],
+        ..to_b
+    }
+    .udp(1, 53, b"x");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &wrong_mac).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("spoofed-source"), 2);
+    let lo = Frame {
+        dst: Ipv4Addr::new(127, 0, 0, 1),
+        ..to_b
+    }
+    .udp(1, 53, b"x");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &lo).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("martian"), 1);
+    // icc=false, then B on another network (the endpoints follow their
+    // network's flags, as the daemon writes them).
+    bpfmaps::add_network(&mut w.p, 1, NET_MASQUERADE);
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &tcp).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("icc-denied"), 1);
+    bpfmaps::add_endpoint(
+        &mut w.p,
+        Endpoint {
+            ifindex: B_VETH,
+            net_id: 2,
+            ip: be(B_IP),
+            mac: B_MAC,
+            gw_mac: GW_MAC,
+            ..Endpoint::default()
+        },
+    );
+    bpfmaps::add_network(&mut w.p, 1, NET_ICC | NET_MASQUERADE);
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &udp).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("network-isolation"), 1);
+    assert_eq!(c(&w, "forwarded"), 3 + frags.len() as u64);
+}
+
+/// The translation of tracked flows (one store for the IPv4 checksum,
+/// addresses and ports) with and without IPv4 options: masquerade out
+/// and back, a published port in and back; every field, both checksums
+/// and the payload.
+#[test]
+fn translation_keeps_checksums_with_and_without_ip_options() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    bpfmaps::add_ports(&mut w.p, 17, Ipv4Addr::UNSPECIFIED, 5353, 5353, A_IP, 53);
+    // Record route (7), an empty one: 4 bytes with padding (EOL).
+    let opts = [7u8, 3, 4, 0];
+    for (n, with) in [false, true].into_iter().enumerate() {
+        let o = |f: Vec<u8>| {
+            if with {
+                packet::with_ip_options(&f, &opts)
+            } else {
+                f
+            }
+        };
+        // A privileged port: translated into the NAT range (address and
+        // port rewritten).
+        let sport = 700 + n as u16;
+        let out_syn = o(a_to(OUTSIDE_IP).tcp(sport, 80, TCP_SYN, b"out"));
+        assert!(packet::checksums_ok(&out_syn));
+        let (v, out) = w.run(bpf::FROM_CONTAINER, &out_syn);
+        assert_eq!(v, tc::ACT_REDIRECT);
+        let f = packet::fields(&out);
+        assert_eq!((f.src, f.dst, f.dport), (HOST_IP, OUTSIDE_IP, 80));
+        assert!((NAT_MIN..=NAT_MAX).contains(&f.sport));
+        assert!(packet::checksums_ok(&out), "snat, options {with}");
+        assert_eq!(out.len(), out_syn.len());
+        assert_eq!(&out[out.len() - 3..], b"out");
+        if with {
+            assert_eq!(&out[ETH_HLEN + 20..ETH_HLEN + 24], &opts, "options kept");
+        }
+        let back = o(world_to_host().tcp(80, f.sport, TCP_SYN | packet::TCP_ACK, b"in"));
+        let (v, back) = w.run(bpf::FROM_WORLD, &back);
+        assert_eq!(v, tc::ACT_REDIRECT);
+        let b = packet::fields(&back);
+        assert_eq!((b.dst, b.dport, b.dst_mac), (A_IP, sport, A_MAC));
+        assert!(packet::checksums_ok(&back), "rev-snat, options {with}");
+
+        let q = o(world_to_host().udp(5000 + n as u16, 5353, b"query"));
+        let (v, dnated) = w.run(bpf::FROM_WORLD, &q);
+        assert_eq!(v, tc::ACT_REDIRECT);
+        let d = packet::fields(&dnated);
+        assert_eq!((d.dst, d.dport, d.src), (A_IP, 53, OUTSIDE_IP));
+        assert!(packet::checksums_ok(&dnated), "dnat, options {with}");
+        let answer = o(a_to(OUTSIDE_IP).udp(53, 5000 + n as u16, b"answer"));
+        let (v, out) = w.run(bpf::FROM_CONTAINER, &answer);
+        assert_eq!(v, tc::ACT_REDIRECT);
+        let a = packet::fields(&out);
+        assert_eq!((a.src, a.sport, a.dport), (HOST_IP, 5353, 5000 + n as u16));
+        assert!(packet::checksums_ok(&out), "rev-dnat, options {with}");
+    }
+    assert_eq!(w.counter("snat"), 2);
+    assert_eq!(w.counter("rev_snat"), 2);
+    assert_eq!(w.counter("dnat"), 2);
+    assert_eq!(w.counter("rev_dnat"), 2);
+}
+
 #[test]
 fn icc_false_drops_container_to_container() {
     root!();
@@ -203,10 +370,9 @@ fn snat_then_reverse_snat_tcp() {
     let f = packet::fields(&out);
     assert_eq!(f.src, HOST_IP, "masqueraded to the uplink address");
     assert_eq!(f.dst, OUTSIDE_IP);
-    assert!(
-        (NAT_MIN..=NAT_MAX).contains(&f.sport),
-        "40000 is outside the NAT range: translated into it ({})",
-        f.sport
+    assert_eq!(
+        f.sport, 40000,
+        "the container's port kept, as netfilter's masquerade keeps it"
     );
     assert_eq!(f.dport, 80);
     assert!(packet::checksums_ok(&out), "IPv4 and TCP checksums verify");
@@ -249,6 +415,61 @@ fn snat_then_reverse_snat_tcp() {
     assert_eq!(bpfmaps::ct(&mut w.p).len(), 2);
 }
 
+/// Masquerade with every port of the range taken (10 here) by flows to
+/// one destination: a new TCP flow is refused while they are open, and
+/// takes the port of one that has closed both ways (FIN each way), as a
+/// server's TIME_WAIT tuple is reused; the closed flow's two entries go,
+/// counted, and a half-closed flow keeps its port.
+#[test]
+fn a_closed_flows_port_serves_a_new_flow_when_the_range_is_full() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    const FIN: u8 = 0x01;
+    let span = usize::from(NAT_MAX - NAT_MIN + 1);
+    let mut nat = Vec::new();
+    // Privileged container ports: each translated into the range.
+    for i in 0..span {
+        let sport = 600 + i as u16;
+        let (v, out) = w.run(
+            bpf::FROM_CONTAINER,
+            &a_to(OUTSIDE_IP).tcp(sport, 80, TCP_SYN, b""),
+        );
+        assert_eq!(v, tc::ACT_REDIRECT);
+        nat.push((sport, packet::fields(&out).sport));
+    }
+    let mut ports: Vec<u16> = nat.iter().map(|n| n.1).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), span, "every port of the range in use");
+    let new = a_to(OUTSIDE_IP).tcp(999, 80, TCP_SYN, b"");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &new).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("nat-ports-exhausted"), 1);
+    // Flow 0 half-closed (the server's FIN only): still refused.
+    let (c0, n0) = nat[0];
+    let fin_in = |nat_port| world_to_host().tcp(80, nat_port, FIN | packet::TCP_ACK, b"");
+    assert_eq!(w.run(bpf::FROM_WORLD, &fin_in(n0)).0, tc::ACT_REDIRECT);
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &new).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("nat-ports-exhausted"), 2);
+    // Then the container's FIN: closed both ways, its port is reused.
+    let fin_out = a_to(OUTSIDE_IP).tcp(c0, 80, FIN | packet::TCP_ACK, b"");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &fin_out).0, tc::ACT_REDIRECT);
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &new);
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(packet::fields(&out).sport, n0, "the closed flow's port");
+    assert!(packet::checksums_ok(&out));
+    assert_eq!(w.counter("ct.reused"), 1);
+    let ct = bpfmaps::ct_consistent(&mut w.p).unwrap();
+    assert_eq!(ct.len(), 2 * span, "the old flow's entries went");
+    assert!(!ct.iter().any(|(k, _)| k.sport == c0 && k.saddr == be(A_IP)));
+    // The reply reaches the new flow's socket.
+    let (v, back) = w.run(
+        bpf::FROM_WORLD,
+        &world_to_host().tcp(80, n0, TCP_SYN | packet::TCP_ACK, b""),
+    );
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(packet::fields(&back).dport, 999);
+}
+
 #[test]
 fn snat_keeps_a_free_original_port_and_probes_on_collision() {
     root!();
@@ -272,6 +493,7 @@ fn snat_keeps_a_free_original_port_and_probes_on_collision() {
             ip: be(B_IP),
             mac: B_MAC,
             gw_mac: GW_MAC,
+            ..Endpoint::default()
         },
     );
     // B (now on the test-run ingress) uses A's tuple's port to the same destination.
@@ -590,6 +812,7 @@ fn an_internal_network_publishes_nothing() {
             ip: be(B_IP),
             mac: B_MAC,
             gw_mac: GW_MAC,
+            ..Endpoint::default()
         },
     );
     let hairpin = Frame {
@@ -655,7 +878,7 @@ fn fragments_are_translated_with_their_datagram() {
     let whole = packet::reassemble(&out);
     assert!(packet::checksums_ok(&whole), "the datagram's UDP checksum");
     let nat_port = packet::fields(&whole).sport;
-    assert!((NAT_MIN..=NAT_MAX).contains(&nat_port));
+    assert_eq!(nat_port, 5000, "the container's port, kept");
     assert_eq!(w.counter("fragments"), 2);
 
     // A fragmented reply comes back in the same way.
@@ -849,17 +1072,58 @@ fn a_full_table_evicts_unconfirmed_flows_only() {
     assert_eq!(w.run(bpf::FROM_WORLD, &more).0, tc::ACT_REDIRECT);
 }
 
-/// Item 8: masquerade keeps the container's port only inside the NAT
-/// range (outside it, the port could be a host socket's).
+/// Item 8, as netfilter's masquerade does it: the container's own port
+/// is kept (in the NAT range, or outside it when it is not privileged,
+/// not published and no host socket has the tuple or listens on the
+/// port); otherwise a port of the NAT range.
 #[test]
-fn masquerade_keeps_a_port_only_in_the_nat_range() {
+fn masquerade_keeps_the_containers_port_unless_the_host_could_confuse_it() {
     root!();
     let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
-    let (_, out) = w.run(bpf::FROM_CONTAINER, &a_to(OUTSIDE_IP).udp(40000, 53, b"q"));
-    let p = packet::fields(&out).sport;
-    assert!((NAT_MIN..=NAT_MAX).contains(&p), "{p}");
-    let (_, out) = w.run(bpf::FROM_CONTAINER, &a_to(OUTSIDE_IP).udp(61005, 53, b"q"));
-    assert_eq!(packet::fields(&out).sport, 61005);
+    let sport = |w: &mut Walk, f: Vec<u8>| {
+        let (v, out) = w.run(bpf::FROM_CONTAINER, &f);
+        assert_eq!(v, tc::ACT_REDIRECT);
+        assert!(packet::checksums_ok(&out));
+        packet::fields(&out).sport
+    };
+    let in_range = |p: u16| (NAT_MIN..=NAT_MAX).contains(&p);
+    assert_eq!(sport(&mut w, a_to(OUTSIDE_IP).udp(40000, 54, b"q")), 40000);
+    assert_eq!(
+        sport(&mut w, a_to(OUTSIDE_IP).tcp(40001, 80, TCP_SYN, b"")),
+        40001
+    );
+    assert_eq!(sport(&mut w, a_to(OUTSIDE_IP).udp(61005, 53, b"q")), 61005);
+    // Privileged.
+    assert!(in_range(sport(
+        &mut w,
+        a_to(OUTSIDE_IP).tcp(80, 80, TCP_SYN, b"")
+    )));
+    // Published on the host.
+    bpfmaps::add_ports(&mut w.p, 6, Ipv4Addr::UNSPECIFIED, 8080, 8080, B_IP, 80);
+    assert!(in_range(sport(
+        &mut w,
+        a_to(OUTSIDE_IP).tcp(8080, 80, TCP_SYN, b"")
+    )));
+    // A host socket listening on the port, and one bound to it (UDP).
+    let ns = w.tb.host.clone();
+    let (tcp, udp) = ns
+        .run(|| {
+            Ok((
+                std::net::TcpListener::bind((HOST_IP, 41000))?,
+                std::net::UdpSocket::bind((HOST_IP, 41001))?,
+            ))
+        })
+        .unwrap();
+    assert!(in_range(sport(
+        &mut w,
+        a_to(OUTSIDE_IP).tcp(41000, 80, TCP_SYN, b"")
+    )));
+    assert!(in_range(sport(
+        &mut w,
+        a_to(OUTSIDE_IP).udp(41001, 53, b"q")
+    )));
+    drop((tcp, udp));
+    assert_eq!(w.drops("nat-ports-exhausted"), 0);
 }
 
 /// Item 9: two CPUs creating the same flow at once end with one flow
@@ -910,6 +1174,7 @@ fn unknown_endpoints_and_networks_fail_closed() {
         ip: be(A_IP),
         mac: A_MAC,
         gw_mac: GW_MAC,
+        ..Endpoint::default()
     };
     bpfmaps::remove_network(&mut w.p, 1);
     let f = a_to(OUTSIDE_IP).tcp(40000, 80, TCP_SYN, b"");
@@ -999,6 +1264,7 @@ fn flows_follow_the_address_not_a_stale_ifindex() {
             ip: be(A_IP),
             mac: A_MAC,
             gw_mac: GW_MAC,
+            ..Endpoint::default()
         },
     );
     bpfmaps::add_endpoint(
@@ -1009,6 +1275,7 @@ fn flows_follow_the_address_not_a_stale_ifindex() {
             ip: be(Ipv4Addr::new(172, 17, 0, 9)),
             mac: c_mac,
             gw_mac: GW_MAC,
+            ..Endpoint::default()
         },
     );
     let before = bpfmaps::endpoint_stats(&mut w.p, 77).tx_packets;
@@ -1300,6 +1567,7 @@ fn a_routed_networks_published_port_from_another_network() {
             ip: be(A_IP),
             mac: A_MAC,
             gw_mac: GW_MAC,
+            ..Endpoint::default()
         },
         Endpoint {
             ifindex: LO,
@@ -1307,6 +1575,7 @@ fn a_routed_networks_published_port_from_another_network() {
             ip: be(B_IP),
             mac: B_MAC,
             gw_mac: GW_MAC,
+            ..Endpoint::default()
         },
     );
     for e in [&a, &b] {
@@ -1346,7 +1615,8 @@ fn a_routed_networks_published_port_from_another_network() {
 /// A measurement, not a check (`-- --ignored hot_path_cost`): the
 /// kernel's run time of each hot path on a fixed frame (BPF_PROG_TEST_RUN,
 /// one run per call: a rewriting program must see a fresh frame each
-/// time), median of 20,000 runs: container to container, an established
+/// time), median and minimum of 20,000 runs (the minimum is the
+/// steadier figure on a shared machine): container to container, an established
 /// masqueraded flow out and its reply in, an established published-port
 /// flow in and its reply out, a pod to another node's pod and back (the
 /// cluster paths), an established connection routed to the container's
@@ -1397,6 +1667,11 @@ fn hot_path_cost() {
     );
     w.run(bpf::FROM_WORLD, &world_to(A_IP).tcp(5556, 80, TCP_SYN, b""));
     let paths: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "floor (from_world, arp: pass)",
+            bpf::FROM_WORLD,
+            packet::arp(A_MAC, 1, A_MAC, A_IP, [0; 6], HOST_IP),
+        ),
         (
             "c2c",
             bpf::FROM_CONTAINER,
@@ -1455,13 +1730,19 @@ fn hot_path_cost() {
                     let mut runs = Vec::with_capacity(20_000);
                     for _ in 0..20_000 {
                         let (v, ns) = bpfmaps::test_run_repeat(fd, frame, 1)?;
-                        assert!(v == tc::ACT_REDIRECT, "{name}: verdict {v}");
+                        assert!(
+                            v == tc::ACT_REDIRECT || name.starts_with("floor"),
+                            "{name}: verdict {v}"
+                        );
                         runs.push(ns);
                     }
                     runs.sort_unstable();
-                    Ok(runs[runs.len() / 2])
+                    Ok((runs[0], runs[runs.len() / 2]))
                 })
                 .unwrap();
-        eprintln!("{name:32} {best:>5} ns/packet (median)");
+        eprintln!(
+            "{name:32} {:>5} ns/packet (median), {:>5} (min)",
+            best.1, best.0
+        );
     }
 }

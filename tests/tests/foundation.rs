@@ -26,6 +26,7 @@ fn load() -> Programs {
                 ip: bpfmaps::be(ip),
                 mac,
                 gw_mac: [2, 0, 0, 0, 0, 1],
+                ..netd_common::Endpoint::default()
             },
         );
     }
@@ -122,6 +123,7 @@ fn tcx_attached_program_counts_real_traffic_between_namespaces() {
                 ip: bpfmaps::be(ip),
                 mac: netd::link::mac_for_ip(ip),
                 gw_mac: [2, 0, 0, 0, 0, 1],
+                ..netd_common::Endpoint::default()
             },
         );
     }

@@ -1,11 +1,22 @@
 //! `netd bench`: the datapaths side by side on the same topology and load,
 //! measured in alternating rounds (A B C A B C ...) in one run, against
-//! the bare-veth floor; reported as medians, min-max and ratios.
+//! the bare-veth floor and real peers (Docker, Podman); reported as
+//! medians, min-max and ratios with their noise, per CPU placement, and
+//! against the targets of the performance issue.
 //!
-//! Every datapath gets its own throwaway host/outside namespaces and
-//! daemon, all built before the first measurement, so a round visits each
-//! in turn with nothing rebuilt in between. Servers run on CPU 0, clients
-//! on CPU 1 (when there are two). Load generators (`netd tool`):
+//! Every datapath and peer gets its own throwaway host/outside namespaces
+//! and daemon, all built before the first measurement, so a round visits
+//! each in turn with nothing rebuilt in between. Each request/response
+//! load runs in every CPU placement asked for (`--cpus`):
+//! - `same`: client and servers on CPU 0: a transaction costs what its
+//!   packets cost, the datapath's share included, with no cross-CPU
+//!   wake-up in the way. The report leads with it.
+//! - `cross`: servers on CPU 0, client on CPU 1: each transaction pays
+//!   two cross-CPU wake-ups (on this kind of VM ~90 us, which hides the
+//!   datapath).
+//! - `free`: no pinning, the scheduler's choice.
+//!
+//! Load generators (`netd tool`):
 //! - TCP_RR: one connection, 1-byte request, 1-byte response, back to back;
 //!   transactions/s and latency p50/p99 of each exchange.
 //! - TCP_CRR: connect, 1-byte request, 1-byte response, client closes;
@@ -42,13 +53,19 @@ use crate::{
     },
 };
 
-mod docker;
+mod peer;
+mod report;
+
+pub use peer::KINDS as PEER_KINDS;
 
 pub struct Opts {
     pub datapaths: Vec<String>,
-    /// The Docker peers: `Some(true)` required, `Some(false)` never,
-    /// `None` when dockerd is installed.
-    pub docker: Option<bool>,
+    /// The peers to measure (`docker`, `podman`, `docker+netd`).
+    pub peers: Vec<String>,
+    /// Peers that `auto` asked for: one whose tools are missing is left
+    /// out (and reported); any other missing peer is an error.
+    pub optional_peers: Vec<String>,
+    pub cpus: Vec<Placement>,
     pub scenarios: Vec<String>,
     pub rounds: u32,
     pub duration: f64,
@@ -72,6 +89,67 @@ const RR_PORT: u16 = 7000;
 const UDP_PORT: u16 = 7001;
 const STREAM_PORT: u16 = 5201;
 const SCALE_PORT: u16 = 7500;
+
+/// Where the client and the servers run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Placement {
+    Same,
+    Cross,
+    Free,
+}
+
+impl Placement {
+    pub const ALL: [Placement; 3] = [Placement::Same, Placement::Cross, Placement::Free];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::Same => "same",
+            Placement::Cross => "cross",
+            Placement::Free => "free",
+        }
+    }
+
+    /// The client's CPU (None: unpinned).
+    fn client(self) -> Option<usize> {
+        match self {
+            Placement::Same => Some(0),
+            Placement::Cross => Some(1),
+            Placement::Free => None,
+        }
+    }
+
+    /// The servers' CPU (None: every CPU).
+    fn servers(self) -> Option<usize> {
+        match self {
+            Placement::Same | Placement::Cross => Some(0),
+            Placement::Free => None,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Placement::Same => {
+                "client and servers pinned to CPU 0: a transaction costs what its packets cost on one CPU, the datapath's share included"
+            }
+            Placement::Cross => {
+                "servers on CPU 0, client on CPU 1: every transaction pays two cross-CPU wake-ups, which dominate on a VM"
+            }
+            Placement::Free => "nothing pinned: where the scheduler puts them",
+        }
+    }
+}
+
+impl std::str::FromStr for Placement {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Placement> {
+        match s {
+            "same" => Ok(Placement::Same),
+            "cross" => Ok(Placement::Cross),
+            "free" => Ok(Placement::Free),
+            other => bail!("unknown CPU placement {other:?}: expected same, cross or free"),
+        }
+    }
+}
 
 /// A netd daemon in a testbed's host namespace, with its own state,
 /// exec root, bpffs and cgroup; stopped (`--cleanup-on-exit`) and its
@@ -185,11 +263,11 @@ struct Instance {
     b_ip: String,
 }
 
-fn pin(cpu: usize) -> Vec<String> {
-    if num_cpus() > 1 {
-        vec!["taskset".into(), "-c".into(), cpu.to_string()]
-    } else {
-        vec![]
+/// `taskset -c CPU` (nothing for None, or on a single CPU).
+fn taskset(cpu: Option<usize>) -> Vec<String> {
+    match cpu {
+        Some(c) if num_cpus() > 1 => vec!["taskset".into(), "-c".into(), c.to_string()],
+        _ => vec![],
     }
 }
 
@@ -197,6 +275,39 @@ fn num_cpus() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+}
+
+/// The inode of a network namespace file.
+fn netns_inode(path: &Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(path)
+        .with_context(|| format!("{}", path.display()))?
+        .ino())
+}
+
+/// Pins every thread of every process in the namespaces `ns` to `cpu`
+/// (None: every CPU). Threads started later inherit it.
+fn place(ns: &[u64], cpu: Option<usize>) {
+    use nix::{sched::CpuSet, unistd::Pid};
+    let mut set = CpuSet::new();
+    for c in 0..num_cpus() {
+        if cpu.is_none_or(|x| x == c) {
+            let _ = set.set(c);
+        }
+    }
+    for ino in ns {
+        for pid in crate::netns::pids_in(*ino) {
+            for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if let Some(tid) = t.file_name().to_str().and_then(|t| t.parse().ok()) {
+                    let _ = nix::sched::sched_setaffinity(Pid::from_raw(tid), &set);
+                }
+            }
+        }
+    }
 }
 
 /// The servers every target runs: RR, UDP echo and iperf3.
@@ -218,8 +329,7 @@ impl Instance {
             b_ip: String::new(),
         };
         // b: the servers, published; a: the client.
-        let mut srv = pin(0);
-        srv.extend(["sh".into(), "-c".into(), servers(me)]);
+        let srv = vec!["sh".into(), "-c".into(), servers(me)];
         i.run_detached(
             "b",
             &[
@@ -237,11 +347,8 @@ impl Instance {
             .to_string();
         // The world runs the same servers.
         let out = i.tb.outside.clone();
-        let mut cmd = vec!["sh".to_string(), "-c".into(), servers(me)];
-        let mut pinned = pin(0);
-        pinned.append(&mut cmd);
-        let args: Vec<&str> = pinned.iter().map(String::as_str).collect();
-        i.tb.spawn(&out, &args)?;
+        let srv = servers(me);
+        i.tb.spawn(&out, &["sh", "-c", &srv])?;
         std::thread::sleep(Duration::from_millis(500));
         Ok(i)
     }
@@ -267,10 +374,26 @@ impl Instance {
         Ok(())
     }
 
-    /// Runs a client inside container `name` (pinned to CPU 1), through
+    /// The network namespace of container `name`.
+    fn container_netns(&self, name: &str) -> Result<u64> {
+        let v = self.d.client.get(&format!("/containers/{name}/json"))?;
+        let key = v["NetworkSettings"]["SandboxKey"]
+            .as_str()
+            .context("no SandboxKey")?
+            .to_string();
+        netns_inode(Path::new(&key))
+    }
+
+    /// The namespaces whose processes are servers: container b's and the
+    /// outside's.
+    fn server_namespaces(&self) -> Result<Vec<u64>> {
+        Ok(vec![self.container_netns("b")?, self.tb.outside.inode()?])
+    }
+
+    /// Runs a client inside container `name` (on CPU `cpu`), through
     /// `netd exec`, and returns its output.
-    fn in_container(&self, name: &str, args: &[String]) -> Result<String> {
-        let mut full = pin(1);
+    fn in_container(&self, name: &str, cpu: Option<usize>, args: &[String]) -> Result<String> {
+        let mut full = taskset(cpu);
         full.extend(args.iter().cloned());
         let out = Command::new(&self.me)
             .arg("-H")
@@ -288,11 +411,15 @@ impl Instance {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn in_ns(&self, ns: &NetNs, args: &[String]) -> Result<String> {
-        let mut full = pin(1);
+    fn in_ns(&self, ns: &NetNs, cpu: Option<usize>, args: &[String]) -> Result<String> {
+        let mut full = taskset(cpu);
         full.extend(args.iter().cloned());
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
         self.tb.ok(ns, &refs)
+    }
+
+    fn stats(&self) -> Result<Value> {
+        self.d.client.get("/stats")
     }
 }
 
@@ -308,10 +435,8 @@ impl Floor {
         let peer = tb.outside.clone();
         // No forwarding, no bridge, no rule, no program: host and outside
         // are just the two ends of one veth pair.
-        let mut cmd = pin(0);
-        cmd.extend(["sh".into(), "-c".into(), servers(me)]);
-        let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
-        tb.spawn(&peer, &args)?;
+        let srv = servers(me);
+        tb.spawn(&peer, &["sh", "-c", &srv])?;
         std::thread::sleep(Duration::from_millis(500));
         Ok(Floor { tb })
     }
@@ -358,8 +483,7 @@ impl Node2Node {
                 }),
             )?;
         }
-        let mut srv = pin(0);
-        srv.extend(["sh".into(), "-c".into(), servers(me)]);
+        let srv = vec!["sh".to_string(), "-c".into(), servers(me)];
         let env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
         d[1].client.post(
             "/containers/create",
@@ -386,9 +510,19 @@ impl Node2Node {
         })
     }
 
-    /// Runs `load` in pod a (node 1) against pod b (node 2).
-    fn measure(&self, load: Load, secs: f64) -> Result<BTreeMap<String, f64>> {
-        let mut full = pin(1);
+    /// The namespace of the servers (pod b on node 2).
+    fn server_namespace(&self) -> Result<u64> {
+        let v = self.d[1].client.get("/containers/b/json")?;
+        let key = v["NetworkSettings"]["SandboxKey"]
+            .as_str()
+            .context("no SandboxKey")?
+            .to_string();
+        netns_inode(Path::new(&key))
+    }
+
+    /// Runs `load` in pod a (node 1, on CPU `cpu`) against pod b (node 2).
+    fn measure(&self, load: Load, secs: f64, cpu: Option<usize>) -> Result<BTreeMap<String, f64>> {
+        let mut full = taskset(cpu);
         full.extend(load.args(&self.me, &self.server_ip, port_of(load), secs));
         let out = Command::new(&self.me)
             .arg("-H")
@@ -467,8 +601,7 @@ impl RoutedFloor {
             })
             .context("wiring the routed floor")?;
         }
-        let mut cmd = pin(0);
-        cmd.extend(["sh".into(), "-c".into(), servers(me)]);
+        let cmd = ["sh".to_string(), "-c".into(), servers(me)];
         let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
         let server = f.pods.0[1].clone();
         f.node1.spawn(&server, &args)?;
@@ -476,8 +609,19 @@ impl RoutedFloor {
         Ok(f)
     }
 
-    fn measure(&self, me: &str, load: Load, secs: f64) -> Result<BTreeMap<String, f64>> {
-        let mut full = pin(1);
+    /// The namespace of the servers (pod b).
+    fn server_namespace(&self) -> Result<u64> {
+        self.pods.0[1].inode()
+    }
+
+    fn measure(
+        &self,
+        me: &str,
+        load: Load,
+        secs: f64,
+        cpu: Option<usize>,
+    ) -> Result<BTreeMap<String, f64>> {
+        let mut full = taskset(cpu);
         full.extend(load.args(me, &Self::SERVER.to_string(), port_of(load), secs));
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
         load.parse(&self.node1.ok(&self.pods.0[0], &refs)?)
@@ -506,33 +650,20 @@ impl Load {
     fn args(self, me: &str, ip: &str, port: u16, secs: f64) -> Vec<String> {
         let to = format!("{ip}:{port}");
         let s = format!("{secs}");
+        let tool = |t: &str| {
+            vec![
+                me.to_string(),
+                "tool".into(),
+                t.into(),
+                to.clone(),
+                "--secs".into(),
+                s.clone(),
+            ]
+        };
         match self {
-            Load::Rr => vec![
-                me.into(),
-                "tool".into(),
-                "rr-client".into(),
-                to,
-                "--secs".into(),
-                s,
-            ],
-            Load::Crr => vec![
-                me.into(),
-                "tool".into(),
-                "crr-client".into(),
-                to,
-                "--secs".into(),
-                s,
-            ],
-            Load::UdpRr => {
-                vec![
-                    me.into(),
-                    "tool".into(),
-                    "udp-rr-client".into(),
-                    to,
-                    "--secs".into(),
-                    s,
-                ]
-            }
+            Load::Rr => tool("rr-client"),
+            Load::Crr => tool("crr-client"),
+            Load::UdpRr => tool("udp-rr-client"),
             Load::Stream => vec![
                 "iperf3".into(),
                 "-c".into(),
@@ -575,9 +706,12 @@ impl Load {
     }
 }
 
-/// One measurement: (scenario, metric, datapath, round) -> figures.
-#[derive(serde::Serialize)]
+/// One measurement: (placement, scenario, load, datapath, round) -> figures.
+#[derive(serde::Serialize, Clone)]
 struct Sample {
+    /// `same`, `cross`, `free`; `-` for what no placement applies to
+    /// (control plane).
+    placement: String,
     scenario: String,
     load: String,
     datapath: String,
@@ -595,9 +729,9 @@ impl Progress {
     fn step(&mut self, what: &str) {
         self.done += 1;
         let width = 30;
-        let filled = width * self.done / self.total.max(1);
+        let filled = width * self.done.min(self.total) / self.total.max(1);
         eprint!(
-            "\r[{}{}] {}/{} {:>5.0}s  {what:<48}",
+            "\r[{}{}] {}/{} {:>5.0}s  {what:<56}",
             "#".repeat(filled),
             " ".repeat(width - filled),
             self.done,
@@ -608,20 +742,7 @@ impl Progress {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    if v.is_empty() {
-        return 0.0;
-    }
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// Traffic scenarios: (scenario, load, where the client runs, target).
+/// Traffic scenarios: (scenario, load).
 fn traffic_plan(scenarios: &[String]) -> Vec<(&'static str, Load)> {
     let mut plan = Vec::new();
     let has = |s: &str| scenarios.iter().any(|x| x == s);
@@ -654,56 +775,81 @@ fn port_of(load: Load) -> u16 {
     }
 }
 
-/// What the traffic rounds visit in turn: netd's datapaths and the
-/// Docker peers.
+/// What the traffic rounds visit in turn: netd's datapaths and the peers.
 enum Target<'a> {
     Netd(&'a Instance),
-    Docker(&'a docker::Peer),
+    Peer(&'a peer::Peer),
 }
 
 impl Target<'_> {
     fn name(&self) -> &str {
         match self {
             Target::Netd(i) => &i.dp,
-            Target::Docker(p) => &p.name,
+            Target::Peer(p) => &p.name,
         }
     }
 
-    fn measure(&self, scenario: &str, load: Load, secs: f64) -> Result<BTreeMap<String, f64>> {
+    fn measure(
+        &self,
+        scenario: &str,
+        load: Load,
+        secs: f64,
+        cpu: Option<usize>,
+    ) -> Result<BTreeMap<String, f64>> {
         match self {
-            Target::Netd(i) => measure(i, scenario, load, secs),
-            Target::Docker(p) => p.measure(scenario, load, secs),
+            Target::Netd(i) => measure(i, scenario, load, secs, cpu),
+            Target::Peer(p) => p.measure(scenario, load, secs, cpu),
+        }
+    }
+
+    fn server_namespaces(&self) -> Result<Vec<u64>> {
+        match self {
+            Target::Netd(i) => i.server_namespaces(),
+            Target::Peer(p) => p.server_namespaces(),
         }
     }
 }
 
-fn measure(i: &Instance, scenario: &str, load: Load, secs: f64) -> Result<BTreeMap<String, f64>> {
+fn measure(
+    i: &Instance,
+    scenario: &str,
+    load: Load,
+    secs: f64,
+    cpu: Option<usize>,
+) -> Result<BTreeMap<String, f64>> {
     let port = port_of(load);
     let out = match scenario {
-        "c2c" => i.in_container("a", &load.args(&i.me, &i.b_ip, port, secs))?,
+        "c2c" => i.in_container("a", cpu, &load.args(&i.me, &i.b_ip, port, secs))?,
         "dnat" => i.in_ns(
             &i.tb.outside,
+            cpu,
             &load.args(&i.me, &HOST_IP.to_string(), port, secs),
         )?,
-        "egress" => i.in_container("a", &load.args(&i.me, &OUTSIDE_IP.to_string(), port, secs))?,
+        "egress" => i.in_container(
+            "a",
+            cpu,
+            &load.args(&i.me, &OUTSIDE_IP.to_string(), port, secs),
+        )?,
         other => bail!("unknown traffic scenario {other}"),
     };
     load.parse(&out)
 }
 
-fn measure_floor(f: &Floor, me: &str, load: Load, secs: f64) -> Result<BTreeMap<String, f64>> {
-    let port = if load == Load::Stream {
-        STREAM_PORT
-    } else {
-        RR_PORT
-    };
-    let mut full = pin(1);
-    full.extend(load.args(me, &OUTSIDE_IP.to_string(), port, secs));
+fn measure_floor(
+    f: &Floor,
+    me: &str,
+    load: Load,
+    secs: f64,
+    cpu: Option<usize>,
+) -> Result<BTreeMap<String, f64>> {
+    let mut full = taskset(cpu);
+    full.extend(load.args(me, &OUTSIDE_IP.to_string(), port_of(load), secs));
     let refs: Vec<&str> = full.iter().map(String::as_str).collect();
     load.parse(&f.tb.ok(&f.tb.host, &refs)?)
 }
 
-/// BPF run time per packet of each program attached in `i` during `f`.
+/// The eBPF programs' run time per packet during `f` (kernel.bpf_stats,
+/// read from the daemon's `/stats`).
 fn bpf_ns_per_packet(
     i: &Instance,
     f: impl FnOnce() -> Result<()>,
@@ -711,64 +857,41 @@ fn bpf_ns_per_packet(
     bpf_ns_per_packet_of(&[("", &i.d)], f)
 }
 
-/// BPF run time per packet of each program the daemons attached during
-/// `f`, figures named `PREFIX<program>_ns_per_packet`.
+/// The eBPF programs' run time per packet of each daemon during `f`
+/// (kernel.bpf_stats, read from each daemon's `/stats`), figures named
+/// `PREFIX<program>_ns_per_packet` and `PREFIX<program>_packets`.
 fn bpf_ns_per_packet_of(
     daemons: &[(&str, &Daemon)],
     f: impl FnOnce() -> Result<()>,
 ) -> Result<BTreeMap<String, f64>> {
-    let prog_ids = |pin: &Path| -> Option<(String, u64)> {
-        let out = Command::new("bpftool")
-            .args(["-j", "link", "show", "pinned"])
-            .arg(pin)
-            .output()
-            .ok()?;
-        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        let id = v["prog_id"].as_u64()?;
-        let out = Command::new("bpftool")
-            .args(["-j", "prog", "show", "id", &id.to_string()])
-            .output()
-            .ok()?;
-        let p: Value = serde_json::from_slice(&out.stdout).ok()?;
-        Some((p["name"].as_str()?.to_string(), id))
-    };
-    let mut progs = BTreeMap::new();
-    for (prefix, d) in daemons {
-        let links = d.dir.join("bpffs/links");
-        for e in std::fs::read_dir(&links).into_iter().flatten().flatten() {
-            if let Some((name, id)) = prog_ids(&e.path())
-                && !name.starts_with("netd_")
-            {
-                progs.insert(format!("{prefix}{name}"), id);
+    let progs = |daemons: &[(&str, &Daemon)]| -> Result<BTreeMap<String, (f64, f64)>> {
+        let mut out = BTreeMap::new();
+        for (prefix, d) in daemons {
+            let v = d.client.get("/stats")?;
+            for p in v["Programs"].as_array().into_iter().flatten() {
+                if let (Some(n), Some(t), Some(c)) = (
+                    p["Name"].as_str(),
+                    p["RunTimeNs"].as_f64(),
+                    p["RunCount"].as_f64(),
+                ) && !n.starts_with("netd_")
+                {
+                    out.insert(format!("{prefix}{n}"), (t, c));
+                }
             }
         }
-    }
-    let read = |id: u64| -> (u64, u64) {
-        let out = Command::new("bpftool")
-            .args(["-j", "prog", "show", "id", &id.to_string()])
-            .output();
-        let v: Value = out
-            .ok()
-            .and_then(|o| serde_json::from_slice(&o.stdout).ok())
-            .unwrap_or_default();
-        (
-            v["run_time_ns"].as_u64().unwrap_or(0),
-            v["run_cnt"].as_u64().unwrap_or(0),
-        )
+        Ok(out)
     };
-    let before: BTreeMap<&String, (u64, u64)> =
-        progs.iter().map(|(n, id)| (n, read(*id))).collect();
+    let before = progs(daemons)?;
     f()?;
+    let after = progs(daemons)?;
     let mut out = BTreeMap::new();
-    for (n, id) in &progs {
-        let (t1, c1) = read(*id);
-        let (t0, c0) = before[n];
+    for (n, (t1, c1)) in &after {
+        let Some((t0, c0)) = before.get(n) else {
+            continue;
+        };
         if c1 > c0 {
-            out.insert(
-                format!("{n}_ns_per_packet"),
-                (t1 - t0) as f64 / (c1 - c0) as f64,
-            );
-            out.insert(format!("{n}_packets"), (c1 - c0) as f64);
+            out.insert(format!("{n}_ns_per_packet"), (t1 - t0) / (c1 - c0));
+            out.insert(format!("{n}_packets"), c1 - c0);
         }
     }
     Ok(out)
@@ -860,7 +983,130 @@ fn control(i: &Instance, quick: bool) -> Result<BTreeMap<String, f64>> {
         i.d.client.delete(&format!("/containers/cp{n}?force=1"))?;
     }
     i.d.client.delete("/containers/ports?force=1")?;
+    if i.dp == "ebpf" {
+        gc_pass(i, &mut m)?;
+    }
     Ok(m)
+}
+
+/// The conntrack GC with a full table: 262,144 entries (the default
+/// size) written into the daemon's pinned table, live (a pass walks them
+/// all and removes none), then made idle (a pass removes them all); each
+/// pass's wall and CPU time as the daemon's GC reports it in `/stats`.
+fn gc_pass(i: &Instance, m: &mut BTreeMap<String, f64>) -> Result<()> {
+    use netd_common::{CtEntry, CtKey, MAP_VERSION, ct_kind, ct_state, maps};
+
+    use crate::datapath::ebpf::ct;
+    let pin =
+        i.d.dir
+            .join(format!("bpffs/maps/{}_{MAP_VERSION}", maps::CT));
+    let data =
+        aya::maps::MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+    let size = data.info()?.max_entries();
+    // Counted on the container b's address: a sync's sweep of removed
+    // containers' flows keeps them.
+    let owner = u32::from(i.b_ip.parse::<Ipv4Addr>()?).to_be();
+    let entries = |n: u32, last_seen: u64, state: u8| -> Vec<(CtKey, CtEntry)> {
+        (0..n / 2)
+            .flat_map(|f| {
+                // Flows from 100.64.0.0/10 (nothing of the bench's) to
+                // 198.51.100.0/24 port 80, masqueraded (a server address
+                // per 60,000 flows: every reply tuple differs).
+                let k = CtKey {
+                    saddr: (0x6440_0000u32 + f).to_be(),
+                    daddr: (0xc633_6400u32 + f / 60000).to_be(),
+                    sport: 1024 + (f % 60000) as u16,
+                    dport: 80,
+                    proto: 6,
+                    _pad: [0; 3],
+                };
+                let e = CtEntry {
+                    last_seen,
+                    addr: HOST_IP.to_bits().to_be(),
+                    port: k.sport,
+                    kind: ct_kind::SNAT,
+                    state,
+                    container_ip: owner,
+                    ..CtEntry::default()
+                };
+                let rk = k.reverse(&e);
+                let r = CtEntry {
+                    kind: ct_kind::REV_SNAT,
+                    addr: k.saddr,
+                    ..e
+                };
+                [(k, e), (rk, r)]
+            })
+            .collect()
+    };
+    let ours = |k: &CtKey| {
+        let a = |x: u32| u32::from_be(x) & 0xffc0_0000 == 0x6440_0000;
+        a(k.saddr) || a(k.daddr)
+    };
+    let gc = || i.stats().unwrap_or_default()["ConntrackGC"].clone();
+    let runs = |v: &Value| v["Runs"].as_u64().unwrap_or(0);
+    // Fill the table up (the bench's own flows, which the GC may expire
+    // meanwhile, count) and take a pass that started after the entries
+    // were written: the second one to end from then. Again while the
+    // bench's flows expiring under it left the pass short of a full
+    // table.
+    let mut n = 0;
+    let mut live = Value::Null;
+    let mut walked = 0;
+    for _ in 0..5 {
+        let others = ct::dump::<CtKey, CtEntry>(&data)?
+            .iter()
+            .filter(|(k, _)| !ours(k))
+            .count() as u32;
+        n = size.saturating_sub(others) & !1;
+        ct::update_batch(
+            &data,
+            &entries(n, ct::monotonic_ns(), ct_state::ESTABLISHED),
+        )?;
+        let r0 = runs(&gc());
+        testbed::wait_until(Duration::from_secs(20), || {
+            let v = gc();
+            live = v["Last"].clone();
+            runs(&v) >= r0 + 2
+        });
+        walked = live["Entries"].as_u64().unwrap_or(0);
+        if walked + 1 >= u64::from(size) {
+            break;
+        }
+    }
+    if walked + 1 < u64::from(size) {
+        bail!("no conntrack GC pass over the {size} entries: {live}");
+    }
+    m.insert("gc_entries".into(), walked as f64);
+    m.insert(
+        "gc_pass_ms".into(),
+        live["WallMicros"].as_f64().unwrap_or(0.0) / 1e3,
+    );
+    m.insert(
+        "gc_pass_cpu_ms".into(),
+        live["CpuMicros"].as_f64().unwrap_or(0.0) / 1e3,
+    );
+    // The same flows idle (closing, last seen at boot): the next pass
+    // removes them all.
+    ct::update_batch(&data, &entries(n, 0, ct_state::CLOSING))?;
+    let mut idle = Value::Null;
+    testbed::wait_until(Duration::from_secs(20), || {
+        idle = gc()["Last"].clone();
+        idle["Expired"].as_u64().unwrap_or(0) >= u64::from(n)
+    });
+    if idle["Expired"].as_u64().unwrap_or(0) < u64::from(n) {
+        bail!("the conntrack GC did not remove the {n} idle entries: {idle}");
+    }
+    m.insert(
+        "gc_expire_pass_ms".into(),
+        idle["WallMicros"].as_f64().unwrap_or(0.0) / 1e3,
+    );
+    m.insert(
+        "gc_expire_pass_cpu_ms".into(),
+        idle["CpuMicros"].as_f64().unwrap_or(0.0) / 1e3,
+    );
+    m.insert("gc_expired".into(), idle["Expired"].as_f64().unwrap_or(0.0));
+    Ok(())
 }
 
 fn last_sync_ms(i: &Instance) -> Result<f64> {
@@ -868,24 +1114,34 @@ fn last_sync_ms(i: &Instance) -> Result<f64> {
     Ok(v["LastSyncMicros"].as_f64().unwrap_or(0.0) / 1000.0)
 }
 
-/// Publishes `n` other ports (one range), then the target after them.
-fn scaling_setup(i: &Instance, n: u32) -> Result<()> {
+/// Publishes `n` other ports (one range), then the target after them;
+/// returns the target container's namespace (its server's).
+fn scaling_setup(i: &Instance, n: u32) -> Result<u64> {
     let _ = i.d.client.delete("/containers/filler?force=1");
     let _ = i.d.client.delete("/containers/t?force=1");
     if n > 0 {
         let range = format!("20000-{}:20000-{}", 20000 + n - 1, 20000 + n - 1);
         i.create("filler", &[&range])?;
     }
-    let mut srv = pin(0);
-    srv.extend([
+    let srv = vec![
         i.me.clone(),
         "tool".into(),
         "rr-server".into(),
         format!("0.0.0.0:{RR_PORT}"),
-    ]);
+    ];
     i.run_detached("t", &[&format!("{SCALE_PORT}:{RR_PORT}")], &srv)?;
     std::thread::sleep(Duration::from_millis(300));
-    Ok(())
+    i.container_netns("t")
+}
+
+/// /proc/loadavg's first three fields.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub fn run(mut o: Opts) -> Result<()> {
@@ -899,46 +1155,86 @@ pub fn run(mut o: Opts) -> Result<()> {
             o.ports = vec![0, 1000];
         }
     }
+    if o.cpus.is_empty() {
+        bail!("--cpus: at least one of same, cross, free");
+    }
+    let mut notes = Vec::new();
+    if num_cpus() < 2 && o.cpus.contains(&Placement::Cross) {
+        o.cpus.retain(|p| *p != Placement::Cross);
+        notes.push("one CPU: no `cross` placement".to_string());
+    }
     let me = std::env::current_exe()?.to_string_lossy().into_owned();
     std::fs::create_dir_all(&o.out)?;
     for dp in &o.datapaths {
         dp.parse::<crate::datapath::Kind>()?;
     }
+    // The peers: missing tools are reported (and, for a peer named
+    // explicitly, an error), never replaced.
+    let mut peer_kinds = Vec::new();
+    for p in &o.peers {
+        let missing = peer::missing(p);
+        if missing.is_empty() {
+            peer_kinds.push(p.clone());
+        } else if o.optional_peers.contains(p) {
+            let n = format!(
+                "peer {p} not measured: {} not installed",
+                missing.join(", ")
+            );
+            eprintln!("netd bench: {n}");
+            notes.push(n);
+        } else {
+            bail!(
+                "peer {p} needs {} (cargo xtask setup installs them)",
+                missing.join(", ")
+            );
+        }
+    }
+    let load_start = loadavg();
     eprintln!(
-        "netd bench: datapaths {}, {} rounds of {} s, scenarios {}",
+        "netd bench: datapaths {}, peers {}, CPU placements {}, {} rounds of {} s, scenarios {}; load average {load_start}",
         o.datapaths.join(","),
+        if peer_kinds.is_empty() {
+            "none".to_string()
+        } else {
+            peer_kinds.join(",")
+        },
+        o.cpus
+            .iter()
+            .map(|p| p.name())
+            .collect::<Vec<_>>()
+            .join(","),
         o.rounds,
         o.duration,
         o.scenarios.join(",")
     );
-    let with_docker = match o.docker {
-        Some(true) if !docker::available() => bail!(
-            "--docker yes needs dockerd, containerd, the docker CLI, busybox-static and iperf3 (cargo xtask setup installs them)"
-        ),
-        Some(d) => d,
-        None => docker::available(),
-    };
     let mut instances = Vec::new();
     for dp in &o.datapaths {
         instances.push(Instance::start(dp, &o.out, &me)?);
     }
-    // Docker's bridge, then Docker on netd's plugin per datapath.
     let mut peers = Vec::new();
-    if with_docker {
-        peers.push(docker::Peer::start(None, &o.out, &me)?);
-        for dp in &o.datapaths {
-            peers.push(docker::Peer::start(Some(dp), &o.out, &me)?);
+    for k in &peer_kinds {
+        match k.as_str() {
+            "docker" => peers.push(peer::Peer::docker(None, &o.out, &me)?),
+            "podman" => peers.push(peer::Peer::podman(&me)?),
+            "docker+netd" => {
+                for dp in &o.datapaths {
+                    peers.push(peer::Peer::docker(Some(dp), &o.out, &me)?);
+                }
+            }
+            other => bail!("unknown peer {other:?}"),
         }
-    } else if o.docker.is_none() {
-        eprintln!("netd bench: dockerd is not installed: no Docker peers");
     }
     let targets: Vec<Target> = instances
         .iter()
         .map(Target::Netd)
-        .chain(peers.iter().map(Target::Docker))
+        .chain(peers.iter().map(Target::Peer))
         .collect();
     let peer_names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
     let floor = Floor::start(&me)?;
+    let mut servers_ns = vec![floor.tb.outside.inode()?];
+    for t in &targets {
+        servers_ns.extend(t.server_namespaces()?);
+    }
     let plan = traffic_plan(&o.scenarios);
     let has = |s: &str| o.scenarios.iter().any(|x| x == s);
     // node2node: a two-node cluster per datapath, and the routed floor.
@@ -957,19 +1253,16 @@ pub fn run(mut o: Opts) -> Result<()> {
     } else {
         vec![]
     };
-    let floor_loads: Vec<Load> = plan
-        .iter()
-        .filter(|(s, _)| *s == "c2c")
-        .map(|(_, l)| *l)
-        .collect();
+    let floor_loads = plan.iter().filter(|(s, _)| *s == "c2c").count();
+    let ebpf_instances = instances.iter().filter(|i| i.dp == "ebpf").count();
     let total = o.rounds as usize
-        * (plan.len() * targets.len()
-            + (scaling.len() + usize::from(has("bpf")) * 3) * instances.len()
-            + floor_loads.len()
+        * (o.cpus.len() * (plan.len() * targets.len() + floor_loads)
+            + scaling.len() * instances.len()
+            + usize::from(has("bpf")) * (3 * ebpf_instances + usize::from(n2n_bpf))
             + if n2n.is_empty() {
                 0
             } else {
-                n2n_loads.len() * (n2n.len() + 1) + usize::from(n2n_bpf)
+                n2n_loads.len() * (n2n.len() + 1)
             })
         + usize::from(has("control")) * instances.len();
     let mut pr = Progress {
@@ -978,66 +1271,115 @@ pub fn run(mut o: Opts) -> Result<()> {
         start: Instant::now(),
     };
     let mut samples = Vec::new();
+    let lead = o.cpus[0];
 
-    // Warm-up: every path once, briefly.
-    if !o.quick {
-        for t in &targets {
-            for (s, l) in &plan {
-                // A failure shows in the measured rounds.
-                if let Err(e) = t.measure(s, *l, 0.3) {
-                    tracing::debug!("warm-up {s} on {}: {e:#}", t.name());
-                }
-            }
-        }
-        for n in &n2n {
-            for l in n2n_loads {
-                if let Err(e) = n.measure(l, 0.3) {
-                    tracing::debug!("warm-up node2node on {}: {e:#}", n.dp);
-                }
-            }
-        }
-    }
-    for (scenario, load) in &plan {
-        for round in 1..=o.rounds {
+    for (pi, placement) in o.cpus.iter().enumerate() {
+        place(&servers_ns, placement.servers());
+        let cpu = placement.client();
+        // Warm-up: every path once, briefly.
+        if !o.quick && pi == 0 {
             for t in &targets {
-                pr.step(&format!(
-                    "{scenario} {} {} round {round}",
-                    load.name(),
-                    t.name()
-                ));
-                let figures = t
-                    .measure(scenario, *load, o.duration)
-                    .with_context(|| format!("{scenario} {} on {}", load.name(), t.name()))?;
-                samples.push(Sample {
-                    scenario: scenario.to_string(),
-                    load: load.name().into(),
-                    datapath: t.name().to_string(),
-                    round,
-                    figures,
-                });
+                for (s, l) in &plan {
+                    // A failure shows in the measured rounds.
+                    if let Err(e) = t.measure(s, *l, 0.3, cpu) {
+                        tracing::debug!("warm-up {s} on {}: {e:#}", t.name());
+                    }
+                }
             }
-            if *scenario == "c2c" {
-                pr.step(&format!("c2c {} floor round {round}", load.name()));
-                let figures = measure_floor(&floor, &me, *load, o.duration)?;
-                samples.push(Sample {
-                    scenario: "c2c".into(),
-                    load: load.name().into(),
-                    datapath: "floor".into(),
-                    round,
-                    figures,
-                });
+        }
+        for (scenario, load) in &plan {
+            for round in 1..=o.rounds {
+                for t in &targets {
+                    pr.step(&format!(
+                        "{} {scenario} {} {} round {round}",
+                        placement.name(),
+                        load.name(),
+                        t.name()
+                    ));
+                    let figures =
+                        t.measure(scenario, *load, o.duration, cpu)
+                            .with_context(|| {
+                                format!(
+                                    "{scenario} {} on {} ({})",
+                                    load.name(),
+                                    t.name(),
+                                    placement.name()
+                                )
+                            })?;
+                    if let Target::Netd(i) = t
+                        && i.dp == "ebpf"
+                        && std::env::var_os("NETD_BENCH_DEBUG").is_some()
+                    {
+                        let st = i.stats()?;
+                        eprintln!(
+                            "\nDEBUG {scenario} {}: drops {} counters {} gc {}",
+                            load.name(),
+                            st["Drops"],
+                            st["Counters"],
+                            st["ConntrackGC"]
+                        );
+                    }
+                    samples.push(Sample {
+                        placement: placement.name().into(),
+                        scenario: scenario.to_string(),
+                        load: load.name().into(),
+                        datapath: t.name().to_string(),
+                        round,
+                        figures,
+                    });
+                }
+                if *scenario == "c2c" {
+                    pr.step(&format!(
+                        "{} c2c {} floor round {round}",
+                        placement.name(),
+                        load.name()
+                    ));
+                    let figures = measure_floor(&floor, &me, *load, o.duration, cpu)?;
+                    samples.push(Sample {
+                        placement: placement.name().into(),
+                        scenario: "c2c".into(),
+                        load: load.name().into(),
+                        datapath: "floor".into(),
+                        round,
+                        figures,
+                    });
+                }
             }
         }
     }
+    // Scaling and program cost: in the lead placement.
+    place(&servers_ns, lead.servers());
+    let cpu = lead.client();
+    // node2node: in the lead placement too.
     if let Some(rf) = &routed_floor {
+        let mut ns = vec![rf.server_namespace()?];
+        for n in &n2n {
+            ns.push(n.server_namespace()?);
+        }
+        place(&ns, lead.servers());
+        if !o.quick {
+            for n in &n2n {
+                for l in n2n_loads {
+                    if let Err(e) = n.measure(l, 0.3, cpu) {
+                        tracing::debug!("warm-up node2node on {}: {e:#}", n.dp);
+                    }
+                }
+            }
+        }
         for load in n2n_loads {
             for round in 1..=o.rounds {
                 for n in &n2n {
-                    pr.step(&format!("node2node {} {} round {round}", load.name(), n.dp));
+                    pr.step(&format!(
+                        "{} node2node {} {} round {round}",
+                        lead.name(),
+                        load.name(),
+                        n.dp
+                    ));
                     let figures = n
-                        .measure(load, o.duration)
+                        .measure(load, o.duration, cpu)
                         .with_context(|| format!("node2node {} on {}", load.name(), n.dp))?;
                     samples.push(Sample {
+                        placement: lead.name().into(),
                         scenario: "node2node".into(),
                         load: load.name().into(),
                         datapath: n.dp.clone(),
@@ -1045,9 +1387,14 @@ pub fn run(mut o: Opts) -> Result<()> {
                         figures,
                     });
                 }
-                pr.step(&format!("node2node {} floor round {round}", load.name()));
-                let figures = rf.measure(&me, load, o.duration)?;
+                pr.step(&format!(
+                    "{} node2node {} floor round {round}",
+                    lead.name(),
+                    load.name()
+                ));
+                let figures = rf.measure(&me, load, o.duration, cpu)?;
                 samples.push(Sample {
+                    placement: lead.name().into(),
                     scenario: "node2node".into(),
                     load: load.name().into(),
                     datapath: "floor".into(),
@@ -1059,15 +1406,20 @@ pub fn run(mut o: Opts) -> Result<()> {
     }
     for n in &scaling {
         for i in &instances {
-            scaling_setup(i, *n)?;
+            let ns = scaling_setup(i, *n)?;
+            place(&[ns], lead.servers());
         }
         for round in 1..=o.rounds {
             for i in &instances {
-                pr.step(&format!("scaling {n} ports {} round {round}", i.dp));
-                let mut full = pin(1);
-                full.extend(Load::Crr.args(&me, &HOST_IP.to_string(), SCALE_PORT, o.duration));
-                let figures = Load::Crr.parse(&i.in_ns(&i.tb.outside, &full[pin(1).len()..])?)?;
+                pr.step(&format!(
+                    "{} scaling {n} ports {} round {round}",
+                    lead.name(),
+                    i.dp
+                ));
+                let args = Load::Crr.args(&me, &HOST_IP.to_string(), SCALE_PORT, o.duration);
+                let figures = Load::Crr.parse(&i.in_ns(&i.tb.outside, cpu, &args)?)?;
                 samples.push(Sample {
+                    placement: lead.name().into(),
                     scenario: format!("scaling_{n}"),
                     load: "TCP_CRR".into(),
                     datapath: i.dp.clone(),
@@ -1077,8 +1429,10 @@ pub fn run(mut o: Opts) -> Result<()> {
             }
         }
     }
+    let mut programs = Value::Null;
     if has("bpf") {
         for i in instances.iter().filter(|i| i.dp == "ebpf") {
+            programs = i.stats()?["Programs"].clone();
             let old =
                 std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
             std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
@@ -1086,11 +1440,12 @@ pub fn run(mut o: Opts) -> Result<()> {
             let result = (|| -> Result<()> {
                 for round in 1..=o.rounds {
                     for s in ["c2c", "dnat", "egress"] {
-                        pr.step(&format!("bpf stats {s} round {round}"));
+                        pr.step(&format!("{} bpf stats {s} round {round}", lead.name()));
                         let figures = bpf_ns_per_packet(i, || {
-                            measure(i, s, Load::Stream, o.duration).map(|_| ())
+                            measure(i, s, Load::Stream, o.duration, cpu).map(|_| ())
                         })?;
                         samples.push(Sample {
+                            placement: lead.name().into(),
                             scenario: format!("bpf_{s}"),
                             load: "TCP_STREAM".into(),
                             datapath: i.dp.clone(),
@@ -1102,12 +1457,16 @@ pub fn run(mut o: Opts) -> Result<()> {
                     // the data out (cluster out), node 2's from_world
                     // delivers it (cluster in); the ACKs go the other way.
                     if let Some(n) = n2n.iter().find(|n| n.dp == "ebpf") {
-                        pr.step(&format!("bpf stats node2node round {round}"));
+                        pr.step(&format!(
+                            "{} bpf stats node2node round {round}",
+                            lead.name()
+                        ));
                         let figures = bpf_ns_per_packet_of(
                             &[("node1_", &n.d[0]), ("node2_", &n.d[1])],
-                            || n.measure(Load::Stream, o.duration).map(|_| ()),
+                            || n.measure(Load::Stream, o.duration, cpu).map(|_| ()),
                         )?;
                         samples.push(Sample {
+                            placement: lead.name().into(),
                             scenario: "bpf_node2node".into(),
                             load: "TCP_STREAM".into(),
                             datapath: "ebpf".into(),
@@ -1127,6 +1486,7 @@ pub fn run(mut o: Opts) -> Result<()> {
             pr.step(&format!("control plane {}", i.dp));
             let figures = control(i, o.quick)?;
             samples.push(Sample {
+                placement: "-".into(),
                 scenario: "control".into(),
                 load: "control".into(),
                 datapath: i.dp.clone(),
@@ -1136,254 +1496,30 @@ pub fn run(mut o: Opts) -> Result<()> {
         }
     }
     eprintln!();
+    let load_end = loadavg();
     drop(targets);
     drop(peers);
     drop(instances);
     drop(floor);
     drop(n2n);
     drop(routed_floor);
-    let report = report(&o, &peer_names, &samples)?;
-    println!("{report}");
-    Ok(())
-}
-
-fn machine() -> Value {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    json!({ "kernel": kernel.trim(), "cpu_model": cpu, "cores": num_cpus() })
-}
-
-/// Writes report.json, report.md and the SVG charts; returns the markdown table.
-fn report(o: &Opts, peers: &[String], samples: &[Sample]) -> Result<String> {
-    // (scenario, load, figure) -> datapath -> values
-    type Key = (String, String, String);
-    let mut by: BTreeMap<Key, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
-    for s in samples {
-        for (f, v) in &s.figures {
-            by.entry((s.scenario.clone(), s.load.clone(), f.clone()))
-                .or_default()
-                .entry(s.datapath.clone())
-                .or_default()
-                .push(*v);
-        }
-    }
-    let mut cols: Vec<String> = o.datapaths.clone();
-    cols.extend(peers.iter().cloned());
-    if samples.iter().any(|s| s.datapath == "floor") {
-        cols.push("floor".into());
-    }
-    let mut md = String::from("| scenario | load | figure |");
-    for c in &cols {
-        md.push_str(&format!(" {c} median (min-max) |"));
-    }
-    let has_ipt = cols.iter().any(|c| c == "iptables");
-    let ratio_cols: Vec<&String> = cols
-        .iter()
-        .filter(|c| *c != "iptables" && *c != "floor" && !c.starts_with("docker"))
-        .collect();
-    // Docker on netd against Docker's own bridge.
-    let docker_cols: Vec<&String> = if cols.iter().any(|c| c == "docker") {
-        cols.iter().filter(|c| c.starts_with("docker+")).collect()
-    } else {
-        vec![]
-    };
-    for c in &ratio_cols {
-        if has_ipt {
-            md.push_str(&format!(" {c}/iptables |"));
-        }
-        md.push_str(&format!(" {c}/floor |"));
-    }
-    for c in &docker_cols {
-        md.push_str(&format!(" {c}/docker |"));
-    }
-    md.push('\n');
-    md.push_str(&"|---".repeat(
-        3 + cols.len() + ratio_cols.len() * (1 + usize::from(has_ipt)) + docker_cols.len(),
-    ));
-    md.push_str("|\n");
-    let mut medians: BTreeMap<Key, BTreeMap<String, f64>> = BTreeMap::new();
-    for (k, per) in &by {
-        md.push_str(&format!("| {} | {} | {} |", k.0, k.1, k.2));
-        let mut med = BTreeMap::new();
-        for c in &cols {
-            match per.get(c) {
-                Some(v) => {
-                    let mut v = v.clone();
-                    let (lo, hi) = v
-                        .iter()
-                        .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
-                    let m = median(&mut v);
-                    med.insert(c.clone(), m);
-                    md.push_str(&format!(" {} ({}-{}) |", fmt(m), fmt(lo), fmt(hi)));
-                }
-                None => md.push_str(" - |"),
-            }
-        }
-        for c in &ratio_cols {
-            let r = |base: &str| match (med.get(*c), med.get(base)) {
-                (Some(a), Some(b)) if *b != 0.0 => format!("{:.2}x", a / b),
-                _ => "-".into(),
-            };
-            if has_ipt {
-                md.push_str(&format!(" {} |", r("iptables")));
-            }
-            md.push_str(&format!(" {} |", r("floor")));
-        }
-        for c in &docker_cols {
-            md.push_str(&match (med.get(*c), med.get("docker")) {
-                (Some(a), Some(b)) if *b != 0.0 => format!(" {:.2}x |", a / b),
-                _ => " - |".into(),
-            });
-        }
-        md.push('\n');
-        medians.insert(k.clone(), med);
-    }
-    let cmd: Vec<String> = std::env::args().collect();
-    let machine = machine();
-    let full_md = format!(
-        "# netd bench\n\n`{}`\n\nMachine: {} ({} cores), kernel {}. {} round(s) of {} s per figure, datapaths measured in alternating rounds; medians with min-max; rates per second, latencies in microseconds. Ratios compare medians (for latencies, lower is better).\n\n{md}",
-        cmd.join(" "),
-        machine["cpu_model"].as_str().unwrap_or(""),
-        machine["cores"],
-        machine["kernel"].as_str().unwrap_or(""),
-        o.rounds,
-        o.duration
-    );
-    std::fs::write(o.out.join("report.md"), &full_md)?;
-    let raw = json!({
-        "command": cmd,
-        "machine": machine,
-        "rounds": o.rounds,
-        "duration_secs": o.duration,
-        "datapaths": o.datapaths,
-        "docker_peers": peers,
-        "samples": samples,
-    });
-    std::fs::write(o.out.join("report.json"), serde_json::to_vec_pretty(&raw)?)?;
-    charts(&o.out, &cols, &medians, &o.ports)?;
-    Ok(full_md)
-}
-
-fn fmt(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
-const COLORS: [&str; 5] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#7f7f7f", "#9467bd"];
-
-/// One SVG bar chart per (scenario, load, figure); a line chart of CRR
-/// against the number of published ports.
-fn charts(
-    out: &Path,
-    cols: &[String],
-    medians: &BTreeMap<(String, String, String), BTreeMap<String, f64>>,
-    ports: &[u32],
-) -> Result<()> {
-    let dir = out.join("charts");
-    std::fs::create_dir_all(&dir)?;
-    for ((scenario, load, figure), med) in medians {
-        if scenario.starts_with("scaling_") {
-            continue;
-        }
-        let max = med.values().cloned().fold(0.0, f64::max).max(1e-9);
-        let (w, bar, gap) = (520.0, 28.0, 12.0);
-        let h = 60.0 + cols.len() as f64 * (bar + gap);
-        let mut svg = format!(
-            "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<text x='10' y='20' font-size='14'>{scenario} {load}: {figure} (median)</text>\n"
-        );
-        for (n, c) in cols.iter().enumerate() {
-            let Some(v) = med.get(c) else { continue };
-            let y = 40.0 + n as f64 * (bar + gap);
-            let len = (w - 200.0) * v / max;
-            svg.push_str(&format!(
-                "<text x='10' y='{}'>{c}</text><rect x='90' y='{y}' width='{len:.1}' height='{bar}' fill='{}'/><text x='{:.1}' y='{}'>{}</text>\n",
-                y + bar * 0.65,
-                COLORS[n % COLORS.len()],
-                95.0 + len,
-                y + bar * 0.65,
-                fmt(*v)
-            ));
-        }
-        svg.push_str("</svg>\n");
-        std::fs::write(dir.join(format!("{scenario}_{load}_{figure}.svg")), svg)?;
-    }
-    // CRR against published ports.
-    let points: Vec<(u32, &BTreeMap<String, f64>)> = ports
-        .iter()
-        .filter_map(|n| {
-            medians
-                .get(&(format!("scaling_{n}"), "TCP_CRR".into(), "per_sec".into()))
-                .map(|m| (*n, m))
-        })
-        .collect();
-    if points.len() > 1 {
-        let (w, h, pad) = (560.0, 320.0, 50.0);
-        let max_y = points
-            .iter()
-            .flat_map(|(_, m)| m.values())
-            .cloned()
-            .fold(0.0, f64::max)
-            .max(1e-9);
-        let xs = |i: usize| pad + (w - 2.0 * pad) * i as f64 / (points.len() - 1) as f64;
-        let ys = |v: f64| h - pad - (h - 2.0 * pad) * v / max_y;
-        let mut svg = format!(
-            "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<text x='10' y='20' font-size='14'>TCP_CRR to the last-published port vs other published ports</text>\n"
-        );
-        for (i, (n, _)) in points.iter().enumerate() {
-            svg.push_str(&format!(
-                "<text x='{:.1}' y='{}'>{n}</text>\n",
-                xs(i) - 10.0,
-                h - pad + 20.0
-            ));
-        }
-        for (ci, c) in cols.iter().enumerate() {
-            let pts: Vec<String> = points
-                .iter()
-                .enumerate()
-                .filter_map(|(i, (_, m))| m.get(c).map(|v| format!("{:.1},{:.1}", xs(i), ys(*v))))
-                .collect();
-            if pts.is_empty() {
-                continue;
-            }
-            let color = COLORS[ci % COLORS.len()];
-            svg.push_str(&format!(
-                "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>\n",
-                pts.join(" ")
-            ));
-            svg.push_str(&format!(
-                "<text x='{}' y='{}' fill='{color}'>{c}</text>\n",
-                w - pad - 60.0,
-                40.0 + ci as f64 * 16.0
-            ));
-        }
-        svg.push_str("</svg>\n");
-        std::fs::write(dir.join("scaling_TCP_CRR.svg"), svg)?;
-    }
+    let md = report::write(
+        &o,
+        &report::Run {
+            peers: peer_names,
+            notes,
+            programs,
+            loadavg: (load_start, load_end),
+        },
+        &samples,
+    )?;
+    println!("{md}");
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn median_of_even_and_odd() {
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert_eq!(median(&mut []), 0.0);
-    }
 
     #[test]
     fn parses_generator_output() {
@@ -1401,5 +1537,14 @@ mod tests {
         let p = traffic_plan(&["c2c".into(), "egress".into()]);
         assert_eq!(p.len(), 6);
         assert!(p.iter().all(|(s, _)| *s == "c2c" || *s == "egress"));
+    }
+
+    #[test]
+    fn placements_parse_and_pin() {
+        assert_eq!("same".parse::<Placement>().unwrap(), Placement::Same);
+        assert!("both".parse::<Placement>().is_err());
+        assert_eq!(Placement::Same.client(), Placement::Same.servers());
+        assert_ne!(Placement::Cross.client(), Placement::Cross.servers());
+        assert_eq!(Placement::Free.client(), None);
     }
 }

@@ -13,7 +13,7 @@ use aya::{
         tc::{SchedClassifierLinkId, TcAttachOptions},
     },
 };
-use netd_common::{Counter, DropReason, maps};
+use netd_common::{Counter, Counters, DropReason, maps};
 
 use crate::netns::NetNs;
 
@@ -34,6 +34,23 @@ pub const SOCK_PROGRAMS: [&str; 8] = [
     "netd_recvmsg6",
     "netd_getpeername6",
 ];
+
+/// netd's TC filters (see [`Programs::attach_tc`]): first in the ingress
+/// chain, under a handle of netd's own.
+pub const TC_PRIORITY: u16 = 1;
+pub const TC_HANDLE: u32 = 0x6e64;
+
+/// Removes netd's `program` filter from the ingress of `iface`, if it has
+/// one (an error only when the filters could not be listed or removed).
+pub fn detach_tc(program: &str, iface: &str) -> Result<()> {
+    match aya::programs::tc::qdisc_detach_program(iface, TcAttachType::Ingress, program) {
+        Ok(()) => Ok(()),
+        Err(aya::programs::tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(())
+        }
+        Err(e) => Err(anyhow!("detaching {program} from {iface}: {e}")),
+    }
+}
 
 /// aya-log levels as the eBPF side numbers them.
 #[derive(Clone, Copy, Debug)]
@@ -155,6 +172,56 @@ impl Programs {
         Ok(())
     }
 
+    /// Attaches `program` to the ingress of `iface` as a TC filter
+    /// (cls_bpf, direct action, on a clsact qdisc) at netd's priority and
+    /// handle, or swaps it into netd's filter there (cls_bpf replaces the
+    /// program atomically: no packet sees none). The filter outlives this
+    /// process, as a pinned link does, and goes with the interface.
+    ///
+    /// Decision: container veths get TC filters, not TCX links. A TCX
+    /// attach waits for an RCU grace period (tcx_entry_sync, ~14 ms here
+    /// per veth, under the RTNL lock, so attaches cannot overlap), a TC
+    /// filter costs ~0.15 ms (the clsact qdisc included); the uplink's
+    /// single program keeps its TCX link.
+    pub fn attach_tc(&mut self, program: &str, iface: &str) -> Result<()> {
+        use aya::programs::tc::{NlOptions, SchedClassifierLink, TcHandle, qdisc_add_clsact};
+        // Already there (an earlier daemon's, or anyone's): fine.
+        let _ = qdisc_add_clsact(iface);
+        let prog = self.classifier(program)?;
+        let opts = || NlOptions {
+            priority: TC_PRIORITY,
+            handle: TcHandle::from(TC_HANDLE),
+            ..NlOptions::default()
+        };
+        let id = match prog.attach_with_options(
+            iface,
+            TcAttachType::Ingress,
+            TcAttachOptions::Netlink(opts()),
+        ) {
+            Ok(id) => id,
+            Err(create) => {
+                // netd's filter is there already: replace its program.
+                let link = SchedClassifierLink::attached(
+                    iface,
+                    TcAttachType::Ingress,
+                    TC_PRIORITY,
+                    TcHandle::from(TC_HANDLE),
+                    None,
+                )
+                .with_context(|| format!("interface {iface}"))?;
+                prog.attach_to_link(link).map_err(|replace| {
+                    anyhow!(
+                        "attaching {program} to {iface} (tc ingress): {create}; replacing: {replace}"
+                    )
+                })?
+            }
+        };
+        // The filter stays when this process lets go of it (a dropped
+        // link would detach it).
+        std::mem::forget(prog.take_link(id)?);
+        Ok(())
+    }
+
     /// Forwards the programs' aya-log records to the `log`/`tracing`
     /// facade, from a task on the current tokio runtime.
     pub fn spawn_logger(&mut self) -> Result<()> {
@@ -255,7 +322,17 @@ impl Programs {
 
     /// Global counters, summed over CPUs.
     pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>> {
-        let sums = self.per_cpu_sums(maps::COUNTERS, Counter::COUNT)?;
+        let map: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(
+            self.ebpf
+                .map(maps::COUNTERS)
+                .with_context(|| format!("map {} missing", maps::COUNTERS))?,
+        )?;
+        let mut sums = [0u64; Counter::COUNT as usize];
+        for c in map.get(&0, 0)?.iter() {
+            for (s, v) in sums.iter_mut().zip(c.v.iter()) {
+                *s += v;
+            }
+        }
         Ok(Counter::ALL
             .iter()
             .map(|c| (c.name(), sums[*c as usize]))
@@ -269,6 +346,25 @@ impl Programs {
             .iter()
             .map(|r| (r.name(), sums[*r as usize]))
             .collect())
+    }
+
+    /// What the kernel made of each loaded program: instructions after
+    /// verification (xlated), instructions the verifier processed, and the
+    /// JITed machine code's size.
+    pub fn sizes(&self) -> Result<Vec<ProgramSize>> {
+        let mut out = Vec::new();
+        for (name, prog) in self.ebpf.programs() {
+            let info = match prog {
+                aya::programs::Program::SchedClassifier(p) => p.info(),
+                aya::programs::Program::CgroupSockAddr(p) => p.info(),
+                aya::programs::Program::Xdp(p) => p.info(),
+                _ => continue,
+            };
+            let Ok(info) = info else { continue };
+            out.push(ProgramSize::from_info(name, &info));
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     /// The file descriptor of a loaded classifier (tests drive it with
@@ -293,6 +389,38 @@ impl Programs {
             .map_err(|e| anyhow!("BPF_PROG_TEST_RUN on {program}: {e:?}"))?;
         out.truncate(res.data_size_out as usize);
         Ok((res.return_value as i32, out))
+    }
+}
+
+/// A loaded program's size as the kernel reports it (`bpftool prog show`:
+/// `xlated`, `jited`, `verified_insns`).
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ProgramSize {
+    pub name: String,
+    pub id: u32,
+    /// Instructions after verification and rewriting (xlated bytes / 8).
+    pub insns: u32,
+    /// Instructions the verifier processed (every path it explored).
+    pub verified_insns: u32,
+    /// Bytes of JITed machine code.
+    pub jited_bytes: u32,
+    /// Time spent in the program and runs (kernel.bpf_stats_enabled).
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
+impl ProgramSize {
+    pub fn from_info(name: &str, info: &aya::programs::ProgramInfo) -> ProgramSize {
+        ProgramSize {
+            name: name.to_string(),
+            id: info.id(),
+            run_time_ns: info.run_time().as_nanos() as u64,
+            run_count: info.run_count(),
+            insns: info.size_translated().unwrap_or(0) / 8,
+            verified_insns: info.verified_instruction_count().unwrap_or(0),
+            jited_bytes: info.size_jitted(),
+        }
     }
 }
 

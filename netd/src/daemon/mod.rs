@@ -394,20 +394,28 @@ pub async fn run(cfg: Config) -> Result<()> {
         d.watch_main_processes();
     }
     // Conntrack GC: on a thread of its own, never under the daemon's lock.
-    if let Some(mut gc) = shared.lock().await.dp.conntrack_gc()? {
+    let gc = {
+        let mut d = shared.lock().await;
+        d.dp.conntrack_gc()?.map(|gc| (gc, d.dp.gc_stats()))
+    };
+    if let Some((mut gc, record)) = gc {
         std::thread::Builder::new()
             .name("netd-ct-gc".into())
             .spawn(move || {
                 loop {
                     std::thread::sleep(std::time::Duration::from_secs(2));
                     match gc.run() {
-                        Ok(r) if r.expired > 0 => tracing::debug!(
-                            "conntrack gc: {} of {} entries expired ({} us CPU)",
-                            r.expired,
-                            r.entries,
-                            r.cpu_micros
-                        ),
-                        Ok(_) => {}
+                        Ok(r) => {
+                            if r.expired > 0 {
+                                tracing::debug!(
+                                    "conntrack gc: {} of {} entries expired ({} us CPU)",
+                                    r.expired,
+                                    r.entries,
+                                    r.cpu_micros
+                                );
+                            }
+                            record.lock().unwrap_or_else(|e| e.into_inner()).record(r);
+                        }
                         Err(e) => tracing::warn!("conntrack gc: {e:#}"),
                     }
                 }

@@ -68,6 +68,31 @@ pub struct GcRun {
     pub expired: u64,
     /// CPU time the pass took (this thread's), microseconds.
     pub cpu_micros: u64,
+    /// Wall-clock time of the pass, microseconds.
+    pub wall_micros: u64,
+}
+
+/// The conntrack GC's record for `netd stats`: its last pass, the
+/// costliest one, and totals.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GcStats {
+    pub runs: u64,
+    pub expired_total: u64,
+    pub last: GcRun,
+    /// The pass that took the most CPU time.
+    pub max: GcRun,
+}
+
+impl GcStats {
+    pub fn record(&mut self, r: GcRun) {
+        self.runs += 1;
+        self.expired_total += r.expired;
+        self.last = r;
+        if r.cpu_micros >= self.max.cpu_micros {
+            self.max = r;
+        }
+    }
 }
 
 /// One endpoint's traffic as the datapath counted it.
@@ -93,6 +118,13 @@ pub struct Stats {
     pub endpoints: BTreeMap<u32, EndpointCounters>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conntrack_entries: Option<u64>,
+    /// The conntrack GC's passes (datapaths with a GC of netd's own).
+    #[serde(rename = "ConntrackGC", skip_serializing_if = "Option::is_none")]
+    pub conntrack_gc: Option<GcStats>,
+    /// The eBPF programs as the kernel has them (sizes, and run time when
+    /// kernel.bpf_stats_enabled is on).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<crate::bpf::ProgramSize>,
 }
 
 impl Stats {
@@ -207,6 +239,8 @@ pub fn route_localnet(state: &State) -> Result<()> {
 pub struct Timed {
     inner: Box<dyn Datapath>,
     pub last_sync: std::time::Duration,
+    /// Filled by the conntrack GC's thread (see [`Timed::gc_stats`]).
+    gc: Option<std::sync::Arc<std::sync::Mutex<GcStats>>>,
 }
 
 impl Timed {
@@ -214,7 +248,13 @@ impl Timed {
         Timed {
             inner,
             last_sync: std::time::Duration::ZERO,
+            gc: None,
         }
+    }
+
+    /// Where the conntrack GC records its passes (shown by `stats`).
+    pub fn gc_stats(&mut self) -> std::sync::Arc<std::sync::Mutex<GcStats>> {
+        self.gc.get_or_insert_with(Default::default).clone()
     }
 }
 
@@ -241,7 +281,11 @@ impl Datapath for Timed {
         self.inner.conntrack_gc()
     }
     fn stats(&mut self) -> Result<Stats> {
-        self.inner.stats()
+        let mut s = self.inner.stats()?;
+        if let Some(gc) = &self.gc {
+            s.conntrack_gc = Some(*gc.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        Ok(s)
     }
     fn refresh(&mut self, state: &State) -> Result<()> {
         self.inner.refresh(state)

@@ -3,7 +3,7 @@
 //! carrying entries over from another table (a map-version upgrade or a
 //! new `--conntrack-size`).
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     os::fd::{AsFd, AsRawFd},
 };
 
@@ -24,7 +24,7 @@ pub const ICMP: u64 = 30;
 const BPF_NOEXIST: u64 = 1;
 
 /// Entries read per BPF_MAP_LOOKUP_BATCH call.
-const BATCH: u32 = 4096;
+const BATCH: u32 = 16384;
 
 pub fn timeout(proto: u8, state: u8) -> u64 {
     match (proto, state) {
@@ -69,8 +69,19 @@ where
     K: aya::Pod,
     V: aya::Pod,
 {
+    let mut out = Vec::new();
+    dump_each::<K, V>(map, |k, v| out.push((*k, *v)))?;
+    Ok(out)
+}
+
+/// Calls `f` on every entry of a hash map of `K -> V`, read in
+/// BPF_MAP_LOOKUP_BATCH batches of `BATCH` (nothing else is allocated).
+pub fn dump_each<K, V>(map: &MapData, mut f: impl FnMut(&K, &V)) -> Result<()>
+where
+    K: aya::Pod,
+    V: aya::Pod,
+{
     let fd = map.fd().as_fd().as_raw_fd();
-    let mut out: Vec<(K, V)> = Vec::new();
     let mut keys: Vec<K> = Vec::with_capacity(BATCH as usize);
     let mut values: Vec<V> = Vec::with_capacity(BATCH as usize);
     // The position token (hash tables: a bucket index, u32); room for more.
@@ -105,9 +116,16 @@ where
                 keys.set_len(n);
                 values.set_len(n);
             }
-            out.extend(keys.drain(..).zip(values.drain(..)));
+            for (k, v) in keys.iter().zip(values.iter()) {
+                f(k, v);
+            }
+            // SAFETY: plain data, refilled by the next call.
+            unsafe {
+                keys.set_len(0);
+                values.set_len(0);
+            }
             if rc != 0 {
-                return Ok(out);
+                return Ok(());
             }
             token = next;
             first = false;
@@ -117,11 +135,54 @@ where
     }
 }
 
+/// Writes `entries` into a hash map with BPF_MAP_UPDATE_BATCH (one
+/// syscall per `BATCH` entries; for benchmarks and tests that fill a
+/// table).
+pub fn update_batch<K: aya::Pod, V: aya::Pod>(map: &MapData, entries: &[(K, V)]) -> Result<()> {
+    let fd = map.fd().as_fd().as_raw_fd();
+    for chunk in entries.chunks(BATCH as usize) {
+        let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
+        let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: fd as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: the kernel reads `count` keys and values.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        if rc != 0 {
+            return Err(anyhow::anyhow!(
+                "BPF_MAP_UPDATE_BATCH: {} ({} of {} written)",
+                std::io::Error::last_os_error(),
+                attr.count,
+                chunk.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
 /// The conntrack garbage collector: a flow goes when both of its
 /// directions are idle past their state's timeout. It reads the whole
-/// table in batches, then re-reads each candidate right before deleting
-/// it: an entry a packet refreshed after the snapshot (a SYN reopening a
-/// closing flow) is kept.
+/// table in BPF_MAP_LOOKUP_BATCH batches (a few syscalls for the whole
+/// table instead of two per entry), then checks each candidate flow again
+/// as the table has it right before deleting its two entries: a flow a
+/// packet refreshed after the read (a SYN reopening a closed tuple) is
+/// kept. Deleting is per entry on purpose: BPF_MAP_DELETE_BATCH or
+/// LOOKUP_AND_DELETE_BATCH would delete what a packet refreshed between
+/// the check and the batch (the reopened connection would lose its
+/// translation).
 pub struct CtGc {
     pub ct: HashMap<MapData, CtKey, CtEntry>,
 }
@@ -129,25 +190,42 @@ pub struct CtGc {
 impl ConntrackGc for CtGc {
     fn run(&mut self) -> Result<GcRun> {
         let cpu = thread_cpu_time();
+        let wall = std::time::Instant::now();
         let now = monotonic_ns();
-        let entries: BTreeMap<CtKey, CtEntry> =
-            dump::<CtKey, CtEntry>(self.ct.map())?.into_iter().collect();
-        let mut run = GcRun {
-            entries: entries.len() as u64,
-            ..GcRun::default()
-        };
-        for (k, e) in &entries {
-            if !flow_expired(now, k, e, |rk| entries.get(rk).copied()) {
+        // One pass over the snapshot: the entries idle past their timeout
+        // are the candidates (a flow goes when both of its entries are;
+        // the reverse entry is checked below, in the table).
+        let mut run = GcRun::default();
+        let mut candidates = Vec::new();
+        dump_each::<CtKey, CtEntry>(self.ct.map(), |k, e| {
+            run.entries += 1;
+            if expired(now, k, e) {
+                candidates.push(*k);
+            }
+        })?;
+        let mut gone = std::collections::HashSet::new();
+        for k in candidates {
+            if gone.contains(&k) {
                 continue;
             }
             // Again, as the table has it now.
             let now = monotonic_ns();
-            let Ok(e) = self.ct.get(k, 0) else { continue };
-            if flow_expired(now, k, &e, |rk| self.ct.get(rk, 0).ok()) && self.ct.remove(k).is_ok() {
+            let Ok(e) = self.ct.get(&k, 0) else { continue };
+            let rk = k.reverse(&e);
+            let back = self.ct.get(&rk, 0).ok();
+            if !flow_expired(now, &k, &e, |_| back) {
+                continue;
+            }
+            if self.ct.remove(&k).is_ok() {
                 run.expired += 1;
+            }
+            if back.is_some() && self.ct.remove(&rk).is_ok() {
+                run.expired += 1;
+                gone.insert(rk);
             }
         }
         run.cpu_micros = thread_cpu_time().saturating_sub(cpu).as_micros() as u64;
+        run.wall_micros = wall.elapsed().as_micros() as u64;
         Ok(run)
     }
 }
@@ -182,8 +260,28 @@ fn thread_cpu_time() -> std::time::Duration {
 /// and, for published-port flows, a binding that still exists.
 pub struct Live {
     pub ips: BTreeSet<u32>,
-    /// (proto, host port, container address).
-    pub ports: BTreeSet<(u8, u16, u32)>,
+    /// The published ranges.
+    pub ports: Vec<LiveRange>,
+}
+
+/// A published range: host ports [host_min, host_max] of `proto` to
+/// `container_ip` (network order).
+#[derive(Clone, Copy, Debug)]
+pub struct LiveRange {
+    pub proto: u8,
+    pub container_ip: u32,
+    pub host_min: u16,
+    pub host_max: u16,
+}
+
+impl Live {
+    fn published(&self, proto: u8, host_port: u16, container_ip: u32) -> bool {
+        self.ports.iter().any(|r| {
+            r.proto == proto
+                && r.container_ip == container_ip
+                && (r.host_min..=r.host_max).contains(&host_port)
+        })
+    }
 }
 
 /// Whether the control plane's state no longer has what the entry refers
@@ -199,7 +297,7 @@ pub fn stale(k: &CtKey, e: &CtEntry, live: &Live) -> bool {
         ct_kind::REV_HAIRPIN => e.port2,
         _ => return false,
     };
-    !live.ports.contains(&(k.proto, host_port, e.container_ip))
+    !live.published(k.proto, host_port, e.container_ip)
 }
 
 /// Copies every entry of `from` (another table of the same layout) into
@@ -237,7 +335,12 @@ mod tests {
         let (c, host) = (0x0a00_0002, 0x0a00_0001);
         let live = Live {
             ips: [c].into(),
-            ports: [(6, 8080, c)].into(),
+            ports: vec![LiveRange {
+                proto: 6,
+                container_ip: c,
+                host_min: 8080,
+                host_max: 8080,
+            }],
         };
         let k = |dport: u16| CtKey {
             saddr: 5,

@@ -2,11 +2,16 @@
 //! published-port DNAT and conntrack in the kernel; this side keeps their
 //! maps equal to the control plane's state and owns their attachments.
 //!
-//! Maps and TCX links are pinned under `--bpffs` (maps as
-//! `maps/<NAME>_<MAP_VERSION>`, links as `links/<iface>`), so the datapath
-//! keeps forwarding while the daemon is down, and a restarted daemon adopts
-//! them: pinned maps are reused and pinned links get the new programs
-//! atomically (bpf_link_update). Pins of another map version are removed
+//! Maps and the uplink's TCX link are pinned under `--bpffs` (maps as
+//! `maps/<NAME>_<MAP_VERSION>`, links as `links/<iface>`); the veths of
+//! netd's own and Docker's containers carry TC filters (cls_bpf, see
+//! `Programs::attach_tc`), which need no pin; CNI attachments' veths get a
+//! pinned TCX link too (the chain's later plugins own their qdiscs:
+//! `bandwidth` adds an ingress qdisc, which a clsact qdisc would hold). So
+//! the datapath keeps forwarding while the daemon is down, and a restarted
+//! daemon adopts it all: pinned maps are reused, the pinned links and the
+//! filters get the new programs atomically (bpf_link_update, a cls_bpf
+//! replace). Pins of another map version are removed
 //! on start; the conntrack and host-socket entries of a version whose
 //! layout this one reads (`MIGRATE_FROM`) are carried over first, as are
 //! those of a conntrack table pinned with another `--conntrack-size`, so
@@ -14,7 +19,7 @@
 //!
 //! Order of a sync: maps first, then attachments (a program never runs on
 //! a veth, or on the uplink, before the maps describe it).
-mod ct;
+pub mod ct;
 pub mod ports;
 
 use std::{
@@ -25,23 +30,24 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use aya::maps::{
-    Array, HashMap, IterableMap, MapData, PerCpuHashMap,
+    Array, HashMap, IterableMap, MapData, PerCpuArray, PerCpuValues,
     lpm_trie::{Key, LpmTrie},
 };
 use netd_common::{
-    Config, CtEntry, CtKey, Endpoint, EndpointKey, EndpointStats, MAP_VERSION, MIGRATE_FROM,
-    NET_CLUSTER, NET_DIRECT_ALL, NET_DIRECT_ICMP, NET_DIRECT_PORTS, NET_FROM_NETWORKS, NET_ICC,
-    NET_INTERNAL, NET_MASQUERADE, Network, PortKey, PortTarget, SockKey, SockOrig, ct_kind, maps,
+    Config, CtEntry, CtKey, Endpoint, EndpointKey, EndpointStats, MAP_VERSION, MAX_ENDPOINTS,
+    MIGRATE_FROM, NET_CLUSTER, NET_DIRECT_ALL, NET_DIRECT_ICMP, NET_DIRECT_PORTS,
+    NET_FROM_NETWORKS, NET_ICC, NET_INTERNAL, NET_MASQUERADE, Network, PortKey, PortTarget,
+    SockKey, SockOrig, ct_kind, maps,
 };
 
 pub use self::ports::port_blocks;
-use self::ports::{RESERVED_SYSCTL, Reserved, port_key, port_ranges};
+use self::ports::{PortSet, RESERVED_SYSCTL, Reserved, port_key, port_ranges};
 use super::{ConntrackGc, Datapath, EndpointCounters, Stats};
 use crate::{
     bpf::{self, BpfLogLevel, Programs},
     cgroup::cgroup2_root,
     link::{default_route_iface, ifindex, link_ipv4, link_mac},
-    model::Status,
+    model::{Owner, Status},
     netns::netns_cookie,
     netns::{sysctl_read, sysctl_write},
     portspec::PortBinding,
@@ -65,8 +71,8 @@ pub struct Ebpf {
     uplink: String,
     /// The cgroup the host-socket programs attach to.
     cgroup: PathBuf,
-    /// Host veths whose from_container link is pinned.
-    attached: BTreeSet<String>,
+    /// Host veths carrying from_container, and how.
+    attached: BTreeMap<String, Attach>,
     /// What the last sync wrote into the maps.
     last: Option<Desired>,
     /// The first sync attached the uplink and socket programs.
@@ -76,6 +82,105 @@ pub struct Ebpf {
     /// swapped the programs over to the new maps.
     carry: Vec<(&'static str, MapData)>,
     reserved: Reserved,
+    /// Each endpoint's slot in NETD_EP_STATS, by host veth ifindex
+    /// (adopted from the pinned endpoints on start, so counters survive a
+    /// restart).
+    slots: BTreeMap<u32, u32>,
+    /// What a sync would otherwise ask the kernel for again and again
+    /// (see `Links`), and each container's published ranges.
+    links: Links,
+    ranges: BTreeMap<String, ContainerPorts>,
+}
+
+/// Interface indexes and MACs by name, kept while the interface is in the
+/// desired state: a sync asks the kernel only about new ones. (As the
+/// attachments do: a veth keeps its name and index while it is in use.)
+#[derive(Default)]
+struct Links {
+    index: BTreeMap<String, u32>,
+    mac: BTreeMap<String, [u8; 6]>,
+}
+
+impl Links {
+    fn index(&mut self, name: &str) -> u32 {
+        if let Some(i) = self.index.get(name) {
+            return *i;
+        }
+        let i = ifindex(name);
+        if i != 0 {
+            self.index.insert(name.to_string(), i);
+        }
+        i
+    }
+
+    fn mac(&mut self, name: &str) -> [u8; 6] {
+        if let Some(m) = self.mac.get(name) {
+            return *m;
+        }
+        match link_mac(name) {
+            Ok(m) => {
+                self.mac.insert(name.to_string(), m);
+                m
+            }
+            Err(_) => [0; 6],
+        }
+    }
+
+    /// Forgets every name not in `keep`.
+    fn retain(&mut self, keep: &BTreeSet<String>) {
+        self.index.retain(|n, _| keep.contains(n));
+        self.mac.retain(|n, _| keep.contains(n));
+    }
+}
+
+/// One container's published ports as ranges, recomputed only when its
+/// bindings, its address or its network's wire (host ports, direct ports)
+/// change.
+struct ContainerPorts {
+    ip: Ipv4Addr,
+    bindings: Vec<PortBinding>,
+    /// (host_ports, direct_ports) of its network's [`crate::model::Wire`].
+    wire: (bool, bool),
+    /// Published host ports (`nat` modes): NETD_PORTS.
+    ranges: Vec<(u8, Ipv4Addr, PortTarget)>,
+    /// Published container ports reachable by routing, keyed by the
+    /// container's address (`routed`, `nat` without masquerade):
+    /// NETD_DIRECT.
+    direct: Vec<(u8, Ipv4Addr, PortTarget)>,
+}
+
+impl ContainerPorts {
+    fn new(ip: Ipv4Addr, bindings: &[PortBinding], wire: (bool, bool)) -> ContainerPorts {
+        let (host_ports, direct_ports) = wire;
+        let host: Vec<(Ipv4Addr, PortBinding)> = bindings
+            .iter()
+            .filter(|b| host_ports && b.host_port != 0)
+            .map(|b| (ip, *b))
+            .collect();
+        // The container's own address and port, as a "host" binding of
+        // itself.
+        let direct: Vec<(Ipv4Addr, PortBinding)> = bindings
+            .iter()
+            .filter(|_| direct_ports)
+            .map(|b| {
+                (
+                    ip,
+                    PortBinding {
+                        host_ip: std::net::IpAddr::V4(ip),
+                        host_port: b.container_port,
+                        ..*b
+                    },
+                )
+            })
+            .collect();
+        ContainerPorts {
+            ip,
+            bindings: bindings.to_vec(),
+            wire,
+            ranges: port_ranges(&host),
+            direct: port_ranges(&direct),
+        }
+    }
 }
 
 impl Ebpf {
@@ -85,11 +190,14 @@ impl Ebpf {
             progs: None,
             uplink: String::new(),
             cgroup: PathBuf::new(),
-            attached: BTreeSet::new(),
+            attached: BTreeMap::new(),
             last: None,
             started: false,
             carry: Vec::new(),
             reserved: Reserved::default(),
+            slots: BTreeMap::new(),
+            links: Links::default(),
+            ranges: BTreeMap::new(),
         }
     }
 
@@ -111,6 +219,17 @@ impl Ebpf {
 /// A stable u32 id for a network: the first 8 hex digits of its id.
 pub fn net_id(id: &str) -> u32 {
     u32::from_str_radix(&id[..8.min(id.len())], 16).unwrap_or(0)
+}
+
+/// The names of this namespace's interfaces.
+fn link_names() -> BTreeSet<String> {
+    nix::net::if_::if_nameindex()
+        .map(|l| {
+            l.iter()
+                .map(|i| i.name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The IPv4 addresses of this namespace (network order).
@@ -147,7 +266,7 @@ where
 }
 
 impl Ebpf {
-    fn desired(&self, state: &State) -> Result<Desired> {
+    fn desired(&mut self, state: &State) -> Result<Desired> {
         let mut d = Desired {
             cluster: state.cluster_cidr.map(|c| {
                 let mask = if c.prefix == 0 {
@@ -161,6 +280,9 @@ impl Ebpf {
         };
         let mut gw_macs = BTreeMap::new();
         let mut wires = BTreeMap::new();
+        let mut net_flags = BTreeMap::new();
+        let mut masks = BTreeMap::new();
+        let mut names = BTreeSet::new();
         for n in state.networks.values() {
             // What the gateway mode means on the wire (model::Wire).
             let w = n.wire(state.cluster_cidr);
@@ -184,18 +306,28 @@ impl Ebpf {
                 net_id(&n.id),
                 Network {
                     flags,
-                    bridge_ifindex: ifindex(&n.bridge),
+                    bridge_ifindex: self.links.index(&n.bridge),
                 },
             );
-            gw_macs.insert(n.id.clone(), link_mac(&n.bridge).unwrap_or_default());
+            gw_macs.insert(n.id.clone(), self.links.mac(&n.bridge));
+            names.insert(n.bridge.clone());
+            net_flags.insert(n.id.clone(), flags);
+            let prefix = u32::from(n.subnet().prefix);
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - prefix)
+            };
+            masks.insert(n.id.clone(), mask.to_be());
         }
+        let mut ranges = BTreeMap::new();
         for c in state
             .containers
             .values()
             .filter(|c| c.status == Status::Running)
         {
             for ep in c.endpoints.values() {
-                let idx = ifindex(&ep.veth);
+                let idx = self.links.index(&ep.veth);
                 if idx == 0 {
                     continue;
                 }
@@ -205,67 +337,129 @@ impl Ebpf {
                     ip: u32::from(ep.ip).to_be(),
                     mac: ep.mac,
                     gw_mac: gw_macs.get(&ep.network).copied().unwrap_or_default(),
+                    // Set by `assign_slots`.
+                    slot: 0,
+                    net_flags: net_flags.get(&ep.network).copied().unwrap_or_default(),
+                    mask: masks.get(&ep.network).copied().unwrap_or_default(),
                 };
                 d.by_ip.insert(e.ip, e);
                 d.by_if.insert(EndpointKey { ifindex: idx }, e);
-                d.veths.insert(ep.veth.clone());
+                let how = match c.owner {
+                    Owner::Cni { .. } => Attach::Tcx,
+                    _ => Attach::Filter,
+                };
+                d.veths.insert(ep.veth.clone(), how);
+                names.insert(ep.veth.clone());
             }
             if let Some(ep) = c.primary()
+                && !c.ports.is_empty()
                 && let Some(w) = wires.get(&ep.network)
             {
-                for b in &c.ports {
-                    if w.host_ports && b.host_port != 0 {
-                        d.bindings.push((ep.ip, *b));
-                    }
-                    if w.direct_ports {
-                        // The container's own address and port, as a
-                        // "host" binding of itself.
-                        d.direct_bindings.push((
-                            ep.ip,
-                            PortBinding {
-                                host_ip: std::net::IpAddr::V4(ep.ip),
-                                host_port: b.container_port,
-                                ..*b
-                            },
-                        ));
-                    }
+                let wire = (w.host_ports, w.direct_ports);
+                let cached = self
+                    .ranges
+                    .remove(&c.id)
+                    .filter(|p| p.ip == ep.ip && p.wire == wire && p.bindings == c.ports);
+                let cp = cached.unwrap_or_else(|| ContainerPorts::new(ep.ip, &c.ports, wire));
+                ranges.insert(c.id.clone(), cp);
+            }
+        }
+        self.links.retain(&names);
+        self.ranges = ranges;
+        for cp in self.ranges.values() {
+            for (proto, host, t) in &cp.ranges {
+                d.ranges.insert(RangeId::of(*proto, *host, t));
+                for (start, bits) in port_blocks(t.host_port_min, t.host_port_max) {
+                    let k = port_key(*proto, *host, start, bits);
+                    d.ports.insert(port_id(&k), (k, *t));
+                }
+            }
+            for (proto, cip, t) in &cp.direct {
+                for (start, bits) in port_blocks(t.host_port_min, t.host_port_max) {
+                    let k = port_key(*proto, *cip, start, bits);
+                    d.direct.insert(port_id(&k), (k, *t));
                 }
             }
         }
-        for (proto, host, t) in port_ranges(&d.bindings) {
-            for (start, bits) in port_blocks(t.host_port_min, t.host_port_max) {
-                let k = port_key(proto, host, start, bits);
-                d.ports.insert(port_id(&k), (k, t));
-            }
-        }
-        for (proto, cip, t) in port_ranges(&d.direct_bindings) {
-            for (start, bits) in port_blocks(t.host_port_min, t.host_port_max) {
-                let k = port_key(proto, cip, start, bits);
-                d.direct.insert(port_id(&k), (k, t));
-            }
-        }
-        d.local = local_addrs();
+        // The host's addresses: read again when the networks (their
+        // bridges' addresses) change; the refresh every few seconds
+        // follows the rest.
+        d.local = match &self.last {
+            Some(l) if l.networks.keys().eq(d.networks.keys()) => l.local.clone(),
+            _ => local_addrs(),
+        };
         Ok(d)
+    }
+
+    /// Gives every endpoint of `d` its stats slot: the one it had, else
+    /// the lowest free one. Returns the slots handed out anew (their
+    /// counters must be zeroed before the endpoint is written).
+    fn assign_slots(&mut self, d: &mut Desired) -> Result<Vec<u32>> {
+        self.slots
+            .retain(|ifindex, _| d.by_if.contains_key(&EndpointKey { ifindex: *ifindex }));
+        let mut used: BTreeSet<u32> = self.slots.values().copied().collect();
+        let mut fresh = Vec::new();
+        let mut next = 0u32;
+        for k in d.by_if.keys() {
+            if self.slots.contains_key(&k.ifindex) {
+                continue;
+            }
+            while used.contains(&next) {
+                next += 1;
+            }
+            if next >= MAX_ENDPOINTS {
+                bail!("more than {MAX_ENDPOINTS} endpoints");
+            }
+            used.insert(next);
+            self.slots.insert(k.ifindex, next);
+            fresh.push(next);
+        }
+        let slots = &self.slots;
+        for e in d.by_if.values_mut().chain(d.by_ip.values_mut()) {
+            e.slot = slots.get(&e.ifindex).copied().unwrap_or_default();
+        }
+        Ok(fresh)
     }
 
     /// Makes the maps match `d`. The first sync after start compares
     /// with the maps themselves (adopting whatever an earlier daemon left);
     /// later ones diff against the previous desired state, so a change
     /// costs syscalls for the entries it changes, not for every entry.
-    fn sync_maps(&mut self, d: &Desired) -> Result<()> {
+    fn sync_maps(&mut self, d: &Desired, fresh_slots: &[u32]) -> Result<()> {
         let prev = self.last.take();
         let p = prev.as_ref();
         let progs = self.progs()?;
+        // Networks are written before their endpoints and removed after
+        // them (an endpoint carries its network's flags for the fast
+        // path, which never looks the network up).
+        let mut networks = d.networks.clone();
+        if let Some(p) = p {
+            for (k, v) in &p.networks {
+                networks.entry(*k).or_insert(*v);
+            }
+        }
         apply(
             &mut HashMap::try_from(progs.map_mut(maps::NETWORKS)?)?,
             p.map(|p| &p.networks),
-            &d.networks,
+            &networks,
         )?;
         apply(
             &mut HashMap::try_from(progs.map_mut(maps::LOCAL_ADDRS)?)?,
             p.map(|p| &p.local),
             &d.local,
         )?;
+        if !fresh_slots.is_empty() {
+            let mut stats: PerCpuArray<&mut MapData, EndpointStats> =
+                PerCpuArray::try_from(progs.map_mut(maps::EP_STATS)?)?;
+            let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+            for slot in fresh_slots {
+                stats.set(
+                    *slot,
+                    PerCpuValues::try_from(vec![EndpointStats::default(); cpus])?,
+                    0,
+                )?;
+            }
+        }
         apply(
             &mut HashMap::try_from(progs.map_mut(maps::ENDPOINTS)?)?,
             p.map(|p| &p.by_ip),
@@ -276,25 +470,12 @@ impl Ebpf {
             p.map(|p| &p.by_if),
             &d.by_if,
         )?;
-        {
-            let mut stats: PerCpuHashMap<&mut MapData, EndpointKey, EndpointStats> =
-                PerCpuHashMap::try_from(progs.map_mut(maps::EP_STATS)?)?;
-            let stale: Vec<EndpointKey> = match p {
-                Some(p) => p
-                    .by_if
-                    .keys()
-                    .filter(|k| !d.by_if.contains_key(k))
-                    .copied()
-                    .collect(),
-                None => stats
-                    .keys()
-                    .filter_map(|k| k.ok())
-                    .filter(|k| !d.by_if.contains_key(k))
-                    .collect(),
-            };
-            for k in stale {
-                let _ = stats.remove(&k);
-            }
+        if networks.len() != d.networks.len() {
+            apply(
+                &mut HashMap::try_from(progs.map_mut(maps::NETWORKS)?)?,
+                Some(&networks),
+                &d.networks,
+            )?;
         }
         sync_lpm(
             &mut LpmTrie::try_from(progs.map_mut(maps::PORTS)?)?,
@@ -322,23 +503,13 @@ impl Ebpf {
         // so a restarted service is never blackholed by a stale entry.
         let live = ct::Live {
             ips: d.by_ip.keys().copied().collect(),
-            ports: d
-                .bindings
-                .iter()
-                .map(|(ip, b)| (b.proto.number(), b.host_port, u32::from(*ip).to_be()))
-                .collect(),
+            ports: d.ranges.iter().map(|r| r.live()).collect(),
         };
         let removed = match p {
             None => true,
             Some(p) => {
                 p.by_ip.keys().any(|k| !live.ips.contains(k))
-                    || p.bindings.iter().any(|(ip, b)| {
-                        !live.ports.contains(&(
-                            b.proto.number(),
-                            b.host_port,
-                            u32::from(*ip).to_be(),
-                        ))
-                    })
+                    || p.ranges.iter().any(|r| !d.ranges.contains(r))
             }
         };
         if removed {
@@ -357,23 +528,56 @@ impl Ebpf {
         Ok(())
     }
 
-    /// Attaches from_container to the veths of `d` (adopting pinned
-    /// links) and unpins the links of veths that left it.
+    /// Attaches from_container to the veths of `d` (see [`Attach`]): a TC
+    /// filter (an earlier daemon's gets the new program atomically; a TCX
+    /// link an older netd pinned for the veth is released once the filter
+    /// is there), or a pinned TCX link (adopted, its program swapped
+    /// atomically); and lets go of the veths that left `d` (a veth that
+    /// is still there loses its filter, or its link with the pin).
     fn attach(&mut self, d: &Desired) -> Result<()> {
         let links = self.links_dir();
-        for veth in &d.veths {
-            if self.attached.contains(veth) {
+        for (veth, how) in &d.veths {
+            if self.attached.get(veth) == Some(how) {
                 continue;
             }
             let pin = links.join(veth);
-            self.progs()?
-                .attach_pinned(bpf::FROM_CONTAINER, veth, &pin)?;
-            self.attached.insert(veth.clone());
+            match how {
+                Attach::Filter => {
+                    self.progs()?.attach_tc(bpf::FROM_CONTAINER, veth)?;
+                    if pin.exists() {
+                        let _ = std::fs::remove_file(&pin);
+                    }
+                }
+                Attach::Tcx => {
+                    self.progs()?
+                        .attach_pinned(bpf::FROM_CONTAINER, veth, &pin)?;
+                    if self.attached.contains_key(veth) {
+                        let _ = bpf::detach_tc(bpf::FROM_CONTAINER, veth);
+                    }
+                }
+            }
+            self.attached.insert(veth.clone(), *how);
         }
-        let gone: Vec<String> = self.attached.difference(&d.veths).cloned().collect();
-        for veth in gone {
-            // The veth is gone (its link with it) or leaving: unpin.
-            let _ = std::fs::remove_file(links.join(&veth));
+        let gone: Vec<(String, Attach)> = self
+            .attached
+            .iter()
+            .filter(|(v, _)| !d.veths.contains_key(*v))
+            .map(|(v, h)| (v.clone(), *h))
+            .collect();
+        for (veth, how) in gone {
+            match how {
+                Attach::Filter => {
+                    if ifindex(&veth) != 0
+                        && let Err(e) = bpf::detach_tc(bpf::FROM_CONTAINER, &veth)
+                    {
+                        tracing::warn!("{e:#}");
+                    }
+                }
+                // The veth is gone (its link with it) or leaving: unpin.
+                Attach::Tcx => {
+                    let _ = std::fs::remove_file(links.join(&veth));
+                }
+            }
             self.attached.remove(&veth);
         }
         Ok(())
@@ -397,7 +601,10 @@ impl Ebpf {
         );
         for e in std::fs::read_dir(&links)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name != uplink && !name.starts_with("cgroup-") && !d.veths.contains(&name) {
+            if name != uplink
+                && !name.starts_with("cgroup-")
+                && d.veths.get(&name) != Some(&Attach::Tcx)
+            {
                 tracing::info!("removing the stale link pin {}", e.path().display());
                 let _ = std::fs::remove_file(e.path());
             }
@@ -435,10 +642,13 @@ impl Ebpf {
 
     /// The ports the kernel must not hand out as ephemeral ones.
     fn sync_reserved_ports(&mut self, d: &Desired) {
-        let mut ours: BTreeSet<u16> = d.bindings.iter().map(|(_, b)| b.host_port).collect();
+        let mut ours = PortSet::default();
+        for r in &d.ranges {
+            ours.insert_range(r.host_min, r.host_max);
+        }
         let (lo, hi) = self.cfg.nat_ports;
         if lo <= hi {
-            ours.extend(lo..=hi);
+            ours.insert_range(lo, hi);
         }
         let Ok(current) = sysctl_read(RESERVED_SYSCTL) else {
             return;
@@ -512,19 +722,34 @@ impl Ebpf {
     }
 }
 
+/// How from_container sits on a container's host veth.
+///
+/// Decision: TC filters for netd's own and Docker's containers, TCX links
+/// for CNI attachments. A TCX attach waits for an RCU grace period under
+/// the RTNL lock (~14 ms per veth here; attaches cannot overlap), a TC
+/// filter costs ~0.15 ms, which is what makes creating containers on ebpf
+/// as cheap as on iptables. But a filter needs the clsact qdisc, and the
+/// plugins chained after netd in a CNI list own the veth's qdiscs: the
+/// reference `bandwidth` plugin adds an ingress qdisc and fails when one
+/// (clsact included) is there. A TCX link coexists with any qdisc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attach {
+    Filter,
+    Tcx,
+}
+
 #[derive(Default, Clone)]
 struct Desired {
     networks: BTreeMap<u32, Network>,
     local: BTreeMap<u32, u32>,
     by_ip: BTreeMap<u32, Endpoint>,
     by_if: BTreeMap<EndpointKey, Endpoint>,
-    veths: BTreeSet<String>,
-    /// Published host ports (`nat` modes), and their LPM entries.
-    bindings: Vec<(Ipv4Addr, PortBinding)>,
+    veths: BTreeMap<String, Attach>,
+    /// Every published range (coalesced bindings of one container).
+    ranges: BTreeSet<RangeId>,
     ports: BTreeMap<PortId, (Key<PortKey>, PortTarget)>,
     /// Published container ports reachable by routing, keyed by the
     /// container's address, and their LPM entries (NETD_DIRECT).
-    direct_bindings: Vec<(Ipv4Addr, PortBinding)>,
     direct: BTreeMap<PortId, (Key<PortKey>, PortTarget)>,
     /// The cluster CIDR (network, mask; network order).
     cluster: Option<(u32, u32)>,
@@ -563,6 +788,40 @@ fn sync_lpm(
         }
     }
     Ok(())
+}
+
+/// A published range as an orderable value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct RangeId {
+    proto: u8,
+    host: u32,
+    container_ip: u32,
+    host_min: u16,
+    host_max: u16,
+    container_min: u16,
+}
+
+impl RangeId {
+    fn of(proto: u8, host: Ipv4Addr, t: &PortTarget) -> RangeId {
+        RangeId {
+            proto,
+            host: u32::from(host),
+            container_ip: t.container_ip,
+            host_min: t.host_port_min,
+            host_max: t.host_port_max,
+            container_min: t.container_port_min,
+        }
+    }
+
+    /// What the conntrack cleanup needs of it.
+    fn live(&self) -> ct::LiveRange {
+        ct::LiveRange {
+            proto: self.proto,
+            container_ip: self.container_ip,
+            host_min: self.host_min,
+            host_max: self.host_max,
+        }
+    }
 }
 
 /// An LPM key as an orderable value.
@@ -700,6 +959,20 @@ impl Datapath for Ebpf {
             Some(c) => c.clone(),
             None => cgroup2_root()?,
         };
+        // Pinned endpoints keep their stats slots (and counters).
+        {
+            let by_if: HashMap<&MapData, EndpointKey, Endpoint> = HashMap::try_from(
+                progs
+                    .ebpf()
+                    .map(maps::ENDPOINTS_BY_IF)
+                    .context("endpoints")?,
+            )?;
+            self.slots = by_if
+                .iter()
+                .filter_map(|r| r.ok())
+                .map(|(k, e)| (k.ifindex, e.slot))
+                .collect();
+        }
         self.progs = Some(progs);
         self.carry_over()?;
         // The programs are attached by the first sync, once the maps
@@ -716,9 +989,10 @@ impl Datapath for Ebpf {
 
     fn sync(&mut self, state: &State) -> Result<()> {
         let t = std::time::Instant::now();
-        let d = self.desired(state)?;
+        let mut d = self.desired(state)?;
+        let fresh = self.assign_slots(&mut d)?;
         let t_desired = t.elapsed();
-        self.sync_maps(&d)?;
+        self.sync_maps(&d, &fresh)?;
         let t_maps = t.elapsed();
         self.attach(&d)?;
         if !self.started {
@@ -744,6 +1018,13 @@ impl Datapath for Ebpf {
     fn cleanup(&mut self) -> Result<()> {
         self.progs = None;
         self.last = None;
+        self.slots.clear();
+        // netd's TC filters, wherever they are (this instance may be a
+        // fresh one cleaning up after another daemon): a filter left
+        // behind would keep running with the maps it holds.
+        for name in link_names() {
+            let _ = bpf::detach_tc(bpf::FROM_CONTAINER, &name);
+        }
         self.carry.clear();
         let _ = std::fs::remove_dir_all(self.links_dir());
         let _ = std::fs::remove_dir_all(self.maps_dir());
@@ -765,7 +1046,10 @@ impl Datapath for Ebpf {
     }
 
     fn stats(&mut self) -> Result<Stats> {
-        let progs = self.progs()?;
+        let progs = self
+            .progs
+            .as_ref()
+            .context("the eBPF datapath is not initialised")?;
         let mut out = Stats::new("ebpf");
         out.counters = progs
             .counters()?
@@ -777,10 +1061,10 @@ impl Datapath for Ebpf {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-        let stats: PerCpuHashMap<&MapData, EndpointKey, EndpointStats> =
-            PerCpuHashMap::try_from(progs.ebpf().map(maps::EP_STATS).context("stats map")?)?;
-        for r in stats.iter() {
-            let (k, per_cpu) = r?;
+        let stats: PerCpuArray<&MapData, EndpointStats> =
+            PerCpuArray::try_from(progs.ebpf().map(maps::EP_STATS).context("stats map")?)?;
+        for (ifindex, slot) in &self.slots {
+            let per_cpu = stats.get(slot, 0)?;
             let mut t = EndpointCounters::default();
             for s in per_cpu.iter() {
                 t.rx_packets += s.rx_packets;
@@ -788,11 +1072,12 @@ impl Datapath for Ebpf {
                 t.tx_packets += s.tx_packets;
                 t.tx_bytes += s.tx_bytes;
             }
-            out.endpoints.insert(k.ifindex, t);
+            out.endpoints.insert(*ifindex, t);
         }
         let table: HashMap<&MapData, CtKey, CtEntry> =
             HashMap::try_from(progs.ebpf().map(maps::CT).context("ct map")?)?;
         out.conntrack_entries = Some(ct::dump::<CtKey, CtEntry>(table.map())?.len() as u64);
+        out.programs = progs.sizes()?;
         Ok(out)
     }
 }

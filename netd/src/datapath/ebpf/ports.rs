@@ -1,9 +1,6 @@
 //! Published ports in the maps (LPM keys for ranges) and in the kernel's
 //! `ip_local_reserved_ports`.
-use std::{
-    collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::net::{IpAddr, Ipv4Addr};
 
 use aya::maps::lpm_trie::Key;
 use netd_common::{PORT_KEY_FULL_PREFIX, PortKey, PortTarget};
@@ -77,24 +74,83 @@ pub fn port_key(proto: u8, host: Ipv4Addr, port: u16, port_bits: u32) -> Key<Por
     )
 }
 
+/// A set of ports as a bitmap (8 KiB): filling, combining and rendering
+/// tens of thousands of ports costs microseconds.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PortSet(Box<[u64; 1024]>);
+
+impl Default for PortSet {
+    fn default() -> Self {
+        PortSet(Box::new([0; 1024]))
+    }
+}
+
+impl std::fmt::Debug for PortSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&render_port_list(self))
+    }
+}
+
+impl PortSet {
+    pub fn insert(&mut self, p: u16) {
+        self.0[usize::from(p / 64)] |= 1 << (p % 64);
+    }
+
+    pub fn insert_range(&mut self, lo: u16, hi: u16) {
+        for p in lo..=hi {
+            self.insert(p);
+        }
+    }
+
+    pub fn contains(&self, p: u16) -> bool {
+        self.0[usize::from(p / 64)] & (1 << (p % 64)) != 0
+    }
+
+    pub fn union(&self, other: &PortSet) -> PortSet {
+        let mut out = self.clone();
+        for (a, b) in out.0.iter_mut().zip(other.0.iter()) {
+            *a |= b;
+        }
+        out
+    }
+
+    pub fn minus(&self, other: &PortSet) -> PortSet {
+        let mut out = self.clone();
+        for (a, b) in out.0.iter_mut().zip(other.0.iter()) {
+            *a &= !b;
+        }
+        out
+    }
+
+    /// The ports in order.
+    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        self.0.iter().enumerate().flat_map(|(w, bits)| {
+            let bits = *bits;
+            (0..64u32)
+                .filter(move |b| bits & (1 << b) != 0)
+                .map(move |b| (w as u32 * 64 + b) as u16)
+        })
+    }
+}
+
 /// Parses `ip_local_reserved_ports` ("8080,9000-9010"); junk is skipped.
-pub fn parse_port_list(s: &str) -> BTreeSet<u16> {
-    let mut out = BTreeSet::new();
+pub fn parse_port_list(s: &str) -> PortSet {
+    let mut out = PortSet::default();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (a, b) = part.split_once('-').unwrap_or((part, part));
         if let (Ok(a), Ok(b)) = (a.trim().parse::<u16>(), b.trim().parse::<u16>())
             && a <= b
         {
-            out.extend(a..=b);
+            out.insert_range(a, b);
         }
     }
     out
 }
 
 /// Renders ports as the sysctl wants them: sorted ranges.
-pub fn render_port_list(ports: &BTreeSet<u16>) -> String {
+pub fn render_port_list(ports: &PortSet) -> String {
     let mut out: Vec<String> = Vec::new();
-    let mut it = ports.iter().copied().peekable();
+    let mut it = ports.iter().peekable();
     while let Some(start) = it.next() {
         let mut end = start;
         while it.peek() == Some(&(end.wrapping_add(1))) && end < u16::MAX {
@@ -117,25 +173,29 @@ pub fn render_port_list(ports: &BTreeSet<u16>) -> String {
 #[derive(Default)]
 pub struct Reserved {
     /// What the sysctl held that is not netd's (read at the first sync).
-    base: Option<BTreeSet<u16>>,
-    last: Option<String>,
+    base: Option<PortSet>,
+    /// netd's ports and the value they gave, last time.
+    last: Option<(PortSet, String)>,
 }
 
 pub const RESERVED_SYSCTL: &str = "net/ipv4/ip_local_reserved_ports";
 
 impl Reserved {
     /// The sysctl's new value for netd's `ours`, or None if unchanged.
-    pub fn update(&mut self, current: &str, ours: &BTreeSet<u16>) -> Option<String> {
-        let base = self
-            .base
-            .get_or_insert_with(|| &parse_port_list(current) - ours);
-        let want = render_port_list(&(&*base | ours));
-        if self.last.as_deref() == Some(want.as_str()) || want == current.trim() {
-            self.last = Some(want);
+    pub fn update(&mut self, current: &str, ours: &PortSet) -> Option<String> {
+        if let Some((last, value)) = &self.last
+            && last == ours
+            && value == current.trim()
+        {
             return None;
         }
-        self.last = Some(want.clone());
-        Some(want)
+        let base = self
+            .base
+            .get_or_insert_with(|| parse_port_list(current).minus(ours));
+        let want = render_port_list(&base.union(ours));
+        let changed = want != current.trim();
+        self.last = Some((ours.clone(), want.clone()));
+        changed.then_some(want)
     }
 
     /// The sysctl without netd's ports (None: netd never wrote it).
