@@ -110,7 +110,8 @@ enum Cmd {
         /// Comma-separated: ebpf, nftables, iptables.
         #[arg(long, default_value = "ebpf,nftables,iptables")]
         datapaths: String,
-        /// Comma-separated: c2c, dnat, egress, scaling, control, bpf,
+        /// Comma-separated: c2c, dnat, c2c6, dnat6 (their IPv6 variants,
+        /// netd's datapaths only), egress, scaling, control, bpf,
         /// node2node.
         #[arg(long, default_value = "c2c,dnat,egress,scaling,control,bpf,node2node")]
         scenarios: String,
