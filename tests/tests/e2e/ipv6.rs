@@ -360,7 +360,26 @@ fn tb_curl_wait(n: &Netd, ns: &::netd::netns::NetNs, url: &str) -> String {
     got.unwrap_or_else(|| panic!("curl {url} failed\n{}", n.log()))
 }
 
-/// IPv6 traffic through the netfilter datapaths, dual-stack networks:
+/// A published port from the host's own processes: in the test's cgroup
+/// on ebpf (where its socket programs are), from the host namespace on
+/// the netfilter datapaths.
+fn host_curl_wait(n: &Netd, dp: &str, url: &str) -> String {
+    if dp != "ebpf" {
+        return tb_curl_wait(n, &n.tb.host, url);
+    }
+    let mut got = None;
+    wait_until(Duration::from_secs(10), || {
+        let o = n.host(true, &["curl", "-g", "-s", "-m", "3", url]);
+        got = o
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned());
+        got.is_some()
+    });
+    got.unwrap_or_else(|| panic!("curl {url} from the host failed\n{}", n.log()))
+}
+
+/// IPv6 traffic through every datapath, dual-stack networks:
 /// ping6 and TCP between containers (NDP through the bridge), NAT66 to an
 /// IPv6 server outside (seen from the host's address), a published port
 /// over IPv6 from outside (client address kept) and from the host's own
@@ -368,10 +387,6 @@ fn tb_curl_wait(n: &Netd, ns: &::netd::netns::NetNs, url: &str) -> String {
 /// at the bridge, AAAA then a connection by name, and a datapath switch
 /// that removes the IPv6 rules.
 pub fn ipv6_traffic(dp: &str) {
-    // eBPF IPv6: pending (branch v6ebpf)
-    if dp == "ebpf" {
-        return;
-    }
     let mut n = Netd::start(dp).unwrap();
     uplink6(&n);
     let net = |name: &str, v4: &str, v6: &str, opts: &[&str]| {
@@ -500,23 +515,31 @@ pub fn ipv6_traffic(dp: &str) {
         tb_curl(&n, &n.tb.outside, &format!("http://[{web}]/")).is_none(),
         "{dp}: a nat network's container reached by routing over IPv6"
     );
-    // The host's own processes, by the host's IPv6 address.
-    let got = tb_curl_wait(&n, &n.tb.host, &url);
+    // The host's own processes, by the host's IPv6 address (on ebpf the
+    // cgroup socket programs do it, for the processes of their cgroup).
+    let got = host_curl_wait(&n, dp, &url);
     assert!(got.contains("hello from web"), "{dp}: {got}");
-    // [::1]: the netfilter datapaths cannot carry it (see the README's
-    // IPv6 section: the reply's destination turns back into ::1 in
-    // br_netfilter's pass, and the kernel drops a loopback destination
-    // arriving on the bridge), so it is not translated: refused at once
-    // (curl's exit code 7), not a hang (28).
-    let o =
-        n.tb.exec(
-            &n.tb.host,
-            &["curl", "-g", "-s", "-m", "3", "http://[::1]:8080/"],
-        )
-        .unwrap();
-    assert_eq!(o.status.code(), Some(7), "{dp}: [::1]:8080 is refused");
-    // ... so `localhost` (::1 and 127.0.0.1) gets there by IPv4.
-    let got = tb_curl_wait(&n, &n.tb.host, "http://localhost:8080/");
+    if dp == "ebpf" {
+        // [::1] too: connect6 sends the socket to the container (by its
+        // IPv4 address for a 0.0.0.0 binding, as before IPv6).
+        let got = host_curl_wait(&n, dp, "http://[::1]:8080/");
+        assert!(got.contains("hello from web"), "{dp}: [::1]: {got}");
+    } else {
+        // [::1]: the netfilter datapaths cannot carry it (see the
+        // README's IPv6 section: the reply's destination turns back into
+        // ::1 in br_netfilter's pass, and the kernel drops a loopback
+        // destination arriving on the bridge), so it is not translated:
+        // refused at once (curl's exit code 7), not a hang (28).
+        let o =
+            n.tb.exec(
+                &n.tb.host,
+                &["curl", "-g", "-s", "-m", "3", "http://[::1]:8080/"],
+            )
+            .unwrap();
+        assert_eq!(o.status.code(), Some(7), "{dp}: [::1]:8080 is refused");
+    }
+    // ... and `localhost` (::1 and 127.0.0.1).
+    let got = host_curl_wait(&n, dp, "http://localhost:8080/");
     assert!(got.contains("hello from web"), "{dp}: localhost: {got}");
 
     // icc=false over IPv6: no ping6, no TCP between q1 and q2 (global and
@@ -725,8 +748,9 @@ pub fn ipv6_traffic(dp: &str) {
     let after = ip6_rules(&n);
     assert_eq!(
         after,
-        (dp != "iptables", dp != "nftables"),
-        "{dp}: switched"
+        (n.datapath == "iptables", n.datapath == "nftables"),
+        "{dp}: switched to {}",
+        n.datapath
     );
     // ... and the other datapath carries the same IPv6 traffic.
     let got = curl6_wait(&n, "b", &format!("http://[{a}]/"), &[]);

@@ -147,11 +147,10 @@ impl Desired6 {
     }
 }
 
-/// What the network's gateway mode means for its IPv6 side: the IPv4
-/// mode's (`gateway_mode_ipv4`) as long as the control plane has no
-/// separate IPv6 mode; never the cluster (pod networks are IPv4).
+/// What the network's IPv6 gateway mode (`gateway_mode_ipv6`) means
+/// for its IPv6 side (never the cluster: pod networks are IPv4).
 fn wire6(n: &crate::model::Network) -> crate::model::Wire {
-    n.wire(None)
+    n.wire6()
 }
 
 /// The IPv6 addresses of this namespace.
