@@ -113,7 +113,10 @@ enum Cmd {
         /// Comma-separated: c2c, dnat, c2c6, dnat6 (their IPv6 variants,
         /// netd's datapaths only), egress, scaling, control, bpf,
         /// node2node.
-        #[arg(long, default_value = "c2c,dnat,egress,scaling,control,bpf,node2node")]
+        #[arg(
+            long,
+            default_value = "c2c,dnat,c2c6,dnat6,egress,scaling,control,bpf,node2node"
+        )]
         scenarios: String,
         /// CPU placements of each request/response load, comma-separated:
         /// same (client and servers on CPU 0), cross (servers on CPU 0,
