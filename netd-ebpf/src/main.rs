@@ -40,6 +40,7 @@ mod nat;
 mod nat6;
 mod parse;
 mod parse6;
+mod probe;
 mod sock;
 mod v6;
 
@@ -53,7 +54,7 @@ use aya_ebpf::{
     },
     helpers::generated::{
         bpf_check_mtu, bpf_fib_lookup, bpf_redirect_neigh, bpf_redirect_peer, bpf_sk_lookup_udp,
-        bpf_sk_release, bpf_skc_lookup_tcp,
+        bpf_sk_release,
     },
     macros::classifier,
     programs::TcContext,
@@ -360,7 +361,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     if !l4.hdr {
         return Err(DropReason::FragmentUnknown);
     }
-    let e = snat_new_flow(ctx, &ip, &l4, &cfg, &ep, net.flags & NET_MASQUERADE != 0)?;
+    let e = snat_new_flow(&ip, &l4, &cfg, &ep, net.flags & NET_MASQUERADE != 0)?;
     out_to_world(ctx, &ip, &l4, &e)
 }
 
@@ -545,7 +546,6 @@ fn next_hop(fib: &FibParams) -> u32 {
 /// its replies are let in (ROUTED).
 #[inline(always)]
 fn snat_new_flow(
-    ctx: &TcContext,
     ip: &Ipv4,
     l4: &L4,
     cfg: &Config,
@@ -565,22 +565,13 @@ fn snat_new_flow(
             % span;
     let fwd_key = ct::key(ip.saddr, ip.daddr, ip.proto, l4);
     let now = ct::now();
-    // The container's own port is kept, as netfilter's masquerade keeps
-    // it, when it is in the NAT range, or else when no host socket could
-    // be confused with the flow: not a privileged or published port, and
-    // no socket of the host's has the translated tuple or listens on the
-    // port. Then each of the container's connections has a tuple of its
-    // own on the wire, and a server's TIME_WAIT only ever sees a tuple
-    // come back from the connection that left it (TCP timestamp offsets
-    // are per connection: a tuple reused by another connection is
-    // refused until TIME_WAIT ends).
-    let in_range = orig >= min && orig <= max;
-    let keep = masquerade
-        && (in_range
-            || (orig >= 1024
-                && (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP)
-                && published(ip.proto, cfg.uplink_ip, l4.sport).is_none()
-                && !host_socket_on(ctx, ip.proto, cfg.uplink_ip, l4.sport, ip.daddr, l4.dport)));
+    // The container's own port is kept only inside the NAT range (issue
+    // 11, item 8): the range is reserved from the host's ephemeral ports
+    // (`ip_local_reserved_ports`), so no host socket can later pick the
+    // translated tuple, whose replies the reverse entry would steal. Any
+    // other port, even one no host socket has now, could be a host
+    // socket's tomorrow: a container flow must not hold it.
+    let keep = masquerade && orig >= min && orig <= max;
     let (addr, rev_kind) = if masquerade {
         (cfg.uplink_ip, ct_kind::REV_SNAT)
     } else {
@@ -677,53 +668,6 @@ fn pass_world(daddr: u32) -> Result<i32, DropReason> {
         return Err(DropReason::NotPublished);
     }
     Ok(tc::ACT_UNSPEC)
-}
-
-/// Whether a socket of the host's has the tuple (`laddr`:`lport` <->
-/// `raddr`:`rport`, network / host order) in any state (TCP: connected,
-/// TIME_WAIT, a pending connection, or listening on the port; UDP: bound
-/// to the port).
-#[inline(always)]
-fn host_socket_on(
-    ctx: &TcContext,
-    proto: u8,
-    laddr: u32,
-    lport: u16,
-    raddr: u32,
-    rport: u16,
-) -> bool {
-    // SAFETY: an all-zero tuple is valid; filled below.
-    let mut t: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    // As a packet from the remote end would carry it.
-    t.__bindgen_anon_1.ipv4.saddr = raddr;
-    t.__bindgen_anon_1.ipv4.daddr = laddr;
-    t.__bindgen_anon_1.ipv4.sport = rport.to_be();
-    t.__bindgen_anon_1.ipv4.dport = lport.to_be();
-    // SAFETY: helper calls; a found socket is released before returning.
-    unsafe {
-        let sk = if proto == IPPROTO_TCP {
-            bpf_skc_lookup_tcp(
-                ctx.skb.skb as *mut _,
-                &mut t,
-                12,
-                BPF_F_CURRENT_NETNS as u64,
-                0,
-            )
-        } else {
-            bpf_sk_lookup_udp(
-                ctx.skb.skb as *mut _,
-                &mut t,
-                12,
-                BPF_F_CURRENT_NETNS as u64,
-                0,
-            )
-        };
-        if sk.is_null() {
-            return false;
-        }
-        bpf_sk_release(sk as *mut _);
-        true
-    }
 }
 
 /// From outside to something no flow covers. The host's own traffic

@@ -112,10 +112,10 @@ enum Cmd {
         datapaths: String,
         /// Comma-separated: c2c, dnat, c2c6, dnat6 (their IPv6 variants,
         /// netd's datapaths only), egress, scaling, control, bpf,
-        /// node2node.
+        /// node2node, xdp.
         #[arg(
             long,
-            default_value = "c2c,dnat,c2c6,dnat6,egress,scaling,control,bpf,node2node"
+            default_value = "c2c,dnat,c2c6,dnat6,egress,scaling,control,bpf,node2node,xdp"
         )]
         scenarios: String,
         /// CPU placements of each request/response load, comma-separated:
@@ -256,7 +256,12 @@ enum Tool {
     },
     /// Loads the embedded eBPF object (nothing attached) and prints each
     /// program's size: instructions, verified instructions, JITed bytes.
-    ProgSizes,
+    ProgSizes {
+        /// Another build of netd's eBPF object instead (an older netd's
+        /// `target/ebpf/bpfel-unknown-none/release/netd-ebpf`), to compare.
+        #[arg(long)]
+        object: Option<std::path::PathBuf>,
+    },
     /// One DNS query; prints the status and the answers.
     DnsQuery {
         server: IpAddr,
@@ -561,8 +566,20 @@ fn run(cli: Cli) -> Result<i32> {
             msg,
             timeout_ms,
         }) => netd::tool::udp_send(to, &msg, timeout_ms).map(|_| 0),
-        Cmd::Tool(Tool::ProgSizes) => {
-            let p = netd::bpf::Programs::load(netd::bpf::BpfLogLevel::Off)?;
+        Cmd::Tool(Tool::ProgSizes { object }) => {
+            let p = match object {
+                Some(path) => {
+                    let bytes = std::fs::read(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    netd::bpf::Programs::load_object(
+                        &bytes,
+                        netd::bpf::BpfLogLevel::Off,
+                        None,
+                        netd_common::DEFAULT_CT_ENTRIES,
+                    )?
+                }
+                None => netd::bpf::Programs::load(netd::bpf::BpfLogLevel::Off)?,
+            };
             println!(
                 "{:<20} {:>6} {:>9} {:>7}",
                 "program", "insns", "verified", "jited"

@@ -41,12 +41,21 @@ pub struct Sandboxes {
     pub marker: String,
     /// Bridge ports in hairpin mode (the netfilter datapaths want it).
     pub hairpin: bool,
+    /// The ephemeral port range of netd's own containers, if the
+    /// datapath wants one (`Datapath::container_port_range`).
+    pub port_range: Option<(u16, u16)>,
     pub nl: Netlink,
 }
 
 impl Sandboxes {
     /// Prepares `<exec-root>/netns` and `<exec-root>/containers`.
-    pub fn new(exec_root: &Path, instance: &str, hairpin: bool, nl: Netlink) -> Result<Sandboxes> {
+    pub fn new(
+        exec_root: &Path,
+        instance: &str,
+        hairpin: bool,
+        port_range: Option<(u16, u16)>,
+        nl: Netlink,
+    ) -> Result<Sandboxes> {
         let netns = exec_root.join("netns");
         std::fs::create_dir_all(&netns).with_context(|| format!("creating {}", netns.display()))?;
         std::fs::create_dir_all(exec_root.join("containers"))?;
@@ -55,6 +64,7 @@ impl Sandboxes {
             exec_root: exec_root.to_path_buf(),
             marker: format!("netd:{instance}"),
             hairpin,
+            port_range,
             nl,
         })
     }
@@ -143,6 +153,17 @@ impl Sandboxes {
         }
         self.nl.set_up(i).await?;
         Ok(existed.is_none())
+    }
+
+    /// Gives a namespace of netd's own the datapath's ephemeral port range
+    /// (`net.ipv4.ip_local_port_range`), if it wants one.
+    pub fn set_port_range(&self, ns: &NetNs) -> Result<()> {
+        if let Some((lo, hi)) = self.port_range {
+            let v = format!("{lo} {hi}");
+            ns.run(move || crate::netns::sysctl_write("net/ipv4/ip_local_port_range", &v))
+                .context("setting the container's ephemeral port range")?;
+        }
+        Ok(())
     }
 
     /// Creates an endpoint's veth pair: the host end (marked) on the

@@ -152,6 +152,31 @@ fn bench_quick_produces_positive_figures_for_every_datapath() {
         assert!(n2n["figures"][fig].as_f64().unwrap_or(0.0) > 0.0, "{n2n}");
     }
     assert!(md.contains("| node2node | TCP_RR | per_sec |"), "{md}");
+    // XDP on the uplink: the published-port loads with and without a
+    // no-op XDP program, side by side.
+    assert!(
+        md.contains("## XDP on the uplink (`same` placement)"),
+        "{md}"
+    );
+    for scenario in ["uplink_tc", "uplink_xdp"] {
+        for (load, fig) in [
+            ("TCP_CRR", "per_sec"),
+            ("TCP_RR", "per_sec"),
+            ("TCP_STREAM", "gbit_per_sec"),
+        ] {
+            let s = samples
+                .iter()
+                .find(|s| s["scenario"] == scenario && s["load"] == load && s["datapath"] == "ebpf")
+                .unwrap_or_else(|| panic!("missing {scenario} {load}"));
+            assert!(s["figures"][fig].as_f64().unwrap_or(0.0) > 0.0, "{s}");
+        }
+    }
+    assert_eq!(
+        report["xdp"].as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        report["xdp"]
+    );
     for dp in ["ebpf", "nftables", "iptables"] {
         let c = samples
             .iter()

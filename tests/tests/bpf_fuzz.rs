@@ -182,8 +182,7 @@ fn starts_a_flow_from_container(f: &[u8], src: Ipv4Addr) -> bool {
 }
 
 /// The table is whole flows, within its bound, each entry one a netfilter
-/// datapath could hold: SNAT ports in the NAT range or the container's own,
-/// DNAT to published
+/// datapath could hold: SNAT ports in the NAT range, DNAT to published
 /// ports of a host address, every container address a live endpoint.
 fn check_table(p: &mut netd::bpf::Programs, endpoints: &[Ipv4Addr], published: &[(u8, u16)]) {
     let ct = bpfmaps::ct_consistent(p).unwrap();
@@ -194,12 +193,8 @@ fn check_table(p: &mut netd::bpf::Programs, endpoints: &[Ipv4Addr], published: &
             "{k:?} {e:?}"
         );
         match e.kind {
-            // A port of the NAT range, or the container's own (TCP/UDP,
-            // unprivileged), as netfilter's masquerade keeps it.
             ct_kind::SNAT => assert!(
-                ((NAT_PORTS.0..=NAT_PORTS.1).contains(&e.port)
-                    || (e.port == k.sport && e.port >= 1024 && matches!(k.proto, 6 | 17)))
-                    && e.addr == be(HOST_IP),
+                (NAT_PORTS.0..=NAT_PORTS.1).contains(&e.port) && e.addr == be(HOST_IP),
                 "{k:?} {e:?}"
             ),
             ct_kind::DNAT => assert!(

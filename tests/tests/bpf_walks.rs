@@ -370,9 +370,10 @@ fn snat_then_reverse_snat_tcp() {
     let f = packet::fields(&out);
     assert_eq!(f.src, HOST_IP, "masqueraded to the uplink address");
     assert_eq!(f.dst, OUTSIDE_IP);
-    assert_eq!(
-        f.sport, 40000,
-        "the container's port kept, as netfilter's masquerade keeps it"
+    assert!(
+        (NAT_MIN..=NAT_MAX).contains(&f.sport),
+        "40000 is outside the NAT range: translated into it ({})",
+        f.sport
     );
     assert_eq!(f.dport, 80);
     assert!(packet::checksums_ok(&out), "IPv4 and TCP checksums verify");
@@ -878,7 +879,7 @@ fn fragments_are_translated_with_their_datagram() {
     let whole = packet::reassemble(&out);
     assert!(packet::checksums_ok(&whole), "the datagram's UDP checksum");
     let nat_port = packet::fields(&whole).sport;
-    assert_eq!(nat_port, 5000, "the container's port, kept");
+    assert!((NAT_MIN..=NAT_MAX).contains(&nat_port));
     assert_eq!(w.counter("fragments"), 2);
 
     // A fragmented reply comes back in the same way.
@@ -1072,12 +1073,11 @@ fn a_full_table_evicts_unconfirmed_flows_only() {
     assert_eq!(w.run(bpf::FROM_WORLD, &more).0, tc::ACT_REDIRECT);
 }
 
-/// Item 8, as netfilter's masquerade does it: the container's own port
-/// is kept (in the NAT range, or outside it when it is not privileged,
-/// not published and no host socket has the tuple or listens on the
-/// port); otherwise a port of the NAT range.
+/// Item 8: masquerade keeps the container's port only inside the NAT
+/// range (reserved from the host's ephemeral ports): outside it, the port
+/// could be a host socket's, now or later, whatever the host has now.
 #[test]
-fn masquerade_keeps_the_containers_port_unless_the_host_could_confuse_it() {
+fn masquerade_keeps_a_port_only_in_the_nat_range() {
     root!();
     let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
     let sport = |w: &mut Walk, f: Vec<u8>| {
@@ -1087,42 +1087,14 @@ fn masquerade_keeps_the_containers_port_unless_the_host_could_confuse_it() {
         packet::fields(&out).sport
     };
     let in_range = |p: u16| (NAT_MIN..=NAT_MAX).contains(&p);
-    assert_eq!(sport(&mut w, a_to(OUTSIDE_IP).udp(40000, 54, b"q")), 40000);
-    assert_eq!(
-        sport(&mut w, a_to(OUTSIDE_IP).tcp(40001, 80, TCP_SYN, b"")),
-        40001
-    );
+    // (To another port: its translation cannot take 61005 from the next.)
+    let p = sport(&mut w, a_to(OUTSIDE_IP).udp(40000, 54, b"q"));
+    assert!(in_range(p), "{p}");
+    let p = sport(&mut w, a_to(OUTSIDE_IP).tcp(40001, 80, TCP_SYN, b""));
+    assert!(in_range(p), "{p}");
     assert_eq!(sport(&mut w, a_to(OUTSIDE_IP).udp(61005, 53, b"q")), 61005);
-    // Privileged.
-    assert!(in_range(sport(
-        &mut w,
-        a_to(OUTSIDE_IP).tcp(80, 80, TCP_SYN, b"")
-    )));
-    // Published on the host.
-    bpfmaps::add_ports(&mut w.p, 6, Ipv4Addr::UNSPECIFIED, 8080, 8080, B_IP, 80);
-    assert!(in_range(sport(
-        &mut w,
-        a_to(OUTSIDE_IP).tcp(8080, 80, TCP_SYN, b"")
-    )));
-    // A host socket listening on the port, and one bound to it (UDP).
-    let ns = w.tb.host.clone();
-    let (tcp, udp) = ns
-        .run(|| {
-            Ok((
-                std::net::TcpListener::bind((HOST_IP, 41000))?,
-                std::net::UdpSocket::bind((HOST_IP, 41001))?,
-            ))
-        })
-        .unwrap();
-    assert!(in_range(sport(
-        &mut w,
-        a_to(OUTSIDE_IP).tcp(41000, 80, TCP_SYN, b"")
-    )));
-    assert!(in_range(sport(
-        &mut w,
-        a_to(OUTSIDE_IP).udp(41001, 53, b"q")
-    )));
-    drop((tcp, udp));
+    let p = sport(&mut w, a_to(OUTSIDE_IP).tcp(80, 80, TCP_SYN, b""));
+    assert!(in_range(p), "privileged: {p}");
     assert_eq!(w.drops("nat-ports-exhausted"), 0);
 }
 

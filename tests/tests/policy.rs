@@ -967,6 +967,78 @@ fn ebpf_upgrade_carries_connections_over() {
     rr(&mut conn).unwrap_or_else(|e| panic!("the connection across the upgrade: {e}"));
 }
 
+/// ebpf: netd's containers get the NAT range as their ephemeral ports,
+/// and masquerade keeps a port of that range: the world sees the
+/// container's own port (a port outside the range would be rewritten
+/// into it: issue 11's item 8). The netfilter datapaths leave the
+/// kernel's default range.
+#[test]
+fn ebpf_containers_ephemeral_ports_are_the_nat_range_and_kept() {
+    if !netd_tests::require_root("ebpf_containers_ephemeral_ports_are_the_nat_range_and_kept") {
+        return;
+    }
+    for dp in ["ebpf", "iptables"] {
+        let mut n = Netd::start(dp).unwrap();
+        run(&n, "c", &[]);
+        let range = n.ok(&[
+            "exec",
+            "c",
+            "--",
+            "cat",
+            "/proc/sys/net/ipv4/ip_local_port_range",
+        ]);
+        let range: Vec<&str> = range.split_whitespace().collect();
+        if dp == "iptables" {
+            assert_ne!(range, ["61000", "65535"], "{dp}");
+            continue;
+        }
+        assert_eq!(range, ["61000", "65535"], "{dp}");
+        let outside = n.tb.outside.clone();
+        n.tb.spawn(
+            &outside,
+            &[
+                &me(),
+                "tool",
+                "http-serve",
+                "0.0.0.0:8000",
+                "--name",
+                "world",
+            ],
+        )
+        .unwrap();
+        let url = format!("http://{OUTSIDE_IP}:8000/");
+        let mut out = String::new();
+        assert!(wait_until(Duration::from_secs(10), || {
+            out = n
+                .netd(&[
+                    "exec",
+                    "c",
+                    "--",
+                    "curl",
+                    "-s",
+                    "-m",
+                    "2",
+                    "-w",
+                    " local %{local_port}",
+                    &url,
+                ])
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            out.contains("hello from world")
+        }));
+        // "hello from world to 198.18.0.2:PORT\n local PORT"
+        let seen = out
+            .split("to 198.18.0.2:")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_default()
+            .to_string();
+        let local = out.rsplit("local ").next().unwrap_or_default().trim();
+        assert_eq!(seen, local, "masquerade keeps the container's port: {out}");
+    }
+}
+
 /// ebpf: the masquerade source follows the uplink's address.
 #[test]
 fn ebpf_follows_the_uplink_address() {

@@ -24,6 +24,13 @@
 //! - UDP_RR: 1-byte datagram and its echo, back to back.
 //! - TCP_STREAM: iperf3, one flow, Gbit/s received.
 //!
+//! `xdp` measures the published-port loads (`dnat`) on the ebpf datapath
+//! in alternating rounds with and without a no-op XDP program
+//! (`xdp_pass`) on the host's uplink, in the lead placement: what XDP on
+//! that interface costs before any program does any work, the least an
+//! XDP variant of `from_world` would add (samples `uplink_tc` and
+//! `uplink_xdp`, and a section of the report).
+//!
 //! `node2node` builds a two-node cluster per datapath (`testbed::cluster`:
 //! node namespaces on an underlay, a daemon with `--cluster-cidr` on
 //! each, a pod network per node, each node `node add`ed on the other) and
@@ -45,6 +52,7 @@ use serde_json::{Value, json};
 
 use crate::{
     api::Client,
+    bpf,
     link::{Netlink, mac_for_ip},
     netns::NetNs,
     testbed::{
@@ -74,7 +82,7 @@ pub struct Opts {
     pub quick: bool,
 }
 
-pub const ALL_SCENARIOS: [&str; 9] = [
+pub const ALL_SCENARIOS: [&str; 10] = [
     "c2c",
     "dnat",
     "c2c6",
@@ -84,7 +92,11 @@ pub const ALL_SCENARIOS: [&str; 9] = [
     "control",
     "bpf",
     "node2node",
+    "xdp",
 ];
+/// The published-port loads `xdp` measures with and without a no-op XDP
+/// program on the ebpf host's uplink.
+const XDP_LOADS: [Load; 3] = [Load::Crr, Load::Rr, Load::Stream];
 /// The cluster CIDR of `node2node`; node N's pods are 10.244.N.0/24.
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const RR_PORT: u16 = 7000;
@@ -1109,26 +1121,30 @@ fn gc_pass(i: &Instance, m: &mut BTreeMap<String, f64>) -> Result<()> {
             })
             .collect()
     };
-    let ours = |k: &CtKey| {
+    // The forward entry's source, the reverse entry's rewrite.
+    let ours = |k: &CtKey, e: &CtEntry| {
         let a = |x: u32| u32::from_be(x) & 0xffc0_0000 == 0x6440_0000;
-        a(k.saddr) || a(k.daddr)
+        a(k.saddr) || a(e.addr)
     };
     let gc = || i.stats().unwrap_or_default()["ConntrackGC"].clone();
     let runs = |v: &Value| v["Runs"].as_u64().unwrap_or(0);
-    // Fill the table up (the bench's own flows, which the GC may expire
-    // meanwhile, count) and take a pass that started after the entries
-    // were written: the second one to end from then. Again while the
-    // bench's flows expiring under it left the pass short of a full
-    // table.
-    let mut n = 0;
+    // A full table of the bench's entries, and a pass that started after
+    // they were written: the second one to end from then. The bench's
+    // own flows go first (their traffic has ended): left in, they would
+    // expire under the measurement and leave the pass short of a full
+    // table. Again if anything still did.
+    let n = size & !1;
     let mut live = Value::Null;
     let mut walked = 0;
     for _ in 0..5 {
-        let others = ct::dump::<CtKey, CtEntry>(&data)?
-            .iter()
-            .filter(|(k, _)| !ours(k))
-            .count() as u32;
-        n = size.saturating_sub(others) & !1;
+        let mut table: aya::maps::HashMap<_, CtKey, CtEntry> = aya::maps::HashMap::try_from(
+            aya::maps::Map::HashMap(aya::maps::MapData::from_pin(&pin)?),
+        )?;
+        for (k, e) in ct::dump::<CtKey, CtEntry>(&data)? {
+            if !ours(&k, &e) {
+                let _ = table.remove(&k);
+            }
+        }
         ct::update_batch(
             &data,
             &entries(n, ct::monotonic_ns(), ct_state::ESTABLISHED),
@@ -1338,6 +1354,7 @@ pub fn run(mut o: Opts) -> Result<()> {
                 + floor_loads)
             + scaling.len() * instances.len()
             + usize::from(has("bpf")) * (3 * ebpf_instances + usize::from(n2n_bpf))
+            + usize::from(has("xdp")) * 2 * XDP_LOADS.len() * ebpf_instances
             + if n2n.is_empty() {
                 0
             } else {
@@ -1505,6 +1522,38 @@ pub fn run(mut o: Opts) -> Result<()> {
                     round,
                     figures,
                 });
+            }
+        }
+    }
+    if has("xdp") {
+        for i in instances.iter().filter(|i| i.dp == "ebpf") {
+            for load in XDP_LOADS {
+                for round in 1..=o.rounds {
+                    for xdp in [false, true] {
+                        let scenario = if xdp { "uplink_xdp" } else { "uplink_tc" };
+                        pr.step(&format!(
+                            "{} {scenario} {} round {round}",
+                            lead.name(),
+                            load.name()
+                        ));
+                        let probe = if xdp {
+                            Some(i.tb.host.run(|| bpf::attach_xdp_pass(testbed::UPLINK))?)
+                        } else {
+                            None
+                        };
+                        let figures = measure(i, "dnat", load, o.duration, cpu)
+                            .with_context(|| format!("{scenario} {}", load.name()))?;
+                        drop(probe);
+                        samples.push(Sample {
+                            placement: lead.name().into(),
+                            scenario: scenario.into(),
+                            load: load.name().into(),
+                            datapath: i.dp.clone(),
+                            round,
+                            figures,
+                        });
+                    }
+                }
             }
         }
     }

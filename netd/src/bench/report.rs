@@ -370,6 +370,52 @@ fn targets(
     t.out
 }
 
+/// One load of the `xdp` scenario: ebpf's published-port figure without
+/// and with the no-op XDP program on the uplink.
+struct XdpRow {
+    load: String,
+    figure: String,
+    tc: Stat,
+    xdp: Stat,
+}
+
+impl XdpRow {
+    /// For a rate: the time each transaction gained with XDP (medians).
+    fn added_us(&self) -> Option<f64> {
+        (self.figure == "per_sec" && self.tc.median > 0.0 && self.xdp.median > 0.0)
+            .then(|| 1e6 / self.xdp.median - 1e6 / self.tc.median)
+    }
+}
+
+fn xdp_rows(by: &BTreeMap<Key, BTreeMap<String, Vec<f64>>>, lead: Placement) -> Vec<XdpRow> {
+    let mut out = Vec::new();
+    for (load, figure) in [
+        ("TCP_CRR", "per_sec"),
+        ("TCP_RR", "per_sec"),
+        ("TCP_STREAM", "gbit_per_sec"),
+    ] {
+        let stat = |scenario: &str| {
+            by.get(&(
+                lead.name().to_string(),
+                scenario.to_string(),
+                load.to_string(),
+                figure.to_string(),
+            ))
+            .and_then(|m| m.get("ebpf"))
+            .and_then(|v| Stat::of(v))
+        };
+        if let (Some(tc), Some(xdp)) = (stat("uplink_tc"), stat("uplink_xdp")) {
+            out.push(XdpRow {
+                load: load.into(),
+                figure: figure.into(),
+                tc,
+                xdp,
+            });
+        }
+    }
+    out
+}
+
 /// Writes report.json, report.md and the SVG charts; returns the markdown.
 pub(super) fn write(o: &Opts, run: &Run, samples: &[Sample]) -> Result<String> {
     let by = group(samples);
@@ -423,6 +469,26 @@ pub(super) fn write(o: &Opts, run: &Run, samples: &[Sample]) -> Result<String> {
             "| {} | {} | {} | {} |\n",
             t.what, t.goal, t.measured, t.verdict
         ));
+    }
+
+    let xdp = xdp_rows(&by, lead);
+    if !xdp.is_empty() {
+        md.push_str(&format!(
+            "\n## XDP on the uplink (`{}` placement)\n\nThe published-port loads on ebpf with a no-op XDP program (`xdp_pass`, native mode) on the host's uplink, against the same without it, in alternating rounds: what XDP on that interface costs before any program does any work, the least an XDP variant of `from_world` would add. It can only win where what it saves of `from_world`'s TC run (`bpf_dnat` in the tables below) exceeds the time added per transaction here.\n\n| load | figure | TC only | TC + no-op XDP | XDP/TC | added per transaction |\n|---|---|---|---|---|---|\n",
+            lead.name()
+        ));
+        for r in &xdp {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                r.load,
+                r.figure,
+                r.tc.cell(),
+                r.xdp.cell(),
+                Ratio::of(&r.xdp, &r.tc).map_or("-".into(), |x| x.cell()),
+                r.added_us()
+                    .map_or("-".into(), |us| format!("{} µs", fmt(us))),
+            ));
+        }
     }
 
     if let Some(progs) = run.programs.as_array().filter(|p| !p.is_empty()) {
@@ -531,6 +597,17 @@ pub(super) fn write(o: &Opts, run: &Run, samples: &[Sample]) -> Result<String> {
         "notes": run.notes,
         "programs": run.programs,
         "targets": targets,
+        "xdp": xdp
+            .iter()
+            .map(|r| json!({
+                "load": r.load,
+                "figure": r.figure,
+                "tc": r.tc.median,
+                "xdp": r.xdp.median,
+                "ratio": Ratio::of(&r.xdp, &r.tc).map(|x| x.value),
+                "added_us_per_transaction": r.added_us(),
+            }))
+            .collect::<Vec<_>>(),
         "samples": samples,
     });
     std::fs::write(o.out.join("report.json"), serde_json::to_vec_pretty(&raw)?)?;

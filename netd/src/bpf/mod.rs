@@ -49,6 +49,35 @@ pub const SOCK_PROGRAMS: [&str; 8] = [
     "netd_getpeername6",
 ];
 
+/// The no-op XDP program (see [`attach_xdp_pass`]).
+pub const XDP_PASS: &str = "xdp_pass";
+
+/// The no-op XDP program attached to an interface, until dropped.
+pub struct XdpPass {
+    _ebpf: Ebpf,
+}
+
+/// Loads the object's no-op XDP program (with maps of its own, never
+/// pinned) and attaches it, in driver (native) mode, to `iface` of the
+/// calling thread's namespace; dropping the result detaches it. What XDP
+/// on that interface costs by itself: `netd bench` measures the
+/// published-port loads with and without it.
+pub fn attach_xdp_pass(iface: &str) -> Result<XdpPass> {
+    raise_memlock();
+    let mut ebpf = EbpfLoader::new()
+        .load(OBJECT)
+        .context("loading netd's eBPF object")?;
+    let prog: &mut aya::programs::Xdp = ebpf
+        .program_mut(XDP_PASS)
+        .with_context(|| format!("program {XDP_PASS} missing from the object"))?
+        .try_into()?;
+    prog.load()
+        .with_context(|| format!("loading (verifying) {XDP_PASS}"))?;
+    prog.attach(iface, aya::programs::XdpMode::Driver)
+        .with_context(|| format!("attaching {XDP_PASS} to {iface} (native XDP)"))?;
+    Ok(XdpPass { _ebpf: ebpf })
+}
+
 /// netd's TC filters (see [`Programs::attach_tc`]): first in the ingress
 /// chain, under a handle of netd's own.
 pub const TC_PRIORITY: u16 = 1;
@@ -100,6 +129,18 @@ impl Programs {
         pin_dir: Option<&Path>,
         ct_entries: u32,
     ) -> Result<Programs> {
+        Self::load_object(OBJECT, log_level, pin_dir, ct_entries)
+    }
+
+    /// Like [`load_with`](Self::load_with), for another build of the
+    /// object (`netd tool prog-sizes --object`: an older netd's, to
+    /// compare).
+    pub fn load_object(
+        object: &[u8],
+        log_level: BpfLogLevel,
+        pin_dir: Option<&Path>,
+        ct_entries: u32,
+    ) -> Result<Programs> {
         raise_memlock();
         let level = log_level as u8;
         let mut loader = EbpfLoader::new();
@@ -118,7 +159,7 @@ impl Programs {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(OBJECT).context("loading netd's eBPF object")?;
+        let mut ebpf = loader.load(object).context("loading netd's eBPF object")?;
         for name in [FROM_CONTAINER, FROM_WORLD] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)

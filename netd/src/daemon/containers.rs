@@ -347,6 +347,7 @@ impl Daemon {
                 txn.step("netns");
                 let ns = NetNs::create(&ns_path)?;
                 txn.applied(Undo::Netns(ns_path));
+                self.sandboxes.set_port_range(&ns)?;
                 for (i, ep) in c.endpoints_in_order().into_iter().enumerate() {
                     txn.step(&format!("endpoint{i}"));
                     txn.applied(Undo::Link(ep.veth.clone()));

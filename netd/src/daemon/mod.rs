@@ -138,6 +138,7 @@ impl Daemon {
             &cfg.exec_root,
             &state.instance,
             dp.wants_hairpin_mode(),
+            dp.container_port_range(),
             nl.clone(),
         )?;
         let mut d = Daemon {

@@ -34,6 +34,12 @@ pub trait Datapath: Send + Sync {
     fn wants_hairpin_mode(&self) -> bool {
         true
     }
+    /// The ephemeral port range netd's own containers get in their
+    /// namespace (`net.ipv4.ip_local_port_range`), if the datapath wants
+    /// one (the eBPF datapath: its NAT range, see `Ebpf`).
+    fn container_port_range(&self) -> Option<(u16, u16)> {
+        None
+    }
     /// A collector of idle connection-tracking entries that runs on its
     /// own, without the daemon's lock (`None`: the kernel's conntrack
     /// expires entries itself).
@@ -276,6 +282,9 @@ impl Datapath for Timed {
     }
     fn wants_hairpin_mode(&self) -> bool {
         self.inner.wants_hairpin_mode()
+    }
+    fn container_port_range(&self) -> Option<(u16, u16)> {
+        self.inner.container_port_range()
     }
     fn conntrack_gc(&mut self) -> Result<Option<Box<dyn ConntrackGc>>> {
         self.inner.conntrack_gc()

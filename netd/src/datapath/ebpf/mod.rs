@@ -873,6 +873,23 @@ impl Datapath for Ebpf {
         false
     }
 
+    /// Decision: netd's own containers get the NAT range as their
+    /// ephemeral ports. Masquerade keeps a container's source port only
+    /// inside that range (reserved from the host's ephemeral ports, so no
+    /// host socket can ever take the translated tuple and have its
+    /// replies stolen); any other port is rewritten into the range, and
+    /// a rewritten tuple comes back to a server with another
+    /// connection's TCP timestamps and sequence numbers, which the
+    /// server's TIME_WAIT refuses (PAWS): a container opening many
+    /// short connections to one server stalled. With the range as their
+    /// ephemeral ports, containers' connections keep their own ports, as
+    /// netfilter's masquerade keeps them (its conntrack also sees the
+    /// host's own connections and remaps a clash, which netd's cannot).
+    fn container_port_range(&self) -> Option<(u16, u16)> {
+        let (lo, hi) = self.cfg.nat_ports;
+        (lo < hi).then_some((lo, hi))
+    }
+
     fn init(&mut self) -> Result<()> {
         sysctl_write("net/ipv4/ip_forward", "1")?;
         // No iptables in this datapath: bridged frames need not traverse it.
