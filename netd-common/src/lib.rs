@@ -7,10 +7,12 @@
 //! they are indexes (`as u32`).
 #![no_std]
 
+pub mod v6;
+
 /// Suffix of every map name. Bump it whenever the layout of any map key or
 /// value changes: a new netd then creates fresh maps next to (and removes)
 /// the pinned ones of the old layout instead of misreading them.
-pub const MAP_VERSION: &str = "v5";
+pub const MAP_VERSION: &str = "v6";
 
 /// Versions whose pinned conntrack (and host-socket) entries a new netd
 /// carries over on start (their [`CtKey`]/[`CtEntry`]/[`SockKey`]/
@@ -20,8 +22,9 @@ pub const MAP_VERSION: &str = "v5";
 /// kinds and the `NETD_DIRECT` map; v4 -> v5 gave [`Endpoint`] its stats
 /// slot, network flags and mask, made the per-endpoint stats a per-CPU
 /// array and the counters one per-CPU [`Counters`] value. The conntrack
-/// layout did not change.
-pub const MIGRATE_FROM: &[&str] = &["v4", "v3", "v2"];
+/// layout did not change. v5 -> v6 (IPv6) added drop reasons, counters
+/// and the IPv6 maps ([`v6`]); the conntrack layout did not change.
+pub const MIGRATE_FROM: &[&str] = &["v5", "v4", "v3", "v2"];
 
 /// Map names (without the version suffix; userspace pins them as
 /// `<name>_<MAP_VERSION>`).
@@ -131,11 +134,19 @@ pub enum DropReason {
     /// A packet on a veth (or of a network) the maps do not know: the
     /// datapath fails closed.
     NoEndpoint = 14,
+    /// An IPv6 packet whose extension headers netd does not walk (ESP,
+    /// AH, mobility, HIP, shim6, experimental) or more of them than it
+    /// walks: dropped, never mangled.
+    Ipv6ExtHeader = 15,
+    /// Neighbour Discovery from a container that claims what is not its
+    /// own: an advertisement (or a DAD probe) for another address, a
+    /// router advertisement or a redirect (containers are not routers).
+    SpoofedNd = 16,
 }
 
 impl DropReason {
     /// Number of reasons: the size of the drops array.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 17;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Malformed,
         DropReason::SpoofedSource,
@@ -152,6 +163,8 @@ impl DropReason {
         DropReason::NotPublished,
         DropReason::FragmentUnknown,
         DropReason::NoEndpoint,
+        DropReason::Ipv6ExtHeader,
+        DropReason::SpoofedNd,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -171,6 +184,8 @@ impl DropReason {
             DropReason::NotPublished => "not-published",
             DropReason::FragmentUnknown => "fragment-unknown",
             DropReason::NoEndpoint => "no-endpoint",
+            DropReason::Ipv6ExtHeader => "ipv6-ext-header",
+            DropReason::SpoofedNd => "spoofed-nd",
         }
     }
 }
@@ -232,10 +247,14 @@ pub enum Counter {
     /// Masqueraded TCP flows closed both ways whose translated port a new
     /// flow to the same destination took (every probed port was taken).
     CtReused = 22,
+    /// IPv6 packets seen by `from_container`.
+    FromContainerIpv6 = 23,
+    /// IPv6 packets seen by `from_world`.
+    FromWorldIpv6 = 24,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 25;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::FromContainerPackets,
         Counter::FromContainerBytes,
@@ -260,6 +279,8 @@ impl Counter {
         Counter::ClusterOut,
         Counter::ClusterIn,
         Counter::CtReused,
+        Counter::FromContainerIpv6,
+        Counter::FromWorldIpv6,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -287,6 +308,8 @@ impl Counter {
             Counter::ClusterOut => "cluster_out",
             Counter::ClusterIn => "cluster_in",
             Counter::CtReused => "ct.reused",
+            Counter::FromContainerIpv6 => "from_container.ipv6",
+            Counter::FromWorldIpv6 => "from_world.ipv6",
         }
     }
 }
@@ -362,9 +385,9 @@ const _: () = assert!(core::mem::size_of::<Endpoint>() == 36);
 pub const NET_ICC: u32 = 1;
 pub const NET_MASQUERADE: u32 = 2;
 pub const NET_INTERNAL: u32 = 4;
-/// IPv6 frames from the network's containers pass (to the bridge). Not
-/// set by anything yet: networks are IPv4-only, and without it every frame
-/// from a container that is neither IPv4 nor ARP is dropped.
+/// The network has IPv6: its endpoints' IPv6 frames (NETD_EP6_IF) go
+/// through the IPv6 walks. Without it every frame from a container that
+/// is neither IPv4 nor ARP is dropped.
 pub const NET_IPV6: u32 = 8;
 /// Published container ports (NETD_DIRECT) are reachable by routing to
 /// the container's address (`routed`; `nat` without masquerade).

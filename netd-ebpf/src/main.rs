@@ -31,13 +31,18 @@
 
 mod counters;
 mod ct;
+mod ct6;
 mod frag;
 mod icmp;
 mod maps;
+mod maps6;
 mod nat;
+mod nat6;
 mod parse;
+mod parse6;
 mod probe;
 mod sock;
+mod v6;
 
 use aya_ebpf::{
     bindings::{
@@ -57,8 +62,8 @@ use aya_ebpf::{
 use netd_common::{
     Config, Counter, CtEntry, CtKey, DropReason, Endpoint, EndpointKey, FRAG_FROM_CONTAINER,
     FRAG_FROM_WORLD, NET_CLUSTER, NET_DIRECT_ALL, NET_DIRECT_ICMP, NET_DIRECT_PORTS,
-    NET_FROM_NETWORKS, NET_ICC, NET_INTERNAL, NET_IPV6, NET_MASQUERADE, Network,
-    PORT_KEY_FULL_PREFIX, PortKey, ct_kind, ct_state, tc,
+    NET_FROM_NETWORKS, NET_ICC, NET_INTERNAL, NET_MASQUERADE, Network, PORT_KEY_FULL_PREFIX,
+    PortKey, ct_kind, ct_state, tc,
 };
 
 use crate::{
@@ -67,8 +72,8 @@ use crate::{
         NETD_CFG, NETD_DIRECT, NETD_EP, NETD_EP_IF, NETD_LOCAL, NETD_NET, NETD_PORTS, PortLpmKey,
     },
     parse::{
-        ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IP_DADDR_OFF, IP_SADDR_OFF, IPPROTO_ICMP,
-        IPPROTO_TCP, IPPROTO_UDP, Ipv4, L4,
+        ETH_HLEN, ETH_P_ARP, ETH_P_IP, IP_DADDR_OFF, IP_SADDR_OFF, IPPROTO_ICMP, IPPROTO_TCP,
+        IPPROTO_UDP, Ipv4, L4,
     },
 };
 
@@ -78,6 +83,11 @@ const NAT_PROBES: u32 = 32;
 
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
+    // IPv6 has its own programs (v6.rs), tail-called from here (the
+    // verifier allows tail calls in a program's main function only).
+    if v6::is_ipv6(&ctx) {
+        return v6::jump(&ctx, v6::JMP_FROM_CONTAINER6);
+    }
     match try_from_container(&ctx) {
         Ok(verdict) => verdict,
         Err(reason) => counters::drop(&ctx, reason),
@@ -86,6 +96,9 @@ pub fn from_container(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn from_world(ctx: TcContext) -> i32 {
+    if v6::is_ipv6(&ctx) {
+        return v6::jump(&ctx, v6::JMP_FROM_WORLD6);
+    }
     match try_from_world(&ctx) {
         Ok(verdict) => verdict,
         Err(reason) => counters::drop(&ctx, reason),
@@ -137,7 +150,8 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         return Err(DropReason::SpoofedSource);
     }
     if eth.proto != ETH_P_IP {
-        let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
+        // The network must exist (fail closed).
+        network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
         return match eth.proto {
             ETH_P_ARP => {
                 // The sender fields are what neighbours learn: they must be
@@ -148,8 +162,8 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
                 }
                 Ok(tc::ACT_UNSPEC)
             }
-            ETH_P_IPV6 if net.flags & NET_IPV6 != 0 => Ok(tc::ACT_UNSPEC),
-            // IPv6 on an IPv4-only network, VLAN tags, anything else.
+            // VLAN tags, anything else (IPv6 took its own programs in
+            // from_container).
             _ => Err(DropReason::NotIpv4),
         };
     }

@@ -10,9 +10,12 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use netd_common::{Counter, SockKey, SockOrig};
+use netd_common::{
+    Counter, SockKey, SockOrig,
+    v6::{Ip6, SockKey6},
+};
 
-use crate::{config, counters, maps::NETD_SOCK, published};
+use crate::{config, counters, maps::NETD_SOCK, maps6::NETD_SOCK6, published};
 
 const ALLOW: i32 = 1;
 const IPPROTO_TCP: u32 = 6;
@@ -128,9 +131,16 @@ fn redirect6(ctx: &SockAddrContext) {
         } else if ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0xffffu32.to_be() {
             ip6[3]
         } else {
-            return;
+            0
         };
-        let Some(t) = published(proto, v4, port) else {
+        let Some(t) = (if v4 != 0 {
+            published(proto, v4, port)
+        } else {
+            None
+        }) else {
+            // An IPv6 binding ([::], an IPv6 host address; ::1 is one of
+            // the host's): straight to the container's IPv6 address.
+            redirect6_to6(ctx, proto, ip6, port);
             return;
         };
         let cport = t.container_port_min + (port - t.host_port_min);
@@ -153,6 +163,36 @@ fn redirect6(ctx: &SockAddrContext) {
     counters::add(Counter::HostSockets, 1);
 }
 
+/// Rewrites an IPv6 destination that is a port published over IPv6 to
+/// the container's IPv6 address.
+#[inline(always)]
+fn redirect6_to6(ctx: &SockAddrContext, proto: u8, ip6: [u32; 4], port: u16) {
+    let Some(t) = crate::v6::published(proto, &Ip6 { a: ip6 }, port) else {
+        return;
+    };
+    let cport = t.container_port_min + (port - t.host_port_min);
+    let key = SockKey6 {
+        cookie: cookie(ctx),
+        ip: t.container_ip,
+        port: cport,
+        _pad: [0; 6],
+    };
+    let orig = SockOrig {
+        ip6,
+        ip4: 0,
+        port,
+        family: 6,
+    };
+    let _ = NETD_SOCK6.insert(key, orig, 0);
+    let sa = ctx.sock_addr;
+    // SAFETY: as in redirect4.
+    unsafe {
+        write_ip6(sa, t.container_ip.a);
+        (*sa).user_port = u32::from(cport.to_be());
+    }
+    counters::add(Counter::HostSockets, 1);
+}
+
 /// Shows the peer (getpeername) or a datagram's source (recvmsg) as the
 /// address the socket asked for.
 #[inline(always)]
@@ -163,6 +203,18 @@ fn restore(ctx: &SockAddrContext, v6: bool) {
         let ip = if v6 {
             let w = read_ip6(sa);
             if !(w[0] == 0 && w[1] == 0 && w[2] == 0xffffu32.to_be()) {
+                // A container's IPv6 address.
+                let port = u16::from_be((*sa).user_port as u16);
+                let key = SockKey6 {
+                    cookie: cookie(ctx),
+                    ip: Ip6 { a: w },
+                    port,
+                    _pad: [0; 6],
+                };
+                if let Some(orig) = NETD_SOCK6.get(&key).copied() {
+                    write_ip6(sa, orig.ip6);
+                    (*sa).user_port = u32::from(orig.port.to_be());
+                }
                 return;
             }
             w[3]

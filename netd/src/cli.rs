@@ -96,7 +96,7 @@ pub enum NetworkCmd {
         /// --ipv4=false: an IPv6-only network.
         #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
         ipv4: Option<bool>,
-        /// Driver options: icc, masquerade, mtu, bridge-name, host-binding-ipv4, gateway_mode_ipv4.
+        /// Driver options: icc, masquerade, mtu, bridge-name, host-binding-ipv4, gateway_mode_ipv4, gateway_mode_ipv6.
         #[arg(short = 'o', long = "opt")]
         opt: Vec<String>,
         name: String,

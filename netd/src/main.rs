@@ -110,11 +110,12 @@ enum Cmd {
         /// Comma-separated: ebpf, nftables, iptables.
         #[arg(long, default_value = "ebpf,nftables,iptables")]
         datapaths: String,
-        /// Comma-separated: c2c, dnat, egress, scaling, control, bpf,
+        /// Comma-separated: c2c, dnat, c2c6, dnat6 (their IPv6 variants,
+        /// netd's datapaths only), egress, scaling, control, bpf,
         /// node2node, xdp.
         #[arg(
             long,
-            default_value = "c2c,dnat,egress,scaling,control,bpf,node2node,xdp"
+            default_value = "c2c,dnat,c2c6,dnat6,egress,scaling,control,bpf,node2node,xdp"
         )]
         scenarios: String,
         /// CPU placements of each request/response load, comma-separated:

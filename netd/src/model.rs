@@ -27,6 +27,10 @@ pub struct NetworkOptions {
     /// Docker's `com.docker.network.bridge.gateway_mode_ipv4`.
     #[serde(default)]
     pub gateway_mode: GatewayMode,
+    /// Docker's `com.docker.network.bridge.gateway_mode_ipv6`: the same
+    /// modes for the network's IPv6 side (NAT66 in `nat`).
+    #[serde(default)]
+    pub gateway_mode_ipv6: GatewayMode,
 }
 
 impl Default for NetworkOptions {
@@ -38,6 +42,7 @@ impl Default for NetworkOptions {
             mtu: 1500,
             host_binding_ipv4: Ipv4Addr::UNSPECIFIED,
             gateway_mode: GatewayMode::Nat,
+            gateway_mode_ipv6: GatewayMode::Nat,
         }
     }
 }
@@ -188,14 +193,22 @@ impl Network {
     /// What the network's gateway mode and options mean on the wire, in a
     /// cluster with pod range `cluster` (if any).
     pub fn wire(&self, cluster: Option<Cidr>) -> Wire {
+        let cluster = cluster.is_some_and(|c| c.contains_cidr(&self.subnet()));
+        self.wire_of(self.options.gateway_mode, cluster)
+    }
+    /// The same for the network's IPv6 side (`gateway_mode_ipv6`; the
+    /// cluster CIDR is IPv4, so never `cluster`).
+    pub fn wire6(&self) -> Wire {
+        self.wire_of(self.options.gateway_mode_ipv6, false)
+    }
+    fn wire_of(&self, mode: GatewayMode, cluster: bool) -> Wire {
         let o = &self.options;
         if o.internal {
             return Wire {
-                host_ports: o.gateway_mode != GatewayMode::Routed,
+                host_ports: mode != GatewayMode::Routed,
                 ..Wire::default()
             };
         }
-        let mode = o.gateway_mode;
         Wire {
             masquerade: mode.nat() && o.masquerade,
             host_ports: mode != GatewayMode::Routed,
@@ -205,7 +218,7 @@ impl Network {
             direct_icmp: mode == GatewayMode::Routed,
             direct_all: mode == GatewayMode::NatUnprotected,
             from_other_networks: mode == GatewayMode::Routed,
-            cluster: cluster.is_some_and(|c| c.contains_cidr(&self.subnet())),
+            cluster,
         }
     }
     pub fn gateway(&self) -> Ipv4Addr {
@@ -458,5 +471,12 @@ mod tests {
         assert!(!net(GatewayMode::Nat, true, true).wire(Some(c)).cluster);
         let other: Cidr = "10.245.0.0/16".parse().unwrap();
         assert!(!net(GatewayMode::Nat, true, false).wire(Some(other)).cluster);
+        // IPv6 has its own mode (gateway_mode_ipv6), never the cluster.
+        let mut dual = net(GatewayMode::Nat, true, false);
+        dual.options.gateway_mode_ipv6 = GatewayMode::Routed;
+        assert_eq!(dual.wire6(), rtd);
+        assert!(!dual.wire6().cluster && dual.wire(Some(c)).cluster);
+        dual.options.gateway_mode_ipv6 = GatewayMode::Nat;
+        assert_eq!(dual.wire6(), nat);
     }
 }

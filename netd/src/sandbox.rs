@@ -140,13 +140,16 @@ impl Sandboxes {
         if existed.as_ref().is_none_or(|l| !self.is_ours(l)) {
             self.nl.set_alias(i, &self.marker).await?;
         }
-        // Docker's `isolated` gateway mode: no address on the host.
+        // Docker's `isolated` gateway mode: no address on the host (per
+        // family: gateway_mode_ipv4, gateway_mode_ipv6).
         if n.options.gateway_mode != GatewayMode::Isolated {
             self.nl.add_addr(i, n.gateway(), n.subnet().prefix).await?;
-            if let (Some(gw), Some(subnet)) = (n.gateway6(), n.subnet6()) {
-                enable_ipv6_forwarding()?;
-                self.nl.add_addr6(i, gw, subnet.prefix_len()).await?;
-            }
+        }
+        if n.options.gateway_mode_ipv6 != GatewayMode::Isolated
+            && let (Some(gw), Some(subnet)) = (n.gateway6(), n.subnet6())
+        {
+            enable_ipv6_forwarding()?;
+            self.nl.add_addr6(i, gw, subnet.prefix_len()).await?;
         }
         self.nl.set_up(i).await?;
         Ok(existed.is_none())

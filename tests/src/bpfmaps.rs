@@ -319,3 +319,90 @@ pub fn counter(p: &mut Programs, c: netd_common::Counter) -> u64 {
         aya::maps::PerCpuArray::try_from(p.map_mut(maps::COUNTERS).unwrap()).unwrap();
     m.get(&0, 0).unwrap().iter().map(|v| v.v[c as usize]).sum()
 }
+
+/// IPv6 maps.
+pub mod v6 {
+    use std::net::Ipv6Addr;
+
+    use aya::maps::{Array, HashMap, MapData, lpm_trie::Key, lpm_trie::LpmTrie};
+    use netd::bpf::Programs;
+    use netd_common::{
+        EndpointKey,
+        v6::{
+            Config6, CtEntry6, CtKey6, Endpoint6, Ip6, PORT_KEY6_FULL_PREFIX, PortKey6,
+            PortTarget6, maps,
+        },
+    };
+
+    pub fn ip6(a: Ipv6Addr) -> Ip6 {
+        Ip6::from_bytes(a.octets())
+    }
+
+    /// A network's IPv6 side (NET_IPV6 is added to `flags`).
+    pub fn add_network(p: &mut Programs, id: u32, flags: u32) {
+        let mut m: HashMap<&mut MapData, u32, netd_common::Network> =
+            HashMap::try_from(p.map_mut(maps::NETWORKS6).unwrap()).unwrap();
+        m.insert(
+            id,
+            netd_common::Network {
+                flags: flags | netd_common::NET_IPV6,
+                bridge_ifindex: 0,
+            },
+            0,
+        )
+        .unwrap();
+    }
+
+    pub fn set_uplink(p: &mut Programs, a: Ipv6Addr) {
+        let mut m: Array<&mut MapData, Config6> =
+            Array::try_from(p.map_mut(maps::CONFIG6).unwrap()).unwrap();
+        m.set(0, Config6 { uplink_ip: ip6(a) }, 0).unwrap();
+    }
+
+    /// An endpoint's IPv6 side (its stats slot: its IPv4 side's).
+    pub fn add_endpoint(p: &mut Programs, mut e: Endpoint6) {
+        e.slot = super::slot_of(e.ifindex);
+        let mut m: HashMap<&mut MapData, Ip6, Endpoint6> =
+            HashMap::try_from(p.map_mut(maps::ENDPOINTS6).unwrap()).unwrap();
+        m.insert(e.ip, e, 0).unwrap();
+        let mut m: HashMap<&mut MapData, EndpointKey, Endpoint6> =
+            HashMap::try_from(p.map_mut(maps::ENDPOINTS6_BY_IF).unwrap()).unwrap();
+        m.insert(EndpointKey { ifindex: e.ifindex }, e, 0).unwrap();
+    }
+
+    /// Publishes one host port over IPv6 (`host` :: is the wildcard).
+    pub fn add_port(
+        p: &mut Programs,
+        proto: u8,
+        host: Ipv6Addr,
+        port: u16,
+        cip: Ipv6Addr,
+        cport: u16,
+    ) {
+        let mut m: LpmTrie<&mut MapData, PortKey6, PortTarget6> =
+            LpmTrie::try_from(p.map_mut(maps::PORTS6).unwrap()).unwrap();
+        let k = Key::new(
+            PORT_KEY6_FULL_PREFIX,
+            PortKey6 {
+                proto,
+                addr: host.octets(),
+                port: port.to_be_bytes(),
+                _pad: 0,
+            },
+        );
+        let t = PortTarget6 {
+            container_ip: ip6(cip),
+            host_port_min: port,
+            host_port_max: port,
+            container_port_min: cport,
+            _pad: 0,
+        };
+        m.insert(&k, t, 0).unwrap();
+    }
+
+    pub fn ct(p: &mut Programs) -> Vec<(CtKey6, CtEntry6)> {
+        let m: HashMap<&mut MapData, CtKey6, CtEntry6> =
+            HashMap::try_from(p.map_mut(maps::CT6).unwrap()).unwrap();
+        m.iter().filter_map(|r| r.ok()).collect()
+    }
+}

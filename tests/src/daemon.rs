@@ -263,10 +263,19 @@ impl Netd {
         v
     }
 
+    /// `iptables-save` then `ip6tables-save` in the host namespace.
     pub fn iptables_save(&self) -> String {
-        self.tb
+        let mut out = self
+            .tb
             .ok(&self.tb.host, &["iptables-save"])
-            .unwrap_or_default()
+            .unwrap_or_default();
+        out.push_str(
+            &self
+                .tb
+                .ok(&self.tb.host, &["ip6tables-save"])
+                .unwrap_or_default(),
+        );
+        out
     }
 
     /// `nft list ruleset` in the host namespace.

@@ -6,3 +6,4 @@ pub use netd::testbed::*;
 pub mod bpfmaps;
 pub mod daemon;
 pub mod packet;
+pub mod packet6;

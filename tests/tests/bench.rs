@@ -40,6 +40,9 @@ fn bench_quick_produces_positive_figures_for_every_datapath() {
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("| c2c | TCP_RR | per_sec |"), "{md}");
+    // The IPv6 variants, on netd's datapaths.
+    assert!(md.contains("| c2c6 | TCP_RR | per_sec |"), "{md}");
+    assert!(md.contains("| dnat6 | TCP_CRR | per_sec |"), "{md}");
     // The report leads with the same-CPU placement and its targets.
     let same = md.find("## `same`").expect("a same-CPU table");
     assert!(md.find("## `cross`").unwrap() > same);

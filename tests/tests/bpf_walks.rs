@@ -1202,6 +1202,24 @@ fn containers_speak_ipv4_and_honest_arp_only() {
         1,
         NET_ICC | NET_MASQUERADE | netd_common::NET_IPV6,
     );
+    // The network has IPv6, the endpoint has no IPv6 address: still none.
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &v6).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("not-ipv4"), 4);
+    bpfmaps::v6::add_endpoint(
+        &mut w.p,
+        netd_common::v6::Endpoint6 {
+            ifindex: LO,
+            net_id: 1,
+            ip: bpfmaps::v6::ip6("fd00:17::2".parse().unwrap()),
+            mac: A_MAC,
+            gw_mac: GW_MAC,
+            slot: 0,
+        },
+    );
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &v6).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("not-ipv4"), 5, "the network has no IPv6 side yet");
+    bpfmaps::v6::add_network(&mut w.p, 1, NET_ICC | NET_MASQUERADE);
+    // Its link-local, to a peer's link-local (icc on): to the bridge.
     assert_eq!(w.run(bpf::FROM_CONTAINER, &v6).0, tc::ACT_UNSPEC);
 
     let gw = Ipv4Addr::new(172, 17, 0, 1);
@@ -1716,5 +1734,587 @@ fn hot_path_cost() {
             "{name:32} {:>5} ns/packet (median), {:>5} (min)",
             best.1, best.0
         );
+    }
+}
+
+/// IPv6 walks (issue 16): the eBPF datapath's IPv6 programs under
+/// BPF_PROG_TEST_RUN. The host namespace's uplink gets 2001:db8:18::2/64
+/// (default via 2001:db8:18::1, the outside); containers A and B are
+/// fd00:17::2 and ::3.
+mod v6 {
+    use std::net::Ipv6Addr;
+
+    use netd_common::v6::Endpoint6;
+    use netd_tests::{
+        bpfmaps::v6 as maps6,
+        packet6::{self, Frame6, NH_UDP, fields6, link_local},
+    };
+
+    use super::*;
+
+    const A6: &str = "fd00:17::2";
+    const B6: &str = "fd00:17::3";
+    const HOST6: &str = "2001:db8:18::2";
+    const OUT6: &str = "2001:db8:18::1";
+    const OUT_MAC: [u8; 6] = [0x02, 0x42, 198, 18, 0, 1];
+    const HOST_MAC: [u8; 6] = [0x02, 0x42, 198, 18, 0, 2];
+
+    fn a6() -> Ipv6Addr {
+        A6.parse().unwrap()
+    }
+    fn b6() -> Ipv6Addr {
+        B6.parse().unwrap()
+    }
+    fn host6() -> Ipv6Addr {
+        HOST6.parse().unwrap()
+    }
+    fn out6() -> Ipv6Addr {
+        OUT6.parse().unwrap()
+    }
+
+    /// A dual-stack walk: network 1 (`flags` | NET_IPV6) with A on the
+    /// test-run ingress, B on network `b_net` (flags as `setup`'s).
+    fn setup6(flags: u32, b_net: u32) -> Walk {
+        setup6_ct(flags, b_net, 1024)
+    }
+
+    fn setup6_ct(flags: u32, b_net: u32, ct_entries: u32) -> Walk {
+        let mut w = setup(flags | netd_common::NET_IPV6, b_net, ct_entries);
+        bpfmaps::add_network(
+            &mut w.p,
+            2,
+            NET_ICC | NET_MASQUERADE | netd_common::NET_IPV6,
+        );
+        maps6::add_network(&mut w.p, 1, flags);
+        maps6::add_network(&mut w.p, 2, NET_ICC | NET_MASQUERADE);
+        let host = w.tb.host.clone();
+        netd::testbed::block_on(async move {
+            let n = netd::link::Netlink::in_ns(&host)?;
+            let i = n.index_of("eth0").await?;
+            n.add_addr6(i, host6(), 64).await?;
+            n.add_default_route6(out6()).await?;
+            anyhow::Ok(())
+        })
+        .unwrap();
+        w.tb.host
+            .run(|| netd::netns::sysctl_write("net/ipv6/conf/all/forwarding", "1"))
+            .unwrap();
+        maps6::set_uplink(&mut w.p, host6());
+        maps6::add_endpoint(
+            &mut w.p,
+            Endpoint6 {
+                ifindex: LO,
+                net_id: 1,
+                ip: maps6::ip6(a6()),
+                mac: A_MAC,
+                gw_mac: GW_MAC,
+                slot: 0,
+            },
+        );
+        maps6::add_endpoint(
+            &mut w.p,
+            Endpoint6 {
+                ifindex: B_VETH,
+                net_id: b_net,
+                ip: maps6::ip6(b6()),
+                mac: B_MAC,
+                gw_mac: GW_MAC,
+                slot: 0,
+            },
+        );
+        w
+    }
+
+    fn a_to6(dst: Ipv6Addr) -> Frame6 {
+        Frame6::new(A_MAC, GW_MAC, a6(), dst)
+    }
+
+    fn world6() -> Frame6 {
+        Frame6::new(OUT_MAC, HOST_MAC, out6(), host6())
+    }
+
+    #[test]
+    fn forward6_same_network_icc_and_isolation() {
+        root!();
+        let mut w = setup6(NET_ICC | NET_MASQUERADE, 1);
+        let frame = Frame6 {
+            dst_mac: B_MAC,
+            ..a_to6(b6())
+        }
+        .tcp(40000, 80, TCP_SYN, b"hi");
+        let (v, out) = w.run(bpf::FROM_CONTAINER, &frame);
+        assert_eq!(v, tc::ACT_REDIRECT, "bpf_redirect_peer into B");
+        assert_eq!(out, frame, "same-network forwarding does not rewrite");
+        assert_eq!(w.counter("forwarded"), 1);
+        assert_eq!(w.counter("from_container.ipv6"), 1);
+        assert!(maps6::ct(&mut w.p).is_empty(), "no conntrack");
+        // Hop-by-hop and destination options are walked.
+        let ext = Frame6 {
+            dst_mac: B_MAC,
+            ..a_to6(b6())
+        }
+        .with_opts(packet6::NH_HOP)
+        .with_opts(packet6::NH_DEST)
+        .udp(5353, 53, b"q");
+        assert_eq!(w.run(bpf::FROM_CONTAINER, &ext).0, tc::ACT_REDIRECT);
+
+        let mut w = setup6(NET_MASQUERADE, 1);
+        assert_eq!(w.run(bpf::FROM_CONTAINER, &frame).0, tc::ACT_SHOT);
+        assert_eq!(w.drops("icc-denied"), 1);
+        // icc=false holds for link-local unicast to a peer too, not to the bridge.
+        let ll = Frame6::new(A_MAC, B_MAC, link_local(A_MAC), link_local(B_MAC)).echo(7, false);
+        assert_eq!(w.run(bpf::FROM_CONTAINER, &ll).0, tc::ACT_SHOT);
+        assert_eq!(w.drops("icc-denied"), 2);
+        let to_gw =
+            Frame6::new(A_MAC, GW_MAC, link_local(A_MAC), link_local(GW_MAC)).echo(7, false);
+        assert_eq!(w.run(bpf::FROM_CONTAINER, &to_gw).0, tc::ACT_UNSPEC);
+
+        let mut w = setup6(NET_ICC | NET_MASQUERADE, 2);
+        assert_eq!(w.run(bpf::FROM_CONTAINER, &frame).0, tc::ACT_SHOT);
+        assert_eq!(w.drops("network-isolation"), 1);
+
+        let mut w = setup6(NET_ICC | NET_INTERNAL, 1);
+        let out = a_to6(out6()).tcp(40000, 80, TCP_SYN, b"");
+        assert_eq!(w.run(bpf::FROM_CONTAINER, &out).0, tc::ACT_SHOT);
+        assert_eq!(w.drops("internal-network"), 1);
+    }
+
+    #[test]
+    fn spoofed6_source_and_neighbour_discovery() {
+        root!();
+        let mut w = setup6(NET_ICC | NET_MASQUERADE, 1);
+        let other: Ipv6Addr = "fd00:17::99".parse().unwrap();
+        let spoofed = Frame6::new(A_MAC, B_MAC, other, b6()).tcp(1, 80, TCP_SYN, b"");
+        assert_eq!(w.run(bpf::FROM_CONTAINER, &spoofed).0, tc::ACT_SHOT);
+        let unspecified = Frame6::new(A_MAC, B_MAC, Ipv6Addr::UNSPECIFIED, b6()).udp(1, 53, b"x");
+        assert_eq!(w.run(bpf::FROM_CONTAINER, &unspecified).0, tc::ACT_SHOT);
+        let other_ll =
+            Frame6::new(A_MAC, GW_MAC, link_local(B_MAC), link_local(GW_MAC)).echo(1, false);
+        assert_eq!(w.run(bpf::FROM_CONTAINER, &other_ll).0, tc::ACT_SHOT);
+        let bad_mac = Frame6 {
+            src_mac: B_MAC,
+            ..a_to6(out6())
+        }
+        .udp(1, 53, b"x");
+        assert_eq!(w.run(bpf::FROM_CONTAINER, &bad_mac).0, tc::ACT_SHOT);
+        assert_eq!(w.drops("spoofed-source"), 4);
+
+        let all_nodes: Ipv6Addr = "ff02::1".parse().unwrap();
+        let mcast = [0x33, 0x33, 0, 0, 0, 1];
+        // An advertisement for B's address (or B's link-local) from A.
+        for target in [b6(), link_local(B_MAC)] {
+            let na = Frame6::new(A_MAC, mcast, link_local(A_MAC), all_nodes).nd(136, target);
+            assert_eq!(w.run(bpf::FROM_CONTAINER, &na).0, tc::ACT_SHOT);
+        }
+        // A DAD probe for B's address.
+        let snm: Ipv6Addr = "ff02::1:ff00:3".parse().unwrap();
+        let dad = Frame6::new(
+            A_MAC,
+            [0x33, 0x33, 0xff, 0, 0, 3],
+            Ipv6Addr::UNSPECIFIED,
+            snm,
+        )
+        .nd(135, b6());
+        assert_eq!(w.run(bpf::FROM_CONTAINER, &dad).0, tc::ACT_SHOT);
+        // Router advertisements: containers are not routers.
+        let ra = Frame6::new(A_MAC, mcast, link_local(A_MAC), all_nodes).icmp6(
+            134,
+            0,
+            [64, 0, 0, 0],
+            &[0; 8],
+        );
+        assert_eq!(w.run(bpf::FROM_CONTAINER, &ra).0, tc::ACT_SHOT);
+        assert_eq!(w.drops("spoofed-nd"), 4);
+        // Its own: advertisements, DAD, solicitations for others, RS.
+        let na = Frame6::new(A_MAC, mcast, link_local(A_MAC), all_nodes).nd(136, a6());
+        assert_eq!(w.run(bpf::FROM_CONTAINER, &na).0, tc::ACT_UNSPEC);
+        let dad = Frame6::new(
+            A_MAC,
+            [0x33, 0x33, 0xff, 0, 0, 2],
+            Ipv6Addr::UNSPECIFIED,
+            snm,
+        )
+        .nd(135, a6());
+        assert_eq!(w.run(bpf::FROM_CONTAINER, &dad).0, tc::ACT_UNSPEC);
+        let ns = Frame6::new(A_MAC, [0x33, 0x33, 0xff, 0, 0, 3], a6(), snm).nd(135, b6());
+        assert_eq!(w.run(bpf::FROM_CONTAINER, &ns).0, tc::ACT_UNSPEC);
+        let rs = Frame6::new(
+            A_MAC,
+            [0x33, 0x33, 0, 0, 0, 2],
+            link_local(A_MAC),
+            "ff02::2".parse().unwrap(),
+        )
+        .icmp6(133, 0, [0; 4], &[]);
+        assert_eq!(w.run(bpf::FROM_CONTAINER, &rs).0, tc::ACT_UNSPEC);
+        assert_eq!(w.drops("spoofed-nd"), 4);
+        assert_eq!(w.drops("spoofed-source"), 4);
+
+        // Extension headers netd does not walk, or too many.
+        let esp = a_to6(b6()).raw(50, &[0u8; 16]);
+        assert_eq!(w.run(bpf::FROM_CONTAINER, &esp).0, tc::ACT_SHOT);
+        let mut deep = a_to6(b6());
+        for _ in 0..6 {
+            deep = deep.with_opts(packet6::NH_DEST);
+        }
+        assert_eq!(
+            w.run(bpf::FROM_CONTAINER, &deep.udp(1, 2, b"x")).0,
+            tc::ACT_SHOT
+        );
+        assert_eq!(w.drops("ipv6-ext-header"), 2);
+        let truncated = &a_to6(b6()).tcp(1, 2, TCP_SYN, b"")[..14 + 40 + 8];
+        assert_eq!(w.run(bpf::FROM_CONTAINER, truncated).0, tc::ACT_SHOT);
+        assert_eq!(w.drops("malformed"), 1);
+    }
+
+    #[test]
+    fn nat66_out_and_back_with_checksums() {
+        root!();
+        let mut w = setup6(NET_ICC | NET_MASQUERADE, 1);
+        let syn = a_to6(out6()).tcp(40000, 80, TCP_SYN, b"hello");
+        let (v, out) = w.run(bpf::FROM_CONTAINER, &syn);
+        assert_eq!(
+            v,
+            tc::ACT_REDIRECT,
+            "out of the uplink (bpf_redirect_neigh)"
+        );
+        let f = fields6(&out);
+        assert_eq!((f.src, f.dst, f.dport), (host6(), out6(), 80));
+        assert!((NAT_MIN..=NAT_MAX).contains(&f.sport), "{}", f.sport);
+        assert!(
+            packet6::checksum6_ok(&out),
+            "TCP checksum with the new pseudo-header"
+        );
+        assert_eq!(&out[out.len() - 5..], b"hello");
+        let ct = maps6::ct(&mut w.p);
+        assert_eq!(ct.len(), 2);
+        assert!(
+            ct.iter()
+                .any(|(k, e)| e.kind == ct_kind::SNAT && k.sport == 40000 && e.port == f.sport)
+        );
+        assert!(
+            ct.iter()
+                .any(|(k, e)| e.kind == ct_kind::REV_SNAT && k.dport == f.sport && e.port == 40000)
+        );
+
+        let reply = world6().tcp(80, f.sport, TCP_SYN | packet::TCP_ACK, b"world");
+        let (v, back) = w.run(bpf::FROM_WORLD, &reply);
+        assert_eq!(v, tc::ACT_REDIRECT, "into A (bpf_redirect_peer)");
+        let b = fields6(&back);
+        assert_eq!((b.src, b.sport, b.dst, b.dport), (out6(), 80, a6(), 40000));
+        assert_eq!((b.dst_mac, b.src_mac), (A_MAC, GW_MAC));
+        assert!(packet6::checksum6_ok(&back));
+        assert_eq!((w.counter("snat"), w.counter("rev_snat")), (1, 1));
+        assert_eq!(w.counter("from_world.ipv6"), 1);
+
+        // UDP (its checksum too) and ICMPv6 echo (the id translated).
+        let (v, out) = w.run(bpf::FROM_CONTAINER, &a_to6(out6()).udp(61003, 53, b"query"));
+        assert_eq!(v, tc::ACT_REDIRECT);
+        let u = fields6(&out);
+        assert_eq!(
+            (u.src, u.sport),
+            (host6(), 61003),
+            "in range and free: kept"
+        );
+        assert!(packet6::checksum6_ok(&out));
+        let (v, out) = w.run(bpf::FROM_CONTAINER, &a_to6(out6()).echo(7, false));
+        assert_eq!(v, tc::ACT_REDIRECT);
+        let e = fields6(&out);
+        assert_eq!(e.src, host6());
+        assert!(
+            packet6::checksum6_ok(&out),
+            "ICMPv6 checksum covers the pseudo-header"
+        );
+        let (v, back) = w.run(bpf::FROM_WORLD, &world6().echo(e.sport, true));
+        assert_eq!(v, tc::ACT_REDIRECT);
+        let eb = fields6(&back);
+        assert_eq!((eb.dst, eb.sport), (a6(), 7));
+        assert!(packet6::checksum6_ok(&back));
+
+        // Nothing reaches A's address from outside without a flow.
+        let direct = Frame6::new(OUT_MAC, HOST_MAC, out6(), a6()).tcp(5555, 22, TCP_SYN, b"");
+        assert_eq!(w.run(bpf::FROM_WORLD, &direct).0, tc::ACT_SHOT);
+        assert_eq!(w.drops("not-published"), 1);
+        // The host's own traffic passes.
+        let host = world6().tcp(5555, 22, TCP_SYN, b"");
+        assert_eq!(w.run(bpf::FROM_WORLD, &host).0, tc::ACT_UNSPEC);
+    }
+
+    #[test]
+    fn dnat6_published_port_and_reverse() {
+        root!();
+        let mut w = setup6(NET_ICC | NET_MASQUERADE, 1);
+        // 0.0.0.0 / [::] bindings: the wildcard.
+        maps6::add_port(&mut w.p, 6, Ipv6Addr::UNSPECIFIED, 8080, a6(), 80);
+        let syn = world6().tcp(5555, 8080, TCP_SYN, b"GET");
+        let (v, inn) = w.run(bpf::FROM_WORLD, &syn);
+        assert_eq!(v, tc::ACT_REDIRECT);
+        let f = fields6(&inn);
+        assert_eq!(
+            (f.src, f.sport, f.dst, f.dport),
+            (out6(), 5555, a6(), 80),
+            "client kept"
+        );
+        assert_eq!((f.dst_mac, f.src_mac), (A_MAC, GW_MAC));
+        assert!(packet6::checksum6_ok(&inn));
+        assert_eq!(w.counter("dnat"), 1);
+        // A non-SYN to a published port without a flow is the host's.
+        let ack = world6().tcp(5556, 8080, packet::TCP_ACK, b"");
+        assert_eq!(w.run(bpf::FROM_WORLD, &ack).0, tc::ACT_UNSPEC);
+
+        let reply = a_to6(out6()).tcp(80, 5555, TCP_SYN | packet::TCP_ACK, b"200");
+        let (v, out) = w.run(bpf::FROM_CONTAINER, &reply);
+        assert_eq!(v, tc::ACT_REDIRECT);
+        let r = fields6(&out);
+        assert_eq!(
+            (r.src, r.sport, r.dst, r.dport),
+            (host6(), 8080, out6(), 5555)
+        );
+        assert!(packet6::checksum6_ok(&out));
+        assert_eq!(w.counter("rev_dnat"), 1);
+
+        // UDP on a host address binding.
+        maps6::add_port(&mut w.p, 17, host6(), 5353, a6(), 53);
+        let (v, inn) = w.run(bpf::FROM_WORLD, &world6().udp(4444, 5353, b"q"));
+        assert_eq!(v, tc::ACT_REDIRECT);
+        let u = fields6(&inn);
+        assert_eq!((u.dst, u.dport, u.nh), (a6(), 53, NH_UDP));
+        assert!(packet6::checksum6_ok(&inn));
+    }
+
+    #[test]
+    fn icmp6_packet_too_big_translated_back() {
+        root!();
+        let mut w = setup6(NET_ICC | NET_MASQUERADE, 1);
+        let (_, out) = w.run(
+            bpf::FROM_CONTAINER,
+            &a_to6(out6()).tcp(40000, 80, TCP_SYN, &[7u8; 64]),
+        );
+        let nat_port = fields6(&out).sport;
+        // A router on the way says the translated packet is too big.
+        let router: Ipv6Addr = "2001:db8:99::1".parse().unwrap();
+        let ptb = Frame6::new(OUT_MAC, HOST_MAC, router, host6()).error(2, 0, 1280, &out);
+        let (v, back) = w.run(bpf::FROM_WORLD, &ptb);
+        assert_eq!(v, tc::ACT_REDIRECT, "into A");
+        let b = fields6(&back);
+        assert_eq!((b.src, b.dst), (router, a6()), "outer destination: A");
+        let inner = &back[14 + 40 + 8..];
+        let inner_src = Ipv6Addr::from(<[u8; 16]>::try_from(&inner[8..24]).unwrap());
+        let inner_sport = u16::from_be_bytes([inner[40], inner[41]]);
+        assert_eq!(
+            (inner_src, inner_sport),
+            (a6(), 40000),
+            "the quoted packet is A's again"
+        );
+        assert_ne!(nat_port, 40000);
+        assert_eq!(
+            u32::from_be_bytes(back[14 + 40 + 4..14 + 40 + 8].try_into().unwrap()),
+            1280
+        );
+        assert!(
+            packet6::checksum6_ok(&back),
+            "ICMPv6 checksum: pseudo-header and quoted packet"
+        );
+        assert_eq!(w.counter("icmp_errors"), 1);
+
+        // A's own error about a published-port flow goes out as the host's.
+        maps6::add_port(&mut w.p, 17, Ipv6Addr::UNSPECIFIED, 5353, a6(), 53);
+        let (_, dnated) = w.run(bpf::FROM_WORLD, &world6().udp(4444, 5353, b"q"));
+        let unreach = a_to6(out6()).error(1, 4, 0, &dnated);
+        let (v, out) = w.run(bpf::FROM_CONTAINER, &unreach);
+        assert_eq!(v, tc::ACT_REDIRECT);
+        let o = fields6(&out);
+        assert_eq!((o.src, o.dst), (host6(), out6()));
+        let inner = &out[14 + 40 + 8..];
+        let inner_dst = Ipv6Addr::from(<[u8; 16]>::try_from(&inner[24..40]).unwrap());
+        let inner_dport = u16::from_be_bytes([inner[42], inner[43]]);
+        assert_eq!((inner_dst, inner_dport), (host6(), 5353));
+        assert!(packet6::checksum6_ok(&out));
+        assert_eq!(w.counter("icmp_errors"), 2);
+    }
+
+    #[test]
+    fn fragments6_follow_their_datagram() {
+        root!();
+        let mut w = setup6(NET_ICC | NET_MASQUERADE, 1);
+        let dgram = a_to6(out6()).udp(40000, 53, &[9u8; 64]);
+        let seg = packet6::segment(&dgram);
+        let first = a_to6(out6()).fragment(NH_UDP, &seg, 77, 0, 32);
+        let second = a_to6(out6()).fragment(NH_UDP, &seg, 77, 32, 64);
+        let (v, f1) = w.run(bpf::FROM_CONTAINER, &first);
+        assert_eq!(v, tc::ACT_REDIRECT);
+        let (v, f2) = w.run(bpf::FROM_CONTAINER, &second);
+        assert_eq!(
+            v,
+            tc::ACT_REDIRECT,
+            "a later fragment with its datagram's flow"
+        );
+        let src = |f: &[u8]| Ipv6Addr::from(<[u8; 16]>::try_from(&f[22..38]).unwrap());
+        assert_eq!((src(&f1), src(&f2)), (host6(), host6()));
+        assert_eq!(w.counter("fragments"), 1);
+        // A later fragment whose first one was not seen.
+        let orphan = a_to6(out6()).fragment(NH_UDP, &seg, 78, 32, 64);
+        assert_eq!(w.run(bpf::FROM_CONTAINER, &orphan).0, tc::ACT_SHOT);
+        assert_eq!(w.drops("fragment-unknown"), 1);
+    }
+
+    /// Gateway modes over IPv6 (they follow the network's mode): `routed`
+    /// sends the containers' own addresses out (tracked, so replies come
+    /// in) and lets ICMPv6 echo and published container ports in by
+    /// address; `nat` lets nothing in by address.
+    #[test]
+    fn gateway_modes6_routed_in_and_out() {
+        root!();
+        let mut w = setup6(NET_ICC | NET_DIRECT_PORTS | NET_DIRECT_ICMP, 1);
+        let (v, out) = w.run(
+            bpf::FROM_CONTAINER,
+            &a_to6(out6()).tcp(40000, 80, TCP_SYN, b""),
+        );
+        assert_eq!(v, tc::ACT_REDIRECT);
+        let f = fields6(&out);
+        assert_eq!((f.src, f.sport), (a6(), 40000), "no NAT66 in routed mode");
+        assert_eq!(out, a_to6(out6()).tcp(40000, 80, TCP_SYN, b""));
+        let reply = Frame6::new(OUT_MAC, HOST_MAC, out6(), a6()).tcp(
+            80,
+            40000,
+            TCP_SYN | packet::TCP_ACK,
+            b"",
+        );
+        let (v, back) = w.run(bpf::FROM_WORLD, &reply);
+        assert_eq!(v, tc::ACT_REDIRECT, "the reply of a routed flow");
+        assert_eq!(fields6(&back).dst, a6());
+        assert!(packet6::checksum6_ok(&back));
+        let echo = Frame6::new(OUT_MAC, HOST_MAC, out6(), a6()).echo(5, false);
+        assert_eq!(
+            w.run(bpf::FROM_WORLD, &echo).0,
+            tc::ACT_REDIRECT,
+            "ICMPv6 echo in"
+        );
+        let unpublished = Frame6::new(OUT_MAC, HOST_MAC, out6(), a6()).tcp(5555, 22, TCP_SYN, b"");
+        assert_eq!(w.run(bpf::FROM_WORLD, &unpublished).0, tc::ACT_SHOT);
+        assert_eq!(w.drops("not-published"), 1);
+        assert!(w.counter("routed_in") >= 2 && w.counter("routed_out") >= 1);
+    }
+
+    /// ns per packet of the IPv6 paths (BPF_PROG_TEST_RUN, median of
+    /// 20,000 runs, 1400-byte payloads, flows established), to compare with
+    /// `hot_path_cost`: `cargo test --test bpf_walks -- --ignored hot_path_cost6 --nocapture`.
+    #[test]
+    #[ignore]
+    fn hot_path_cost6() {
+        root!();
+        let mut w = setup6(NET_ICC | NET_MASQUERADE, 1);
+        maps6::add_port(&mut w.p, 6, Ipv6Addr::UNSPECIFIED, 8080, a6(), 80);
+        w.tb.ok(
+            &w.tb.host,
+            &[
+                "ip",
+                "-6",
+                "neigh",
+                "replace",
+                OUT6,
+                "lladdr",
+                "02:42:c6:12:00:01",
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
+        )
+        .unwrap();
+        let payload = [0u8; 1400];
+        let (_, out) = w.run(
+            bpf::FROM_CONTAINER,
+            &a_to6(out6()).tcp(40000, 80, TCP_SYN, b""),
+        );
+        let nat = fields6(&out).sport;
+        w.run(
+            bpf::FROM_WORLD,
+            &world6().tcp(80, nat, TCP_SYN | packet::TCP_ACK, b""),
+        );
+        w.run(bpf::FROM_WORLD, &world6().tcp(5555, 8080, TCP_SYN, b""));
+        let paths: Vec<(&str, &str, Vec<u8>)> = vec![
+            (
+                "c2c6",
+                bpf::FROM_CONTAINER,
+                Frame6 {
+                    dst_mac: B_MAC,
+                    ..a_to6(b6())
+                }
+                .tcp(40000, 80, packet::TCP_ACK, &payload),
+            ),
+            (
+                "egress6 out (nat66)",
+                bpf::FROM_CONTAINER,
+                a_to6(out6()).tcp(40000, 80, packet::TCP_ACK, &payload),
+            ),
+            (
+                "egress6 reply in (rev-nat66)",
+                bpf::FROM_WORLD,
+                world6().tcp(80, nat, packet::TCP_ACK, &payload),
+            ),
+            (
+                "published6 in (dnat)",
+                bpf::FROM_WORLD,
+                world6().tcp(5555, 8080, packet::TCP_ACK, &payload),
+            ),
+            (
+                "published6 reply out (rev-dnat)",
+                bpf::FROM_CONTAINER,
+                a_to6(out6()).tcp(80, 5555, packet::TCP_ACK, &payload),
+            ),
+        ];
+        for (name, prog, frame) in &paths {
+            let fd = w.p.program_fd(prog).unwrap();
+            let best =
+                w.tb.host
+                    .run(|| {
+                        let mut runs = Vec::with_capacity(20_000);
+                        for _ in 0..20_000 {
+                            let (v, ns) = bpfmaps::test_run_repeat(fd, frame, 1)?;
+                            assert!(v == tc::ACT_REDIRECT, "{name}: verdict {v}");
+                            runs.push(ns);
+                        }
+                        runs.sort_unstable();
+                        Ok(runs[runs.len() / 2])
+                    })
+                    .unwrap();
+            eprintln!("{name:32} {best:>5} ns/packet (median)");
+        }
+    }
+
+    /// A full IPv6 table evicts the oldest unconfirmed flow (evict6, then
+    /// the program runs again); with only confirmed flows left the new one
+    /// is refused and counted.
+    #[test]
+    fn full_table6_evicts_unconfirmed_flows_only() {
+        root!();
+        let mut w = setup6_ct(NET_ICC | NET_MASQUERADE, 1, 4);
+        maps6::add_port(&mut w.p, 6, Ipv6Addr::UNSPECIFIED, 8080, a6(), 80);
+        for sport in [5001, 5002] {
+            let (v, _) = w.run(bpf::FROM_WORLD, &world6().tcp(sport, 8080, TCP_SYN, b""));
+            assert_eq!(v, tc::ACT_REDIRECT);
+        }
+        assert_eq!(maps6::ct(&mut w.p).len(), 4, "two flows fill it");
+        let (v, _) = w.run(bpf::FROM_WORLD, &world6().tcp(5003, 8080, TCP_SYN, b""));
+        assert_eq!(v, tc::ACT_REDIRECT, "room made");
+        assert_eq!(w.counter("ct.evicted"), 1);
+        let ct = maps6::ct(&mut w.p);
+        assert_eq!(ct.len(), 4);
+        assert!(!ct.iter().any(|(k, _)| k.sport == 5001), "the oldest went");
+        // Both flows confirmed (the clients' ACKs): nothing to evict.
+        for sport in [5002, 5003] {
+            w.run(
+                bpf::FROM_WORLD,
+                &world6().tcp(sport, 8080, packet::TCP_ACK, b""),
+            );
+        }
+        let (v, _) = w.run(bpf::FROM_WORLD, &world6().tcp(5004, 8080, TCP_SYN, b""));
+        assert_eq!(v, tc::ACT_SHOT);
+        assert_eq!(w.drops("ct-table-full"), 1);
+        assert_eq!(w.counter("ct.evicted"), 1);
+        // From a container too: no room, refused and counted.
+        let (v, _) = w.run(bpf::FROM_CONTAINER, &a_to6(out6()).udp(40000, 53, b"q"));
+        assert_eq!(v, tc::ACT_SHOT);
+        assert_eq!(w.drops("ct-table-full"), 2);
     }
 }

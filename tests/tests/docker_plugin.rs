@@ -430,6 +430,9 @@ fn scenario(datapath: &str) {
             "{a} not in {n6}"
         );
     }
+    // IPv6 between the two through netd's datapath (Docker's addresses).
+    w.ping_eventually("s1", &s2);
+    w.ping_eventually("s2", &s1);
     w.docker(&["rm", "-f", "s1", "s2"]);
     w.docker(&["network", "rm", "net6"]);
     assert!(

@@ -528,10 +528,14 @@ fn host_client_on_a_published_port_number(dp: &str) {
                 s.connect((OUTSIDE_IP, 9999))?;
                 s.set_read_timeout(Some(Duration::from_secs(1)))?;
                 let mut buf = [0u8; 2048];
-                for _ in 0..5 {
+                // Until the world's echo server is up (a refusal comes
+                // back at once while it is not): a readiness deadline.
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                while std::time::Instant::now() < deadline {
                     s.send(b"host")?;
-                    if let Ok(k) = s.recv(&mut buf) {
-                        return Ok(String::from_utf8_lossy(&buf[..k]).into_owned());
+                    match s.recv(&mut buf) {
+                        Ok(k) => return Ok(String::from_utf8_lossy(&buf[..k]).into_owned()),
+                        Err(_) => std::thread::sleep(Duration::from_millis(100)),
                     }
                 }
                 anyhow::bail!("no UDP reply")

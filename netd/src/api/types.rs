@@ -154,14 +154,18 @@ impl NetworkCreate {
                         .with_context(|| format!("invalid host-binding-ipv4 {v:?}"))?
                 }
                 "gateway_mode_ipv4" | "gateway-mode-ipv4" => opts.gateway_mode = v.parse()?,
+                "gateway_mode_ipv6" | "gateway-mode-ipv6" => opts.gateway_mode_ipv6 = v.parse()?,
                 _ => {
                     return bad(format!(
-                        "unknown network option {k:?} (known: icc, masquerade, mtu, bridge-name, host-binding-ipv4, gateway_mode_ipv4)"
+                        "unknown network option {k:?} (known: icc, masquerade, mtu, bridge-name, host-binding-ipv4, gateway_mode_ipv4, gateway_mode_ipv6)"
                     ));
                 }
             }
         }
-        if opts.gateway_mode == GatewayMode::Isolated && !opts.internal {
+        if (opts.gateway_mode == GatewayMode::Isolated
+            || opts.gateway_mode_ipv6 == GatewayMode::Isolated)
+            && !opts.internal
+        {
             return bad("gateway mode isolated needs an internal network (--internal)");
         }
         let subnet = match &self.subnet {

@@ -23,6 +23,20 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("NETD_EBPF_OBJECT"))
 /// Program names (the functions in netd-ebpf).
 pub const FROM_CONTAINER: &str = "from_container";
 pub const FROM_WORLD: &str = "from_world";
+/// The IPv6 programs, tail-called by the two above through `NETD_JMP6`
+/// (slots 0..10, in this order), never attached themselves.
+pub const IPV6_PROGRAMS: [&str; 10] = [
+    "from_container6",
+    "from_world6",
+    "egress6",
+    "container_icmp6",
+    "container_flow6",
+    "world_icmp6",
+    "world_dnat6",
+    "world_address6",
+    "new_flow6",
+    "evict6",
+];
 /// The cgroup socket programs (host processes -> published ports).
 pub const SOCK_PROGRAMS: [&str; 8] = [
     "netd_connect4",
@@ -132,10 +146,12 @@ impl Programs {
         let mut loader = EbpfLoader::new();
         loader
             .override_global("AYA_LOG_LEVEL", &level, false)
-            .map_max_entries(maps::CT, ct_entries);
+            .map_max_entries(maps::CT, ct_entries)
+            .map_max_entries(netd_common::v6::maps::CT6, ct_entries);
         let paths: Vec<(&str, std::path::PathBuf)> = match pin_dir {
             Some(dir) => maps::ALL
                 .iter()
+                .chain(netd_common::v6::maps::ALL.iter())
                 .map(|m| (*m, dir.join(format!("{m}_{}", netd_common::MAP_VERSION))))
                 .collect(),
             None => vec![],
@@ -151,6 +167,27 @@ impl Programs {
                 .try_into()?;
             prog.load()
                 .with_context(|| format!("loading (verifying) {name}"))?;
+        }
+        // The IPv6 programs, into the jump table the IPv4 ones tail-call.
+        let mut fds = Vec::new();
+        for name in IPV6_PROGRAMS {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("loading (verifying) {name}"))?;
+            fds.push(prog.fd()?.try_clone()?);
+        }
+        {
+            let mut jump: aya::maps::ProgramArray<&mut MapData> =
+                aya::maps::ProgramArray::try_from(
+                    ebpf.map_mut(netd_common::v6::maps::JUMP6)
+                        .context("the IPv6 jump table is missing from the object")?,
+                )?;
+            for (slot, fd) in fds.iter().enumerate() {
+                jump.set(slot as u32, fd, 0)?;
+            }
         }
         for name in SOCK_PROGRAMS {
             let prog: &mut aya::programs::CgroupSockAddr = ebpf

@@ -70,6 +70,7 @@ impl Daemon {
                 "com.docker.network.driver.mtu": n.options.mtu.to_string(),
                 "com.docker.network.bridge.default_bridge": n.default.to_string(),
                 "com.docker.network.bridge.gateway_mode_ipv4": n.options.gateway_mode.as_str(),
+                "com.docker.network.bridge.gateway_mode_ipv6": n.options.gateway_mode_ipv6.as_str(),
             },
             "Labels": {},
         })

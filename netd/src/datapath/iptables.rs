@@ -5,9 +5,12 @@
 //! Every sync renders all NETD-* chains from the state and applies them in
 //! one `iptables-restore --noflush` batch: declaring a chain in the batch
 //! flushes it, so the result is exactly the state, atomically per table.
-//! The bridge-level rules (containers speak IPv4 and honest ARP only) are
+//! The bridge-level rules (containers speak IPv4, honest ARP and, on
+//! networks with IPv6, IPv6 from their own addresses only) are
 //! one `ebtables-restore --noflush` batch of their own chain. The jumps
-//! from the built-in chains are installed once, by `init`.
+//! from the built-in chains are installed once, by `init`. Networks with
+//! IPv6 get the same chains in the ip6 tables ([`render6`], applied with
+//! `ip6tables-restore`).
 //!
 //! Beyond Docker's filter and nat rules, the raw table (Docker 28's
 //! reference) drops, before conntrack and NAT, anything from outside the
@@ -19,7 +22,6 @@
 use std::{
     fmt::Write as _,
     io::Write,
-    net::Ipv4Addr,
     process::{Command, Output, Stdio},
     time::Duration,
 };
@@ -64,7 +66,10 @@ pub(crate) const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Iptables {
     /// The last batches applied, to skip identical re-applies.
     last: String,
+    last6: String,
     last_bridge: String,
+    /// The host has IPv6 (ip6tables rules are kept).
+    ipv6: bool,
     conntrack: super::KernelConntrack,
 }
 
@@ -155,6 +160,21 @@ fn iptables(args: &[&str]) -> Result<bool> {
     Ok(out.status.success())
 }
 
+fn ip6tables(args: &[&str]) -> Result<bool> {
+    let mut a = vec!["-w", "5"];
+    a.extend_from_slice(args);
+    let out = run_tool("ip6tables", &a, "").context("is the iptables package installed?")?;
+    Ok(out.status.success())
+}
+
+/// The iptables tool of a family (`-w 5` first).
+fn tool_of(fam: Family) -> fn(&[&str]) -> Result<bool> {
+    match fam {
+        Family::V4 => iptables,
+        Family::V6 => ip6tables,
+    }
+}
+
 fn ebtables(args: &[&str]) -> Result<bool> {
     let out = run_tool("ebtables", args, "").context("is the ebtables package installed?")?;
     Ok(out.status.success())
@@ -164,9 +184,75 @@ fn restore(batch: &str) -> Result<()> {
     apply_batch("iptables-restore", &["-w", "5", "--noflush"], batch)
 }
 
+fn restore6(batch: &str) -> Result<()> {
+    apply_batch("ip6tables-restore", &["-w", "5", "--noflush"], batch)
+}
+
+/// Whether the host has IPv6 at all (a kernel booted with ipv6.disable=1
+/// has no ip6tables either: netd's IPv6 rules are then skipped, and IPv6
+/// networks cannot be made anyway).
+pub(crate) fn host_has_ipv6() -> bool {
+    std::path::Path::new("/proc/sys/net/ipv6").exists()
+}
+
+/// Installs the jumps from the built-in chains of one family.
+fn install_hooks(fam: Family) -> Result<()> {
+    let tool = tool_of(fam);
+    for (table, chain, spec) in HOOKS {
+        let spec: Vec<&str> = spec.split(' ').collect();
+        let mut check = vec!["-t", table, "-C", chain];
+        check.extend(&spec);
+        if !tool(&check)? {
+            let mut add = vec!["-t", table, "-I", chain, "1"];
+            add.extend(&spec);
+            if !tool(&add)? {
+                bail!(
+                    "could not install the jump {table}/{chain} {} ({fam:?})",
+                    spec.join(" ")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes one family's jumps and NETD-* chains; returns the chains that
+/// would not go.
+fn remove_chains(fam: Family) -> Vec<String> {
+    let tool = tool_of(fam);
+    let mut errors = Vec::new();
+    for (table, chain, spec) in HOOKS {
+        let mut del = vec!["-t", table, "-D", chain];
+        del.extend(spec.split(' '));
+        while tool(&del).unwrap_or(false) {}
+    }
+    for (table, chains) in [
+        ("raw", RAW_CHAINS),
+        ("nat", NAT_CHAINS),
+        ("filter", FILTER_CHAINS),
+    ] {
+        for ch in chains.iter() {
+            let _ = tool(&["-t", table, "-F", ch]);
+        }
+        for ch in chains.iter() {
+            // Only chains that exist (an older netd had no raw chain, nor
+            // any IPv6 chain).
+            if tool(&["-t", table, "-n", "-L", ch]).unwrap_or(false)
+                && !tool(&["-t", table, "-X", ch]).unwrap_or(false)
+            {
+                errors.push(format!("{fam:?} {table}/{ch}"));
+            }
+        }
+    }
+    errors
+}
+
 /// Renders the bridge chain: each container port passes IPv4, and ARP
-/// whose sender is the endpoint (address 0.0.0.0: a probe); everything
-/// else from a container (IPv6, VLAN tags, ARP claiming another
+/// whose sender is the endpoint (address 0.0.0.0: a probe); on a network
+/// with IPv6, IPv6 from the endpoint's address, its link-local addresses
+/// (fe80::/10: NDP, router solicitations) and :: (duplicate address
+/// detection); everything else from a container (IPv6 on an IPv4-only
+/// network or from another address, VLAN tags, ARP claiming another
 /// address) is dropped, whatever the container's own settings.
 pub fn render_bridge(state: &State) -> String {
     let mut out = format!("*filter\n:{BRIDGE_CHAIN} RETURN\n");
@@ -189,6 +275,16 @@ pub fn render_bridge(state: &State) -> String {
             let _ = writeln!(out, "-A {ch} -i {v} -p ARP --arp-ip-src 0.0.0.0 -j RETURN");
             let _ = writeln!(out, "-A {ch} -i {v} -p ARP --arp-ip-src ! {ip} -j DROP");
             let _ = writeln!(out, "-A {ch} -i {v} -p ARP -j RETURN");
+            if let Some(ip6) = ep.ip6
+                && state
+                    .networks
+                    .get(&ep.network)
+                    .is_some_and(|n| n.enable_ipv6())
+            {
+                for src in [format!("{ip6}/128"), "fe80::/10".into(), "::/128".into()] {
+                    let _ = writeln!(out, "-A {ch} -i {v} -p IPv6 --ip6-src {src} -j RETURN");
+                }
+            }
             let _ = writeln!(out, "-A {ch} -i {v} -j DROP");
         }
     }
@@ -200,7 +296,69 @@ fn restore_bridge(batch: &str) -> Result<()> {
     apply_batch("ebtables-restore", &["--noflush"], batch)
 }
 
-/// Renders every NETD-* chain for `state`.
+/// An address family the netfilter datapaths render rules for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The ICMP protocol's name in a rule.
+    fn icmp(self) -> &'static str {
+        match self {
+            Family::V4 => "icmp",
+            Family::V6 => "ipv6-icmp",
+        }
+    }
+    /// A host route's prefix length.
+    fn host(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+}
+
+/// A network as one family sees it: its subnet and what its gateway
+/// mode means for that family (None: the network lacks the family).
+pub(crate) fn net_family(
+    net: &crate::model::Network,
+    fam: Family,
+    cluster: Option<crate::ipam::Cidr>,
+) -> Option<(String, crate::model::Wire)> {
+    match fam {
+        Family::V4 => Some((net.subnet().to_string(), net.wire(cluster))),
+        Family::V6 => net.subnet6().map(|s| (s.to_string(), net.wire6())),
+    }
+}
+
+/// An endpoint's address in `fam`.
+pub(crate) fn ep_addr(ep: &crate::model::Endpoint, fam: Family) -> Option<std::net::IpAddr> {
+    match fam {
+        Family::V4 => Some(ep.ip.into()),
+        Family::V6 => ep.ip6.map(Into::into),
+    }
+}
+
+/// Which host addresses of `fam` a binding is published on: `Some(None)`
+/// every address (0.0.0.0 means both families, `::` IPv6's), `Some(ip)`
+/// one, `None` none of this family.
+pub(crate) fn binding_host(
+    b: &crate::portspec::PortBinding,
+    fam: Family,
+) -> Option<Option<std::net::IpAddr>> {
+    use std::net::IpAddr;
+    match (b.host_ip, fam) {
+        (IpAddr::V4(ip), _) if ip.is_unspecified() => Some(None),
+        (IpAddr::V4(ip), Family::V4) => Some(Some(ip.into())),
+        (IpAddr::V6(ip), Family::V6) if ip.is_unspecified() => Some(None),
+        (IpAddr::V6(ip), Family::V6) => Some(Some(ip.into())),
+        _ => None,
+    }
+}
+
+/// Renders every NETD-* chain for `state` (IPv4: iptables-restore).
 ///
 /// Gateway modes (see [`crate::model::Wire`]): `nat` masquerades and
 /// protects container addresses in the raw table; `nat-unprotected`
@@ -212,11 +370,39 @@ fn restore_bridge(batch: &str) -> Result<()> {
 /// never masqueraded, and cluster addresses reach the containers of
 /// cluster networks (subnets inside the cluster CIDR) on every port.
 pub fn render(state: &State) -> String {
-    let cluster = state.cluster_cidr;
+    render_family(state, Family::V4)
+}
+
+/// The same chains for IPv6 (ip6tables-restore): the networks with IPv6
+/// and their containers' IPv6 addresses, each network's
+/// `gateway_mode_ipv6` (NAT66 in `nat`, as Docker does by default), no
+/// cluster, and no loopback rule in raw (the kernel drops ::1 arriving on
+/// anything but `lo` itself).
+pub fn render6(state: &State) -> String {
+    render_family(state, Family::V6)
+}
+
+fn render_family(state: &State, fam: Family) -> String {
+    let cluster = if fam == Family::V4 {
+        state.cluster_cidr
+    } else {
+        None
+    };
+    let hostlen = fam.host();
     let mut raw = String::new();
-    let _ = writeln!(raw, "-A NETD-RAW -d 127.0.0.0/8 ! -i lo -j DROP");
+    if fam == Family::V4 {
+        let _ = writeln!(raw, "-A NETD-RAW -d 127.0.0.0/8 ! -i lo -j DROP");
+    }
     let mut raw_protect = String::new();
     let mut nat = String::new();
+    if fam == Family::V6 {
+        // [::1] cannot reach a container through netfilter (the reply,
+        // turned back to ::1 in br_netfilter's pass, is dropped by the
+        // bridge's IPv6 input): not translated, a connection to it is
+        // refused at once (clients such as curl then try 127.0.0.1)
+        // instead of hanging.
+        let _ = writeln!(nat, "-A NETD -d ::1/128 -j RETURN");
+    }
     let mut masq = String::new();
     let mut routed_in = String::new();
     let mut ports = String::new();
@@ -227,14 +413,30 @@ pub fn render(state: &State) -> String {
     let mut internal = String::new();
     let mut iso2 = String::new();
     for net in state.networks.values() {
-        let (br, subnet) = (&net.bridge, net.subnet());
+        let Some((subnet, w)) = net_family(net, fam, cluster) else {
+            continue;
+        };
+        let br = &net.bridge;
         let o = &net.options;
-        let w = net.wire(cluster);
         if o.internal {
             // First in NETD-FORWARD: nothing, not even a published port
             // reached through a host address, leaves an internal network.
-            let _ = writeln!(internal, "-A NETD-FORWARD -i {br} ! -d {subnet} -j DROP");
-            let _ = writeln!(internal, "-A NETD-FORWARD -o {br} ! -s {subnet} -j DROP");
+            // IPv6: not between the bridge's own ports (bridged neighbour
+            // discovery goes to multicast and from link-local addresses;
+            // icc decides there).
+            let same = match fam {
+                Family::V4 => String::new(),
+                Family::V6 => format!("! -o {br} "),
+            };
+            let _ = writeln!(
+                internal,
+                "-A NETD-FORWARD -i {br} {same}! -d {subnet} -j DROP"
+            );
+            let same = same.replace("-o", "-i");
+            let _ = writeln!(
+                internal,
+                "-A NETD-FORWARD -o {br} {same}! -s {subnet} -j DROP"
+            );
         } else {
             let _ = writeln!(
                 iso1,
@@ -278,7 +480,7 @@ pub fn render(state: &State) -> String {
             let _ = writeln!(fwd_out, "-A NETD-FORWARD -i {br} ! -o {br} -j ACCEPT");
         }
         if w.direct_icmp {
-            let _ = writeln!(fwd, "-A NETD-FORWARD -o {br} -p icmp -j ACCEPT");
+            let _ = writeln!(fwd, "-A NETD-FORWARD -o {br} -p {} -j ACCEPT", fam.icmp());
         }
         if w.cluster
             && let Some(c) = cluster
@@ -298,12 +500,14 @@ pub fn render(state: &State) -> String {
         // routed to, their containers' replies come that way).
         for ep in c.endpoints.values() {
             if let Some(net) = state.networks.get(&ep.network)
-                && net.wire(cluster).protected
+                && let Some((_, w)) = net_family(net, fam, cluster)
+                && w.protected
+                && let Some(ip) = ep_addr(ep, fam)
             {
                 let _ = writeln!(
                     raw_protect,
-                    "-A NETD-RAW -d {}/32 ! -i {} -j DROP",
-                    ep.ip, net.bridge
+                    "-A NETD-RAW -d {ip}/{hostlen} ! -i {} -j DROP",
+                    net.bridge
                 );
             }
         }
@@ -314,32 +518,40 @@ pub fn render(state: &State) -> String {
         let Some(net) = state.networks.get(&ep.network) else {
             continue;
         };
-        let w = net.wire(cluster);
+        let (Some((_, w)), Some(ip)) = (net_family(net, fam, cluster), ep_addr(ep, fam)) else {
+            continue;
+        };
+        // DNAT's target: an IPv6 address in brackets.
+        let to = match ip {
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        };
         for b in &c.ports {
             let p = b.proto.as_str();
-            let dst = match b.host_ip {
-                std::net::IpAddr::V4(ip) if ip != Ipv4Addr::UNSPECIFIED => format!("-d {ip}/32 "),
-                std::net::IpAddr::V4(_) => String::new(),
-                std::net::IpAddr::V6(_) => continue,
+            let Some(host) = binding_host(b, fam) else {
+                continue;
+            };
+            let dst = match host {
+                Some(h) => format!("-d {h}/{hostlen} "),
+                None => String::new(),
             };
             if w.host_ports && b.host_port != 0 {
                 let _ = writeln!(
                     nat,
-                    "-A NETD {dst}-p {p} -m {p} --dport {} -j DNAT --to-destination {}:{}",
-                    b.host_port, ep.ip, b.container_port
+                    "-A NETD {dst}-p {p} -m {p} --dport {} -j DNAT --to-destination {to}:{}",
+                    b.host_port, b.container_port
                 );
                 // Hairpin: a container reaching its own published port.
                 let _ = writeln!(
                     nat,
-                    "-A NETD-POSTROUTING -s {ip}/32 -d {ip}/32 -p {p} -m {p} --dport {cp} -j MASQUERADE",
-                    ip = ep.ip,
+                    "-A NETD-POSTROUTING -s {ip}/{hostlen} -d {ip}/{hostlen} -p {p} -m {p} --dport {cp} -j MASQUERADE",
                     cp = b.container_port
                 );
             }
             let _ = writeln!(
                 ports,
-                "-A NETD-PORTS -d {}/32 -o {} -p {p} -m {p} --dport {} -j ACCEPT",
-                ep.ip, net.bridge, b.container_port
+                "-A NETD-PORTS -d {ip}/{hostlen} -o {} -p {p} -m {p} --dport {} -j ACCEPT",
+                net.bridge, b.container_port
             );
         }
     }
@@ -401,16 +613,26 @@ impl Datapath for Iptables {
     fn init(&mut self) -> Result<()> {
         sysctl_write("net/ipv4/ip_forward", "1")?;
         // icc=false between containers on one bridge needs bridged frames
-        // to traverse iptables (Docker loads br_netfilter for this).
+        // to traverse iptables (Docker loads br_netfilter for this), and
+        // ip6tables for IPv6 networks.
         if sysctl_read("net/bridge/bridge-nf-call-iptables").is_ok() {
             sysctl_write("net/bridge/bridge-nf-call-iptables", "1")?;
+            if host_has_ipv6() {
+                sysctl_write("net/bridge/bridge-nf-call-ip6tables", "1")?;
+            }
         } else {
             tracing::warn!(
                 "br_netfilter is not available: icc=false cannot be enforced by iptables"
             );
         }
+        self.ipv6 = host_has_ipv6();
         // Chains first (empty), then the jumps to them.
         restore(&render(&State::default()))?;
+        if self.ipv6 {
+            restore6(&render6(&State::default()))?;
+        } else {
+            tracing::warn!("the host has no IPv6: no ip6tables rules");
+        }
         restore_bridge(&render_bridge(&State::default()))?;
         for chain in BRIDGE_HOOKS {
             let listed = run_tool("ebtables", &["-L", chain], "")
@@ -422,20 +644,9 @@ impl Datapath for Iptables {
                 bail!("could not install the jump bridge {chain} -j {BRIDGE_CHAIN}");
             }
         }
-        for (table, chain, spec) in HOOKS {
-            let spec: Vec<&str> = spec.split(' ').collect();
-            let mut check = vec!["-t", table, "-C", chain];
-            check.extend(&spec);
-            if !iptables(&check)? {
-                let mut add = vec!["-t", table, "-I", chain, "1"];
-                add.extend(&spec);
-                if !iptables(&add)? {
-                    bail!(
-                        "could not install the jump {table}/{chain} {}",
-                        spec.join(" ")
-                    );
-                }
-            }
+        install_hooks(Family::V4)?;
+        if self.ipv6 {
+            install_hooks(Family::V6)?;
         }
         Ok(())
     }
@@ -447,6 +658,13 @@ impl Datapath for Iptables {
             restore(&batch)?;
             self.last = batch;
         }
+        if self.ipv6 {
+            let batch = render6(state);
+            if batch != self.last6 {
+                restore6(&batch)?;
+                self.last6 = batch;
+            }
+        }
         let bridge = render_bridge(state);
         if bridge != self.last_bridge {
             restore_bridge(&bridge)?;
@@ -456,11 +674,9 @@ impl Datapath for Iptables {
     }
 
     fn cleanup(&mut self) -> Result<()> {
-        let mut errors = Vec::new();
-        for (table, chain, spec) in HOOKS {
-            let mut del = vec!["-t", table, "-D", chain];
-            del.extend(spec.split(' '));
-            while iptables(&del).unwrap_or(false) {}
+        let mut errors = remove_chains(Family::V4);
+        if host_has_ipv6() {
+            errors.extend(remove_chains(Family::V6));
         }
         for chain in BRIDGE_HOOKS {
             while ebtables(&["-D", chain, "-j", BRIDGE_CHAIN]).unwrap_or(false) {}
@@ -472,24 +688,8 @@ impl Datapath for Iptables {
             errors.push(format!("bridge/{BRIDGE_CHAIN}"));
         }
         self.last_bridge.clear();
-        for (table, chains) in [
-            ("raw", RAW_CHAINS),
-            ("nat", NAT_CHAINS),
-            ("filter", FILTER_CHAINS),
-        ] {
-            for ch in chains.iter() {
-                let _ = iptables(&["-t", table, "-F", ch]);
-            }
-            for ch in chains.iter() {
-                // Only chains that exist (an older netd had no raw chain).
-                if iptables(&["-t", table, "-n", "-L", ch]).unwrap_or(false)
-                    && !iptables(&["-t", table, "-X", ch]).unwrap_or(false)
-                {
-                    errors.push(format!("{table}/{ch}"));
-                }
-            }
-        }
         self.last.clear();
+        self.last6.clear();
         if !errors.is_empty() {
             bail!("could not delete chains: {}", errors.join(", "));
         }
@@ -499,6 +699,8 @@ impl Datapath for Iptables {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     #[test]
@@ -644,6 +846,75 @@ mod tests {
             pos("-A NETD-FORWARD -s 10.244.0.0/16 -o netd-pods -j ACCEPT")
                 < pos("-A NETD-FORWARD -o netd-pods -j DROP")
         );
+    }
+
+    #[test]
+    fn ipv6_rules_for_ip6tables() {
+        let s = crate::datapath::nftables::tests::dual_state();
+        let r = render6(&s);
+        let has = |l: &str| r.lines().any(|x| x == l);
+        assert!(r.starts_with("*raw\n:NETD-RAW - [0:0]\n"), "{r}");
+        // NAT66 and protection of the nat network; DNAT of 0.0.0.0, ::
+        // and ::1 bindings to the container's IPv6 address.
+        assert!(has(
+            "-A NETD-POSTROUTING -s fd00:17::/64 ! -o netd0 -j MASQUERADE"
+        ));
+        assert!(has("-A NETD-RAW -d fd00:17::2/128 ! -i netd0 -j DROP"));
+        assert!(has(
+            "-A NETD -p tcp -m tcp --dport 8080 -j DNAT --to-destination [fd00:17::2]:80"
+        ));
+        assert!(has(
+            "-A NETD -p tcp -m tcp --dport 8081 -j DNAT --to-destination [fd00:17::2]:81"
+        ));
+        // [::1] is left alone (before any DNAT).
+        let pos = |l: &str| r.find(l).unwrap_or_else(|| panic!("{l}"));
+        assert!(pos("-A NETD -d ::1/128 -j RETURN\n") < pos("-A NETD -p tcp"));
+        assert!(!r.contains("8083"), "127.0.0.1 is IPv4 only");
+        assert!(has(
+            "-A NETD-POSTROUTING -s fd00:17::2/128 -d fd00:17::2/128 -p tcp -m tcp --dport 80 -j MASQUERADE"
+        ));
+        assert!(has(
+            "-A NETD-POSTROUTING -o netd0 -m addrtype --src-type LOCAL -j MASQUERADE"
+        ));
+        // icc=false, isolation, the egress accept.
+        assert!(has("-A NETD-FORWARD -i netd0 -o netd0 -j DROP"));
+        assert!(has(
+            "-A NETD-ISOLATION-1 -i netd0 ! -o netd0 -j NETD-ISOLATION-2"
+        ));
+        assert!(has("-A NETD-ISOLATION-2 -o netd0 -j DROP"));
+        // gateway_mode_ipv6=routed: no NAT66, no DNAT, the port and ICMPv6.
+        assert!(!r.contains("-s fd00:20::/64 ! -o netd-rtd6 -j MASQUERADE"));
+        assert!(!r.contains("[fd00:20::2]"));
+        assert!(!r.contains("-d fd00:20::2/128 ! -i"));
+        assert!(has(
+            "-A NETD-PORTS -d fd00:20::2/128 -o netd-rtd6 -p tcp -m tcp --dport 80 -j ACCEPT"
+        ));
+        assert!(has("-A NETD-FORWARD -o netd-rtd6 -p ipv6-icmp -j ACCEPT"));
+        assert!(has("-A NETD-ISOLATION-1 -o netd-rtd6 -j RETURN"));
+        // ...while its IPv4 side is nat.
+        let r4 = render(&s);
+        assert!(r4.contains("-A NETD-POSTROUTING -s 10.20.0.0/24 ! -o netd-rtd6 -j MASQUERADE"));
+        assert!(!r4.contains("fd00:") && !r4.contains("8081") && !r4.contains("8082"));
+        // IPv4-only networks and IPv4 things are absent.
+        assert!(!r.contains("netd-v4") && !r.contains("127.0.0.0/8") && !r.contains("172.17."));
+        // An internal network with IPv6 keeps IPv6 in its subnet.
+        let mut s2 = s.clone();
+        s2.networks.get_mut("def").unwrap().options.internal = true;
+        let r2 = render6(&s2);
+        assert!(r2.contains("-A NETD-FORWARD -i netd0 ! -o netd0 ! -d fd00:17::/64 -j DROP\n"));
+        assert!(r2.contains("-A NETD-FORWARD -o netd0 ! -i netd0 ! -s fd00:17::/64 -j DROP\n"));
+        assert!(!r2.contains("-s fd00:17::/64 ! -o netd0 -j MASQUERADE"));
+        // The bridge chain: the endpoint's address, link-local and ::
+        // on IPv6 networks; nothing IPv6 from an IPv4-only network's port.
+        let b = render_bridge(&s);
+        for src in ["fd00:17::2/128", "fe80::/10", "::/128"] {
+            let l = format!("-A NETD-BRIDGE -i vndweb -p IPv6 --ip6-src {src} -j RETURN\n");
+            assert!(b.contains(&l), "{b}");
+        }
+        assert!(b.contains("-A NETD-BRIDGE -i vndr -p IPv6 --ip6-src fd00:20::2/128 -j RETURN\n"));
+        assert!(!b.contains("-i vndo -p IPv6"), "{b}");
+        let web_ipv6 = b.find("-i vndweb -p IPv6 --ip6-src fe80::/10").unwrap();
+        assert!(web_ipv6 < b.find("-A NETD-BRIDGE -i vndweb -j DROP").unwrap());
     }
 
     #[test]

@@ -186,26 +186,32 @@ pub fn new(kind: Kind, ebpf: ebpf::EbpfConfig) -> Box<dyn Datapath> {
 /// translation (Docker flushes them too). Flushed with `conntrack -D`.
 #[derive(Default)]
 pub struct KernelConntrack {
-    last: std::collections::BTreeSet<std::net::Ipv4Addr>,
+    last: std::collections::BTreeSet<std::net::IpAddr>,
 }
 
 impl KernelConntrack {
     pub fn sync(&mut self, state: &State) -> Result<()> {
-        let now: std::collections::BTreeSet<std::net::Ipv4Addr> = state
+        let now: std::collections::BTreeSet<std::net::IpAddr> = state
             .containers
             .values()
             .filter(|c| c.status == crate::model::Status::Running)
-            .flat_map(|c| c.endpoints.values().map(|e| e.ip))
+            .flat_map(|c| {
+                c.endpoints.values().flat_map(|e| {
+                    std::iter::once(std::net::IpAddr::V4(e.ip))
+                        .chain(e.ip6.map(std::net::IpAddr::V6))
+                })
+            })
             .collect();
         let mut errors = Vec::new();
         for ip in self.last.difference(&now) {
+            let family = if ip.is_ipv6() { "ipv6" } else { "ipv4" };
             let ip = ip.to_string();
             for dir in ["-s", "-d", "--reply-src", "--reply-dst"] {
                 // Exit 1: nothing matched.
-                match iptables::run_tool("conntrack", &["-D", dir, &ip], "") {
+                match iptables::run_tool("conntrack", &["-D", "-f", family, dir, &ip], "") {
                     Ok(o) if o.status.success() || o.status.code() == Some(1) => {}
                     Ok(o) => errors.push(format!(
-                        "conntrack -D {dir} {ip}: {}",
+                        "conntrack -D -f {family} {dir} {ip}: {}",
                         String::from_utf8_lossy(&o.stderr).trim()
                     )),
                     Err(e) => errors.push(format!("{e:#}")),

@@ -10,7 +10,8 @@
 //! again): the kernel switches from the old table to the new one
 //! atomically. Nothing is applied when the rendered text did not change.
 //!
-//! The table is IPv4 only (`ip` family), like the rest of netd:
+//! The IPv4 table (`ip` family; networks with IPv6 get the same as
+//! `table ip6 netd`, see [`CHAINS6`]):
 //!
 //! - `prerouting` (nat, dstnat) and `output` (nat, -100, not to
 //!   127.0.0.0/8): destinations that are the host's own addresses
@@ -29,10 +30,15 @@
 //!   127.0.0.1-bound published port stays the host's), nothing to a
 //!   container of a masquerading network except from its own bridge.
 //!
-//! A second table, `table bridge netd`, replaced in the same transaction,
-//! lets only IPv4 and ARP whose sender is the endpoint (or 0.0.0.0, a
-//! probe) out of a container's bridge port: no IPv6 (link-local included:
-//! icc=false holds), no VLAN tags, no ARP claiming another address.
+//! A bridge table, `table bridge netd`, replaced in the same transaction,
+//! lets only IPv4, ARP whose sender is the endpoint (or 0.0.0.0, a
+//! probe) and, on a network with IPv6, IPv6 from the endpoint's address,
+//! fe80::/10 and :: out of a container's bridge port: no IPv6 on an
+//! IPv4-only network (link-local included: icc=false holds), no VLAN
+//! tags, no ARP claiming another address.
+//!
+//! A separate `ip6` table rather than one `inet` table: the sets are typed
+//! per family anyway, and the IPv4 table stays as it was.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
@@ -41,9 +47,11 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::Datapath;
+use super::{
+    Datapath,
+    iptables::{Family, binding_host, ep_addr, net_family},
+};
 use crate::{
-    ipam::Cidr,
     model::Status,
     netns::{sysctl_read, sysctl_write},
     portspec::Proto,
@@ -52,6 +60,8 @@ use crate::{
 
 /// The family and name of netd's table.
 pub const TABLE: &str = "ip netd";
+/// The family and name of netd's IPv6 table.
+pub const TABLE6: &str = "ip6 netd";
 /// The bridge-level table.
 pub const BRIDGE_TABLE: &str = "bridge netd";
 
@@ -69,6 +79,9 @@ const BRIDGE_CHAINS: &str = "\
 
 	chain from-container {
 		ether type ip return
+		ether type ip6 iifname . ip6 saddr @port_ip6 return
+		ether type ip6 iifname @ports6 ip6 saddr fe80::/10 return
+		ether type ip6 iifname @ports6 ip6 saddr :: return
 		ether type arp iifname . arp saddr ether != @port_mac drop
 		ether type arp arp saddr ip 0.0.0.0 return
 		ether type arp iifname . arp saddr ip != @port_ip drop
@@ -129,6 +142,62 @@ const CHAINS: &str = "\
 	}
 ";
 
+/// The IPv6 table's rules: [`CHAINS`] for `ip6` (no loopback rule: the
+/// kernel drops ::1 arriving on anything but `lo`; no cluster; ICMPv6;
+/// [::1] is not translated: the reply of a connection DNATed from ::1 to a
+/// container is turned back to ::1 in br_netfilter's bridge-level pass,
+/// and the bridge's IPv6 input drops a loopback destination, so such a
+/// connection would hang; untranslated it is refused at once;
+/// an internal network's subnet check leaves traffic between its own
+/// ports to icc: bridged neighbour discovery goes to multicast addresses
+/// and comes from link-local ones).
+const CHAINS6: &str = "\
+	chain raw {
+		type filter hook prerouting priority raw; policy accept;
+		iifname @routed_bridges return
+		ip6 daddr @nat_endpoints ip6 daddr . iifname != @endpoint_bridges drop
+	}
+
+	chain prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		fib daddr type local jump published-ports
+	}
+
+	chain output {
+		type nat hook output priority -100; policy accept;
+		fib daddr type local jump published-ports
+	}
+
+	chain published-ports {
+		ip6 daddr ::1 return
+		dnat to ip6 daddr . meta l4proto . th dport map @dnat_host_ports
+		dnat to meta l4proto . th dport map @dnat_ports
+	}
+
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		ip6 saddr . ip6 daddr . meta l4proto . th dport @hairpin masquerade
+		oifname @routed_bridges return
+		ip6 saddr @masq_subnets ip6 saddr . oifname != @subnets masquerade
+		oifname @bridges ip6 saddr ::1 masquerade
+	}
+
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		iifname @internal_bridges iifname . oifname != @same_bridge ip6 daddr . iifname != @subnets drop
+		oifname @internal_bridges iifname . oifname != @same_bridge ip6 saddr . oifname != @subnets drop
+		ct state established,related accept
+		ct status dnat oifname . ip6 daddr . meta l4proto . th dport @published accept
+		iifname @egress_bridges oifname @bridges oifname != @routed_bridges iifname . oifname != @same_bridge drop
+		iifname . oifname vmap @icc_verdict
+		oifname . ip6 daddr . meta l4proto . th dport @direct_ports accept
+		oifname @icmp_bridges meta l4proto ipv6-icmp accept
+		oifname @open_bridges accept
+		oifname @bridges drop
+		iifname @egress_bridges accept
+	}
+";
+
 #[derive(Default)]
 pub struct Nftables {
     /// The last table applied, to skip identical re-applies.
@@ -173,35 +242,58 @@ fn define(out: &mut String, kind: &str, name: &str, ty: &str, interval: bool, el
     out.push_str("\t}\n\n");
 }
 
-/// Renders netd's tables for `state` (the `table ip netd { ... }` and
-/// `table bridge netd { ... }` blocks; [`apply_script`] wraps them in the
-/// replacing transaction).
+/// Renders netd's tables for `state` (the `table ip netd { ... }`,
+/// `table ip6 netd { ... }` and `table bridge netd { ... }` blocks;
+/// [`apply_script`] wraps them in the replacing transaction).
 pub fn render(state: &State) -> Result<String> {
+    render_with(state, true)
+}
+
+/// [`render`], without the `ip6` table when `ipv6` is false (a host
+/// without IPv6).
+pub fn render_with(state: &State, ipv6: bool) -> Result<String> {
+    let mut out = render_family(state, Family::V4)?;
+    if ipv6 {
+        out.push_str(&render_family(state, Family::V6)?);
+    }
+    out.push_str(&render_bridge(state)?);
+    Ok(out)
+}
+
+/// One family's table: `table ip netd` or `table ip6 netd` (the networks
+/// with IPv6, their `gateway_mode_ipv6`, no cluster).
+fn render_family(state: &State, fam: Family) -> Result<String> {
     let mut bridges = BTreeSet::new();
     let mut egress = BTreeSet::new();
     let mut internal = BTreeSet::new();
-    let mut subnets: BTreeSet<(Cidr, String)> = BTreeSet::new();
-    let mut masq: BTreeSet<Cidr> = BTreeSet::new();
+    let mut subnets: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut masq: BTreeSet<String> = BTreeSet::new();
     let mut icc = BTreeMap::new();
-    // Gateway modes (see crate::model::Wire) and the cluster.
-    let cluster = state.cluster_cidr;
+    // Gateway modes (see crate::model::Wire) and the cluster (IPv4).
+    let cluster = if fam == Family::V4 {
+        state.cluster_cidr
+    } else {
+        None
+    };
     let mut routed = BTreeSet::new();
     let mut icmp = BTreeSet::new();
     let mut open = BTreeSet::new();
     let mut cluster_bridges = BTreeSet::new();
-    let mut cluster_subnets: BTreeSet<Cidr> = BTreeSet::new();
+    let mut cluster_subnets: BTreeSet<String> = BTreeSet::new();
     for net in state.networks.values() {
+        let Some((subnet, w)) = net_family(net, fam, cluster) else {
+            continue;
+        };
         let br = ifname(&net.bridge)?;
         let o = &net.options;
-        let w = net.wire(cluster);
         bridges.insert(br.clone());
-        subnets.insert((net.subnet(), br.clone()));
+        subnets.insert((subnet.clone(), br.clone()));
         if o.internal {
             internal.insert(br.clone());
         } else {
             egress.insert(br.clone());
             if w.masquerade {
-                masq.insert(net.subnet());
+                masq.insert(subnet.clone());
             }
         }
         if w.from_other_networks {
@@ -215,7 +307,7 @@ pub fn render(state: &State) -> Result<String> {
         }
         if w.cluster {
             cluster_bridges.insert(br.clone());
-            cluster_subnets.insert(net.subnet());
+            cluster_subnets.insert(subnet.clone());
         }
         icc.insert(br, if o.icc { "accept" } else { "drop" });
     }
@@ -223,36 +315,25 @@ pub fn render(state: &State) -> Result<String> {
     // Published ports. The first binding of a key wins, as the first
     // matching rule does in the iptables datapath (the control plane
     // refuses duplicates anyway).
-    type Target = (Ipv4Addr, u16);
+    type Target = (IpAddr, u16);
     let mut any_ip: BTreeMap<(Proto, u16), Target> = BTreeMap::new();
-    let mut host_ip: BTreeMap<(Ipv4Addr, Proto, u16), Target> = BTreeMap::new();
-    let mut published: BTreeSet<(String, Ipv4Addr, Proto, u16)> = BTreeSet::new();
-    let mut hairpin: BTreeSet<(Ipv4Addr, Proto, u16)> = BTreeSet::new();
-    let mut direct: BTreeSet<(String, Ipv4Addr, Proto, u16)> = BTreeSet::new();
-    let mut nat_endpoints: BTreeSet<(Ipv4Addr, String)> = BTreeSet::new();
-    let mut ports: BTreeSet<String> = BTreeSet::new();
-    let mut port_mac: BTreeSet<(String, String)> = BTreeSet::new();
-    let mut port_ip: BTreeSet<(String, Ipv4Addr)> = BTreeSet::new();
+    let mut host_ip: BTreeMap<(IpAddr, Proto, u16), Target> = BTreeMap::new();
+    let mut published: BTreeSet<(String, IpAddr, Proto, u16)> = BTreeSet::new();
+    let mut hairpin: BTreeSet<(IpAddr, Proto, u16)> = BTreeSet::new();
+    let mut direct: BTreeSet<(String, IpAddr, Proto, u16)> = BTreeSet::new();
+    let mut nat_endpoints: BTreeSet<(IpAddr, String)> = BTreeSet::new();
     for c in state
         .containers
         .values()
         .filter(|c| c.status == Status::Running)
     {
         for ep in c.endpoints.values() {
-            let veth = ifname(&ep.veth)?;
-            let mac = ep
-                .mac
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":");
-            ports.insert(veth.clone());
-            port_mac.insert((veth.clone(), mac));
-            port_ip.insert((veth, ep.ip));
             if let Some(net) = state.networks.get(&ep.network)
-                && net.wire(cluster).protected
+                && let Some((_, w)) = net_family(net, fam, cluster)
+                && w.protected
+                && let Some(ip) = ep_addr(ep, fam)
             {
-                nat_endpoints.insert((ep.ip, ifname(&net.bridge)?));
+                nat_endpoints.insert((ip, ifname(&net.bridge)?));
             }
         }
         // Ports are published to the container's first endpoint (eth0).
@@ -262,35 +343,40 @@ pub fn render(state: &State) -> Result<String> {
         let Some(net) = state.networks.get(&ep.network) else {
             continue;
         };
-        let w = net.wire(cluster);
+        let (Some((_, w)), Some(ip)) = (net_family(net, fam, cluster), ep_addr(ep, fam)) else {
+            continue;
+        };
         for b in &c.ports {
-            if b.host_ip.is_ipv6() {
+            let Some(host) = binding_host(b, fam) else {
                 continue;
-            }
+            };
             if w.direct_ports {
-                direct.insert((ifname(&net.bridge)?, ep.ip, b.proto, b.container_port));
+                direct.insert((ifname(&net.bridge)?, ip, b.proto, b.container_port));
             }
             if !w.host_ports || b.host_port == 0 {
                 continue;
             }
-            let target = (ep.ip, b.container_port);
-            match b.host_ip {
-                IpAddr::V4(ip) if ip == Ipv4Addr::UNSPECIFIED => {
+            let target = (ip, b.container_port);
+            match host {
+                None => {
                     any_ip.entry((b.proto, b.host_port)).or_insert(target);
                 }
-                IpAddr::V4(ip) => {
-                    host_ip.entry((ip, b.proto, b.host_port)).or_insert(target);
+                Some(h) => {
+                    host_ip.entry((h, b.proto, b.host_port)).or_insert(target);
                 }
-                IpAddr::V6(_) => continue,
             }
-            published.insert((ifname(&net.bridge)?, ep.ip, b.proto, b.container_port));
-            hairpin.insert((ep.ip, b.proto, b.container_port));
+            published.insert((ifname(&net.bridge)?, ip, b.proto, b.container_port));
+            hairpin.insert((ip, b.proto, b.container_port));
         }
     }
 
-    let mut out = format!("table {TABLE} {{\n");
+    let (table, addr) = match fam {
+        Family::V4 => (TABLE, "ipv4_addr"),
+        Family::V6 => (TABLE6, "ipv6_addr"),
+    };
+    let mut out = format!("table {table} {{\n");
     let service = "inet_proto . inet_service";
-    let target = "ipv4_addr . inet_service";
+    let target = format!("{addr} . inet_service");
     define(
         &mut out,
         "map",
@@ -306,7 +392,7 @@ pub fn render(state: &State) -> Result<String> {
         &mut out,
         "map",
         "dnat_host_ports",
-        &format!("ipv4_addr . {service} : {target}"),
+        &format!("{addr} . {service} : {target}"),
         false,
         &host_ip
             .iter()
@@ -317,7 +403,7 @@ pub fn render(state: &State) -> Result<String> {
         &mut out,
         "set",
         "published",
-        &format!("ifname . ipv4_addr . {service}"),
+        &format!("ifname . {addr} . {service}"),
         false,
         &published
             .iter()
@@ -328,7 +414,7 @@ pub fn render(state: &State) -> Result<String> {
         &mut out,
         "set",
         "direct_ports",
-        &format!("ifname . ipv4_addr . {service}"),
+        &format!("ifname . {addr} . {service}"),
         false,
         &direct
             .iter()
@@ -339,7 +425,7 @@ pub fn render(state: &State) -> Result<String> {
         &mut out,
         "set",
         "hairpin",
-        &format!("ipv4_addr . ipv4_addr . {service}"),
+        &format!("{addr} . {addr} . {service}"),
         false,
         &hairpin
             .iter()
@@ -347,81 +433,42 @@ pub fn render(state: &State) -> Result<String> {
             .collect::<Vec<_>>(),
     );
     let names = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>();
-    define(
-        &mut out,
-        "set",
-        "bridges",
-        "ifname",
-        false,
-        &names(&bridges),
-    );
-    define(
-        &mut out,
-        "set",
-        "egress_bridges",
-        "ifname",
-        false,
-        &names(&egress),
-    );
-    define(
-        &mut out,
-        "set",
-        "internal_bridges",
-        "ifname",
-        false,
-        &names(&internal),
-    );
-    define(
-        &mut out,
-        "set",
-        "routed_bridges",
-        "ifname",
-        false,
-        &names(&routed),
-    );
-    define(
-        &mut out,
-        "set",
-        "icmp_bridges",
-        "ifname",
-        false,
-        &names(&icmp),
-    );
-    define(
-        &mut out,
-        "set",
-        "open_bridges",
-        "ifname",
-        false,
-        &names(&open),
-    );
-    define(
-        &mut out,
-        "set",
-        "cluster_bridges",
-        "ifname",
-        false,
-        &names(&cluster_bridges),
-    );
-    define(
-        &mut out,
-        "set",
-        "cluster",
-        "ipv4_addr",
-        true,
-        &cluster.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-    );
-    define(
-        &mut out,
-        "set",
-        "cluster_subnets",
-        "ipv4_addr",
-        true,
-        &cluster_subnets
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>(),
-    );
+    for (name, set) in [
+        ("bridges", &bridges),
+        ("egress_bridges", &egress),
+        ("internal_bridges", &internal),
+        ("routed_bridges", &routed),
+        ("icmp_bridges", &icmp),
+        ("open_bridges", &open),
+    ] {
+        define(&mut out, "set", name, "ifname", false, &names(set));
+    }
+    if fam == Family::V4 {
+        define(
+            &mut out,
+            "set",
+            "cluster_bridges",
+            "ifname",
+            false,
+            &names(&cluster_bridges),
+        );
+        define(
+            &mut out,
+            "set",
+            "cluster",
+            addr,
+            true,
+            &cluster.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        );
+        define(
+            &mut out,
+            "set",
+            "cluster_subnets",
+            addr,
+            true,
+            &names(&cluster_subnets),
+        );
+    }
     define(
         &mut out,
         "set",
@@ -437,21 +484,14 @@ pub fn render(state: &State) -> Result<String> {
         &mut out,
         "set",
         "subnets",
-        "ipv4_addr . ifname",
+        &format!("{addr} . ifname"),
         true,
         &subnets
             .iter()
             .map(|(s, b)| format!("{s} . {b}"))
             .collect::<Vec<_>>(),
     );
-    define(
-        &mut out,
-        "set",
-        "masq_subnets",
-        "ipv4_addr",
-        true,
-        &masq.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-    );
+    define(&mut out, "set", "masq_subnets", addr, true, &names(&masq));
     define(
         &mut out,
         "map",
@@ -466,7 +506,7 @@ pub fn render(state: &State) -> Result<String> {
         &mut out,
         "set",
         "nat_endpoints",
-        "ipv4_addr",
+        addr,
         false,
         &nat_endpoints
             .iter()
@@ -479,17 +519,56 @@ pub fn render(state: &State) -> Result<String> {
         &mut out,
         "set",
         "endpoint_bridges",
-        "ipv4_addr . ifname",
+        &format!("{addr} . ifname"),
         false,
         &nat_endpoints
             .iter()
             .map(|(ip, br)| format!("{ip} . {br}"))
             .collect::<Vec<_>>(),
     );
-    out.push_str(CHAINS);
+    out.push_str(match fam {
+        Family::V4 => CHAINS,
+        Family::V6 => CHAINS6,
+    });
     out.push_str("}\n");
+    Ok(out)
+}
 
-    let _ = writeln!(out, "table {BRIDGE_TABLE} {{");
+/// The bridge table: what may leave a container's bridge port.
+fn render_bridge(state: &State) -> Result<String> {
+    let mut ports: BTreeSet<String> = BTreeSet::new();
+    let mut ports6: BTreeSet<String> = BTreeSet::new();
+    let mut port_mac: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut port_ip: BTreeSet<(String, Ipv4Addr)> = BTreeSet::new();
+    let mut port_ip6: BTreeSet<(String, std::net::Ipv6Addr)> = BTreeSet::new();
+    for c in state
+        .containers
+        .values()
+        .filter(|c| c.status == Status::Running)
+    {
+        for ep in c.endpoints.values() {
+            let veth = ifname(&ep.veth)?;
+            let mac = ep
+                .mac
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":");
+            ports.insert(veth.clone());
+            port_mac.insert((veth.clone(), mac));
+            if let Some(ip6) = ep.ip6
+                && state
+                    .networks
+                    .get(&ep.network)
+                    .is_some_and(|n| n.enable_ipv6())
+            {
+                ports6.insert(veth.clone());
+                port_ip6.insert((veth.clone(), ip6));
+            }
+            port_ip.insert((veth, ep.ip));
+        }
+    }
+    let mut out = format!("table {BRIDGE_TABLE} {{\n");
     define(
         &mut out,
         "set",
@@ -497,6 +576,14 @@ pub fn render(state: &State) -> Result<String> {
         "ifname",
         false,
         &ports.into_iter().collect::<Vec<_>>(),
+    );
+    define(
+        &mut out,
+        "set",
+        "ports6",
+        "ifname",
+        false,
+        &ports6.into_iter().collect::<Vec<_>>(),
     );
     define(
         &mut out,
@@ -520,6 +607,17 @@ pub fn render(state: &State) -> Result<String> {
             .map(|(v, ip)| format!("{v} . {ip}"))
             .collect::<Vec<_>>(),
     );
+    define(
+        &mut out,
+        "set",
+        "port_ip6",
+        "ifname . ipv6_addr",
+        false,
+        &port_ip6
+            .iter()
+            .map(|(v, ip)| format!("{v} . {ip}"))
+            .collect::<Vec<_>>(),
+    );
     out.push_str(BRIDGE_CHAINS);
     out.push_str("}\n");
     Ok(out)
@@ -529,9 +627,16 @@ pub fn render(state: &State) -> Result<String> {
 /// [`render`] makes them): make sure they exist, delete them, define them
 /// again. `nft -f` applies it atomically.
 pub fn apply_script(tables: &str) -> String {
-    format!(
-        "table {TABLE} {{}}\ndelete table {TABLE}\ntable {BRIDGE_TABLE} {{}}\ndelete table {BRIDGE_TABLE}\n{tables}"
-    )
+    let mut out = String::new();
+    for t in [TABLE, TABLE6, BRIDGE_TABLE] {
+        // A host without IPv6 has no ip6 table (and renders none).
+        if t == TABLE6 && !tables.contains(&format!("table {TABLE6} {{")) {
+            continue;
+        }
+        let _ = writeln!(out, "table {t} {{}}\ndelete table {t}");
+    }
+    out.push_str(tables);
+    out
 }
 
 impl Datapath for Nftables {
@@ -545,6 +650,9 @@ impl Datapath for Nftables {
         // to traverse the IPv4 hooks (br_netfilter), as for iptables.
         if sysctl_read("net/bridge/bridge-nf-call-iptables").is_ok() {
             sysctl_write("net/bridge/bridge-nf-call-iptables", "1")?;
+            if super::iptables::host_has_ipv6() {
+                sysctl_write("net/bridge/bridge-nf-call-ip6tables", "1")?;
+            }
         } else {
             tracing::warn!(
                 "br_netfilter is not available: icc=false cannot be enforced by nftables"
@@ -558,7 +666,7 @@ impl Datapath for Nftables {
 
     fn sync(&mut self, state: &State) -> Result<()> {
         super::route_localnet(state)?;
-        let table = render(state)?;
+        let table = render_with(state, super::iptables::host_has_ipv6())?;
         if table != self.last {
             nft(&apply_script(&table))?;
             self.last = table;
@@ -568,9 +676,14 @@ impl Datapath for Nftables {
 
     fn cleanup(&mut self) -> Result<()> {
         self.last.clear();
-        nft(&format!(
-            "table {TABLE} {{}}\ndelete table {TABLE}\ntable {BRIDGE_TABLE} {{}}\ndelete table {BRIDGE_TABLE}\n"
-        ))
+        let mut script = String::new();
+        for t in [TABLE, TABLE6, BRIDGE_TABLE] {
+            if t == TABLE6 && !super::iptables::host_has_ipv6() {
+                continue;
+            }
+            let _ = writeln!(script, "table {t} {{}}\ndelete table {t}");
+        }
+        nft(&script)
     }
 }
 
@@ -580,7 +693,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::{
-        ipam::Allocator,
+        ipam::{Allocator, Cidr},
         model::{Container, Endpoint, Mode, Network, NetworkOptions},
         portspec::PortBinding,
     };
@@ -595,6 +708,7 @@ pub(crate) mod tests {
             ipam: Allocator::new(subnet, subnet.first_host(), None).unwrap(),
             options: NetworkOptions {
                 gateway_mode: Default::default(),
+                gateway_mode_ipv6: Default::default(),
                 icc,
                 masquerade: true,
                 internal,
@@ -903,6 +1017,115 @@ pub(crate) mod tests {
         let t2 = render(&s).unwrap();
         assert!(!block(&t2, "cluster").contains("elements"));
         assert!(!block(&t2, "cluster_bridges").contains("elements"));
+    }
+
+    /// Dual stack: `def` (nat, IPv6 fd00:17::/64, icc off), `rtd6` (IPv4
+    /// nat, IPv6 routed, fd00:20::/64), an IPv4-only network `v4only`;
+    /// `web` on def publishes 0.0.0.0:8080 (both families), [::]:8081 (IPv6
+    /// only), [::1]:8082 and 127.0.0.1:8083; `r` on rtd6 publishes port 80.
+    pub(crate) fn dual_state() -> State {
+        use crate::{ipam6::Allocator6, model::GatewayMode};
+        let mut s = State::default();
+        let mut def = network("def", "netd0", "172.17.0.0/16", false, false);
+        def.ipam6 = Some(Allocator6::new("fd00:17::/64".parse().unwrap(), None).unwrap());
+        let mut rtd = network("rtd6", "netd-rtd6", "10.20.0.0/24", false, true);
+        rtd.ipam6 = Some(Allocator6::new("fd00:20::/64".parse().unwrap(), None).unwrap());
+        rtd.options.gateway_mode_ipv6 = GatewayMode::Routed;
+        let v4 = network("v4only", "netd-v4", "10.40.0.0/24", false, true);
+        for n in [def, rtd, v4] {
+            s.networks.insert(n.id.clone(), n);
+        }
+        let v6 = |h: &str, hp: u16, cp: u16| PortBinding {
+            host_ip: h.parse().unwrap(),
+            host_port: hp,
+            container_port: cp,
+            proto: Proto::Tcp,
+        };
+        let mut web = container(
+            "web",
+            "def",
+            Ipv4Addr::new(172, 17, 0, 2),
+            vec![
+                binding([0, 0, 0, 0], 8080, 80, Proto::Tcp),
+                v6("::", 8081, 81),
+                v6("::1", 8082, 82),
+                binding([127, 0, 0, 1], 8083, 83, Proto::Tcp),
+            ],
+        );
+        web.endpoints.get_mut("def").unwrap().ip6 = Some("fd00:17::2".parse().unwrap());
+        let mut r = container(
+            "r",
+            "rtd6",
+            Ipv4Addr::new(10, 20, 0, 2),
+            vec![binding([0, 0, 0, 0], 8090, 80, Proto::Tcp)],
+        );
+        r.endpoints.get_mut("rtd6").unwrap().ip6 = Some("fd00:20::2".parse().unwrap());
+        let o = container("o", "v4only", Ipv4Addr::new(10, 40, 0, 2), vec![]);
+        for c in [web, r, o] {
+            s.containers.insert(c.id.clone(), c);
+        }
+        s
+    }
+
+    /// The `table FAMILY netd` block of a rendered script.
+    fn table_block(t: &str, table: &str) -> String {
+        let start = t.find(&format!("table {table} {{\n")).unwrap();
+        let end = start + t[start..].find("\n}\n").unwrap();
+        t[start..end].to_string()
+    }
+
+    #[test]
+    fn ipv6_is_a_table_of_its_own() {
+        let t = render(&dual_state()).unwrap();
+        let v4 = table_block(&t, TABLE);
+        let v6 = table_block(&t, TABLE6);
+        assert!(!v4.contains("fd00:"), "{v4}");
+        let set = |name: &str| block(&v6, name);
+        // 0.0.0.0 and :: publish on IPv6, ::1 on its address, 127.0.0.1 not.
+        let dnat = set("dnat_ports");
+        assert!(dnat.contains("type inet_proto . inet_service : ipv6_addr . inet_service"));
+        assert!(dnat.contains("tcp . 8080 : fd00:17::2 . 80"), "{dnat}");
+        assert!(dnat.contains("tcp . 8081 : fd00:17::2 . 81"), "{dnat}");
+        assert!(
+            set("dnat_host_ports").contains("::1 . tcp . 8082 : fd00:17::2 . 82"),
+            "{v6}"
+        );
+        // ... but [::1] is left alone (see CHAINS6).
+        assert!(v6.contains("\t\tip6 daddr ::1 return\n\t\tdnat to ip6 daddr"));
+        assert!(!v6.contains("8083"), "127.0.0.1 is IPv4 only");
+        let dnat4 = block(&v4, "dnat_ports");
+        assert!(dnat4.contains("tcp . 8080 : 172.17.0.2 . 80"), "{dnat4}");
+        assert!(!v4.contains("8081") && !v4.contains("8082"), "{v4}");
+        // NAT66 of the nat network, protection of its container; the
+        // routed one: no NAT66, no DNAT, its port and ICMPv6 by routing.
+        let masq = set("masq_subnets");
+        assert!(masq.contains("fd00:17::/64") && !masq.contains("fd00:20::"));
+        assert!(block(&v4, "masq_subnets").contains("10.20.0.0/24"));
+        assert!(set("nat_endpoints").contains("fd00:17::2"));
+        assert!(!set("nat_endpoints").contains("fd00:20::2"));
+        assert!(!dnat.contains("fd00:20::2"));
+        assert!(set("direct_ports").contains("\"netd-rtd6\" . fd00:20::2 . tcp . 80"));
+        assert!(set("icmp_bridges").contains("\"netd-rtd6\""));
+        assert!(set("routed_bridges").contains("\"netd-rtd6\""));
+        assert!(!block(&v4, "routed_bridges").contains("netd-rtd6"));
+        // icc and isolation per bridge; the IPv4-only network is absent.
+        assert!(set("icc_verdict").contains("\"netd0\" . \"netd0\" : drop"));
+        assert!(!v6.contains("netd-v4"), "{v6}");
+        assert!(v6.contains("oifname @icmp_bridges meta l4proto ipv6-icmp accept"));
+        assert!(v6.contains("ip6 saddr @masq_subnets ip6 saddr . oifname != @subnets masquerade"));
+        assert!(!v6.contains("127.0.0.0/8") && !v6.contains("@cluster"));
+        // The bridge table lets IPv6 out of ports of IPv6 networks only.
+        let br = table_block(&t, BRIDGE_TABLE);
+        assert!(block(&br, "port_ip6").contains("\"vndweb\" . fd00:17::2"));
+        let p6 = block(&br, "ports6");
+        assert!(p6.contains("\"vndweb\"") && p6.contains("\"vndr\""));
+        assert!(!p6.contains("vndo"), "{p6}");
+        assert!(br.contains("ether type ip6 iifname @ports6 ip6 saddr fe80::/10 return"));
+        // The transaction replaces all three tables; without IPv6, two.
+        let script = apply_script(&t);
+        assert!(script.contains("table ip6 netd {}\ndelete table ip6 netd\n"));
+        let no6 = render_with(&dual_state(), false).unwrap();
+        assert!(!no6.contains("table ip6") && !apply_script(&no6).contains("ip6 netd"));
     }
 
     #[test]

@@ -845,12 +845,17 @@ mod tests {
         let spec = create(
             json!({"com.docker.network.generic": {
                 "com.docker.network.bridge.gateway_mode_ipv4": "routed",
+                "com.docker.network.bridge.gateway_mode_ipv6": "routed",
             }}),
             pool(),
         )
         .validate("netd", 1500)
         .unwrap();
         assert_eq!(spec.options.gateway_mode, crate::model::GatewayMode::Routed);
+        assert_eq!(
+            spec.options.gateway_mode_ipv6,
+            crate::model::GatewayMode::Routed
+        );
     }
 
     #[test]

@@ -33,6 +33,12 @@ pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// The host's uplink address.
 pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const UPLINK_PREFIX: u8 = 24;
+/// The outside's and the host's uplink IPv6 addresses when a test or the
+/// bench asks for them ([`Testbed::uplink6`]; the documentation prefix).
+pub const OUTSIDE_IP6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 1);
+pub const HOST_IP6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 2);
 /// The host's uplink interface name (inside the host namespace).
 pub const UPLINK: &str = "eth0";
 
@@ -211,6 +217,24 @@ impl Testbed {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Gives the uplink IPv6 (off by default): `OUTSIDE_IP6/64` outside,
+    /// `HOST_IP6/64` on the host's eth0 with its default IPv6 route via
+    /// the outside; no DAD.
+    pub fn uplink6(&self) -> Result<()> {
+        for (ns, addr) in [(&self.outside, OUTSIDE_IP6), (&self.host, HOST_IP6)] {
+            let sysctl = format!("net.ipv6.conf.{UPLINK}.disable_ipv6=0");
+            self.ok(ns, &["sysctl", "-qw", &sysctl])?;
+            let a = format!("{addr}/64");
+            self.ok(ns, &["ip", "-6", "addr", "add", &a, "dev", UPLINK, "nodad"])?;
+        }
+        let via = OUTSIDE_IP6.to_string();
+        self.ok(
+            &self.host,
+            &["ip", "-6", "route", "add", "default", "via", &via],
+        )?;
+        Ok(())
     }
 
     /// Starts a long-running command in `ns`; it is killed when the testbed

@@ -163,7 +163,10 @@ pub fn reboot_releases_containers(dp: &str) {
 fn artifacts(n: &Netd, dp: &str) -> bool {
     match dp {
         "iptables" => n.iptables_save().contains("NETD"),
-        "nftables" => n.nft_ruleset().contains("table ip netd"),
+        "nftables" => {
+            let r = n.nft_ruleset();
+            r.contains("table ip netd") || r.contains("table ip6 netd")
+        }
         _ => ["links", "maps"].iter().any(|d| {
             std::fs::read_dir(n.dir.join("bpffs").join(d)).is_ok_and(|mut e| e.next().is_some())
         }),

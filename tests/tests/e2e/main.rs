@@ -155,4 +155,5 @@ scenarios!(
     gateway_modes,
     removed_containers_leave_no_flows,
     ipv6_control_plane,
+    ipv6_traffic,
 );

@@ -21,6 +21,7 @@
 //! a veth, or on the uplink, before the maps describe it).
 pub mod ct;
 pub mod ports;
+mod v6;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -36,8 +37,8 @@ use aya::maps::{
 use netd_common::{
     Config, CtEntry, CtKey, Endpoint, EndpointKey, EndpointStats, MAP_VERSION, MAX_ENDPOINTS,
     MIGRATE_FROM, NET_CLUSTER, NET_DIRECT_ALL, NET_DIRECT_ICMP, NET_DIRECT_PORTS,
-    NET_FROM_NETWORKS, NET_ICC, NET_INTERNAL, NET_MASQUERADE, Network, PortKey, PortTarget,
-    SockKey, SockOrig, ct_kind, maps,
+    NET_FROM_NETWORKS, NET_ICC, NET_INTERNAL, NET_IPV6, NET_MASQUERADE, Network, PortKey,
+    PortTarget, SockKey, SockOrig, ct_kind, maps,
 };
 
 pub use self::ports::port_blocks;
@@ -90,6 +91,8 @@ pub struct Ebpf {
     /// (see `Links`), and each container's published ranges.
     links: Links,
     ranges: BTreeMap<String, ContainerPorts>,
+    /// What the last sync wrote into the IPv6 maps.
+    last6: Option<v6::Desired6>,
 }
 
 /// Interface indexes and MACs by name, kept while the interface is in the
@@ -198,6 +201,7 @@ impl Ebpf {
             slots: BTreeMap::new(),
             links: Links::default(),
             ranges: BTreeMap::new(),
+            last6: None,
         }
     }
 
@@ -297,6 +301,7 @@ impl Ebpf {
                 (w.direct_all, NET_DIRECT_ALL),
                 (w.from_other_networks, NET_FROM_NETWORKS),
                 (w.cluster, NET_CLUSTER),
+                (n.enable_ipv6(), NET_IPV6),
             ] {
                 if on {
                     flags |= flag;
@@ -705,6 +710,7 @@ impl Ebpf {
         if started && cfg.uplink_ifindex != old.uplink_ifindex {
             progs.attach_pinned(bpf::FROM_WORLD, &uplink, &links.join(&uplink))?;
         }
+        v6::set_uplink(self.progs()?, &uplink)?;
         let local = local_addrs();
         let prev = self.last.as_ref().map(|d| d.local.clone());
         if prev.as_ref() != Some(&local) {
@@ -976,6 +982,7 @@ impl Datapath for Ebpf {
             Some(c) => c.clone(),
             None => cgroup2_root()?,
         };
+        v6::set_uplink(&mut progs, &self.uplink)?;
         // Pinned endpoints keep their stats slots (and counters).
         {
             let by_if: HashMap<&MapData, EndpointKey, Endpoint> = HashMap::try_from(
@@ -1010,6 +1017,12 @@ impl Datapath for Ebpf {
         let fresh = self.assign_slots(&mut d)?;
         let t_desired = t.elapsed();
         self.sync_maps(&d, &fresh)?;
+        let d6 = v6::Desired6::from_state(state, &self.slots);
+        if self.last6.as_ref() != Some(&d6) {
+            let prev = self.last6.take();
+            v6::sync(self.progs()?, prev.as_ref(), &d6)?;
+            self.last6 = Some(d6);
+        }
         let t_maps = t.elapsed();
         self.attach(&d)?;
         if !self.started {
@@ -1035,6 +1048,7 @@ impl Datapath for Ebpf {
     fn cleanup(&mut self) -> Result<()> {
         self.progs = None;
         self.last = None;
+        self.last6 = None;
         self.slots.clear();
         // netd's TC filters, wherever they are (this instance may be a
         // fresh one cleaning up after another daemon): a filter left
@@ -1059,7 +1073,15 @@ impl Datapath for Ebpf {
         let data = MapData::from_pin(&pin)
             .with_context(|| format!("opening the conntrack table {}", pin.display()))?;
         let table = HashMap::try_from(aya::maps::Map::HashMap(data))?;
-        Ok(Some(Box::new(ct::CtGc { ct: table })))
+        let pin6 = self
+            .maps_dir()
+            .join(format!("{}_{MAP_VERSION}", netd_common::v6::maps::CT6));
+        let data6 = MapData::from_pin(&pin6)
+            .with_context(|| format!("opening the conntrack table {}", pin6.display()))?;
+        Ok(Some(Box::new(v6::Gc {
+            v4: Box::new(ct::CtGc { ct: table }),
+            ct6: HashMap::try_from(aya::maps::Map::HashMap(data6))?,
+        })))
     }
 
     fn stats(&mut self) -> Result<Stats> {
@@ -1093,7 +1115,18 @@ impl Datapath for Ebpf {
         }
         let table: HashMap<&MapData, CtKey, CtEntry> =
             HashMap::try_from(progs.ebpf().map(maps::CT).context("ct map")?)?;
-        out.conntrack_entries = Some(ct::dump::<CtKey, CtEntry>(table.map())?.len() as u64);
+        let table6: HashMap<&MapData, netd_common::v6::CtKey6, netd_common::v6::CtEntry6> =
+            HashMap::try_from(
+                progs
+                    .ebpf()
+                    .map(netd_common::v6::maps::CT6)
+                    .context("ct6 map")?,
+            )?;
+        out.conntrack_entries = Some(
+            (ct::dump::<CtKey, CtEntry>(table.map())?.len()
+                + ct::dump::<netd_common::v6::CtKey6, netd_common::v6::CtEntry6>(table6.map())?
+                    .len()) as u64,
+        );
         out.programs = progs.sizes()?;
         Ok(out)
     }
