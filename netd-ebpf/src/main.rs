@@ -156,8 +156,10 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
             ETH_P_ARP => {
                 // The sender fields are what neighbours learn: they must be
                 // the endpoint's (0.0.0.0: an address probe).
+                // An endpoint without IPv4 (an IPv6-only network: 0 in
+                // the maps) sends no ARP at all.
                 let a = parse::arp(ctx)?;
-                if a.mac != ep.mac || (a.ip != ep.ip && a.ip != 0) {
+                if ep.ip == 0 || a.mac != ep.mac || (a.ip != ep.ip && a.ip != 0) {
                     return Err(DropReason::SpoofedSource);
                 }
                 Ok(tc::ACT_UNSPEC)
@@ -168,7 +170,9 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         };
     }
     let ip = parse::ipv4(ctx, ETH_HLEN)?;
-    if ip.saddr != ep.ip && ip.saddr != 0 {
+    // 0.0.0.0 is a DHCP client's source; an endpoint without IPv4 (an
+    // IPv6-only network) sends no IPv4 at all.
+    if ep.ip == 0 || (ip.saddr != ep.ip && ip.saddr != 0) {
         return Err(DropReason::SpoofedSource);
     }
     if eth.dst_group {

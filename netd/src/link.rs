@@ -584,6 +584,20 @@ pub fn mac_for_ip(ip: Ipv4Addr) -> [u8; 6] {
     [0x02, 0x42, o[0], o[1], o[2], o[3]]
 }
 
+/// An endpoint's MAC: from its IPv4 address as Docker derives it, or on
+/// an IPv6-only network from the last 32 bits of its IPv6 address (unique
+/// within a /64 whose addresses netd hands out from the bottom).
+pub fn mac_for_endpoint(ip: Option<Ipv4Addr>, ip6: Option<std::net::Ipv6Addr>) -> [u8; 6] {
+    match (ip, ip6) {
+        (Some(ip), _) => mac_for_ip(ip),
+        (None, Some(ip6)) => {
+            let o = ip6.octets();
+            [0x02, 0x42, o[12], o[13], o[14], o[15]]
+        }
+        (None, None) => mac_for_ip(Ipv4Addr::UNSPECIFIED),
+    }
+}
+
 // ---- host helpers (ioctl and /proc; the calling thread's namespace) ----
 
 /// if_nametoindex in the calling thread's namespace (0: no such link).

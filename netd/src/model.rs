@@ -148,7 +148,10 @@ pub struct Network {
     /// RFC 3339.
     pub created: String,
     pub bridge: String,
-    pub ipam: Allocator,
+    /// IPv4 on the network: its subnet, gateway and addresses; `None` on
+    /// an IPv6-only network (`--ipv4=false`).
+    #[serde(default)]
+    pub ipam: Option<Allocator>,
     pub options: NetworkOptions,
     /// The `-o` options as given, for inspect.
     pub raw_options: BTreeMap<String, String>,
@@ -187,13 +190,21 @@ impl Network {
     pub fn is_docker_owned(&self) -> bool {
         matches!(self.owner, NetworkOwner::Docker { .. })
     }
-    pub fn subnet(&self) -> Cidr {
-        self.ipam.subnet()
+    /// The IPv4 subnet (`None`: an IPv6-only network).
+    pub fn subnet(&self) -> Option<Cidr> {
+        self.ipam.as_ref().map(|a| a.subnet())
+    }
+    /// Whether the network has IPv4 (all but `--ipv4=false` ones).
+    pub fn enable_ipv4(&self) -> bool {
+        self.ipam.is_some()
     }
     /// What the network's gateway mode and options mean on the wire, in a
     /// cluster with pod range `cluster` (if any).
     pub fn wire(&self, cluster: Option<Cidr>) -> Wire {
-        let cluster = cluster.is_some_and(|c| c.contains_cidr(&self.subnet()));
+        let cluster = match (cluster, self.subnet()) {
+            (Some(c), Some(s)) => c.contains_cidr(&s),
+            _ => false,
+        };
         self.wire_of(self.options.gateway_mode, cluster)
     }
     /// The same for the network's IPv6 side (`gateway_mode_ipv6`; the
@@ -221,8 +232,18 @@ impl Network {
             cluster,
         }
     }
-    pub fn gateway(&self) -> Ipv4Addr {
-        self.ipam.gateway()
+    /// The IPv4 gateway, the bridge's address (`None`: IPv6-only).
+    pub fn gateway(&self) -> Option<Ipv4Addr> {
+        self.ipam.as_ref().map(|a| a.gateway())
+    }
+    /// Where the network's embedded DNS server listens, and its
+    /// containers' resolv.conf points: the bridge's IPv4 address, or its
+    /// IPv6 one on an IPv6-only network.
+    pub fn dns_address(&self) -> Option<IpAddr> {
+        match (self.gateway(), self.gateway6()) {
+            (Some(g), _) => Some(IpAddr::V4(g)),
+            (None, g6) => g6.map(IpAddr::V6),
+        }
     }
     pub fn enable_ipv6(&self) -> bool {
         self.ipam6.is_some()
@@ -235,12 +256,25 @@ impl Network {
     }
 }
 
+impl Endpoint {
+    /// Its addresses, IPv4 first.
+    pub fn addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.ip
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.ip6.map(IpAddr::V6))
+    }
+}
+
 /// One container's attachment to one network.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Endpoint {
     pub id: String,
     pub network: String,
-    pub ip: Ipv4Addr,
+    /// The IPv4 address: `None` on an IPv6-only network, and before a
+    /// first start (0.0.0.0 in older state files means the same).
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
     pub mac: [u8; 6],
     /// Host-side veth name.
     pub veth: String,
@@ -433,7 +467,7 @@ mod tests {
             name: "n".into(),
             created: String::new(),
             bridge: "br".into(),
-            ipam: Allocator::new(subnet, subnet.first_host(), None).unwrap(),
+            ipam: Some(Allocator::new(subnet, subnet.first_host(), None).unwrap()),
             ipam6: None,
             options: NetworkOptions {
                 gateway_mode: mode,

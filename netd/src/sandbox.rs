@@ -134,7 +134,7 @@ impl Sandboxes {
             .ensure_bridge(
                 &n.bridge,
                 n.options.mtu,
-                Some(link::mac_for_ip(n.gateway())),
+                Some(link::mac_for_endpoint(n.gateway(), n.gateway6())),
             )
             .await?;
         if existed.as_ref().is_none_or(|l| !self.is_ours(l)) {
@@ -142,8 +142,10 @@ impl Sandboxes {
         }
         // Docker's `isolated` gateway mode: no address on the host (per
         // family: gateway_mode_ipv4, gateway_mode_ipv6).
-        if n.options.gateway_mode != GatewayMode::Isolated {
-            self.nl.add_addr(i, n.gateway(), n.subnet().prefix).await?;
+        if n.options.gateway_mode != GatewayMode::Isolated
+            && let (Some(gw), Some(subnet)) = (n.gateway(), n.subnet())
+        {
+            self.nl.add_addr(i, gw, subnet.prefix).await?;
         }
         if n.options.gateway_mode_ipv6 != GatewayMode::Isolated
             && let (Some(gw), Some(subnet)) = (n.gateway6(), n.subnet6())
@@ -195,13 +197,17 @@ impl Sandboxes {
         }
         let cn = Netlink::in_ns(ns)?;
         let ci = cn.index_of(&ep.ifname).await?;
-        cn.add_addr(ci, ep.ip, net.subnet().prefix).await?;
+        if let (Some(ip), Some(subnet)) = (ep.ip, net.subnet()) {
+            cn.add_addr(ci, ip, subnet.prefix).await?;
+        }
         if let (Some(ip6), Some(subnet)) = (ep.ip6, net.subnet6()) {
             cn.add_addr6(ci, ip6, subnet.prefix_len()).await?;
         }
         cn.set_up(ci).await?;
         if default_route && !net.options.internal {
-            cn.add_default_route(net.gateway()).await?;
+            if let (Some(_), Some(gw)) = (ep.ip, net.gateway()) {
+                cn.add_default_route(gw).await?;
+            }
             if let (Some(_), Some(gw6)) = (ep.ip6, net.gateway6()) {
                 cn.add_default_route6(gw6).await?;
             }
@@ -261,7 +267,10 @@ impl Sandboxes {
             .filter_map(|e| state.networks.get(&e.network))
             .collect();
         // The first user-defined network's embedded DNS server.
-        let embedded = nets.iter().find(|n| !n.default).map(|n| n.gateway());
+        let embedded = nets
+            .iter()
+            .find(|n| !n.default)
+            .and_then(|n| n.dns_address());
         let resolv = dns::files::container_resolv_conf(
             &ResolvConf::host(),
             embedded,
@@ -272,7 +281,8 @@ impl Sandboxes {
         );
         let own: Vec<(IpAddr, Vec<String>)> = eps
             .iter()
-            .map(|e| (IpAddr::V4(e.ip), vec![c.hostname.clone(), c.name.clone()]))
+            .flat_map(|e| e.addrs())
+            .map(|ip| (ip, vec![c.hostname.clone(), c.name.clone()]))
             .collect();
         // --link on the default bridge: the target's address there, one
         // way (only this container's file has it).
@@ -284,8 +294,9 @@ impl Sandboxes {
                 c.dns.links.iter().filter_map(|l| {
                     let t = state.containers.get(&l.target)?;
                     let te = t.endpoints.get(&e.network)?;
+                    let ip = te.ip?;
                     (t.status == Status::Running)
-                        .then(|| (IpAddr::V4(te.ip), vec![l.alias.clone(), t.name.clone()]))
+                        .then(|| (IpAddr::V4(ip), vec![l.alias.clone(), t.name.clone()]))
                 })
             })
             .collect();

@@ -92,6 +92,8 @@ pub struct NetworkSpec {
     pub id: Option<String>,
     /// IPv6 on the network, if asked for.
     pub ipv6: Option<Ipv6Spec>,
+    /// IPv4 on the network (false: IPv6-only, `--ipv4=false`).
+    pub ipv4: bool,
 }
 
 impl NetworkCreate {
@@ -195,10 +197,20 @@ impl NetworkCreate {
             Some(r) => Some(r.parse::<Cidr>()?),
             None => None,
         };
-        if self.enable_ipv4 == Some(false) {
-            return bad(
-                "IPv6-only networks (--ipv4=false) are not supported yet: netd networks have IPv4, and IPv6 with --ipv6",
-            );
+        let ipv4 = self.enable_ipv4 != Some(false);
+        if !ipv4 {
+            // Docker 28's rules for an IPv6-only network.
+            if !self.enable_ipv6 {
+                return bad("IPv4 or IPv6 must be enabled: --ipv4=false needs --ipv6");
+            }
+            if self.subnet.is_some() || self.gateway.is_some() || self.ip_range.is_some() {
+                return bad(
+                    "an IPv4 --subnet, --gateway or --ip-range was given for a network with --ipv4=false",
+                );
+            }
+            if opts.gateway_mode != GatewayMode::default() {
+                return bad("gateway_mode_ipv4 was given for a network with --ipv4=false");
+            }
         }
         let ipv6 = if self.enable_ipv6 {
             let subnet = match &self.subnet6 {
@@ -245,6 +257,7 @@ impl NetworkCreate {
             raw_options: self.options,
             owner: crate::model::NetworkOwner::Netd,
             ipv6,
+            ipv4,
             id: None,
         })
     }
@@ -422,7 +435,7 @@ impl ContainerCreate {
         }
         for s in &self.extra_hosts {
             // The shape now; host-gateway needs the network's gateway.
-            crate::dns::files::parse_add_host(s, Some(Ipv4Addr::UNSPECIFIED))
+            crate::dns::files::parse_add_host(s, Some(Ipv4Addr::UNSPECIFIED.into()))
                 .map_err(ApiError::bad)?;
         }
         let mut links = Vec::new();

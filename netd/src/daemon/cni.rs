@@ -109,22 +109,26 @@ impl Daemon {
             .cloned();
         let (net, new_net) = match found {
             Some(n) => {
+                let (Some(subnet), Some(gateway)) = (n.subnet(), n.gateway()) else {
+                    return api::bad(format!(
+                        "network {} is IPv6-only (--ipv4=false): the CNI plugin attaches to networks with IPv4",
+                        n.name
+                    ));
+                };
                 if let Some(s) = spec.subnet
-                    && s != n.subnet()
+                    && s != subnet
                 {
                     return api::bad(format!(
-                        "network {} exists with subnet {}, not the config's subnet {s}",
+                        "network {} exists with subnet {subnet}, not the config's subnet {s}",
                         n.name,
-                        n.subnet()
                     ));
                 }
                 if let Some(g) = spec.gateway
-                    && g != n.gateway()
+                    && g != gateway
                 {
                     return api::bad(format!(
-                        "network {} exists with gateway {}, not the config's gateway {g}",
+                        "network {} exists with gateway {gateway}, not the config's gateway {g}",
                         n.name,
-                        n.gateway()
                     ));
                 }
                 match (n.subnet6(), spec.ipv6) {
@@ -185,16 +189,18 @@ impl Daemon {
                 (n, true)
             }
         };
+        let subnet = net
+            .subnet()
+            .context("checked above: the network has IPv4")?;
         if let Some((ip, prefix)) = spec.ip {
-            crate::validate::host_in("runtimeConfig.ips address", ip, &net.subnet())
+            crate::validate::host_in("runtimeConfig.ips address", ip, &subnet)
                 .map_err(|e| ApiError::bad(format!("{e:#} of network {}", net.name)))?;
             if let Some(p) = prefix
-                && p != net.subnet().prefix
+                && p != subnet.prefix
             {
                 return api::bad(format!(
                     "runtimeConfig.ips address {ip}/{p}: network {} is a /{}",
-                    net.name,
-                    net.subnet().prefix
+                    net.name, subnet.prefix
                 ));
             }
         }
@@ -297,17 +303,20 @@ impl Daemon {
                 tracing::warn!("cni: removing the stale attachment {}: {e:#}", old.name);
             }
         }
+        let ip = ep
+            .ip
+            .context("an endpoint of a network with IPv4 has an address")?;
         tracing::info!(
-            "cni: attached container {} interface {} to network {} ({})",
+            "cni: attached container {} interface {} to network {} ({ip})",
             spec.container_id,
             spec.ifname,
             net.name,
-            ep.ip
         );
         let host_mac = link::link_mac(&ep.veth)
             .map(link::fmt_mac)
             .unwrap_or_default();
-        let gw = net.gateway().to_string();
+        let gateway = net.gateway().context("checked: the network has IPv4")?;
+        let gw = gateway.to_string();
         let gw6 = net.gateway6().map(|g| g.to_string());
         let routes = match (default_route, ep.ip6, &gw6) {
             (false, ..) => json!([]),
@@ -326,7 +335,7 @@ impl Daemon {
             "Id": id,
             "Name": c.name,
             "Network": net.name,
-            "Bridge": { "Name": net.bridge, "Mac": link::fmt_mac(link::mac_for_ip(net.gateway())) },
+            "Bridge": { "Name": net.bridge, "Mac": link::fmt_mac(link::mac_for_ip(gateway)) },
             "HostInterface": { "Name": ep.veth, "Mac": host_mac, "Mtu": net.options.mtu },
             "Interface": {
                 "Name": ep.ifname,
@@ -334,7 +343,7 @@ impl Daemon {
                 "Mtu": net.options.mtu,
                 "Sandbox": spec.netns,
             },
-            "Address": format!("{}/{}", ep.ip, net.subnet().prefix),
+            "Address": format!("{ip}/{}", subnet.prefix),
             "Gateway": gw,
             "Address6": match (ep.ip6, net.subnet6()) {
                 (Some(a), Some(s)) => json!(format!("{a}/{}", s.prefix_len())),
@@ -452,7 +461,10 @@ impl Daemon {
                 net.name, chk.network
             ));
         }
-        let want_addr = format!("{}/{}", ep.ip, net.subnet().prefix);
+        let want_addr = match (ep.ip, net.subnet()) {
+            (Some(ip), Some(s)) => format!("{ip}/{}", s.prefix),
+            _ => String::new(),
+        };
         let want_addr6 = match (ep.ip6, net.subnet6()) {
             (Some(a), Some(s)) => Some(format!("{a}/{}", s.prefix_len())),
             _ => None,

@@ -50,7 +50,7 @@ pub(crate) fn new_endpoint(
         veth: format!("{VETH_PREFIX}{}", &id[..9]),
         id,
         network: network.to_string(),
-        ip: ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        ip,
         mac: [0; 6],
         ifname: format!("eth{index}"),
         aliases: vec![],
@@ -130,9 +130,7 @@ impl Daemon {
             }
         }
         if let (Some(ip), Some(net)) = (spec.ip, &network) {
-            let n = &self.state.networks[net];
-            validate::host_in("--ip", ip, &n.subnet())
-                .map_err(|e| ApiError::bad(format!("{e:#} of network {}", n.name)))?;
+            check_ip(ip, &self.state.networks[net])?;
         }
         if !spec.aliases.is_empty()
             && network
@@ -194,7 +192,14 @@ impl Daemon {
             options: spec.dns_options.clone(),
             ..DnsSettings::default()
         };
-        let gateway = network.map(|n| self.state.networks[n].gateway());
+        // host-gateway: the bridge's IPv4 address, its IPv6 one on an
+        // IPv6-only network.
+        let gateway = network.and_then(|n| {
+            let n = &self.state.networks[n];
+            n.gateway()
+                .map(IpAddr::V4)
+                .or_else(|| n.gateway6().map(IpAddr::V6))
+        });
         for s in &spec.extra_hosts {
             d.extra_hosts
                 .push(dns::files::parse_add_host(s, gateway).map_err(ApiError::bad)?);
@@ -270,23 +275,11 @@ impl Daemon {
                 .networks
                 .get_mut(nid)
                 .context("the container's network is gone")?;
-            ep.ip = if ep.static_ip {
-                net.ipam
-                    .reserve(ep.ip)
-                    .map_err(|e| ApiError::conflict(format!("{e:#}")))?;
-                ep.ip
-            } else if !ep.ip.is_unspecified() && net.ipam.reserve(ep.ip).is_ok() {
-                // The address it had, while nobody else took it.
-                ep.ip
-            } else {
-                net.ipam
-                    .allocate()
-                    .map_err(|e| ApiError::conflict(format!("{e:#}")))?
-            };
+            assign_ip(ep, net)?;
             assign_ip6(ep, net)?;
             ep.mac = match c.requested_mac {
                 Some(m) if i == 0 => m,
-                _ => link::mac_for_ip(ep.ip),
+                _ => link::mac_for_endpoint(ep.ip, ep.ip6),
             };
         }
         if let Some(primary) = c.primary()
@@ -294,8 +287,8 @@ impl Daemon {
         {
             // Routed: the container ports on the container's address.
             c.ports = ports::routed(&c.port_specs, &c.exposed, c.publish_all)?;
-        } else if let Some(primary) = c.primary() {
-            let host_ip = next.networks[&primary.network].options.host_binding_ipv4;
+        } else if let Some(primary_net) = c.primary().map(|e| e.network.clone()) {
+            let host_ip = next.networks[&primary_net].options.host_binding_ipv4;
             let used: Vec<_> = next
                 .containers
                 .values()
@@ -311,9 +304,22 @@ impl Daemon {
                 &mut next.next_ephemeral,
             )?;
             let local = self.local_addrs();
+            let net = &next.networks[&primary_net];
             for b in &c.ports {
                 validate::host_binding(b.host_ip, &local)
                     .map_err(|e| ApiError::bad(format!("{e:#}")))?;
+                // An IPv6-only network's containers are reached over IPv6
+                // only: 0.0.0.0 means its IPv6 side (`::`), an IPv4
+                // address would reach nothing.
+                if let IpAddr::V4(a) = b.host_ip
+                    && !a.is_unspecified()
+                    && !net.enable_ipv4()
+                {
+                    return api::bad(format!(
+                        "cannot publish {b} on the IPv4 address {a}: network {} is IPv6-only (--ipv4=false)",
+                        net.name
+                    ));
+                }
             }
         }
         Ok(())
@@ -695,8 +701,7 @@ impl Daemon {
         }
         let n = &self.state.networks[&nid];
         if let Some(ip) = spec.ip {
-            validate::host_in("--ip", ip, &n.subnet())
-                .map_err(|e| ApiError::bad(format!("{e:#} of network {}", n.name)))?;
+            check_ip(ip, n)?;
         }
         if !spec.aliases.is_empty() && n.default {
             return api::bad("network-scoped aliases are supported only for user-defined networks");
@@ -719,18 +724,8 @@ impl Daemon {
         }
         let net = next.networks.get_mut(&nid).expect("exists");
         assign_ip6(&mut ep, net)?;
-        let ipam = &mut net.ipam;
-        ep.ip = match spec.ip {
-            Some(ip) => {
-                ipam.reserve(ip)
-                    .map_err(|e| ApiError::conflict(format!("{e:#}")))?;
-                ip
-            }
-            None => ipam
-                .allocate()
-                .map_err(|e| ApiError::conflict(format!("{e:#}")))?,
-        };
-        ep.mac = link::mac_for_ip(ep.ip);
+        assign_ip(&mut ep, net)?;
+        ep.mac = link::mac_for_endpoint(ep.ip, ep.ip6);
         let nc = next.containers.get_mut(&cid).expect("exists");
         nc.endpoints.insert(nid.clone(), ep.clone());
         let nc = nc.clone();
@@ -933,12 +928,58 @@ pub(crate) fn exited(state: &State, id: &str, exit_code: Option<i32>) -> State {
     next
 }
 
+/// `--ip` (or a plugin's IPv4 address) for network `n`: a host address
+/// of its IPv4 subnet.
+fn check_ip(ip: Ipv4Addr, n: &Network) -> Result<()> {
+    let Some(subnet) = n.subnet() else {
+        return api::bad(format!(
+            "--ip {ip}: network {} is IPv6-only (--ipv4=false)",
+            n.name
+        ));
+    };
+    validate::host_in("--ip", ip, &subnet)
+        .map_err(|e| ApiError::bad(format!("{e:#} of network {}", n.name)))?;
+    Ok(())
+}
+
 /// Frees an endpoint's addresses on its network.
 pub(crate) fn release(n: &mut Network, ep: &Endpoint) {
-    n.ipam.release(ep.ip);
+    if let (Some(a), Some(ip)) = (n.ipam.as_mut(), ep.ip) {
+        a.release(ip);
+    }
     if let (Some(a), Some(ip6)) = (n.ipam6.as_mut(), ep.ip6) {
         a.release(ip6);
     }
+}
+
+/// Gives an endpoint its IPv4 address on a network with IPv4: the one
+/// asked for (`--ip`), else the one it had if still free, else the lowest
+/// free one. None on an IPv6-only network.
+pub(crate) fn assign_ip(ep: &mut Endpoint, net: &mut Network) -> Result<()> {
+    let Some(a) = net.ipam.as_mut() else {
+        if ep.static_ip {
+            return api::bad(format!(
+                "--ip needs a network with IPv4: {} is IPv6-only (--ipv4=false)",
+                net.name
+            ));
+        }
+        ep.ip = None;
+        return Ok(());
+    };
+    // 0.0.0.0 in older state files: never assigned.
+    let had = ep.ip.filter(|ip| !ip.is_unspecified());
+    ep.ip = Some(match had {
+        Some(ip) if ep.static_ip => {
+            a.reserve(ip)
+                .map_err(|e| ApiError::conflict(format!("{e:#}")))?;
+            ip
+        }
+        Some(ip) if a.reserve(ip).is_ok() => ip,
+        _ => a
+            .allocate()
+            .map_err(|e| ApiError::conflict(format!("{e:#}")))?,
+    });
+    Ok(())
 }
 
 /// Gives an endpoint its IPv6 address on a network with IPv6: the one

@@ -27,11 +27,7 @@
 //! means that one is stale, and it goes. Calls about an unknown endpoint
 //! that only remove (`Leave`, `Revoke`, `DeleteEndpoint`,
 //! `DeleteNetwork`) succeed: there is nothing left to remove.
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
-    path::PathBuf,
-};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use anyhow::Result;
 use serde_json::{Map, Value, json};
@@ -75,8 +71,8 @@ impl Daemon {
             // Docker asking again for the network it has (a replay after
             // a restart): nothing to do. Anything else is a conflict.
             let same = n.owner == spec.owner
-                && Some(n.subnet()) == spec.subnet
-                && spec.gateway.is_none_or(|g| g == n.gateway())
+                && n.subnet() == spec.subnet
+                && spec.gateway.is_none_or(|g| Some(g) == n.gateway())
                 && n.options == spec.options;
             if same {
                 return Ok(json!({}));
@@ -143,7 +139,12 @@ impl Daemon {
             return api::conflict(format!("endpoint id {} is in use", proto::short(eid)));
         }
         if let Some((ip, prefix)) = spec.address {
-            let subnet = net.subnet();
+            let Some(subnet) = net.subnet() else {
+                return api::bad(format!(
+                    "endpoint address {ip}/{prefix}: network {} has no IPv4",
+                    proto::short(nid)
+                ));
+            };
             if prefix != subnet.prefix {
                 return api::bad(format!(
                     "endpoint address {ip}/{prefix} does not match the network's subnet {subnet}"
@@ -151,7 +152,7 @@ impl Daemon {
             }
             validate::host_in("endpoint address", ip, &subnet)
                 .map_err(|e| ApiError::bad(format!("{e:#}")))?;
-            if ip == net.gateway() {
+            if Some(ip) == net.gateway() {
                 return api::bad(format!("endpoint address {ip} is the network's gateway"));
             }
             // Docker's IPAM gave the address: an endpoint still holding
@@ -165,7 +166,7 @@ impl Daemon {
                 .filter(|c| {
                     c.endpoints
                         .get(nid)
-                        .is_some_and(|e| e.ip == ip && e.static_ip)
+                        .is_some_and(|e| e.ip == Some(ip) && e.static_ip)
                 })
                 .map(|c| c.id.clone())
                 .collect();
@@ -222,7 +223,7 @@ impl Daemon {
         let ep = Endpoint {
             id: eid.clone(),
             network: nid.clone(),
-            ip: spec.address.map_or(Ipv4Addr::UNSPECIFIED, |a| a.0),
+            ip: spec.address.map(|a| a.0),
             mac: [0; 6],
             veth: format!("{VETH_PREFIX}{hex}"),
             ifname: format!("{PEER_PREFIX}{hex}"),
@@ -265,10 +266,9 @@ impl Daemon {
             .expect("a Docker endpoint has one endpoint")
             .clone();
         let net = &self.state.networks[&ids.network];
-        let gateway = if net.options.internal {
-            String::new()
-        } else {
-            net.gateway().to_string()
+        let gateway = match net.gateway() {
+            Some(g) if !net.options.internal => g.to_string(),
+            _ => String::new(),
         };
         // Docker gives the sandbox an IPv6 default route via GatewayIPv6
         // when the endpoint has an IPv6 address.
@@ -397,7 +397,7 @@ impl Daemon {
         let ep = c.primary().expect("a Docker endpoint has one endpoint");
         json!({ "Value": {
             "HostInterface": ep.veth,
-            "IPv4Address": ep.ip.to_string(),
+            "IPv4Address": ep.ip.map(|ip| ip.to_string()).unwrap_or_default(),
             "MacAddress": link::fmt_mac(ep.mac),
             "PortBindings": c.ports.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
         }})
@@ -448,11 +448,8 @@ impl Daemon {
 fn create_answer(c: &Container, net: &Network, spec: &EndpointSpec) -> Value {
     let mut iface = Map::new();
     if let Some(ep) = c.primary() {
-        if spec.address.is_none() {
-            iface.insert(
-                "Address".into(),
-                json!(format!("{}/{}", ep.ip, net.subnet().prefix)),
-            );
+        if let (None, Some(ip), Some(subnet)) = (spec.address, ep.ip, net.subnet()) {
+            iface.insert("Address".into(), json!(format!("{ip}/{}", subnet.prefix)));
         }
         if let (None, Some(ip6), Some(subnet6)) = (spec.address6, ep.ip6, net.subnet6()) {
             iface.insert(

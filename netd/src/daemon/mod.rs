@@ -236,7 +236,7 @@ impl Daemon {
             name: DEFAULT_NETWORK.into(),
             created: now(),
             bridge: self.cfg.default_bridge.clone(),
-            ipam: Allocator::new(subnet, gw, None)?,
+            ipam: Some(Allocator::new(subnet, gw, None)?),
             options: NetworkOptions {
                 mtu: self.cfg.mtu,
                 ..NetworkOptions::default()

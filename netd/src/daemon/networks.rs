@@ -61,46 +61,11 @@ impl Daemon {
         {
             return api::conflict(format!("bridge {bridge} already exists"));
         }
-        let routes: Vec<Cidr> = self
-            .nl
-            .route_prefixes()
-            .await?
-            .into_iter()
-            .map(|(a, p)| Cidr::containing(a, p))
-            .filter(|r| !self.state.networks.values().any(|n| n.subnet() == *r))
-            .collect();
-        let subnet = match spec.subnet {
-            Some(s) => {
-                if let Some(o) = self
-                    .state
-                    .networks
-                    .values()
-                    .find(|n| n.subnet().overlaps(&s))
-                {
-                    return api::conflict(format!(
-                        "subnet {s} overlaps with network {} ({})",
-                        o.name,
-                        o.subnet()
-                    ));
-                }
-                if let Some(r) = routes.iter().find(|r| r.overlaps(&s)) {
-                    return api::conflict(format!(
-                        "subnet {s} overlaps with a route of the host ({r})"
-                    ));
-                }
-                s
-            }
-            None => {
-                let mut taken: Vec<Cidr> =
-                    self.state.networks.values().map(|n| n.subnet()).collect();
-                taken.extend(routes);
-                ipam::pick_subnet(&self.cfg.pools, &taken)
-                    .map_err(|e| api::ApiError::bad(format!("{e:#}")))?
-            }
+        let ipam = if spec.ipv4 {
+            Some(self.plan_ipv4(&spec).await?)
+        } else {
+            None
         };
-        let gateway = spec.gateway.unwrap_or_else(|| subnet.first_host());
-        let ipam = Allocator::new(subnet, gateway, spec.ip_range)
-            .map_err(|e| api::ApiError::bad(format!("{e:#}")))?;
         let id = spec.id.clone().unwrap_or_else(rand_id);
         if self.state.networks.contains_key(&id) {
             return api::conflict(format!("network {id} already exists"));
@@ -121,6 +86,55 @@ impl Daemon {
             owner: spec.owner.clone(),
             ipam6,
         })
+    }
+
+    /// A network's IPv4: its subnet (given, or one of the pools) overlapping
+    /// no other network's nor a route of the host, its gateway and range.
+    async fn plan_ipv4(&self, spec: &NetworkSpec) -> Result<Allocator> {
+        let subnets: Vec<Cidr> = self
+            .state
+            .networks
+            .values()
+            .filter_map(|n| n.subnet())
+            .collect();
+        let routes: Vec<Cidr> = self
+            .nl
+            .route_prefixes()
+            .await?
+            .into_iter()
+            .map(|(a, p)| Cidr::containing(a, p))
+            .filter(|r| !subnets.contains(r))
+            .collect();
+        let subnet = match spec.subnet {
+            Some(s) => {
+                if let Some((o, os)) = self
+                    .state
+                    .networks
+                    .values()
+                    .find_map(|n| n.subnet().filter(|o| o.overlaps(&s)).map(|o| (n, o)))
+                {
+                    return api::conflict(format!(
+                        "subnet {s} overlaps with network {} ({os})",
+                        o.name
+                    ));
+                }
+                if let Some(r) = routes.iter().find(|r| r.overlaps(&s)) {
+                    return api::conflict(format!(
+                        "subnet {s} overlaps with a route of the host ({r})"
+                    ));
+                }
+                s
+            }
+            None => {
+                let mut taken = subnets;
+                taken.extend(routes);
+                ipam::pick_subnet(&self.cfg.pools, &taken)
+                    .map_err(|e| api::ApiError::bad(format!("{e:#}")))?
+            }
+        };
+        let gateway = spec.gateway.unwrap_or_else(|| subnet.first_host());
+        Allocator::new(subnet, gateway, spec.ip_range)
+            .map_err(|e| api::ApiError::bad(format!("{e:#}")).into())
     }
 
     /// A network's IPv6: its subnet (given, or a /64 of the IPv6 pools)

@@ -33,24 +33,21 @@ impl Daemon {
                 spec.pod_cidr, o.name, o.pod_cidr
             ));
         }
-        if let Some(n) = self
-            .state
-            .networks
-            .values()
-            .find(|n| n.subnet().overlaps(&spec.pod_cidr))
-        {
+        if let Some((n, subnet)) = self.state.networks.values().find_map(|n| {
+            n.subnet()
+                .filter(|s| s.overlaps(&spec.pod_cidr))
+                .map(|s| (n, s))
+        }) {
             return api::conflict(format!(
-                "pod CIDR {} overlaps the local network {} ({})",
-                spec.pod_cidr,
-                n.name,
-                n.subnet()
+                "pod CIDR {} overlaps the local network {} ({subnet})",
+                spec.pod_cidr, n.name,
             ));
         }
         if let Some(n) = self
             .state
             .networks
             .values()
-            .find(|n| n.subnet().contains(spec.address))
+            .find(|n| n.subnet().is_some_and(|s| s.contains(spec.address)))
         {
             return api::bad(format!(
                 "node address {} is inside the local network {}",
@@ -139,7 +136,7 @@ impl Daemon {
             .networks
             .values()
             .filter(|n| n.wire(cluster).cluster && n.options.gateway_mode != GatewayMode::Isolated)
-            .map(|n| (n.subnet(), n.gateway()))
+            .filter_map(|n| n.subnet().zip(n.gateway()))
             .min()
             .map(|(_, gw)| gw)
     }

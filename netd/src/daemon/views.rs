@@ -23,7 +23,10 @@ impl Daemon {
                         "Name": c.name,
                         "EndpointID": ep.id,
                         "MacAddress": link::fmt_mac(ep.mac),
-                        "IPv4Address": format!("{}/{}", ep.ip, n.subnet().prefix),
+                        "IPv4Address": match (ep.ip, n.subnet()) {
+                            (Some(ip), Some(s)) => format!("{ip}/{}", s.prefix),
+                            _ => String::new(),
+                        },
                         "IPv6Address": match (ep.ip6, n.subnet6()) {
                             (Some(ip), Some(s)) => format!("{ip}/{}", s.prefix_len()),
                             _ => String::new(),
@@ -32,12 +35,15 @@ impl Daemon {
                 ))
             })
             .collect();
-        let mut cfg =
-            json!({ "Subnet": n.subnet().to_string(), "Gateway": n.gateway().to_string() });
-        if let Some(r) = n.ipam.ip_range() {
-            cfg["IPRange"] = json!(r.to_string());
+        let mut ipam_config = vec![];
+        if let Some(a) = &n.ipam {
+            let mut cfg =
+                json!({ "Subnet": a.subnet().to_string(), "Gateway": a.gateway().to_string() });
+            if let Some(r) = a.ip_range() {
+                cfg["IPRange"] = json!(r.to_string());
+            }
+            ipam_config.push(cfg);
         }
-        let mut ipam_config = vec![cfg];
         if let (Some(s), Some(g)) = (n.subnet6(), n.gateway6()) {
             ipam_config.push(json!({ "Subnet": s.to_string(), "Gateway": g.to_string() }));
         }
@@ -54,7 +60,7 @@ impl Daemon {
             "Driver": driver,
             "Owner": n.owner,
             "EnableIPv6": n.enable_ipv6(),
-            "EnableIPv4": true,
+            "EnableIPv4": n.enable_ipv4(),
             "IPAM": { "Driver": "default", "Options": {}, "Config": ipam_config },
             "Internal": n.options.internal,
             "Attachable": false,
@@ -132,9 +138,12 @@ impl Daemon {
                     json!({
                         "NetworkID": n.id,
                         "EndpointID": if running { ep.id.clone() } else { String::new() },
-                        "Gateway": addr(n.gateway().to_string()),
-                        "IPAddress": addr(ep.ip.to_string()),
-                        "IPPrefixLen": if running { n.subnet().prefix } else { 0 },
+                        "Gateway": addr(opt(n.gateway())),
+                        "IPAddress": addr(opt(ep.ip)),
+                        "IPPrefixLen": match (running, ep.ip, n.subnet()) {
+                            (true, Some(_), Some(s)) => s.prefix,
+                            _ => 0,
+                        },
                         "IPv6Gateway": n.gateway6().filter(|_| running && ep.ip6.is_some()).map(|g| g.to_string()).unwrap_or_default(),
                         "GlobalIPv6Address": ep.ip6.filter(|_| running).map(|a| a.to_string()).unwrap_or_default(),
                         "GlobalIPv6PrefixLen": match (running, ep.ip6, n.subnet6()) {
@@ -269,9 +278,9 @@ impl Daemon {
             "NetworkSettings": {
                 "SandboxKey": sandbox_key,
                 "Ports": ports,
-                "IPAddress": first.map(|e| e.ip.to_string()).unwrap_or_default(),
-                "IPPrefixLen": first_net.map(|n| n.subnet().prefix).unwrap_or(0),
-                "Gateway": first_net.map(|n| n.gateway().to_string()).unwrap_or_default(),
+                "IPAddress": opt(first.and_then(|e| e.ip)),
+                "IPPrefixLen": first_net.and_then(|n| n.subnet()).filter(|_| first.is_some_and(|e| e.ip.is_some())).map_or(0, |s| s.prefix),
+                "Gateway": opt(first_net.and_then(|n| n.gateway())),
                 "GlobalIPv6Address": first.and_then(|e| e.ip6).map(|a| a.to_string()).unwrap_or_default(),
                 "GlobalIPv6PrefixLen": first.and(first_net).and_then(|n| n.subnet6()).filter(|_| first.is_some_and(|e| e.ip6.is_some())).map(|s| s.prefix_len()).unwrap_or(0),
                 "IPv6Gateway": first.filter(|e| e.ip6.is_some()).and(first_net).and_then(|n| n.gateway6()).map(|g| g.to_string()).unwrap_or_default(),
@@ -281,7 +290,12 @@ impl Daemon {
             "PortBindings": shown_bindings(c).iter().map(|b| match first {
                 // Routed: reached on the container's own address.
                 Some(e) if b.host_port == 0 => {
-                    format!("{}/{} -> {}:{}", b.container_port, b.proto, e.ip, b.container_port)
+                    let ip = match (e.ip, e.ip6) {
+                        (Some(ip), _) => ip.to_string(),
+                        (None, Some(ip6)) => format!("[{ip6}]"),
+                        (None, None) => String::new(),
+                    };
+                    format!("{}/{} -> {ip}:{}", b.container_port, b.proto, b.container_port)
                 }
                 _ => b.to_string(),
             }).collect::<Vec<_>>(),
@@ -346,4 +360,9 @@ fn shown_bindings(c: &Container) -> Vec<crate::portspec::PortBinding> {
         }
     }
     out
+}
+
+/// An optional address as inspect shows it: empty when there is none.
+fn opt<T: ToString>(a: Option<T>) -> String {
+    a.map(|a| a.to_string()).unwrap_or_default()
 }

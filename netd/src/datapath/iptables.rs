@@ -262,7 +262,7 @@ pub fn render_bridge(state: &State) -> String {
         .filter(|c| c.status == Status::Running)
     {
         for ep in c.endpoints.values() {
-            let (v, ip) = (&ep.veth, ep.ip);
+            let v = &ep.veth;
             let mac = ep
                 .mac
                 .iter()
@@ -270,11 +270,15 @@ pub fn render_bridge(state: &State) -> String {
                 .collect::<Vec<_>>()
                 .join(":");
             let ch = BRIDGE_CHAIN;
-            let _ = writeln!(out, "-A {ch} -i {v} -p IPv4 -j RETURN");
-            let _ = writeln!(out, "-A {ch} -i {v} -p ARP --arp-mac-src ! {mac} -j DROP");
-            let _ = writeln!(out, "-A {ch} -i {v} -p ARP --arp-ip-src 0.0.0.0 -j RETURN");
-            let _ = writeln!(out, "-A {ch} -i {v} -p ARP --arp-ip-src ! {ip} -j DROP");
-            let _ = writeln!(out, "-A {ch} -i {v} -p ARP -j RETURN");
+            // An endpoint without IPv4 (an IPv6-only network) sends no
+            // IPv4 and no ARP: the final DROP.
+            if let Some(ip) = ep.ip {
+                let _ = writeln!(out, "-A {ch} -i {v} -p IPv4 -j RETURN");
+                let _ = writeln!(out, "-A {ch} -i {v} -p ARP --arp-mac-src ! {mac} -j DROP");
+                let _ = writeln!(out, "-A {ch} -i {v} -p ARP --arp-ip-src 0.0.0.0 -j RETURN");
+                let _ = writeln!(out, "-A {ch} -i {v} -p ARP --arp-ip-src ! {ip} -j DROP");
+                let _ = writeln!(out, "-A {ch} -i {v} -p ARP -j RETURN");
+            }
             if let Some(ip6) = ep.ip6
                 && state
                     .networks
@@ -328,7 +332,7 @@ pub(crate) fn net_family(
     cluster: Option<crate::ipam::Cidr>,
 ) -> Option<(String, crate::model::Wire)> {
     match fam {
-        Family::V4 => Some((net.subnet().to_string(), net.wire(cluster))),
+        Family::V4 => net.subnet().map(|s| (s.to_string(), net.wire(cluster))),
         Family::V6 => net.subnet6().map(|s| (s.to_string(), net.wire6())),
     }
 }
@@ -336,7 +340,7 @@ pub(crate) fn net_family(
 /// An endpoint's address in `fam`.
 pub(crate) fn ep_addr(ep: &crate::model::Endpoint, fam: Family) -> Option<std::net::IpAddr> {
     match fam {
-        Family::V4 => Some(ep.ip.into()),
+        Family::V4 => ep.ip.map(Into::into),
         Family::V6 => ep.ip6.map(Into::into),
     }
 }
@@ -735,7 +739,7 @@ mod tests {
             name: "bridge".into(),
             created: String::new(),
             bridge: "netd0".into(),
-            ipam: Allocator::new(subnet, subnet.first_host(), None).unwrap(),
+            ipam: Some(Allocator::new(subnet, subnet.first_host(), None).unwrap()),
             options: NetworkOptions {
                 icc: false,
                 ..NetworkOptions::default()
@@ -748,7 +752,7 @@ mod tests {
         let ep = Endpoint {
             id: "e".into(),
             network: "def".into(),
-            ip: Ipv4Addr::new(172, 17, 0, 2),
+            ip: Some(Ipv4Addr::new(172, 17, 0, 2)),
             mac: [2, 0x42, 0xac, 0x11, 0, 2],
             veth: "vndweb".into(),
             ifname: "eth0".into(),

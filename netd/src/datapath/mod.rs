@@ -195,12 +195,7 @@ impl KernelConntrack {
             .containers
             .values()
             .filter(|c| c.status == crate::model::Status::Running)
-            .flat_map(|c| {
-                c.endpoints.values().flat_map(|e| {
-                    std::iter::once(std::net::IpAddr::V4(e.ip))
-                        .chain(e.ip6.map(std::net::IpAddr::V6))
-                })
-            })
+            .flat_map(|c| c.endpoints.values().flat_map(|e| e.addrs()))
             .collect();
         let mut errors = Vec::new();
         for ip in self.last.difference(&now) {

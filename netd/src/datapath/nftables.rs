@@ -78,6 +78,7 @@ const BRIDGE_CHAINS: &str = "\
 	}
 
 	chain from-container {
+		iifname @ports_no_ipv4 ether type { ip, arp } drop
 		ether type ip return
 		ether type ip6 iifname . ip6 saddr @port_ip6 return
 		ether type ip6 iifname @ports6 ip6 saddr fe80::/10 return
@@ -541,6 +542,8 @@ fn render_bridge(state: &State) -> Result<String> {
     let mut port_mac: BTreeSet<(String, String)> = BTreeSet::new();
     let mut port_ip: BTreeSet<(String, Ipv4Addr)> = BTreeSet::new();
     let mut port_ip6: BTreeSet<(String, std::net::Ipv6Addr)> = BTreeSet::new();
+    // Ports of endpoints without IPv4 (IPv6-only networks): no IPv4, no ARP.
+    let mut ports_no_ipv4: BTreeSet<String> = BTreeSet::new();
     for c in state
         .containers
         .values()
@@ -565,7 +568,10 @@ fn render_bridge(state: &State) -> Result<String> {
                 ports6.insert(veth.clone());
                 port_ip6.insert((veth.clone(), ip6));
             }
-            port_ip.insert((veth, ep.ip));
+            match ep.ip {
+                Some(ip) => port_ip.insert((veth, ip)),
+                None => ports_no_ipv4.insert(veth),
+            };
         }
     }
     let mut out = format!("table {BRIDGE_TABLE} {{\n");
@@ -606,6 +612,14 @@ fn render_bridge(state: &State) -> Result<String> {
             .iter()
             .map(|(v, ip)| format!("{v} . {ip}"))
             .collect::<Vec<_>>(),
+    );
+    define(
+        &mut out,
+        "set",
+        "ports_no_ipv4",
+        "ifname",
+        false,
+        &ports_no_ipv4.iter().cloned().collect::<Vec<_>>(),
     );
     define(
         &mut out,
@@ -705,7 +719,7 @@ pub(crate) mod tests {
             name: id.into(),
             created: String::new(),
             bridge: bridge.into(),
-            ipam: Allocator::new(subnet, subnet.first_host(), None).unwrap(),
+            ipam: Some(Allocator::new(subnet, subnet.first_host(), None).unwrap()),
             options: NetworkOptions {
                 gateway_mode: Default::default(),
                 gateway_mode_ipv6: Default::default(),
@@ -726,7 +740,7 @@ pub(crate) mod tests {
         let ep = Endpoint {
             id: format!("ep-{name}"),
             network: net.into(),
-            ip,
+            ip: Some(ip),
             mac: [2, 0x42, 0, 0, 0, 2],
             veth: format!("vnd{name}"),
             ifname: "eth0".into(),

@@ -4,7 +4,7 @@
 //! daemon, the daemon never waits for readers).
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::Arc,
 };
 
@@ -30,15 +30,16 @@ pub struct Zone {
     pub ptr: HashMap<IpAddr, String>,
     /// The network's IPv6 subnet.
     pub subnet6: Option<ipnet::Ipv6Net>,
-    /// The containers on this network, by their address on it.
-    pub clients: HashMap<Ipv4Addr, Arc<Client>>,
+    /// The containers on this network, by their addresses on it.
+    pub clients: HashMap<IpAddr, Arc<Client>>,
 }
 
 /// A container asking: its scope and its own resolver settings.
 #[derive(Debug, Default)]
 pub struct Client {
-    /// Gateways (zone keys) of every user network the container is on.
-    pub zones: Vec<Ipv4Addr>,
+    /// Server addresses (zone keys) of every user network the container
+    /// is on.
+    pub zones: Vec<IpAddr>,
     /// Its `--dns` servers (forwarders); empty means the daemon's.
     pub upstreams: Vec<SocketAddr>,
     /// `--link` aliases on user networks: names only this container sees.
@@ -47,9 +48,10 @@ pub struct Client {
 
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// By gateway address: a query's scope is the network whose gateway
-    /// it was sent to.
-    pub zones: HashMap<Ipv4Addr, Zone>,
+    /// By the server's address on the network (its IPv4 gateway, the
+    /// IPv6 one on an IPv6-only network): a query's scope is the network
+    /// whose server it was sent to.
+    pub zones: HashMap<IpAddr, Zone>,
     /// The daemon's forwarders (`--dns`, config, or the host's resolv.conf).
     pub upstreams: Vec<SocketAddr>,
 }
@@ -85,12 +87,15 @@ impl Snapshot {
             .values()
             .filter(|n| !n.default && !n.is_docker_owned())
         {
+            let Some(server) = n.dns_address() else {
+                continue;
+            };
             snap.zones.insert(
-                n.gateway(),
+                server,
                 Zone {
                     network_id: n.id.clone(),
                     name: lower(&n.name),
-                    subnet: Some(n.subnet()),
+                    subnet: n.subnet(),
                     subnet6: n.subnet6(),
                     internal: n.options.internal,
                     ..Zone::default()
@@ -98,10 +103,7 @@ impl Snapshot {
             );
         }
         // A forwarder that is one of our own listeners would loop.
-        snap.upstreams.retain(|u| match u.ip() {
-            IpAddr::V4(ip) => !snap.zones.contains_key(&ip),
-            IpAddr::V6(_) => true,
-        });
+        snap.upstreams.retain(|u| !snap.zones.contains_key(&u.ip()));
         let running = || {
             state
                 .containers
@@ -113,7 +115,7 @@ impl Snapshot {
                 .networks
                 .get(nid)
                 .filter(|n| !n.default && !n.is_docker_owned())
-                .map(|n| n.gateway())
+                .and_then(|n| n.dns_address())
         };
         for c in running() {
             let eps: Vec<_> = c
@@ -135,8 +137,7 @@ impl Snapshot {
                 for (_, e) in &eps {
                     if let Some(te) = t.endpoints.get(&e.network) {
                         let ips = links.entry(lower(&l.alias)).or_default();
-                        ips.push(IpAddr::V4(te.ip));
-                        ips.extend(te.ip6.map(IpAddr::V6));
+                        ips.extend(te.addrs());
                     }
                 }
             }
@@ -162,9 +163,7 @@ impl Snapshot {
                 };
                 let mut names = vec![name, c.hostname.as_str(), &c.id[..12]];
                 names.extend(e.aliases.iter().map(String::as_str));
-                let addrs: Vec<IpAddr> = std::iter::once(IpAddr::V4(e.ip))
-                    .chain(e.ip6.map(IpAddr::V6))
-                    .collect();
+                let addrs: Vec<IpAddr> = e.addrs().collect();
                 for n in names {
                     let ips = zone.names.entry(lower(n)).or_default();
                     for a in &addrs {
@@ -176,8 +175,8 @@ impl Snapshot {
                 for a in addrs {
                     zone.ptr
                         .insert(a, format!("{}.{}", name, state.networks[&e.network].name));
+                    zone.clients.insert(a, client.clone());
                 }
-                zone.clients.insert(e.ip, client.clone());
             }
         }
         snap
@@ -187,7 +186,7 @@ impl Snapshot {
     /// arrived on first, then the other user networks of the same
     /// container (a container resolves the names of every network it is
     /// attached to, and only those).
-    pub fn scope(&self, gw: Ipv4Addr, src: Option<&Client>) -> Vec<&Zone> {
+    pub fn scope(&self, gw: IpAddr, src: Option<&Client>) -> Vec<&Zone> {
         let mut v: Vec<&Zone> = self.zones.get(&gw).into_iter().collect();
         if let Some(c) = src {
             v.extend(

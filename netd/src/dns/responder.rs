@@ -63,7 +63,7 @@ pub enum Outcome {
 /// Answers one message `buf` that `src` sent to the server on `gw`.
 pub fn respond(
     snap: &Snapshot,
-    gw: Ipv4Addr,
+    gw: IpAddr,
     src: IpAddr,
     buf: &[u8],
     transport: Transport,
@@ -123,16 +123,17 @@ pub fn respond(
     let Some(zone) = snap.zones.get(&gw) else {
         return rcode(resp, ResponseCode::Refused);
     };
-    let IpAddr::V4(src4) = src else {
-        return rcode(resp, ResponseCode::Refused);
+    let on_network = match src {
+        IpAddr::V4(a) => zone.subnet.is_some_and(|s| s.contains(a)),
+        IpAddr::V6(a) => zone.subnet6.is_some_and(|s| s.contains(&a)),
     };
-    if !zone.subnet.is_some_and(|s| s.contains(src4)) {
+    if !on_network {
         return rcode(resp, ResponseCode::Refused);
     }
     if !matches!(q.query_class, DNSClass::IN | DNSClass::ANY) {
         return rcode(resp, ResponseCode::Refused);
     }
-    let client = zone.clients.get(&src4).map(|c| c.as_ref());
+    let client = zone.clients.get(&src).map(|c| c.as_ref());
     let scope = snap.scope(gw, client);
     let Some(name) = name_key(&q.name) else {
         // A label netd could never have made (a dot or a control byte
@@ -331,7 +332,7 @@ mod tests {
 
     fn snap() -> Snapshot {
         let client = Arc::new(Client {
-            zones: vec![GW],
+            zones: vec![GW.into()],
             upstreams: vec![],
             links: HashMap::from([("kv".to_string(), vec![IpAddr::V4(DB)])]),
         });
@@ -349,8 +350,8 @@ mod tests {
         z.ptr.insert(IpAddr::V4(WEB), "web.mynet".into());
         z.ptr.insert(IpAddr::V6(WEB6), "web.mynet".into());
         z.subnet6 = Some("fd00:1::/64".parse().unwrap());
-        z.clients.insert(WEB, client.clone());
-        z.clients.insert(DB, Arc::new(Client::default()));
+        z.clients.insert(WEB.into(), client.clone());
+        z.clients.insert(DB.into(), Arc::new(Client::default()));
         let mut z2 = Zone {
             network_id: "n2".into(),
             name: "other".into(),
@@ -359,22 +360,22 @@ mod tests {
         };
         z2.names.insert("lonely".into(), vec![IpAddr::V4(OTHER)]);
         z2.clients.insert(
-            OTHER,
+            OTHER.into(),
             Arc::new(Client {
-                zones: vec![GW2],
+                zones: vec![GW2.into()],
                 upstreams: vec!["192.0.2.53:53".parse().unwrap()],
                 links: HashMap::new(),
             }),
         );
         Snapshot {
-            zones: HashMap::from([(GW, z), (GW2, z2)]),
+            zones: HashMap::from([(GW.into(), z), (GW2.into(), z2)]),
             upstreams: vec![UP.parse().unwrap()],
         }
     }
 
     fn ask(s: &Snapshot, gw: Ipv4Addr, src: Ipv4Addr, name: &str, t: RecordType) -> Outcome {
         let q = query(0x1234, &Name::from_ascii(name).unwrap(), t, true);
-        respond(s, gw, IpAddr::V4(src), &q.to_vec().unwrap(), Transport::Udp)
+        respond(s, gw.into(), IpAddr::V4(src), &q.to_vec().unwrap(), Transport::Udp)
     }
 
     fn answer(o: Outcome) -> Message {
@@ -512,7 +513,7 @@ mod tests {
             o => panic!("{o:?}"),
         }
         let mut s = snap();
-        s.zones.get_mut(&GW).unwrap().internal = true;
+        s.zones.get_mut(&IpAddr::V4(GW)).unwrap().internal = true;
         assert_eq!(
             answer(ask(&s, GW, WEB, "example.com", RecordType::A)).response_code,
             ResponseCode::Refused
@@ -529,7 +530,7 @@ mod tests {
     fn malformed_and_odd_messages() {
         let s = snap();
         let src = IpAddr::V4(WEB);
-        let r = |b: &[u8]| respond(&s, GW, src, b, Transport::Udp);
+        let r = |b: &[u8]| respond(&s, GW.into(), src, b, Transport::Udp);
         assert!(matches!(r(&[]), Outcome::Drop));
         assert!(matches!(r(&[1, 2, 3]), Outcome::Drop));
         // A header announcing a question that is not there.
@@ -568,7 +569,7 @@ mod tests {
     #[test]
     fn big_answers_are_truncated_over_udp() {
         let mut s = snap();
-        let z = s.zones.get_mut(&GW).unwrap();
+        let z = s.zones.get_mut(&IpAddr::V4(GW)).unwrap();
         z.names.insert(
             "many".into(),
             (2..200)
@@ -577,9 +578,9 @@ mod tests {
         );
         let q = query(1, &Name::from_ascii("many").unwrap(), RecordType::A, false);
         let b = q.to_vec().unwrap();
-        let m = answer(respond(&s, GW, IpAddr::V4(WEB), &b, Transport::Udp));
+        let m = answer(respond(&s, GW.into(), IpAddr::V4(WEB), &b, Transport::Udp));
         assert!(m.truncation && m.answers.is_empty());
-        let m = answer(respond(&s, GW, IpAddr::V4(WEB), &b, Transport::Tcp));
+        let m = answer(respond(&s, GW.into(), IpAddr::V4(WEB), &b, Transport::Tcp));
         assert!(!m.truncation);
         assert_eq!(m.answers.len(), 198);
     }
@@ -600,7 +601,7 @@ mod tests {
             } else {
                 Transport::Udp
             };
-            match respond(&s, GW, src, &b, t) {
+            match respond(&s, GW.into(), src, &b, t) {
                 Outcome::Reply(r) => {
                     assert!(r.len() >= 12);
                     assert_eq!(r[..2], b[..2], "answer carries the query id");

@@ -11,7 +11,7 @@
 //! `network inspect`.
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6},
     os::fd::{FromRawFd, IntoRawFd},
     sync::{
         Arc, RwLock,
@@ -22,8 +22,8 @@ use std::{
 
 use hickory_proto::op::{Message, MessageType};
 use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket,
-    sockopt,
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, bind, listen, setsockopt,
+    socket, sockopt,
 };
 use serde_json::{Value, json};
 use tokio::{
@@ -90,7 +90,7 @@ struct Limits {
 /// One network's listeners; their tasks end when it is dropped.
 struct Listener {
     network: String,
-    gw: Ipv4Addr,
+    gw: IpAddr,
     stats: Arc<Stats>,
     udp: std::result::Result<JoinHandle<()>, String>,
     tcp: std::result::Result<JoinHandle<()>, String>,
@@ -157,7 +157,7 @@ impl Server {
     /// lose them, failed binds are tried again. Must run inside the
     /// daemon's tokio runtime and network namespace.
     pub async fn update(&mut self, snap: Snapshot) {
-        let wanted: HashMap<String, (Ipv4Addr, String)> = snap
+        let wanted: HashMap<String, (IpAddr, String)> = snap
             .zones
             .iter()
             .map(|(gw, z)| (z.network_id.clone(), (*gw, z.name.clone())))
@@ -194,7 +194,7 @@ impl Server {
     }
 
     /// Binds what is not bound yet.
-    fn start(&self, network: String, gw: Ipv4Addr, old: Option<Listener>) -> Listener {
+    fn start(&self, network: String, gw: IpAddr, old: Option<Listener>) -> Listener {
         let mut l = old.unwrap_or(Listener {
             network,
             gw,
@@ -233,7 +233,7 @@ impl Server {
         match self.listeners.get(network_id) {
             Some(l) => json!({
                 "Enabled": true,
-                "Address": format!("{}:{PORT}", l.gw),
+                "Address": SocketAddr::new(l.gw, PORT).to_string(),
                 "Status": l.status(),
                 "Stats": l.stats.json(),
             }),
@@ -254,43 +254,55 @@ impl Server {
     }
 }
 
-fn freebind_socket(ty: SockType) -> std::io::Result<std::os::fd::OwnedFd> {
+fn freebind_socket(gw: IpAddr, ty: SockType) -> std::io::Result<std::os::fd::OwnedFd> {
+    let family = match gw {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
     let fd = socket(
-        AddressFamily::Inet,
+        family,
         ty,
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
     )?;
     // The gateway address may not be configured yet (or is being
-    // re-added): bind to it regardless.
+    // re-added): bind to it regardless (IP_FREEBIND holds for IPv6
+    // sockets too).
     setsockopt(&fd, sockopt::IpFreebind, &true)?;
+    if gw.is_ipv6() {
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
     Ok(fd)
 }
 
+/// Binds `fd` to port 53 of `gw`.
+fn bind_to(fd: &std::os::fd::OwnedFd, gw: IpAddr) -> std::io::Result<()> {
+    let raw = std::os::fd::AsRawFd::as_raw_fd(fd);
+    match gw {
+        IpAddr::V4(a) => bind(raw, &SockaddrIn::from(SocketAddrV4::new(a, PORT)))?,
+        IpAddr::V6(a) => bind(raw, &SockaddrIn6::from(SocketAddrV6::new(a, PORT, 0, 0)))?,
+    }
+    Ok(())
+}
+
 /// A UDP socket on `gw:53`.
-pub fn bind_udp(gw: Ipv4Addr) -> std::io::Result<UdpSocket> {
-    let fd = freebind_socket(SockType::Datagram)?;
+pub fn bind_udp(gw: IpAddr) -> std::io::Result<UdpSocket> {
+    let fd = freebind_socket(gw, SockType::Datagram)?;
     // Past net.core.rmem_max when the daemon may (it runs as root).
     if setsockopt(&fd, sockopt::RcvBufForce, &UDP_RCVBUF).is_err() {
         let _ = setsockopt(&fd, sockopt::RcvBuf, &UDP_RCVBUF);
     }
-    bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrIn::from(SocketAddrV4::new(gw, PORT)),
-    )?;
+    bind_to(&fd, gw)?;
     // SAFETY: a bound UDP socket we own, handed over once.
     let std = unsafe { std::net::UdpSocket::from_raw_fd(fd.into_raw_fd()) };
     UdpSocket::from_std(std)
 }
 
 /// A TCP listener on `gw:53`.
-pub fn bind_tcp(gw: Ipv4Addr) -> std::io::Result<TcpListener> {
-    let fd = freebind_socket(SockType::Stream)?;
+pub fn bind_tcp(gw: IpAddr) -> std::io::Result<TcpListener> {
+    let fd = freebind_socket(gw, SockType::Stream)?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrIn::from(SocketAddrV4::new(gw, PORT)),
-    )?;
+    bind_to(&fd, gw)?;
     listen(&fd, Backlog::new(128).unwrap_or(Backlog::MAXCONN))?;
     // SAFETY: a listening TCP socket we own, handed over once.
     let std = unsafe { std::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };
@@ -300,7 +312,7 @@ pub fn bind_tcp(gw: Ipv4Addr) -> std::io::Result<TcpListener> {
 /// What a listener task works with.
 #[derive(Clone)]
 struct Ctx {
-    gw: Ipv4Addr,
+    gw: IpAddr,
     shared: Shared,
     limits: Arc<Limits>,
     stats: Arc<Stats>,

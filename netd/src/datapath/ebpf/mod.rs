@@ -317,7 +317,10 @@ impl Ebpf {
             gw_macs.insert(n.id.clone(), self.links.mac(&n.bridge));
             names.insert(n.bridge.clone());
             net_flags.insert(n.id.clone(), flags);
-            let prefix = u32::from(n.subnet().prefix);
+            // An IPv6-only network's endpoints have no IPv4 address (0 in
+            // the maps: from_container drops their IPv4 and ARP) and a
+            // mask that matches no peer.
+            let prefix = n.subnet().map_or(32, |s| u32::from(s.prefix));
             let mask = if prefix == 0 {
                 0
             } else {
@@ -339,7 +342,7 @@ impl Ebpf {
                 let e = Endpoint {
                     ifindex: idx,
                     net_id: net_id(&ep.network),
-                    ip: u32::from(ep.ip).to_be(),
+                    ip: ep.ip.map_or(0, |ip| u32::from(ip).to_be()),
                     mac: ep.mac,
                     gw_mac: gw_macs.get(&ep.network).copied().unwrap_or_default(),
                     // Set by `assign_slots`.
@@ -347,7 +350,9 @@ impl Ebpf {
                     net_flags: net_flags.get(&ep.network).copied().unwrap_or_default(),
                     mask: masks.get(&ep.network).copied().unwrap_or_default(),
                 };
-                d.by_ip.insert(e.ip, e);
+                if ep.ip.is_some() {
+                    d.by_ip.insert(e.ip, e);
+                }
                 d.by_if.insert(EndpointKey { ifindex: idx }, e);
                 let how = match c.owner {
                     Owner::Cni { .. } => Attach::Tcx,
@@ -358,14 +363,15 @@ impl Ebpf {
             }
             if let Some(ep) = c.primary()
                 && !c.ports.is_empty()
+                && let Some(ip) = ep.ip
                 && let Some(w) = wires.get(&ep.network)
             {
                 let wire = (w.host_ports, w.direct_ports);
                 let cached = self
                     .ranges
                     .remove(&c.id)
-                    .filter(|p| p.ip == ep.ip && p.wire == wire && p.bindings == c.ports);
-                let cp = cached.unwrap_or_else(|| ContainerPorts::new(ep.ip, &c.ports, wire));
+                    .filter(|p| p.ip == ip && p.wire == wire && p.bindings == c.ports);
+                let cp = cached.unwrap_or_else(|| ContainerPorts::new(ip, &c.ports, wire));
                 ranges.insert(c.id.clone(), cp);
             }
         }
