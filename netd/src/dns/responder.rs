@@ -375,7 +375,13 @@ mod tests {
 
     fn ask(s: &Snapshot, gw: Ipv4Addr, src: Ipv4Addr, name: &str, t: RecordType) -> Outcome {
         let q = query(0x1234, &Name::from_ascii(name).unwrap(), t, true);
-        respond(s, gw.into(), IpAddr::V4(src), &q.to_vec().unwrap(), Transport::Udp)
+        respond(
+            s,
+            gw.into(),
+            IpAddr::V4(src),
+            &q.to_vec().unwrap(),
+            Transport::Udp,
+        )
     }
 
     fn answer(o: Outcome) -> Message {

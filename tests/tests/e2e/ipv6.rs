@@ -268,12 +268,12 @@ pub fn ipv6_control_plane(dp: &str) {
 
 /// The outside namespace's and the host uplink's IPv6 addresses (the
 /// documentation prefix; the host's default IPv6 route goes outside).
-const OUTSIDE6: &str = "2001:db8:18::1";
-const HOST6: &str = "2001:db8:18::2";
+pub(super) const OUTSIDE6: &str = "2001:db8:18::1";
+pub(super) const HOST6: &str = "2001:db8:18::2";
 
 /// Gives the testbed's uplink IPv6: `OUTSIDE6/64` outside, `HOST6/64` on
 /// the host's eth0 (default route via the outside), no DAD.
-fn uplink6(n: &Netd) {
+pub(super) fn uplink6(n: &Netd) {
     for (ns, addr) in [(&n.tb.outside, OUTSIDE6), (&n.tb.host, HOST6)] {
         n.tb.ok(ns, &["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"])
             .unwrap();
@@ -301,7 +301,7 @@ fn uplink6(n: &Netd) {
 
 /// Starts an HTTP server (reports the client address) in a container on
 /// `[::]:port` (both families).
-fn serve_http6(n: &Netd, name: &str, port: u16) {
+pub(super) fn serve_http6(n: &Netd, name: &str, port: u16) {
     let out = n.ok(&[
         "exec",
         name,
@@ -317,7 +317,7 @@ fn serve_http6(n: &Netd, name: &str, port: u16) {
 }
 
 /// `curl -g -s URL` from a container; None when it fails.
-fn curl6(n: &Netd, from: &str, url: &str, extra: &[&str]) -> Option<String> {
+pub(super) fn curl6(n: &Netd, from: &str, url: &str, extra: &[&str]) -> Option<String> {
     let mut args = vec!["exec", from, "--", "curl", "-g", "-s", "-m", "3"];
     args.extend_from_slice(extra);
     args.push(url);
@@ -327,7 +327,7 @@ fn curl6(n: &Netd, from: &str, url: &str, extra: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-fn curl6_wait(n: &Netd, from: &str, url: &str, extra: &[&str]) -> String {
+pub(super) fn curl6_wait(n: &Netd, from: &str, url: &str, extra: &[&str]) -> String {
     let mut got = None;
     wait_until(Duration::from_secs(10), || {
         got = curl6(n, from, url, extra);
@@ -336,7 +336,7 @@ fn curl6_wait(n: &Netd, from: &str, url: &str, extra: &[&str]) -> String {
     got.unwrap_or_else(|| panic!("curl {url} from {from} failed\n{}", n.log()))
 }
 
-fn ping6(n: &Netd, from: &str, ip: &str, extra: &[&str]) -> bool {
+pub(super) fn ping6(n: &Netd, from: &str, ip: &str, extra: &[&str]) -> bool {
     let mut args = vec!["exec", from, "--", "ping", "-6", "-c", "1", "-W", "1"];
     args.extend_from_slice(extra);
     args.push(ip);
@@ -344,14 +344,14 @@ fn ping6(n: &Netd, from: &str, ip: &str, extra: &[&str]) -> bool {
 }
 
 /// `curl` in a testbed namespace (outside, or the host's own processes).
-fn tb_curl(n: &Netd, ns: &::netd::netns::NetNs, url: &str) -> Option<String> {
+pub(super) fn tb_curl(n: &Netd, ns: &::netd::netns::NetNs, url: &str) -> Option<String> {
     let o = n.tb.exec(ns, &["curl", "-g", "-s", "-m", "3", url]).ok()?;
     o.status
         .success()
         .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-fn tb_curl_wait(n: &Netd, ns: &::netd::netns::NetNs, url: &str) -> String {
+pub(super) fn tb_curl_wait(n: &Netd, ns: &::netd::netns::NetNs, url: &str) -> String {
     let mut got = None;
     wait_until(Duration::from_secs(10), || {
         got = tb_curl(n, ns, url);
@@ -363,7 +363,7 @@ fn tb_curl_wait(n: &Netd, ns: &::netd::netns::NetNs, url: &str) -> String {
 /// A published port from the host's own processes: in the test's cgroup
 /// on ebpf (where its socket programs are), from the host namespace on
 /// the netfilter datapaths.
-fn host_curl_wait(n: &Netd, dp: &str, url: &str) -> String {
+pub(super) fn host_curl_wait(n: &Netd, dp: &str, url: &str) -> String {
     if dp != "ebpf" {
         return tb_curl_wait(n, &n.tb.host, url);
     }

@@ -17,6 +17,7 @@ mod faults;
 mod gateway_modes;
 mod instances;
 mod ipv6;
+mod ipv6_only;
 mod modes;
 mod networks;
 mod nftables_only;
@@ -31,6 +32,7 @@ use faults::*;
 use gateway_modes::*;
 use instances::*;
 use ipv6::*;
+use ipv6_only::*;
 use modes::*;
 use networks::*;
 use ports::*;
@@ -156,4 +158,5 @@ scenarios!(
     removed_containers_leave_no_flows,
     ipv6_control_plane,
     ipv6_traffic,
+    ipv6_only_networks,
 );
