@@ -58,9 +58,13 @@ pub fn add_endpoint(p: &mut Programs, mut e: Endpoint) {
     if let Ok(n) = nets.get(&e.net_id, 0) {
         e.net_flags = n.flags;
     }
-    let mut m: HashMap<&mut MapData, u32, Endpoint> =
-        HashMap::try_from(p.map_mut(maps::ENDPOINTS).unwrap()).unwrap();
-    m.insert(e.ip, e, 0).unwrap();
+    // An endpoint without IPv4 (0: an IPv6-only network) is only in the
+    // by-interface map, as the daemon writes it.
+    if e.ip != 0 {
+        let mut m: HashMap<&mut MapData, u32, Endpoint> =
+            HashMap::try_from(p.map_mut(maps::ENDPOINTS).unwrap()).unwrap();
+        m.insert(e.ip, e, 0).unwrap();
+    }
     let mut m: HashMap<&mut MapData, EndpointKey, Endpoint> =
         HashMap::try_from(p.map_mut(maps::ENDPOINTS_BY_IF).unwrap()).unwrap();
     m.insert(EndpointKey { ifindex: e.ifindex }, e, 0).unwrap();

@@ -1234,6 +1234,41 @@ fn containers_speak_ipv4_and_honest_arp_only() {
     assert_eq!(w.drops("spoofed-source"), 2);
 }
 
+/// An endpoint of an IPv6-only network (no IPv4 address: 0 in the maps)
+/// sends no IPv4 and no ARP at all, not even a DHCP-style 0.0.0.0 source
+/// or an address probe; its IPv6 still takes the IPv6 programs.
+#[test]
+fn an_endpoint_without_ipv4_sends_no_ipv4_and_no_arp() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    bpfmaps::add_endpoint(
+        &mut w.p,
+        Endpoint {
+            ifindex: LO,
+            net_id: 1,
+            ip: 0,
+            mac: A_MAC,
+            gw_mac: GW_MAC,
+            ..Endpoint::default()
+        },
+    );
+    let to_b = a_to(B_IP).tcp(40000, 80, TCP_SYN, b"");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &to_b).0, tc::ACT_SHOT);
+    let unspecified = Frame {
+        src: Ipv4Addr::UNSPECIFIED,
+        ..a_to(Ipv4Addr::BROADCAST)
+    }
+    .udp(68, 67, b"dhcp");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &unspecified).0, tc::ACT_SHOT);
+    let gw = Ipv4Addr::new(172, 17, 0, 1);
+    let probe = packet::arp(A_MAC, 1, A_MAC, Ipv4Addr::UNSPECIFIED, [0; 6], gw);
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &probe).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("spoofed-source"), 3);
+    // Nothing was forwarded or translated.
+    assert_eq!(w.counter("forwarded"), 0);
+    assert_eq!(w.counter("snat"), 0);
+}
+
 /// Item 12: a flow is delivered to the endpoint that has its address now
 /// (a restarted container's new veth), never to whoever got the old
 /// veth's ifindex.
