@@ -6,7 +6,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::Daemon;
-use crate::{datapath::Datapath, link, model::*};
+use crate::{datapath::Datapath, link, model::*, state::State};
 
 impl Daemon {
     pub fn network_json(&self, n: &Network) -> Value {
@@ -174,7 +174,7 @@ impl Daemon {
                 ports.entry(format!("{p}/{proto}")).or_insert(Value::Null);
             }
         }
-        for b in &shown_bindings(c) {
+        for b in &shown_bindings(c, &self.state) {
             let e = ports
                 .entry(format!("{}/{}", b.container_port, b.proto))
                 .or_insert(json!([]));
@@ -287,7 +287,7 @@ impl Daemon {
                 "MacAddress": first.map(|e| link::fmt_mac(e.mac)).unwrap_or_default(),
                 "Networks": networks,
             },
-            "PortBindings": shown_bindings(c).iter().map(|b| match first {
+            "PortBindings": shown_bindings(c, &self.state).iter().map(|b| match first {
                 // Routed: reached on the container's own address.
                 Some(e) if b.host_port == 0 => {
                     let ip = match (e.ip, e.ip6) {
@@ -347,12 +347,23 @@ impl Daemon {
 /// serves both families, so a container with an IPv6 address shows it
 /// twice, on `0.0.0.0` and on `::`, with the same host port (Docker's
 /// shape for `-p 8080:80` and `-P` on a dual-stack network).
-fn shown_bindings(c: &Container) -> Vec<crate::portspec::PortBinding> {
-    let dual = c.endpoints.values().any(|e| e.ip6.is_some());
+fn shown_bindings(c: &Container, state: &State) -> Vec<crate::portspec::PortBinding> {
+    let has6 = c.endpoints.values().any(|e| e.ip6.is_some());
+    // IPv6-only (the primary endpoint has no IPv4): 0.0.0.0 is only its
+    // IPv6 side, shown as `::` alone (Docker 28's shape).
+    let has4 = c.primary().is_none_or(|e| {
+        state
+            .networks
+            .get(&e.network)
+            .is_none_or(|n| n.enable_ipv4())
+    });
     let mut out = Vec::new();
     for b in &c.ports {
-        out.push(*b);
-        if dual && b.host_port != 0 && b.host_ip == IpAddr::V4(Ipv4Addr::UNSPECIFIED) {
+        let any4 = b.host_port != 0 && b.host_ip == IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        if has4 || !any4 {
+            out.push(*b);
+        }
+        if has6 && any4 {
             out.push(crate::portspec::PortBinding {
                 host_ip: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
                 ..*b

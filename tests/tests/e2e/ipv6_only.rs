@@ -169,7 +169,10 @@ pub fn ipv6_only_networks(dp: &str) {
         "{dp}: an IPv6-only container was reached over IPv4"
     );
     let ports = n.ok(&["port", "web"]);
-    assert!(ports.contains("[::]:8081"), "{dp}: {ports}");
+    assert!(
+        ports.contains("[::]:8081") && !ports.contains("0.0.0.0"),
+        "{dp}: {ports}"
+    );
 
     // No IPv4 between containers of the network, even with addresses the
     // containers give themselves: dropped at the bridge port.
