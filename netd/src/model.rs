@@ -513,4 +513,43 @@ mod tests {
         dual.options.gateway_mode_ipv6 = GatewayMode::Nat;
         assert_eq!(dual.wire6(), nat);
     }
+
+    /// State files from before IPv6-only networks load unchanged: the
+    /// IPv4 allocator and the endpoints' addresses as they were, 0.0.0.0
+    /// (never assigned) read as it was written and treated as none.
+    #[test]
+    fn older_state_loads_and_ipv6_only_round_trips() {
+        let subnet: Cidr = "10.9.0.0/24".parse().unwrap();
+        let mut net = serde_json::to_value(Network {
+            id: "n".into(),
+            name: "n".into(),
+            created: String::new(),
+            bridge: "br".into(),
+            ipam: Some(Allocator::new(subnet, subnet.first_host(), None).unwrap()),
+            ipam6: None,
+            options: NetworkOptions::default(),
+            raw_options: BTreeMap::new(),
+            default: false,
+            owner: NetworkOwner::Netd,
+        })
+        .unwrap();
+        let old: Network = serde_json::from_value(net.clone()).unwrap();
+        assert_eq!(old.subnet(), Some(subnet));
+        assert_eq!(old.gateway(), Some("10.9.0.1".parse().unwrap()));
+        let ep = serde_json::json!({
+            "id": "e", "network": "n", "ip": "10.9.0.2", "mac": [2, 66, 10, 9, 0, 2],
+            "veth": "v", "ifname": "eth0",
+        });
+        let ep: Endpoint = serde_json::from_value(ep).unwrap();
+        assert_eq!(ep.ip, Some("10.9.0.2".parse().unwrap()));
+        assert_eq!(ep.addrs().count(), 1);
+        // IPv6-only: no allocator, no address, and back.
+        net["ipam"] = serde_json::Value::Null;
+        let v6only: Network = serde_json::from_value(net).unwrap();
+        assert!(!v6only.enable_ipv4() && v6only.subnet().is_none());
+        assert_eq!(v6only.dns_address(), None);
+        let again: Network =
+            serde_json::from_value(serde_json::to_value(&v6only).unwrap()).unwrap();
+        assert!(again.ipam.is_none());
+    }
 }

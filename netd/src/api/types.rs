@@ -637,6 +637,57 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_only_network_checks() {
+        let ok = NetworkCreate {
+            name: "n".into(),
+            enable_ipv6: true,
+            enable_ipv4: Some(false),
+            subnet6: Some("fd00:9::/64".into()),
+            ..Default::default()
+        }
+        .validate(1500)
+        .unwrap();
+        assert!(!ok.ipv4);
+        assert!(ok.ipv6.is_some());
+        // IPv4 stays on unless turned off.
+        let dual = NetworkCreate {
+            name: "n".into(),
+            enable_ipv6: true,
+            ..Default::default()
+        }
+        .validate(1500)
+        .unwrap();
+        assert!(dual.ipv4);
+        for bad in [
+            // Neither family.
+            NetworkCreate {
+                enable_ipv4: Some(false),
+                ..Default::default()
+            },
+            // IPv4 settings for a network without IPv4.
+            NetworkCreate {
+                enable_ipv6: true,
+                enable_ipv4: Some(false),
+                subnet: Some("10.9.0.0/24".into()),
+                ..Default::default()
+            },
+            NetworkCreate {
+                enable_ipv6: true,
+                enable_ipv4: Some(false),
+                options: BTreeMap::from([("gateway_mode_ipv4".into(), "routed".into())]),
+                ..Default::default()
+            },
+        ] {
+            let r = NetworkCreate {
+                name: "n".into(),
+                ..bad
+            }
+            .validate(1500);
+            assert_eq!(status(r), 400);
+        }
+    }
+
+    #[test]
     fn container_create_checks() {
         let bad_inputs = [
             ContainerCreate {
