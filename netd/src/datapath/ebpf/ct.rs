@@ -250,7 +250,7 @@ pub fn flow_expired(
 }
 
 /// CPU time of the calling thread.
-fn thread_cpu_time() -> std::time::Duration {
+pub(crate) fn thread_cpu_time() -> std::time::Duration {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
         .map(std::time::Duration::from)
         .unwrap_or_default()

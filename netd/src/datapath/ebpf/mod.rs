@@ -21,7 +21,7 @@
 //! a veth, or on the uplink, before the maps describe it).
 pub mod ct;
 pub mod ports;
-mod v6;
+pub mod v6;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
