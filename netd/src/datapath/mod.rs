@@ -14,6 +14,7 @@ use crate::state::State;
 
 pub mod ebpf;
 pub mod iptables;
+pub mod loopback_proxy;
 pub mod nftables;
 
 pub trait Datapath: Send + Sync {
