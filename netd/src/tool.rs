@@ -53,7 +53,7 @@ pub fn udp_echo(listen: SocketAddr, name: &str) -> Result<()> {
 /// on timeout, and says "connection refused" when an ICMP port
 /// unreachable comes back.
 pub fn udp_send(to: SocketAddr, msg: &str, timeout_ms: u64) -> Result<()> {
-    let s = UdpSocket::bind("0.0.0.0:0")?;
+    let s = UdpSocket::bind(if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })?;
     s.connect(to)?;
     s.set_read_timeout(Some(std::time::Duration::from_millis(timeout_ms)))?;
     let mut buf = [0u8; 65536];
