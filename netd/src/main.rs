@@ -216,6 +216,11 @@ struct DaemonArgs {
     /// The default bridge's IPv6 subnet.
     #[arg(long = "fixed-cidr-v6", value_name = "CIDR")]
     fixed_cidr_v6: Option<String>,
+    /// Serve published ports on [::1] with a userland proxy in the daemon
+    /// (iptables and nftables datapaths; as Docker's docker-proxy).
+    /// Default true; `--userland-proxy=false`: [::1] reaches nothing there.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    userland_proxy: Option<bool>,
 }
 
 #[derive(Subcommand)]
@@ -401,6 +406,7 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
             ),
             None => None,
         },
+        userland_proxy: a.userland_proxy.or(file.userland_proxy).unwrap_or(true),
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(netd::daemon::run(cfg))?;

@@ -607,6 +607,17 @@ fn render_family(state: &State, fam: Family) -> String {
     out
 }
 
+impl Iptables {
+    /// `userland_proxy`: serve `[::1]` published ports (see
+    /// [`super::loopback_proxy`]).
+    pub fn new(userland_proxy: bool) -> Iptables {
+        Iptables {
+            proxy: super::loopback_proxy::LoopbackProxy::new(userland_proxy),
+            ..Default::default()
+        }
+    }
+}
+
 impl Datapath for Iptables {
     fn name(&self) -> &'static str {
         "iptables"

@@ -157,11 +157,20 @@ pub struct LoopbackProxy {
     /// what it cannot bind).
     synced: bool,
     udp_idle: Duration,
+    /// `--userland-proxy` (false: nothing is proxied).
+    enabled: bool,
 }
 
 impl Default for LoopbackProxy {
     fn default() -> LoopbackProxy {
+        LoopbackProxy::new(true)
+    }
+}
+
+impl LoopbackProxy {
+    pub fn new(enabled: bool) -> LoopbackProxy {
         LoopbackProxy {
+            enabled,
             rt: None,
             running: BTreeMap::new(),
             waiting: BTreeMap::new(),
@@ -169,14 +178,15 @@ impl Default for LoopbackProxy {
             udp_idle: UDP_IDLE,
         }
     }
-}
 
-impl LoopbackProxy {
     /// Starts and stops listeners to match `state`. Errors (409) when a
     /// port this change publishes is held on `[::1]` by another process;
     /// the listeners of the rest are left running (the daemon's abort
     /// syncs the previous state next, which stops them).
     pub fn sync(&mut self, state: &State) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
         self.apply(desired(state))
     }
 

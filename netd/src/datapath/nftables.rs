@@ -643,6 +643,17 @@ pub fn apply_script(tables: &str) -> String {
     out
 }
 
+impl Nftables {
+    /// `userland_proxy`: serve `[::1]` published ports (see
+    /// [`super::loopback_proxy`]).
+    pub fn new(userland_proxy: bool) -> Nftables {
+        Nftables {
+            proxy: super::loopback_proxy::LoopbackProxy::new(userland_proxy),
+            ..Default::default()
+        }
+    }
+}
+
 impl Datapath for Nftables {
     fn name(&self) -> &'static str {
         "nftables"

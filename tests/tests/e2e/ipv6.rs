@@ -903,4 +903,26 @@ pub fn ipv6_traffic(dp: &str) {
         "{dp}: [::1] after switching to {}: {got}",
         n.datapath
     );
+    // --userland-proxy=false (Docker's flag): [::1] is refused at once,
+    // as before the proxy (not DNATed, nothing listens); IPv4 loopback
+    // and the host's IPv6 address keep working.
+    n.stop_daemon(false);
+    n.flags.push(("--userland-proxy".into(), "false".into()));
+    n.start_daemon().unwrap();
+    let mut code = None;
+    wait_until(Duration::from_secs(10), || {
+        let o =
+            n.tb.exec(
+                &n.tb.host,
+                &["curl", "-g", "-s", "-m", "3", "http://[::1]:8080/"],
+            )
+            .unwrap();
+        code = o.status.code();
+        code == Some(7)
+    });
+    assert_eq!(code, Some(7), "{dp}: [::1] without the userland proxy");
+    let got = tb_curl_wait(&n, &n.tb.host, "http://127.0.0.1:8080/");
+    assert!(got.contains("hello from web"), "{dp}: {got}");
+    let got = tb_curl_wait(&n, &n.tb.host, &url);
+    assert!(got.contains("hello from web"), "{dp}: {got}");
 }
