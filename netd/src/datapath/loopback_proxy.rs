@@ -91,7 +91,10 @@ pub fn covers_loopback(b: &PortBinding) -> bool {
 /// ports): its IPv6 address if it has one and the network's IPv6 gateway
 /// mode publishes host ports (`routed` does not: the host's IPv6
 /// addresses do not reach it either), else, on a network without IPv6,
-/// its IPv4 address when IPv4's mode publishes host ports.
+/// its IPv4 address when IPv4's mode publishes host ports. Internal
+/// networks publish nothing (their rules let nothing in from outside the
+/// bridge; the proxy's connections come from the host, which a FORWARD
+/// rule would not see).
 pub fn desired(state: &State) -> BTreeMap<Key, SocketAddr> {
     let mut out = BTreeMap::new();
     for c in state
@@ -102,7 +105,11 @@ pub fn desired(state: &State) -> BTreeMap<Key, SocketAddr> {
         let Some(ep) = c.primary() else {
             continue;
         };
-        let Some(net) = state.networks.get(&ep.network) else {
+        let Some(net) = state
+            .networks
+            .get(&ep.network)
+            .filter(|n| !n.options.internal)
+        else {
             continue;
         };
         let ip = match (net_family(net, Family::V6, None), ep.ip6) {
@@ -299,6 +306,7 @@ impl LoopbackProxy {
                 l.set_nonblocking(true)?;
                 let socket = TcpListener::from_std(l)?;
                 rt.spawn(serve_tcp(
+                    k,
                     Bound {
                         socket,
                         _closed: tx,
@@ -357,7 +365,7 @@ impl Drop for LoopbackProxy {
 
 /// Accepts clients and copies each connection both ways to `target`. The
 /// connections are this task's: they end with it.
-async fn serve_tcp(l: Bound<TcpListener>, target: SocketAddr) {
+async fn serve_tcp(k: Key, l: Bound<TcpListener>, target: SocketAddr) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -371,7 +379,7 @@ async fn serve_tcp(l: Bound<TcpListener>, target: SocketAddr) {
                 }
                 Err(e) => {
                     // EMFILE and the like: let the moment pass.
-                    tracing::warn!("userland proxy: accept on {}: {e}", target);
+                    tracing::warn!("userland proxy: accept on {k}: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
@@ -558,7 +566,11 @@ mod tests {
             ]),
         );
         assert!(want.contains_key(&key(Proto::Udp, 5353)));
-        // A stopped container has none.
+        // An internal network publishes nothing, a stopped container has
+        // none.
+        let mut internal = s.clone();
+        internal.networks.get_mut("def").unwrap().options.internal = true;
+        assert_eq!(desired(&internal).len(), 1);
         s.containers.get_mut("web").unwrap().status = Status::Exited;
         assert_eq!(desired(&s).len(), 1);
     }
