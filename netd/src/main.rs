@@ -259,6 +259,19 @@ enum Tool {
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
     },
+    /// Reads each connection to its end, then answers and closes.
+    EofServe {
+        listen: SocketAddr,
+        #[arg(long, default_value = "netd")]
+        name: String,
+    },
+    /// Sends MSG, half-closes, prints the answer.
+    EofSend {
+        to: SocketAddr,
+        msg: String,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
     /// Loads the embedded eBPF object (nothing attached) and prints each
     /// program's size: instructions, verified instructions, JITed bytes.
     ProgSizes {
@@ -572,6 +585,14 @@ fn run(cli: Cli) -> Result<i32> {
             msg,
             timeout_ms,
         }) => netd::tool::udp_send(to, &msg, timeout_ms).map(|_| 0),
+        Cmd::Tool(Tool::EofServe { listen, name }) => {
+            netd::tool::eof_serve(listen, &name).map(|_| 0)
+        }
+        Cmd::Tool(Tool::EofSend {
+            to,
+            msg,
+            timeout_ms,
+        }) => netd::tool::eof_send(to, &msg, timeout_ms).map(|_| 0),
         Cmd::Tool(Tool::ProgSizes { object }) => {
             let p = match object {
                 Some(path) => {

@@ -409,8 +409,9 @@ fn host_udp6(n: &Netd, dp: &str, port: u16, msg: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-/// `[::1]:PORT` from the host, TCP and UDP, on a container of `v6a` that
-/// publishes `-p 8086:80 -p 5356:53/udp`; after `rm` neither answers (on
+/// `[::1]:PORT` from the host, TCP (a half-close included) and UDP, on a
+/// container of `v6a` that publishes `-p 8086:80 -p 8088:81 -p
+/// 5356:53/udp`; after `rm` neither answers (on
 /// the netfilter datapaths the userland proxy's listeners follow the
 /// container). On the netfilter datapaths, a port another process of the
 /// host holds on [::1] refuses the container's start with "address
@@ -425,6 +426,8 @@ fn loopback6(n: &mut Netd, dp: &str) {
         "v6a",
         "-p",
         "8086:80",
+        "-p",
+        "8088:81",
         "-p",
         "5356:53/udp",
         "--",
@@ -445,6 +448,30 @@ fn loopback6(n: &mut Netd, dp: &str) {
     ]);
     let got = host_curl_wait(n, dp, "http://[::1]:8086/");
     assert!(got.contains("hello from lo6"), "{dp}: [::1]:8086: {got}");
+    // A half-close travels: the server reads to the client's FIN, then
+    // answers on the still open other direction.
+    n.ok(&[
+        "exec",
+        "lo6",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "{} tool eof-serve [::]:81 --name lo6 >/dev/null 2>&1 &",
+            me()
+        ),
+    ]);
+    let mut eof = None;
+    wait_until(Duration::from_secs(10), || {
+        let o = host_run(n, dp, &[&me(), "tool", "eof-send", "[::1]:8088", "hello"]);
+        eof = o
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned());
+        eof.is_some()
+    });
+    let eof = eof.unwrap_or_else(|| panic!("{dp}: half-close through [::1]:8088\n{}", n.log()));
+    assert_eq!(eof.trim(), "lo6 got 5 bytes", "{dp}");
     let mut udp = None;
     wait_until(Duration::from_secs(10), || {
         udp = host_udp6(n, dp, 5356, "ping");
