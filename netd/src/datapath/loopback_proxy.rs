@@ -163,7 +163,6 @@ pub struct LoopbackProxy {
     /// A sync happened (the first one, at the daemon's start, only logs
     /// what it cannot bind).
     synced: bool,
-    udp_idle: Duration,
     /// `--userland-proxy` (false: nothing is proxied).
     enabled: bool,
 }
@@ -182,7 +181,6 @@ impl LoopbackProxy {
             running: BTreeMap::new(),
             waiting: BTreeMap::new(),
             synced: false,
-            udp_idle: UDP_IDLE,
         }
     }
 
@@ -324,7 +322,7 @@ impl LoopbackProxy {
                         _closed: tx,
                     },
                     target,
-                    self.udp_idle,
+                    UDP_IDLE,
                 ))
             }
         };
