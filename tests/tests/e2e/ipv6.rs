@@ -542,11 +542,15 @@ fn loopback6(n: &mut Netd, dp: &str) {
         e.contains("[::1]:8087/tcp") && e.contains("in use"),
         "{dp}: {e}"
     );
+    // `run` undoes what it made: no container is left.
+    assert!(
+        !n.netd(&["inspect", "taken"]).unwrap().status.success(),
+        "{dp}: nothing changed"
+    );
     let got = tb_curl_wait(n, &n.tb.host, "http://[::1]:8087/");
     assert!(got.contains("hello from hostproc"), "{dp}: {got}");
     let got = host_curl_wait(n, dp, "http://[::1]:8080/");
     assert!(got.contains("hello from web"), "{dp}: {got}");
-    let _ = n.netd(&["rm", "-f", "taken"]);
 }
 
 /// IPv6 traffic through every datapath, dual-stack networks:
