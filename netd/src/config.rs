@@ -9,6 +9,7 @@
 //! default-address-pools = [ { base = "10.10.0.0/16", size = 24 },
 //!                           { base = "fd12:3456:789a::/48", size = 64 } ]   # IPv6 pools too
 //! dns = ["198.18.0.1"]           # upstream resolvers (default: the host's resolv.conf)
+//! userland-proxy = true          # [::1] published ports on the iptables/nftables datapaths
 //! ```
 use std::path::PathBuf;
 
@@ -41,6 +42,9 @@ pub struct File {
     /// IPv6 on the default bridge (`--ipv6`), with `fixed-cidr-v6`.
     pub ipv6: Option<bool>,
     pub fixed_cidr_v6: Option<String>,
+    /// Docker's `userland-proxy` (`--userland-proxy`): `[::1]` published
+    /// ports on the iptables and nftables datapaths (default true).
+    pub userland_proxy: Option<bool>,
 }
 
 /// A pool as written in the config file (either family).
@@ -123,6 +127,10 @@ pub struct Config {
     /// Addresses containers reach without masquerade: the pods of every
     /// node of the cluster.
     pub cluster_cidr: Option<crate::ipam::Cidr>,
+    /// The userland proxy serves `[::1]` published ports on the netfilter
+    /// datapaths (`--userland-proxy=false`: `[::1]` reaches nothing there,
+    /// as Docker without docker-proxy).
+    pub userland_proxy: bool,
 }
 
 pub fn parse_port_range(s: &str) -> Result<(u16, u16)> {

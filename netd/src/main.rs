@@ -216,6 +216,11 @@ struct DaemonArgs {
     /// The default bridge's IPv6 subnet.
     #[arg(long = "fixed-cidr-v6", value_name = "CIDR")]
     fixed_cidr_v6: Option<String>,
+    /// Serve published ports on [::1] with a userland proxy in the daemon
+    /// (iptables and nftables datapaths; as Docker's docker-proxy).
+    /// Default true; `--userland-proxy=false`: [::1] reaches nothing there.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    userland_proxy: Option<bool>,
 }
 
 #[derive(Subcommand)]
@@ -252,6 +257,19 @@ enum Tool {
         to: SocketAddr,
         msg: String,
         #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
+    /// Reads each connection to its end, then answers and closes.
+    EofServe {
+        listen: SocketAddr,
+        #[arg(long, default_value = "netd")]
+        name: String,
+    },
+    /// Sends MSG, half-closes, prints the answer.
+    EofSend {
+        to: SocketAddr,
+        msg: String,
+        #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
     },
     /// Loads the embedded eBPF object (nothing attached) and prints each
@@ -401,6 +419,7 @@ fn daemon(socket: PathBuf, a: DaemonArgs) -> Result<i32> {
             ),
             None => None,
         },
+        userland_proxy: a.userland_proxy.or(file.userland_proxy).unwrap_or(true),
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(netd::daemon::run(cfg))?;
@@ -566,6 +585,14 @@ fn run(cli: Cli) -> Result<i32> {
             msg,
             timeout_ms,
         }) => netd::tool::udp_send(to, &msg, timeout_ms).map(|_| 0),
+        Cmd::Tool(Tool::EofServe { listen, name }) => {
+            netd::tool::eof_serve(listen, &name).map(|_| 0)
+        }
+        Cmd::Tool(Tool::EofSend {
+            to,
+            msg,
+            timeout_ms,
+        }) => netd::tool::eof_send(to, &msg, timeout_ms).map(|_| 0),
         Cmd::Tool(Tool::ProgSizes { object }) => {
             let p = match object {
                 Some(path) => {

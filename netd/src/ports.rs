@@ -26,7 +26,7 @@ pub fn conflicts(a: &PortBinding, b: &PortBinding) -> bool {
 }
 
 /// Whether a binding on `wide` claims the port on `addr` too.
-fn covers(wide: IpAddr, addr: IpAddr) -> bool {
+pub(crate) fn covers(wide: IpAddr, addr: IpAddr) -> bool {
     match wide {
         IpAddr::V4(w) if w.is_unspecified() => true,
         IpAddr::V6(w) if w.is_unspecified() => addr.is_ipv6(),

@@ -1,6 +1,7 @@
 //! Small traffic tools netd carries so tests, the demo and benchmarks need
 //! nothing beyond the binary: an HTTP server that reports the client's
-//! address, and a UDP echo server. Hidden from `netd --help`.
+//! address, a UDP echo server, a half-close check. Hidden from `netd
+//! --help`.
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, UdpSocket},
@@ -37,6 +38,40 @@ pub fn http_serve(listen: SocketAddr, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Half-close: reads each connection until the client's FIN, then
+/// answers `NAME got N bytes` and closes (a proxy that loses the
+/// half-close leaves the client waiting).
+pub fn eof_serve(listen: SocketAddr, name: &str) -> Result<()> {
+    let l = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    for conn in l.incoming() {
+        let Ok(mut s) = conn else { continue };
+        let name = name.to_string();
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            if s.read_to_end(&mut got).is_ok() {
+                let _ = write!(s, "{name} got {} bytes", got.len());
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Connects, sends `msg`, half-closes (shutdown of the write side) and
+/// prints what comes back until the server closes.
+pub fn eof_send(to: SocketAddr, msg: &str, timeout_ms: u64) -> Result<()> {
+    let timeout = std::time::Duration::from_millis(timeout_ms);
+    let mut s = std::net::TcpStream::connect_timeout(&to, timeout)
+        .with_context(|| format!("connecting to {to}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(msg.as_bytes())?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .with_context(|| format!("reading the answer from {to}"))?;
+    println!("{answer}");
+    Ok(())
+}
+
 /// Echoes every datagram back, prefixed with `NAME:` and followed by the
 /// sender's address.
 pub fn udp_echo(listen: SocketAddr, name: &str) -> Result<()> {
@@ -53,7 +88,7 @@ pub fn udp_echo(listen: SocketAddr, name: &str) -> Result<()> {
 /// on timeout, and says "connection refused" when an ICMP port
 /// unreachable comes back.
 pub fn udp_send(to: SocketAddr, msg: &str, timeout_ms: u64) -> Result<()> {
-    let s = UdpSocket::bind("0.0.0.0:0")?;
+    let s = UdpSocket::bind(if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })?;
     s.connect(to)?;
     s.set_read_timeout(Some(std::time::Duration::from_millis(timeout_ms)))?;
     let mut buf = [0u8; 65536];

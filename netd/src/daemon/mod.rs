@@ -126,11 +126,15 @@ impl Daemon {
             tracing::info!(
                 "this host was programmed by the {prev} datapath: removing its rules and pins"
             );
-            datapath::new(prev, ebpf_config(&cfg, &base))
+            datapath::new(prev, ebpf_config(&cfg, &base), false)
                 .cleanup()
                 .with_context(|| format!("removing what the {prev} datapath installed"))?;
         }
-        let mut dp = datapath::Timed::new(datapath::new(cfg.datapath, ebpf_config(&cfg, &base)));
+        let mut dp = datapath::Timed::new(datapath::new(
+            cfg.datapath,
+            ebpf_config(&cfg, &base),
+            cfg.userland_proxy,
+        ));
         blocking(|| dp.init())
             .with_context(|| format!("initialising the {} datapath", dp.name()))?;
         let nl = Netlink::current()?;

@@ -71,6 +71,8 @@ pub struct Iptables {
     /// The host has IPv6 (ip6tables rules are kept).
     ipv6: bool,
     conntrack: super::KernelConntrack,
+    /// `[::1]` published ports (not DNATed: see [`super::loopback_proxy`]).
+    proxy: super::loopback_proxy::LoopbackProxy,
 }
 
 /// Runs `program args` with `input` on its stdin, killing it after
@@ -402,9 +404,9 @@ fn render_family(state: &State, fam: Family) -> String {
     if fam == Family::V6 {
         // [::1] cannot reach a container through netfilter (the reply,
         // turned back to ::1 in br_netfilter's pass, is dropped by the
-        // bridge's IPv6 input): not translated, a connection to it is
-        // refused at once (clients such as curl then try 127.0.0.1)
-        // instead of hanging.
+        // bridge's IPv6 input): not translated here, the daemon's
+        // userland proxy listens there (see `loopback_proxy`); a DNAT in
+        // OUTPUT would take the connection from it.
         let _ = writeln!(nat, "-A NETD -d ::1/128 -j RETURN");
     }
     let mut masq = String::new();
@@ -609,6 +611,17 @@ fn render_family(state: &State, fam: Family) -> String {
     out
 }
 
+impl Iptables {
+    /// `userland_proxy`: serve `[::1]` published ports (see
+    /// [`super::loopback_proxy`]).
+    pub fn new(userland_proxy: bool) -> Iptables {
+        Iptables {
+            proxy: super::loopback_proxy::LoopbackProxy::new(userland_proxy),
+            ..Default::default()
+        }
+    }
+}
+
 impl Datapath for Iptables {
     fn name(&self) -> &'static str {
         "iptables"
@@ -656,6 +669,11 @@ impl Datapath for Iptables {
     }
 
     fn sync(&mut self, state: &State) -> Result<()> {
+        // First: a [::1] port another process holds refuses the change
+        // before any rule is written.
+        if self.ipv6 {
+            self.proxy.sync(state)?;
+        }
         super::route_localnet(state)?;
         let batch = render(state);
         if batch != self.last {
@@ -677,7 +695,13 @@ impl Datapath for Iptables {
         self.conntrack.sync(state)
     }
 
+    fn refresh(&mut self, _state: &State) -> Result<()> {
+        self.proxy.retry();
+        Ok(())
+    }
+
     fn cleanup(&mut self) -> Result<()> {
+        self.proxy.stop_all();
         let mut errors = remove_chains(Family::V4);
         if host_has_ipv6() {
             errors.extend(remove_chains(Family::V6));

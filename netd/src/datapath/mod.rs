@@ -14,6 +14,7 @@ use crate::state::State;
 
 pub mod ebpf;
 pub mod iptables;
+pub mod loopback_proxy;
 pub mod nftables;
 
 pub trait Datapath: Send + Sync {
@@ -172,10 +173,12 @@ impl std::fmt::Display for Kind {
     }
 }
 
-pub fn new(kind: Kind, ebpf: ebpf::EbpfConfig) -> Box<dyn Datapath> {
+/// A datapath of `kind`; `userland_proxy`: the netfilter datapaths serve
+/// `[::1]` published ports with [`loopback_proxy`].
+pub fn new(kind: Kind, ebpf: ebpf::EbpfConfig, userland_proxy: bool) -> Box<dyn Datapath> {
     match kind {
-        Kind::Iptables => Box::new(iptables::Iptables::default()),
-        Kind::Nftables => Box::new(nftables::Nftables::default()),
+        Kind::Iptables => Box::new(iptables::Iptables::new(userland_proxy)),
+        Kind::Nftables => Box::new(nftables::Nftables::new(userland_proxy)),
         Kind::Ebpf => Box::new(ebpf::Ebpf::new(ebpf)),
     }
 }

@@ -148,7 +148,9 @@ const CHAINS: &str = "\
 /// [::1] is not translated: the reply of a connection DNATed from ::1 to a
 /// container is turned back to ::1 in br_netfilter's bridge-level pass,
 /// and the bridge's IPv6 input drops a loopback destination, so such a
-/// connection would hang; untranslated it is refused at once;
+/// connection would hang; the daemon's userland proxy listens on `[::1]`
+/// instead (see `loopback_proxy`), and a DNAT in `output` would take the
+/// connection from it;
 /// an internal network's subnet check leaves traffic between its own
 /// ports to icc: bridged neighbour discovery goes to multicast addresses
 /// and comes from link-local ones).
@@ -204,6 +206,8 @@ pub struct Nftables {
     /// The last table applied, to skip identical re-applies.
     last: String,
     conntrack: super::KernelConntrack,
+    /// `[::1]` published ports (not DNATed: see [`super::loopback_proxy`]).
+    proxy: super::loopback_proxy::LoopbackProxy,
 }
 
 /// Runs `nft -f -` with `script` (one transaction; killed after 30 s; an
@@ -653,6 +657,17 @@ pub fn apply_script(tables: &str) -> String {
     out
 }
 
+impl Nftables {
+    /// `userland_proxy`: serve `[::1]` published ports (see
+    /// [`super::loopback_proxy`]).
+    pub fn new(userland_proxy: bool) -> Nftables {
+        Nftables {
+            proxy: super::loopback_proxy::LoopbackProxy::new(userland_proxy),
+            ..Default::default()
+        }
+    }
+}
+
 impl Datapath for Nftables {
     fn name(&self) -> &'static str {
         "nftables"
@@ -679,6 +694,11 @@ impl Datapath for Nftables {
     }
 
     fn sync(&mut self, state: &State) -> Result<()> {
+        // First: a [::1] port another process holds refuses the change
+        // before any rule is written.
+        if super::iptables::host_has_ipv6() {
+            self.proxy.sync(state)?;
+        }
         super::route_localnet(state)?;
         let table = render_with(state, super::iptables::host_has_ipv6())?;
         if table != self.last {
@@ -688,7 +708,13 @@ impl Datapath for Nftables {
         self.conntrack.sync(state)
     }
 
+    fn refresh(&mut self, _state: &State) -> Result<()> {
+        self.proxy.retry();
+        Ok(())
+    }
+
     fn cleanup(&mut self) -> Result<()> {
+        self.proxy.stop_all();
         self.last.clear();
         let mut script = String::new();
         for t in [TABLE, TABLE6, BRIDGE_TABLE] {

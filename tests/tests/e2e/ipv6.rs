@@ -379,6 +379,180 @@ pub(super) fn host_curl_wait(n: &Netd, dp: &str, url: &str) -> String {
     got.unwrap_or_else(|| panic!("curl {url} from the host failed\n{}", n.log()))
 }
 
+/// Runs a command as the host's own process (in the test's cgroup on
+/// ebpf, where its socket programs apply).
+fn host_run(n: &Netd, dp: &str, args: &[&str]) -> std::process::Output {
+    if dp == "ebpf" {
+        n.host(true, args)
+    } else {
+        n.tb.exec(&n.tb.host, args).unwrap()
+    }
+}
+
+/// `netd tool udp-send [::1]:PORT MSG` from the host; the reply.
+fn host_udp6(n: &Netd, dp: &str, port: u16, msg: &str) -> Option<String> {
+    let o = host_run(
+        n,
+        dp,
+        &[
+            &me(),
+            "tool",
+            "udp-send",
+            &format!("[::1]:{port}"),
+            msg,
+            "--timeout-ms",
+            "1000",
+        ],
+    );
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// `[::1]:PORT` from the host, TCP (a half-close included) and UDP, on a
+/// container of `v6a` that publishes `-p 8086:80 -p 8088:81 -p
+/// 5356:53/udp`; after `rm` neither answers (on
+/// the netfilter datapaths the userland proxy's listeners follow the
+/// container). On the netfilter datapaths, a port another process of the
+/// host holds on [::1] refuses the container's start with "address
+/// already in use" and leaves that process its port.
+fn loopback6(n: &mut Netd, dp: &str) {
+    n.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "lo6",
+        "--network",
+        "v6a",
+        "-p",
+        "8086:80",
+        "-p",
+        "8088:81",
+        "-p",
+        "5356:53/udp",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    serve_http6(n, "lo6", 80);
+    n.ok(&[
+        "exec",
+        "lo6",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "{} tool udp-echo [::]:53 --name lo6 >/dev/null 2>&1 &",
+            me()
+        ),
+    ]);
+    let got = host_curl_wait(n, dp, "http://[::1]:8086/");
+    assert!(got.contains("hello from lo6"), "{dp}: [::1]:8086: {got}");
+    // A half-close travels: the server reads to the client's FIN, then
+    // answers on the still open other direction.
+    n.ok(&[
+        "exec",
+        "lo6",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "{} tool eof-serve [::]:81 --name lo6 >/dev/null 2>&1 &",
+            me()
+        ),
+    ]);
+    let mut eof = None;
+    wait_until(Duration::from_secs(10), || {
+        let o = host_run(n, dp, &[&me(), "tool", "eof-send", "[::1]:8088", "hello"]);
+        eof = o
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned());
+        eof.is_some()
+    });
+    let eof = eof.unwrap_or_else(|| panic!("{dp}: half-close through [::1]:8088\n{}", n.log()));
+    assert_eq!(eof.trim(), "lo6 got 5 bytes", "{dp}");
+    let mut udp = None;
+    wait_until(Duration::from_secs(10), || {
+        udp = host_udp6(n, dp, 5356, "ping");
+        udp.is_some()
+    });
+    let udp = udp.unwrap_or_else(|| panic!("{dp}: no UDP reply from [::1]:5356\n{}", n.log()));
+    assert!(udp.starts_with("lo6:ping from "), "{dp}: {udp}");
+    if dp != "ebpf" {
+        assert!(
+            udp.contains("from [fd00:67::1]:"),
+            "{dp}: UDP through the proxy comes from the gateway: {udp}"
+        );
+    }
+    // A second datagram of the same client (the proxy's flow) answers too.
+    let again = host_udp6(n, dp, 5356, "again").unwrap_or_default();
+    assert!(again.starts_with("lo6:again from "), "{dp}: {again}");
+    n.ok(&["rm", "-f", "lo6"]);
+    // Gone: the TCP port is refused at once (curl's exit code 7), UDP
+    // answers nothing.
+    let mut code = None;
+    wait_until(Duration::from_secs(10), || {
+        let o = host_run(
+            n,
+            dp,
+            &["curl", "-g", "-s", "-m", "3", "http://[::1]:8086/"],
+        );
+        code = o.status.code();
+        code == Some(7)
+    });
+    assert_eq!(code, Some(7), "{dp}: [::1]:8086 after rm\n{}", n.log());
+    assert!(
+        host_udp6(n, dp, 5356, "gone").is_none(),
+        "{dp}: [::1]:5356/udp answered after rm"
+    );
+    if dp == "ebpf" {
+        return;
+    }
+    // A port another process of the host holds on [::1]: the container
+    // does not start, the process keeps its port, the rest works.
+    n.tb.spawn(
+        &n.tb.host.clone(),
+        &[
+            &me(),
+            "tool",
+            "http-serve",
+            "[::1]:8087",
+            "--name",
+            "hostproc",
+        ],
+    )
+    .unwrap();
+    let got = tb_curl_wait(n, &n.tb.host, "http://[::1]:8087/");
+    assert!(got.contains("hello from hostproc"), "{got}");
+    let e = n.fails(&[
+        "run",
+        "-d",
+        "--name",
+        "taken",
+        "--network",
+        "v6a",
+        "-p",
+        "8087:80",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    assert!(
+        e.contains("[::1]:8087/tcp") && e.contains("in use"),
+        "{dp}: {e}"
+    );
+    // `run` undoes what it made: no container is left.
+    assert!(
+        !n.netd(&["inspect", "taken"]).unwrap().status.success(),
+        "{dp}: nothing changed"
+    );
+    let got = tb_curl_wait(n, &n.tb.host, "http://[::1]:8087/");
+    assert!(got.contains("hello from hostproc"), "{dp}: {got}");
+    let got = host_curl_wait(n, dp, "http://[::1]:8080/");
+    assert!(got.contains("hello from web"), "{dp}: {got}");
+}
+
 /// IPv6 traffic through every datapath, dual-stack networks:
 /// ping6 and TCP between containers (NDP through the bridge), NAT66 to an
 /// IPv6 server outside (seen from the host's address), a published port
@@ -519,25 +693,20 @@ pub fn ipv6_traffic(dp: &str) {
     // cgroup socket programs do it, for the processes of their cgroup).
     let got = host_curl_wait(&n, dp, &url);
     assert!(got.contains("hello from web"), "{dp}: {got}");
-    if dp == "ebpf" {
-        // [::1] too: connect6 sends the socket to the container (by its
-        // IPv4 address for a 0.0.0.0 binding, as before IPv6).
-        let got = host_curl_wait(&n, dp, "http://[::1]:8080/");
-        assert!(got.contains("hello from web"), "{dp}: [::1]: {got}");
-    } else {
-        // [::1]: the netfilter datapaths cannot carry it (see the
-        // README's IPv6 section: the reply's destination turns back into
-        // ::1 in br_netfilter's pass, and the kernel drops a loopback
-        // destination arriving on the bridge), so it is not translated:
-        // refused at once (curl's exit code 7), not a hang (28).
-        let o =
-            n.tb.exec(
-                &n.tb.host,
-                &["curl", "-g", "-s", "-m", "3", "http://[::1]:8080/"],
-            )
-            .unwrap();
-        assert_eq!(o.status.code(), Some(7), "{dp}: [::1]:8080 is refused");
+    // [::1] too: on ebpf connect6 sends the socket to the container (by
+    // its IPv4 address for a 0.0.0.0 binding, as before IPv6); on the
+    // netfilter datapaths the daemon's userland proxy listens there and
+    // connects to the container's IPv6 address from the host's address
+    // on the bridge (the gateway), as docker-proxy does.
+    let got = host_curl_wait(&n, dp, "http://[::1]:8080/");
+    assert!(got.contains("hello from web"), "{dp}: [::1]: {got}");
+    if dp != "ebpf" {
+        assert!(
+            got.contains("to [fd00:67::1]:"),
+            "{dp}: [::1] through the proxy comes from the gateway: {got}"
+        );
     }
+    loopback6(&mut n, dp);
     // ... and `localhost` (::1 and 127.0.0.1).
     let got = host_curl_wait(&n, dp, "http://localhost:8080/");
     assert!(got.contains("hello from web"), "{dp}: localhost: {got}");
@@ -757,4 +926,34 @@ pub fn ipv6_traffic(dp: &str) {
     assert!(got.contains(&format!("to [{b}]:")), "{got}");
     let got = tb_curl_wait(&n, &n.tb.outside, &url);
     assert!(got.contains(&format!("to [{OUTSIDE6}]:")), "{got}");
+    // [::1] from the host: the restarted daemon's userland proxy listens
+    // again, from the state (a netfilter datapath either way now).
+    let got = tb_curl_wait(&n, &n.tb.host, "http://[::1]:8080/");
+    assert!(
+        got.contains("hello from web to [fd00:67::1]:"),
+        "{dp}: [::1] after switching to {}: {got}",
+        n.datapath
+    );
+    // --userland-proxy=false (Docker's flag): [::1] is refused at once,
+    // as before the proxy (not DNATed, nothing listens); IPv4 loopback
+    // and the host's IPv6 address keep working.
+    n.stop_daemon(false);
+    n.flags.push(("--userland-proxy".into(), "false".into()));
+    n.start_daemon().unwrap();
+    let mut code = None;
+    wait_until(Duration::from_secs(10), || {
+        let o =
+            n.tb.exec(
+                &n.tb.host,
+                &["curl", "-g", "-s", "-m", "3", "http://[::1]:8080/"],
+            )
+            .unwrap();
+        code = o.status.code();
+        code == Some(7)
+    });
+    assert_eq!(code, Some(7), "{dp}: [::1] without the userland proxy");
+    let got = tb_curl_wait(&n, &n.tb.host, "http://127.0.0.1:8080/");
+    assert!(got.contains("hello from web"), "{dp}: {got}");
+    let got = tb_curl_wait(&n, &n.tb.host, &url);
+    assert!(got.contains("hello from web"), "{dp}: {got}");
 }

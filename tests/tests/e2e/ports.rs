@@ -147,7 +147,8 @@ pub fn host_curl(n: &Netd, in_cgroup: bool, url: &str) -> Option<String> {
 
 /// Published ports from the host itself (loopback and the uplink
 /// address) and from containers through a host address (hairpin), with no
-/// proxy process; a 127.0.0.1-bound port is reachable only there.
+/// proxy process (the netfilter datapaths serve [::1] with the daemon's
+/// userland proxy); a 127.0.0.1-bound port is reachable only there.
 pub fn host_and_hairpin(dp: &str) {
     let mut n = Netd::start(dp).unwrap();
     n.ok(&[
@@ -248,6 +249,34 @@ pub fn host_and_hairpin(dp: &str) {
         // No proxy process: nothing in the host namespace listens on 8080.
         let ss = n.tb.ok(&n.tb.host, &["ss", "-ltn"]).unwrap();
         assert!(!ss.contains(":8080"), "{ss}");
+    } else {
+        // IPv6 loopback: the daemon's userland proxy (as docker-proxy),
+        // to the container's IPv4 address on this IPv4-only network,
+        // from the bridge's address; the 127.0.0.1-bound port is not on
+        // [::1].
+        let body = host_curl(&n, false, "http://[::1]:8080/").expect("host -> [::1]:8080");
+        assert!(body.contains("hello from web to 172.17.0.1:"), "{body}");
+        let udp = n.host(
+            false,
+            &[
+                &me(),
+                "tool",
+                "udp-send",
+                "[::1]:5353",
+                "hi6",
+                "--timeout-ms",
+                "1000",
+            ],
+        );
+        let udp = String::from_utf8_lossy(&udp.stdout);
+        assert!(udp.starts_with("web:hi6 from 172.17.0.1:"), "{udp}");
+        assert!(host_curl(&n, false, "http://[::1]:8090/").is_none());
+        let ss = n.tb.ok(&n.tb.host, &["ss", "-ltnp"]).unwrap();
+        assert!(
+            ss.lines()
+                .any(|l| l.contains("[::1]:8080") && l.contains("netd")),
+            "{ss}"
+        );
     }
     n.stop_daemon(false);
 }
