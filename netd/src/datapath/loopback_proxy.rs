@@ -115,9 +115,10 @@ pub fn desired(state: &State) -> BTreeMap<Key, SocketAddr> {
         let ip = match (net_family(net, Family::V6, None), ep.ip6) {
             (Some((_, w)), Some(ip6)) => w.host_ports.then_some(IpAddr::V6(ip6)),
             (Some(_), None) | (None, _) => {
-                let (_, w) = net_family(net, Family::V4, state.cluster_cidr)
-                    .expect("every network has IPv4");
-                w.host_ports.then_some(IpAddr::V4(ep.ip))
+                match (net_family(net, Family::V4, state.cluster_cidr), ep.ip) {
+                    (Some((_, w)), Some(ip)) => w.host_ports.then_some(IpAddr::V4(ip)),
+                    _ => None,
+                }
             }
         };
         let Some(ip) = ip else {

@@ -6,7 +6,8 @@
 use netd_tests::daemon::Netd;
 
 use super::ipv6::{
-    HOST6, OUTSIDE6, curl6, curl6_wait, ping6, serve_http6, tb_curl, tb_curl_wait, uplink6,
+    HOST6, OUTSIDE6, curl6, curl6_wait, host_curl_wait, ping6, serve_http6, tb_curl, tb_curl_wait,
+    uplink6,
 };
 use super::*;
 
@@ -168,6 +169,10 @@ pub fn ipv6_only_networks(dp: &str) {
         tb_curl(&n, &n.tb.outside, "http://198.18.0.2:8081/").is_none(),
         "{dp}: an IPv6-only container was reached over IPv4"
     );
+    // ... and from the host's own processes on [::1] (eBPF: the socket
+    // programs; iptables/nftables: the userland proxy).
+    let got = host_curl_wait(&n, dp, "http://[::1]:8081/");
+    assert!(got.contains("hello from web"), "{dp}: {got}");
     let ports = n.ok(&["port", "web"]);
     assert!(
         ports.contains("[::]:8081") && !ports.contains("0.0.0.0"),
