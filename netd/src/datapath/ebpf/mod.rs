@@ -99,13 +99,13 @@ pub struct Ebpf {
 /// desired state: a sync asks the kernel only about new ones. (As the
 /// attachments do: a veth keeps its name and index while it is in use.)
 #[derive(Default)]
-struct Links {
+pub(super) struct Links {
     index: BTreeMap<String, u32>,
     mac: BTreeMap<String, [u8; 6]>,
 }
 
 impl Links {
-    fn index(&mut self, name: &str) -> u32 {
+    pub(super) fn index(&mut self, name: &str) -> u32 {
         if let Some(i) = self.index.get(name) {
             return *i;
         }
@@ -116,7 +116,7 @@ impl Links {
         i
     }
 
-    fn mac(&mut self, name: &str) -> [u8; 6] {
+    pub(super) fn mac(&mut self, name: &str) -> [u8; 6] {
         if let Some(m) = self.mac.get(name) {
             return *m;
         }
@@ -717,6 +717,10 @@ impl Ebpf {
             progs.attach_pinned(bpf::FROM_WORLD, &uplink, &links.join(&uplink))?;
         }
         v6::set_uplink(self.progs()?, &uplink)?;
+        let mut last6 = self.last6.take();
+        let r = v6::refresh_local(self.progs()?, last6.as_mut());
+        self.last6 = last6;
+        r?;
         let local = local_addrs();
         let prev = self.last.as_ref().map(|d| d.local.clone());
         if prev.as_ref() != Some(&local) {
@@ -1023,7 +1027,8 @@ impl Datapath for Ebpf {
         let fresh = self.assign_slots(&mut d)?;
         let t_desired = t.elapsed();
         self.sync_maps(&d, &fresh)?;
-        let d6 = v6::Desired6::from_state(state, &self.slots);
+        let d6 =
+            v6::Desired6::from_state(state, &self.slots, self.last6.as_ref(), &mut self.links);
         if self.last6.as_ref() != Some(&d6) {
             let prev = self.last6.take();
             v6::sync(self.progs()?, prev.as_ref(), &d6)?;

@@ -25,7 +25,6 @@ use super::ct;
 use crate::{
     bpf::Programs,
     datapath::{ConntrackGc, GcRun},
-    link::{ifindex, link_mac},
     model::Status,
     state::State,
 };
@@ -51,13 +50,22 @@ pub struct Desired6 {
 
 impl Desired6 {
     /// `slots`: each endpoint's stats slot by host veth ifindex (its
-    /// IPv4 side's).
-    pub fn from_state(state: &State, slots: &BTreeMap<u32, u32>) -> Desired6 {
+    /// IPv4 side's). `prev`: the last sync's, whose host addresses are
+    /// kept while the networks (their bridges' addresses) are the same:
+    /// reading them lists every interface (getifaddrs), a cost every
+    /// container operation would pay; the periodic refresh
+    /// ([`refresh_local`]) follows the rest.
+    pub(super) fn from_state(
+        state: &State,
+        slots: &BTreeMap<u32, u32>,
+        prev: Option<&Desired6>,
+        links: &mut super::Links,
+    ) -> Desired6 {
         let mut d = Desired6::default();
         let mut gw_macs = BTreeMap::new();
         let mut wires = BTreeMap::new();
         for n in state.networks.values().filter(|n| n.enable_ipv6()) {
-            gw_macs.insert(n.id.clone(), link_mac(&n.bridge).unwrap_or_default());
+            gw_macs.insert(n.id.clone(), links.mac(&n.bridge));
             let w = wire6(n);
             let mut flags = NET_IPV6;
             for (on, flag) in [
@@ -76,7 +84,7 @@ impl Desired6 {
                 super::net_id(&n.id),
                 Network {
                     flags,
-                    bridge_ifindex: ifindex(&n.bridge),
+                    bridge_ifindex: links.index(&n.bridge),
                 },
             );
             wires.insert(n.id.clone(), w);
@@ -90,7 +98,7 @@ impl Desired6 {
                 let (Some(a), Some(gw_mac)) = (ep.ip6, gw_macs.get(&ep.network)) else {
                     continue;
                 };
-                let idx = ifindex(&ep.veth);
+                let idx = links.index(&ep.veth);
                 if idx == 0 {
                     continue;
                 }
@@ -142,9 +150,28 @@ impl Desired6 {
                 }
             }
         }
-        d.local = local_addrs6();
+        d.local = match prev {
+            Some(p) if p.networks == d.networks => p.local.clone(),
+            _ => local_addrs6(),
+        };
         d
     }
+}
+
+/// The host's IPv6 addresses again (the periodic refresh): written to the
+/// map, and to `last`, when they changed.
+pub fn refresh_local(progs: &mut Programs, last: Option<&mut Desired6>) -> Result<()> {
+    let Some(last) = last else { return Ok(()) };
+    let local = local_addrs6();
+    if local != last.local {
+        sync_hash(
+            &mut HashMap::try_from(progs.map_mut(maps::LOCAL6)?)?,
+            Some(&last.local),
+            &local,
+        )?;
+        last.local = local;
+    }
+    Ok(())
 }
 
 /// What the network's IPv6 gateway mode (`gateway_mode_ipv6`) means
