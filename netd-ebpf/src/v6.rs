@@ -362,6 +362,31 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     ) {
         return Ok(TO_ICMP_ERROR);
     }
+    // The same-network fast path (IPv4's, for IPv6): TCP or UDP, not a
+    // fragment (a later one needs its first one remembered), to another
+    // endpoint of this network: icc, then straight into the peer, without
+    // the tail call to container_flow6 and its conntrack lookup (no flow
+    // netd tracks has a container address as its destination from a
+    // container). The checks above (endpoint, MAC, source, ND) are the
+    // full walk's; a peer of another network takes the full walk.
+    if (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP)
+        && !ip.is_fragment()
+        && let Some(peer) = ep6(&ip.daddr)
+        && peer.net_id == ep.net_id
+    {
+        if net.flags & NET_ICC == 0 {
+            return Err(DropReason::IccDenied);
+        }
+        // The whole L4 header is there (as the full walk's parse checks).
+        let hlen = if ip.proto == IPPROTO_TCP { 20 } else { 8 };
+        if ctx.len() < ip.l4_off as u32 + hlen {
+            return Err(DropReason::Malformed);
+        }
+        counters::add(Counter::Forwarded, 1);
+        endpoint_tx(&peer, ctx.len());
+        // SAFETY: helper call.
+        return Ok(unsafe { bpf_redirect_peer(peer.ifindex, 0) } as i32);
+    }
     Ok(TO_FLOW)
 }
 
