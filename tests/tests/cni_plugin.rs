@@ -986,6 +986,82 @@ fn dual_stack_attachments() {
     assert!(host_veths(&c).is_empty());
 }
 
+/// IPv6-only attachments (`"ipv4": false`, as `--ipv4=false`): the
+/// network is created without IPv4, the result lists the IPv6 address,
+/// its `::/0` route and the DNS server on the IPv6 gateway, the
+/// attachments reach each other over IPv6 and have no IPv4; CHECK passes;
+/// configs that contradict it change nothing.
+#[test]
+fn ipv6_only_attachments() {
+    if !require_root("ipv6_only_attachments") {
+        return;
+    }
+    let mut c = Cni::start("ebpf");
+    let (ns1, ns2, ns3) = (c.netns("s1"), c.netns("s2"), c.netns("s3"));
+    let conf = c.conf(
+        "1.0.0",
+        "cnisix",
+        json!({"ipv4": false, "subnet6": "fd00:92::/64"}),
+    );
+    let a1 = Attachment::new(&unique_stem("ctr"), ns1.path(), "eth0");
+    let a2 = Attachment::new(&unique_stem("ctr"), ns2.path(), "eth0");
+    let r1 = c.add(&conf, &a1);
+    assert_eq!(
+        r1["ips"],
+        json!([{"interface": 2, "address": "fd00:92::2/64", "gateway": "fd00:92::1"}]),
+        "{r1}"
+    );
+    assert_eq!(r1["routes"], json!([{"dst": "::/0", "gw": "fd00:92::1"}]));
+    assert_eq!(r1["dns"]["nameservers"], json!(["fd00:92::1"]), "{r1}");
+    let r2 = c.add(&conf, &a2);
+    assert_eq!(r2["ips"][0]["address"], "fd00:92::3/64", "{r2}");
+    let v4 = c.in_ns(&ns1, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(v4.trim().is_empty(), "{v4}");
+    c.in_ns(&ns2, &["ping", "-6", "-c", "1", "-W", "2", "fd00:92::2"]);
+    let net: Value = serde_json::from_str(&c.n.ok(&["network", "inspect", "cnisix"])).unwrap();
+    assert_eq!(net[0]["EnableIPv4"], false, "{net}");
+    let mut chk = conf.clone();
+    chk["prevResult"] = r1.clone();
+    c.ok(CniCommand::Check, &chk, Some(&a1));
+
+    // Contradictions change nothing: IPv4 turned off without IPv6, an
+    // IPv4 subnet with "ipv4": false, an IPv4 address asked for, and an
+    // existing IPv6-only network with an IPv4 subnet (or a network with
+    // IPv4 with "ipv4": false).
+    let before = (c.ps(), host_veths(&c));
+    let a3 = Attachment::new(&unique_stem("ctr"), ns3.path(), "eth0");
+    for (extra, want) in [
+        (json!({"ipv4": false}), "IPv4 or IPv6 must be enabled"),
+        (
+            json!({"ipv4": false, "ipv6": true, "subnet": "10.92.0.0/24"}),
+            "\"ipv4\": false",
+        ),
+        (json!({"subnet": "10.92.0.0/24"}), "none (IPv6-only)"),
+    ] {
+        let bad = c.conf("1.0.0", "cnisix", extra);
+        let (code, msg) = c.fails(CniCommand::Add, &bad, Some(&a3));
+        assert_eq!(code, 7, "{msg}");
+        assert!(msg.contains(want), "{msg}");
+    }
+    let mut with_v4 = conf.clone();
+    with_v4["runtimeConfig"] = json!({"ips": ["10.92.0.9/24"]});
+    let (code, msg) = c.fails(CniCommand::Add, &with_v4, Some(&a3));
+    assert_eq!(code, 7, "{msg}");
+    c.n.ok(&["network", "create", "--subnet", "10.91.0.0/24", "cnifourx"]);
+    let off = c.conf("1.0.0", "cnifourx", json!({"ipv4": false, "ipv6": true}));
+    let (_, msg) = c.fails(CniCommand::Add, &off, Some(&a3));
+    assert!(msg.contains("exists with IPv4"), "{msg}");
+    assert_eq!(
+        (c.ps(), host_veths(&c)),
+        before,
+        "a failed ADD changed something"
+    );
+    for a in [&a1, &a2] {
+        c.del(&conf, a);
+    }
+    assert!(host_veths(&c).is_empty());
+}
+
 /// Bad configs and environments get a CNI error with the spec's code and
 /// a message naming the problem, and change nothing.
 #[test]

@@ -141,6 +141,10 @@ pub struct CniAdd {
     pub ipv6: bool,
     pub subnet6: Option<String>,
     pub gateway6: Option<String>,
+    /// The config's `ipv4` (false: an IPv6-only network, as
+    /// `--ipv4=false`); absent means true.
+    #[serde(rename = "IPv4")]
+    pub ipv4: Option<bool>,
     /// `runtimeConfig.ips` (capability `ips`): `A.B.C.D/PREFIX` or
     /// `A.B.C.D`, and at most one IPv6 address (`ADDR6/PREFIX` or
     /// `ADDR6`).
@@ -168,6 +172,8 @@ pub struct CniAddSpec {
     pub ipv6: bool,
     pub subnet6: Option<Ipv6Net>,
     pub gateway6: Option<Ipv6Addr>,
+    /// IPv4 on the network (false: IPv6-only).
+    pub ipv4: bool,
     /// The requested address, and its prefix when one was given.
     pub ip: Option<(Ipv4Addr, Option<u8>)>,
     pub ip6: Option<(Ipv6Addr, Option<u8>)>,
@@ -246,6 +252,17 @@ impl CniAdd {
             None => None,
         };
         let ipv6 = self.ipv6 || subnet6.is_some();
+        let ipv4 = self.ipv4 != Some(false);
+        if !ipv4 && !ipv6 {
+            return bad(
+                "\"ipv4\": false needs IPv6 (\"ipv6\": true or \"subnet6\"): IPv4 or IPv6 must be enabled",
+            );
+        }
+        if !ipv4 && (subnet.is_some() || gateway.is_some()) {
+            return bad(
+                "\"subnet\" or \"gateway\" (IPv4) in a network config with \"ipv4\": false",
+            );
+        }
         let (mut ip, mut ip6) = (None, None);
         for s in &self.ips {
             let (addr, prefix) = s.split_once('/').unwrap_or((s, ""));
@@ -263,6 +280,11 @@ impl CniAdd {
                 ),
             };
             match addr {
+                std::net::IpAddr::V4(a) if !ipv4 => {
+                    return bad(format!(
+                        "runtimeConfig.ips entry {s:?} is IPv4 ({a}): the network config has \"ipv4\": false"
+                    ));
+                }
                 std::net::IpAddr::V4(a) if ip.is_none() => ip = Some((a, prefix)),
                 std::net::IpAddr::V6(a) if !ipv6 => {
                     return bad(format!(
@@ -320,6 +342,7 @@ impl CniAdd {
             ipv6,
             subnet6,
             gateway6,
+            ipv4,
             ip,
             ip6,
             mac,

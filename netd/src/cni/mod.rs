@@ -213,6 +213,7 @@ fn add(d: &Daemon, env: &Env) -> Result<Value, CniError> {
         ipv6: conf.ipv6,
         subnet6: conf.subnet6.clone(),
         gateway6: conf.gateway6.clone(),
+        ipv4: conf.ipv4,
         ips: rc.ips.clone(),
         mac: rc.mac.clone(),
         port_mappings: rc.port_mappings.clone(),

@@ -46,15 +46,18 @@ pub fn add_result(version: &str, answer: &Value, prev: Option<&Value>) -> Value 
         &answer["Interface"],
         Some(&answer["Interface"]["Sandbox"]),
     ));
-    let mut ip = json!({
-        "interface": interfaces.len() - 1,
-        "address": answer["Address"],
-        "gateway": answer["Gateway"],
-    });
-    if with_ip_version {
-        ip["version"] = json!("4");
+    // IPv4 (none on an IPv6-only network).
+    if answer["Address"].is_string() {
+        let mut ip = json!({
+            "interface": interfaces.len() - 1,
+            "address": answer["Address"],
+            "gateway": answer["Gateway"],
+        });
+        if with_ip_version {
+            ip["version"] = json!("4");
+        }
+        ips.push(ip);
     }
-    ips.push(ip);
     // Dual stack: the IPv6 address on the same interface.
     if answer["Address6"].is_string() {
         let mut ip6 = json!({
@@ -104,7 +107,7 @@ pub struct Expected {
 }
 
 /// Reads the container interface `ifname` (the one with a sandbox), its
-/// IPv4 addresses, the IPv4 routes and the host-side interfaces out of a
+/// addresses (both families), the IPv4 routes and the host-side interfaces out of a
 /// previous result.
 pub fn expected(prev: Option<&Value>, ifname: &str) -> Result<Expected, CniError> {
     let Some(prev) = prev else {
@@ -139,7 +142,6 @@ pub fn expected(prev: Option<&Value>, ifname: &str) -> Result<Expected, CniError
             .flatten()
             .filter(|ip| ip["interface"].as_u64() == Some(index as u64))
             .filter_map(|ip| ip["address"].as_str())
-            .filter(|a| v4(a))
             .map(str::to_string)
             .collect(),
         routes: prev["routes"]

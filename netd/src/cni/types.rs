@@ -222,6 +222,8 @@ struct RawConf {
     ipv6: Option<bool>,
     subnet6: Option<String>,
     gateway6: Option<String>,
+    /// `"ipv4": false`: an IPv6-only network (needs `ipv6` or `subnet6`).
+    ipv4: Option<bool>,
     ipam: Option<Value>,
     runtime_config: RuntimeConfig,
     prev_result: Option<Value>,
@@ -247,6 +249,8 @@ pub struct NetConf {
     pub ipv6: bool,
     pub subnet6: Option<String>,
     pub gateway6: Option<String>,
+    /// `ipv4` as given (absent: true).
+    pub ipv4: Option<bool>,
     pub runtime_config: RuntimeConfig,
     pub prev_result: Option<Value>,
     pub valid_attachments: Vec<ValidAttachment>,
@@ -367,6 +371,7 @@ impl NetConf {
             ipv6: raw.ipv6.unwrap_or(false) || raw.subnet6.is_some(),
             subnet6: raw.subnet6,
             gateway6: raw.gateway6,
+            ipv4: raw.ipv4,
             runtime_config: raw.runtime_config,
             prev_result: raw.prev_result.filter(|v| !v.is_null()),
             valid_attachments: valid,

@@ -109,26 +109,33 @@ impl Daemon {
             .cloned();
         let (net, new_net) = match found {
             Some(n) => {
-                let (Some(subnet), Some(gateway)) = (n.subnet(), n.gateway()) else {
+                // IPv4 as the config has it: "ipv4": false for an
+                // IPv6-only network, a subnet or gateway only for one with
+                // IPv4 (a config that names neither takes either).
+                let show = |c: Option<String>| c.unwrap_or_else(|| "none (IPv6-only)".into());
+                if !spec.ipv4 && n.enable_ipv4() {
                     return api::bad(format!(
-                        "network {} is IPv6-only (--ipv4=false): the CNI plugin attaches to networks with IPv4",
-                        n.name
+                        "network {} exists with IPv4 (subnet {}), but the config has \"ipv4\": false",
+                        n.name,
+                        show(n.subnet().map(|s| s.to_string()))
                     ));
-                };
+                }
                 if let Some(s) = spec.subnet
-                    && s != subnet
+                    && Some(s) != n.subnet()
                 {
                     return api::bad(format!(
-                        "network {} exists with subnet {subnet}, not the config's subnet {s}",
+                        "network {} exists with subnet {}, not the config's subnet {s}",
                         n.name,
+                        show(n.subnet().map(|s| s.to_string()))
                     ));
                 }
                 if let Some(g) = spec.gateway
-                    && g != gateway
+                    && Some(g) != n.gateway()
                 {
                     return api::bad(format!(
-                        "network {} exists with gateway {gateway}, not the config's gateway {g}",
+                        "network {} exists with gateway {}, not the config's gateway {g}",
                         n.name,
+                        show(n.gateway().map(|g| g.to_string()))
                     ));
                 }
                 match (n.subnet6(), spec.ipv6) {
@@ -159,17 +166,20 @@ impl Daemon {
                 (n, false)
             }
             None => {
-                let Some(subnet) = spec.subnet else {
+                // IPv4 needs a subnet; an IPv6-only network takes its
+                // IPv6 subnet from subnet6 or the pool.
+                if spec.ipv4 && spec.subnet.is_none() {
                     return api::bad(format!(
                         "network {} does not exist: create it (netd network create {}) or give \
                          \"subnet\" in the CNI network config",
                         spec.network, spec.network
                     ));
-                };
+                }
                 let mut ns_spec = NetworkCreate {
                     name: spec.network.clone(),
-                    subnet: Some(subnet.to_string()),
+                    subnet: spec.subnet.map(|s| s.to_string()),
                     gateway: spec.gateway.map(|g| g.to_string()),
+                    enable_ipv4: Some(spec.ipv4),
                     enable_ipv6: spec.ipv6,
                     subnet6: spec.subnet6.map(|s| s.to_string()),
                     gateway6: spec.gateway6.map(|g| g.to_string()),
@@ -189,10 +199,13 @@ impl Daemon {
                 (n, true)
             }
         };
-        let subnet = net
-            .subnet()
-            .context("checked above: the network has IPv4")?;
         if let Some((ip, prefix)) = spec.ip {
+            let Some(subnet) = net.subnet() else {
+                return api::bad(format!(
+                    "runtimeConfig.ips address {ip}: network {} is IPv6-only",
+                    net.name
+                ));
+            };
             crate::validate::host_in("runtimeConfig.ips address", ip, &subnet)
                 .map_err(|e| ApiError::bad(format!("{e:#} of network {}", net.name)))?;
             if let Some(p) = prefix
@@ -303,39 +316,40 @@ impl Daemon {
                 tracing::warn!("cni: removing the stale attachment {}: {e:#}", old.name);
             }
         }
-        let ip = ep
-            .ip
-            .context("an endpoint of a network with IPv4 has an address")?;
         tracing::info!(
-            "cni: attached container {} interface {} to network {} ({ip})",
+            "cni: attached container {} interface {} to network {} ({})",
             spec.container_id,
             spec.ifname,
             net.name,
+            ep.addrs()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let host_mac = link::link_mac(&ep.veth)
             .map(link::fmt_mac)
             .unwrap_or_default();
-        let gateway = net.gateway().context("checked: the network has IPv4")?;
-        let gw = gateway.to_string();
+        let gw = net.gateway().map(|g| g.to_string());
         let gw6 = net.gateway6().map(|g| g.to_string());
-        let routes = match (default_route, ep.ip6, &gw6) {
-            (false, ..) => json!([]),
-            (true, Some(_), Some(g6)) => {
-                json!([{ "Dst": "0.0.0.0/0", "Gw": gw }, { "Dst": "::/0", "Gw": g6 }])
+        let mut routes = vec![];
+        if default_route {
+            if let (Some(_), Some(g)) = (ep.ip, &gw) {
+                routes.push(json!({ "Dst": "0.0.0.0/0", "Gw": g }));
             }
-            (true, ..) => json!([{ "Dst": "0.0.0.0/0", "Gw": gw }]),
-        };
+            if let (Some(_), Some(g6)) = (ep.ip6, &gw6) {
+                routes.push(json!({ "Dst": "::/0", "Gw": g6 }));
+            }
+        }
         // The network's embedded DNS server (user-defined networks).
-        let dns = if net.default {
-            json!({})
-        } else {
-            json!({ "Nameservers": [gw] })
+        let dns = match net.dns_address() {
+            Some(a) if !net.default => json!({ "Nameservers": [a.to_string()] }),
+            _ => json!({}),
         };
         Ok(json!({
             "Id": id,
             "Name": c.name,
             "Network": net.name,
-            "Bridge": { "Name": net.bridge, "Mac": link::fmt_mac(link::mac_for_ip(gateway)) },
+            "Bridge": { "Name": net.bridge, "Mac": link::fmt_mac(link::mac_for_endpoint(net.gateway(), net.gateway6())) },
             "HostInterface": { "Name": ep.veth, "Mac": host_mac, "Mtu": net.options.mtu },
             "Interface": {
                 "Name": ep.ifname,
@@ -343,7 +357,10 @@ impl Daemon {
                 "Mtu": net.options.mtu,
                 "Sandbox": spec.netns,
             },
-            "Address": format!("{ip}/{}", subnet.prefix),
+            "Address": match (ep.ip, net.subnet()) {
+                (Some(ip), Some(s)) => json!(format!("{ip}/{}", s.prefix)),
+                _ => Value::Null,
+            },
             "Gateway": gw,
             "Address6": match (ep.ip6, net.subnet6()) {
                 (Some(a), Some(s)) => json!(format!("{a}/{}", s.prefix_len())),
@@ -461,17 +478,21 @@ impl Daemon {
                 net.name, chk.network
             ));
         }
+        // IPv4: the address the previous result must list (an IPv6-only
+        // attachment's is its IPv6 one).
         let want_addr = match (ep.ip, net.subnet()) {
-            (Some(ip), Some(s)) => format!("{ip}/{}", s.prefix),
-            _ => String::new(),
+            (Some(ip), Some(s)) => Some(format!("{ip}/{}", s.prefix)),
+            _ => None,
         };
         let want_addr6 = match (ep.ip6, net.subnet6()) {
             (Some(a), Some(s)) => Some(format!("{a}/{}", s.prefix_len())),
             _ => None,
         };
-        if !chk.addresses.contains(&want_addr) {
+        if let Some(want) = want_addr.as_ref().or(want_addr6.as_ref())
+            && !chk.addresses.contains(want)
+        {
             problems.push(format!(
-                "prevResult does not list the attachment's address {want_addr} on {} (it lists {:?})",
+                "prevResult does not list the attachment's address {want} on {} (it lists {:?})",
                 chk.if_name, chk.addresses
             ));
         }
@@ -540,7 +561,7 @@ impl Daemon {
         for a in chk
             .addresses
             .iter()
-            .chain(std::iter::once(&want_addr))
+            .chain(want_addr.iter())
             .chain(want_addr6.iter())
         {
             if !have.contains(a) {

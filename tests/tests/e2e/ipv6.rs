@@ -299,6 +299,22 @@ pub(super) fn uplink6(n: &Netd) {
     .unwrap();
 }
 
+/// An HTTP server in the outside namespace on `[OUTSIDE6]:8000`.
+pub(super) fn serve_outside6(n: &mut Netd) {
+    n.tb.spawn(
+        &n.tb.outside.clone(),
+        &[
+            &me(),
+            "tool",
+            "http-serve",
+            &format!("[{OUTSIDE6}]:8000"),
+            "--name",
+            "outside",
+        ],
+    )
+    .unwrap();
+}
+
 /// Starts an HTTP server (reports the client address) in a container on
 /// `[::]:port` (both families).
 pub(super) fn serve_http6(n: &Netd, name: &str, port: u16) {
@@ -645,18 +661,7 @@ pub fn ipv6_traffic(dp: &str) {
     ]);
 
     // NAT66: an IPv6 server outside sees the host's uplink address.
-    n.tb.spawn(
-        &n.tb.outside.clone(),
-        &[
-            &me(),
-            "tool",
-            "http-serve",
-            &format!("[{OUTSIDE6}]:8000"),
-            "--name",
-            "outside",
-        ],
-    )
-    .unwrap();
+    serve_outside6(&mut n);
     let got = curl6_wait(&n, "a", &format!("http://[{OUTSIDE6}]:8000/"), &[]);
     assert!(
         got.contains(&format!("to [{HOST6}]:")),

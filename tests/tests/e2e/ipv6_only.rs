@@ -6,8 +6,8 @@
 use netd_tests::daemon::Netd;
 
 use super::ipv6::{
-    HOST6, OUTSIDE6, curl6, curl6_wait, host_curl_wait, ping6, serve_http6, tb_curl, tb_curl_wait,
-    uplink6,
+    HOST6, OUTSIDE6, curl6, curl6_wait, host_curl_wait, ping6, serve_http6, serve_outside6,
+    tb_curl, tb_curl_wait, uplink6,
 };
 use super::*;
 
@@ -143,18 +143,7 @@ pub fn ipv6_only_networks(dp: &str) {
     );
 
     // Egress: NAT66 to the host's uplink address.
-    n.tb.spawn(
-        &n.tb.outside.clone(),
-        &[
-            &me(),
-            "tool",
-            "http-serve",
-            &format!("[{OUTSIDE6}]:8000"),
-            "--name",
-            "outside",
-        ],
-    )
-    .unwrap();
+    serve_outside6(&mut n);
     let got = curl6_wait(&n, "a", &format!("http://[{OUTSIDE6}]:8000/"), &[]);
     assert!(got.contains(&format!("to [{HOST6}]:")), "{dp}: {got}");
 

@@ -1027,8 +1027,7 @@ impl Datapath for Ebpf {
         let fresh = self.assign_slots(&mut d)?;
         let t_desired = t.elapsed();
         self.sync_maps(&d, &fresh)?;
-        let d6 =
-            v6::Desired6::from_state(state, &self.slots, self.last6.as_ref(), &mut self.links);
+        let d6 = v6::Desired6::from_state(state, &self.slots, self.last6.as_ref(), &mut self.links);
         if self.last6.as_ref() != Some(&d6) {
             let prev = self.last6.take();
             v6::sync(self.progs()?, prev.as_ref(), &d6)?;
