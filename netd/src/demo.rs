@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::testbed::{self, HOST_IP, OUTSIDE_IP, Testbed, UPLINK};
+use crate::testbed::{self, HOST_IP, HOST_IP6, OUTSIDE_IP, OUTSIDE_IP6, Testbed, UPLINK};
 
 struct Demo {
     me: PathBuf,
@@ -55,16 +55,7 @@ impl Demo {
     }
 
     fn serve(&self, name: &str, port: u16) -> Result<()> {
-        let cmd = format!(
-            "{} tool http-serve 0.0.0.0:{port} --name {name} >/dev/null 2>&1 &",
-            self.me.display()
-        );
-        Command::new(&self.me)
-            .arg("-H")
-            .arg(&self.socket)
-            .args(["exec", name, "--", "sh", "-c", &cmd])
-            .status()?;
-        Ok(())
+        self.serve_on(name, &format!("0.0.0.0:{port}"))
     }
 }
 
@@ -99,6 +90,8 @@ pub fn run() -> Result<()> {
         tb.host.path().display()
     );
     println!("outside {}  {OUTSIDE_IP}/24", tb.outside.path().display());
+    tb.uplink6()?;
+    println!("        IPv6: host {HOST_IP6}/64, outside {OUTSIDE_IP6}/64");
     let daemon = Command::new(&me)
         .arg("-H")
         .arg(&socket)
@@ -130,6 +123,7 @@ pub fn run() -> Result<()> {
         bail!("the daemon did not start");
     }
     d.walkthrough()?;
+    d.ipv6()?;
     d.datapath_view()?;
     // Containers of the demo go with the daemon (--cleanup-on-exit) and
     // the namespaces with the testbed.
@@ -317,6 +311,138 @@ impl Demo {
         println!("{}", serde_json::to_string_pretty(&v[0]["IPAM"])?);
         println!("{}", serde_json::to_string_pretty(&v[0]["Containers"])?);
         println!("{}", serde_json::to_string_pretty(&v[0]["DNS"])?);
+        Ok(())
+    }
+
+    /// The README's IPv6 lines: a dual-stack network (AAAA, a published
+    /// port over IPv6 from outside, NAT66 out) and an IPv6-only one.
+    fn ipv6(&mut self) -> Result<()> {
+        section("IPv6: a dual-stack network");
+        self.netd(&[
+            "network",
+            "create",
+            "--ipv6",
+            "--subnet",
+            "10.66.0.0/24",
+            "--subnet",
+            "fd00:66::/64",
+            "v6net",
+        ])?;
+        self.netd(&[
+            "run",
+            "-d",
+            "--name",
+            "web6",
+            "--network",
+            "v6net",
+            "-p",
+            "8081:80",
+            "--",
+            "sleep",
+            "infinity",
+        ])?;
+        self.netd(&[
+            "run",
+            "-d",
+            "--name",
+            "c6",
+            "--network",
+            "v6net",
+            "--",
+            "sleep",
+            "infinity",
+        ])?;
+        self.serve_on("web6", "[::]:80")?;
+        self.netd(&["port", "web6"])?;
+        self.netd(&["exec", "c6", "--", "ping", "-6", "-c", "1", "web6"])?;
+        let url = format!("http://[{HOST_IP6}]:8081/");
+        self.outside_curl(&url)?;
+        println!("  (DNAT to fd00:66::2 over IPv6; the server sees the client's own address)");
+        let me = self.me.to_string_lossy().into_owned();
+        self.tb.spawn(
+            &self.tb.outside.clone(),
+            &[
+                &me,
+                "tool",
+                "http-serve",
+                &format!("[{OUTSIDE_IP6}]:8000"),
+                "--name",
+                "world6",
+            ],
+        )?;
+        let world = format!("http://[{OUTSIDE_IP6}]:8000/");
+        testbed::wait_until(Duration::from_secs(5), || {
+            self.tb
+                .exec(&self.tb.outside, &["curl", "-g", "-s", "-m", "1", &world])
+                .is_ok_and(|o| o.status.success())
+        });
+        self.netd(&["exec", "web6", "--", "curl", "-g", "-s", "-m", "3", &world])?;
+        println!("  (NAT66: the world sees the host's uplink address {HOST_IP6})");
+
+        section("IPv6-only: --ipv4=false");
+        self.netd(&[
+            "network",
+            "create",
+            "--ipv6",
+            "--ipv4=false",
+            "--subnet",
+            "fd00:70::/64",
+            "v6only",
+        ])?;
+        for name in ["a6", "b6"] {
+            self.netd(&[
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--network",
+                "v6only",
+                "--",
+                "sleep",
+                "infinity",
+            ])?;
+        }
+        self.serve_on("a6", "[::]:80")?;
+        self.netd(&[
+            "exec", "b6", "--", "ip", "-br", "addr", "show", "dev", "eth0",
+        ])?;
+        self.netd(&["exec", "b6", "--", "cat", "/etc/resolv.conf"])?;
+        testbed::wait_until(Duration::from_secs(5), || {
+            self.netd_quiet(&["exec", "b6", "--", "curl", "-s", "-m", "1", "http://a6/"])
+                .is_ok_and(|o| o.contains("hello"))
+        });
+        self.netd(&["exec", "b6", "--", "curl", "-s", "-m", "3", "http://a6/"])?;
+        println!("  (AAAA from v6only's DNS server on fd00:70::1; no IPv4 anywhere)");
+        Ok(())
+    }
+
+    /// An HTTP server (reports its client) in container `name` on `listen`.
+    fn serve_on(&self, name: &str, listen: &str) -> Result<()> {
+        let cmd = format!(
+            "{} tool http-serve {listen} --name {name} >/dev/null 2>&1 &",
+            self.me.display()
+        );
+        Command::new(&self.me)
+            .arg("-H")
+            .arg(&self.socket)
+            .args(["exec", name, "--", "sh", "-c", &cmd])
+            .status()?;
+        Ok(())
+    }
+
+    /// `curl URL` from the outside namespace, once it answers.
+    fn outside_curl(&self, url: &str) -> Result<()> {
+        testbed::wait_until(Duration::from_secs(5), || {
+            self.tb
+                .exec(&self.tb.outside, &["curl", "-g", "-s", "-m", "1", url])
+                .is_ok_and(|o| o.status.success())
+        });
+        println!("outside$ curl -g {url}");
+        print!(
+            "{}",
+            self.tb
+                .ok(&self.tb.outside, &["curl", "-g", "-s", "-m", "3", url])?
+        );
         Ok(())
     }
 
