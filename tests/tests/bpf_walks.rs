@@ -1606,7 +1606,9 @@ fn a_routed_networks_published_port_from_another_network() {
 /// kernel's run time of each hot path on a fixed frame (BPF_PROG_TEST_RUN,
 /// one run per call: a rewriting program must see a fresh frame each
 /// time), median and minimum of 20,000 runs (the minimum is the
-/// steadier figure on a shared machine): container to container, an established
+/// steadier figure on a shared machine): first the floor (`tc_pass`, a
+/// program that does nothing: what the harness adds to every figure, its
+/// clock reads included), then container to container, an established
 /// masqueraded flow out and its reply in, an established published-port
 /// flow in and its reply out, a pod to another node's pod and back (the
 /// cluster paths), an established connection routed to the container's
@@ -1657,6 +1659,11 @@ fn hot_path_cost() {
     );
     w.run(bpf::FROM_WORLD, &world_to(A_IP).tcp(5556, 80, TCP_SYN, b""));
     let paths: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "floor (tc_pass: an empty program)",
+            bpf::TC_PASS,
+            a_to(OUTSIDE_IP).tcp(40000, 80, packet::TCP_ACK, &payload),
+        ),
         (
             "floor (from_world, arp: pass)",
             bpf::FROM_WORLD,
