@@ -565,38 +565,43 @@ pub struct CtEntry {
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);
 
 impl CtKey {
+    /// A key with its padding zeroed. Built from four words: a `[0; 3]`
+    /// padding field is zeroed by a call to `memset` in the eBPF build
+    /// (bpf-linker expands memcpy in order, never memset), a byte loop
+    /// behind a BPF-to-BPF call on every packet that builds a key.
+    #[inline(always)]
+    pub const fn new(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
+        let [s0, s1] = sport.to_ne_bytes();
+        let [d0, d1] = dport.to_ne_bytes();
+        let w = [
+            saddr,
+            daddr,
+            u32::from_ne_bytes([s0, s1, d0, d1]),
+            u32::from_ne_bytes([proto, 0, 0, 0]),
+        ];
+        // SAFETY: CtKey is repr(C), 16 bytes without padding holes (the
+        // size assertion above; bytemuck's Pod derive proves it for the
+        // user build), and every bit pattern is a valid CtKey; the words
+        // hold its fields at their offsets in native byte order.
+        unsafe { core::mem::transmute::<[u32; 4], CtKey>(w) }
+    }
+
     /// The key under which the other direction of a flow is stored, given
     /// this key and its entry's rewrite (addr, port).
+    #[inline(always)]
     pub const fn reverse(&self, e: &CtEntry) -> CtKey {
         match e.kind {
             // Both rewritten: the reply comes from (addr, port) to (addr2, port2).
-            ct_kind::HAIRPIN | ct_kind::REV_HAIRPIN => CtKey {
-                saddr: e.addr,
-                daddr: e.addr2,
-                sport: e.port,
-                dport: e.port2,
-                proto: self.proto,
-                _pad: [0; 3],
-            },
+            ct_kind::HAIRPIN | ct_kind::REV_HAIRPIN => {
+                CtKey::new(e.addr, e.addr2, e.port, e.port2, self.proto)
+            }
             // Source rewritten (or kept, for ROUTED and REV_ROUTED_IN): the
             // reply comes from daddr to (addr, port).
-            ct_kind::SNAT | ct_kind::REV_DNAT | ct_kind::ROUTED | ct_kind::REV_ROUTED_IN => CtKey {
-                saddr: self.daddr,
-                daddr: e.addr,
-                sport: self.dport,
-                dport: e.port,
-                proto: self.proto,
-                _pad: [0; 3],
-            },
+            ct_kind::SNAT | ct_kind::REV_DNAT | ct_kind::ROUTED | ct_kind::REV_ROUTED_IN => {
+                CtKey::new(self.daddr, e.addr, self.dport, e.port, self.proto)
+            }
             // Destination rewritten: the reply comes from (addr, port).
-            _ => CtKey {
-                saddr: e.addr,
-                daddr: self.saddr,
-                sport: e.port,
-                dport: self.sport,
-                proto: self.proto,
-                _pad: [0; 3],
-            },
+            _ => CtKey::new(e.addr, self.saddr, e.port, self.sport, self.proto),
         }
     }
 }
@@ -686,4 +691,27 @@ mod user {
     unsafe impl aya::Pod for SockOrig {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragPorts {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `CtKey::new` (built from words) is the struct with its fields set
+    /// and its padding zero.
+    #[test]
+    fn ct_key_new_is_the_struct() {
+        let k = CtKey::new(0x0102_0304, 0x0a0b_0c0d, 40000, 80, 6);
+        assert_eq!(
+            k,
+            CtKey {
+                saddr: 0x0102_0304,
+                daddr: 0x0a0b_0c0d,
+                sport: 40000,
+                dport: 80,
+                proto: 6,
+                _pad: [0; 3],
+            }
+        );
+    }
 }

@@ -19,14 +19,7 @@ const EVICT_TRIES: u32 = 8;
 
 #[inline(always)]
 pub fn key(saddr: u32, daddr: u32, proto: u8, l4: &L4) -> CtKey {
-    CtKey {
-        saddr,
-        daddr,
-        sport: l4.sport,
-        dport: l4.dport,
-        proto,
-        _pad: [0; 3],
-    }
+    CtKey::new(saddr, daddr, l4.sport, l4.dport, proto)
 }
 
 /// Entries holding the reply direction of a flow.

@@ -44,6 +44,8 @@ mod probe;
 mod sock;
 mod v6;
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::{
         BPF_F_CURRENT_NETNS, BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED,
@@ -330,8 +332,9 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     // Somewhere else: the host itself (pass), the world (masquerade), or
     // another network (isolation).
     let cfg = config().ok_or(DropReason::Unsupported)?;
-    let mut fib = fib_params(&ip, ifindex);
-    let rc = fib_lookup(ctx, &mut fib);
+    let mut buf = MaybeUninit::uninit();
+    let fib = fib_params(&mut buf, &ip, ip.saddr, ifindex);
+    let rc = fib_lookup(ctx, fib);
     match rc {
         BPF_FIB_LKUP_RET_NOT_FWDED => return Ok(tc::ACT_UNSPEC),
         // No route: the kernel drops it and answers (ICMP unreachable).
@@ -347,14 +350,14 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     if net.flags & NET_INTERNAL != 0 {
         return Err(DropReason::InternalNetwork);
     }
-    if too_big(ctx, rc, &fib, &ip, l4.map_or(0, |l| l.hlen)) {
+    if too_big(ctx, rc, fib, &ip, l4.map_or(0, |l| l.hlen)) {
         return frag_needed(ctx, &ip);
     }
     let Some(l4) = l4 else {
         if net.flags & NET_MASQUERADE == 0 {
             // Untracked protocols leave as they are (their replies are
             // not let in: nothing tracks them).
-            return redirect_neigh(cfg.uplink_ifindex, next_hop(&fib));
+            return redirect_neigh(cfg.uplink_ifindex, next_hop(fib));
         }
         return Err(DropReason::Unsupported);
     };
@@ -424,17 +427,17 @@ fn egress_to_world(
     new_saddr: u32,
 ) -> Result<Egress, DropReason> {
     let cfg = config().ok_or(DropReason::Unsupported)?;
-    let mut fib = fib_params(ip, cfg.uplink_ifindex);
-    fib.__bindgen_anon_3.ipv4_src = new_saddr;
-    match fib_lookup(ctx, &mut fib) {
+    let mut buf = MaybeUninit::uninit();
+    let fib = fib_params(&mut buf, ip, new_saddr, cfg.uplink_ifindex);
+    match fib_lookup(ctx, fib) {
         rc @ (BPF_FIB_LKUP_RET_SUCCESS
         | BPF_FIB_LKUP_RET_NO_NEIGH
         | BPF_FIB_LKUP_RET_FRAG_NEEDED) => {
-            if too_big(ctx, rc, &fib, ip, l4_hlen) {
+            if too_big(ctx, rc, fib, ip, l4_hlen) {
                 frag_needed(ctx, ip)?;
                 return Ok(Egress::Kernel);
             }
-            Ok(Egress::Redirect(fib.ifindex, next_hop(&fib)))
+            Ok(Egress::Redirect(fib.ifindex, next_hop(fib)))
         }
         // A reply to the host itself: the stack routes it.
         BPF_FIB_LKUP_RET_NOT_FWDED => Ok(Egress::Local),
@@ -783,8 +786,9 @@ fn cluster_out(
     if unsafe { NETD_EP.get(ip.daddr) }.is_some() {
         return Ok(None);
     }
-    let mut fib = fib_params(ip, ifindex);
-    let rc = fib_lookup(ctx, &mut fib);
+    let mut buf = MaybeUninit::uninit();
+    let fib = fib_params(&mut buf, ip, ip.saddr, ifindex);
+    let rc = fib_lookup(ctx, fib);
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH | BPF_FIB_LKUP_RET_FRAG_NEEDED => {}
         BPF_FIB_LKUP_RET_NOT_FWDED
@@ -804,12 +808,12 @@ fn cluster_out(
             _ => 0,
         }
     };
-    if too_big(ctx, rc, &fib, ip, hlen) {
+    if too_big(ctx, rc, fib, ip, hlen) {
         counters::add(Counter::FragNeeded, 1);
         return Ok(Some(tc::ACT_UNSPEC));
     }
     counters::add(Counter::ClusterOut, 1);
-    redirect_neigh(fib.ifindex, next_hop(&fib)).map(Some)
+    redirect_neigh(fib.ifindex, next_hop(fib)).map(Some)
 }
 
 /// Whether a connected host socket owns this datagram's tuple (a host
@@ -1165,18 +1169,62 @@ fn redirect_neigh(ifindex: u32, next_hop: u32) -> Result<i32, DropReason> {
     } as i32)
 }
 
+/// FIB lookup parameters for `ip` from `saddr` arriving on `ifindex`,
+/// every other byte zero, in `buf`. Written word by word: `mem::zeroed` (and a `[0; 6]` MAC) becomes
+/// a call to `memset` in the eBPF build (bpf-linker expands memcpy in
+/// order, never memset), a byte loop behind a BPF-to-BPF call on every
+/// packet that takes a FIB lookup.
 #[inline(always)]
-fn fib_params(ip: &Ipv4, ifindex: u32) -> FibParams {
-    // SAFETY: an all-zero bpf_fib_lookup is valid.
-    let mut p: FibParams = unsafe { core::mem::zeroed() };
-    p.family = AF_INET;
-    p.l4_protocol = ip.proto;
-    // tot_len 0: the kernel checks the MTU GSO-aware (is_skb_forwardable).
-    p.ifindex = ifindex;
-    p.__bindgen_anon_2.tos = ip.tos;
-    p.__bindgen_anon_3.ipv4_src = ip.saddr;
-    p.__bindgen_anon_4.ipv4_dst = ip.daddr;
-    p
+fn fib_params<'a>(
+    buf: &'a mut MaybeUninit<FibParams>,
+    ip: &Ipv4,
+    saddr: u32,
+    ifindex: u32,
+) -> &'a mut FibParams {
+    use core::mem::offset_of;
+    const _: () = {
+        assert!(core::mem::size_of::<FibParams>() == 64);
+        assert!(offset_of!(FibParams, l4_protocol) == 1);
+        assert!(offset_of!(FibParams, ifindex) == 8);
+        assert!(offset_of!(FibParams, __bindgen_anon_2) == 12);
+        assert!(offset_of!(FibParams, __bindgen_anon_3) == 16);
+        assert!(offset_of!(FibParams, __bindgen_anon_4) == 32);
+    };
+    let w: [u32; 16] = [
+        // family, l4_protocol, sport
+        u32::from_ne_bytes([AF_INET, ip.proto, 0, 0]),
+        // dport, tot_len (0: the kernel checks the MTU GSO-aware,
+        // is_skb_forwardable)
+        0,
+        ifindex,
+        // tos
+        u32::from_ne_bytes([ip.tos, 0, 0, 0]),
+        saddr,
+        0,
+        0,
+        0,
+        ip.daddr,
+        0,
+        0,
+        0,
+        // VLAN / table id, MACs
+        0,
+        0,
+        0,
+        0,
+    ];
+    // Volatile stores, in the caller's buffer: LLVM merges a run of plain
+    // zero stores (or a copy of known zeros) back into a memset call.
+    let dst = buf.as_mut_ptr() as *mut u32;
+    // SAFETY: bpf_fib_lookup is plain integers (and unions of them), 64
+    // bytes, 4-aligned: the 16 words initialise all of it, holding the
+    // fields at the offsets asserted above.
+    unsafe {
+        for (i, v) in w.iter().enumerate() {
+            dst.add(i).write_volatile(*v);
+        }
+        buf.assume_init_mut()
+    }
 }
 
 #[cfg(not(test))]
