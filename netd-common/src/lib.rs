@@ -525,6 +525,13 @@ pub mod ct_kind {
     pub const ROUTED_IN: u8 = 9;
     /// The container's side of a ROUTED_IN flow: sent back untranslated.
     pub const REV_ROUTED_IN: u8 = 10;
+
+    /// Kinds whose packets leave by the uplink (a FIB lookup + redirect),
+    /// the entries that cache their FIB result (`CtEntry::addr2`).
+    #[inline(always)]
+    pub const fn leaves_by_uplink(kind: u8) -> bool {
+        matches!(kind, SNAT | REV_DNAT | ROUTED | REV_ROUTED_IN)
+    }
 }
 
 /// Conntrack states, for timeouts.
@@ -558,11 +565,32 @@ pub struct CtEntry {
     /// remove a container's or a port's entries.
     pub container_ip: u32,
     /// Hairpin kinds: the source to write (network order / host order).
+    /// Kinds that leave by the uplink (SNAT, REV_DNAT, ROUTED,
+    /// REV_ROUTED_IN; see [`ct_kind::leaves_by_uplink`]): the flow's
+    /// cached FIB result, the next hop (network order) and the uplink's
+    /// MTU, valid while `fib_stamp` is the current [`fib_stamp`] (0: none;
+    /// entries older netds wrote have zeros here).
     pub addr2: u32,
     pub port2: u16,
-    pub _pad: u16,
+    /// See `addr2`: when the cached FIB result was looked up.
+    pub fib_stamp: u16,
 }
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);
+
+/// The coarse clock's ns (CLOCK_MONOTONIC) bits below a FIB cache stamp's
+/// unit: 2^30 ns, about 1.07 s.
+pub const FIB_STAMP_SHIFT: u32 = 30;
+
+/// The FIB cache stamp of `now_ns` (CLOCK_MONOTONIC): its unit of about
+/// 1.07 s, never 0 (0 is "nothing cached"). It wraps after about 19.5
+/// hours; a cached result is only used by a flow that had a packet in
+/// the last unit too (see the eBPF `fib_cached`), so a wrapped stamp
+/// never passes for a fresh one.
+#[inline(always)]
+pub const fn fib_stamp(now_ns: u64) -> u16 {
+    let s = (now_ns >> FIB_STAMP_SHIFT) as u16;
+    if s == 0 { 1 } else { s }
+}
 
 impl CtKey {
     /// A key with its padding zeroed. Built from four words: a `[0; 3]`

@@ -233,7 +233,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
             if net.flags & NET_INTERNAL != 0 {
                 return Err(DropReason::InternalNetwork);
             }
-            let out = egress_to_world(ctx, &ip, 0, e.addr)?;
+            let (out, _) = egress_to_world(ctx, &ip, 0, e.addr)?;
             if let Egress::Kernel = out {
                 return Ok(tc::ACT_UNSPEC);
             }
@@ -258,7 +258,8 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         }
         // A flow netd tracks already.
         let key = ct::key(ip.saddr, ip.daddr, ip.proto, l4);
-        if let Some(e) = ct::lookup(&key, l4) {
+        if let Some(hit) = ct::lookup(&key, l4) {
+            let e = hit.e;
             match e.kind {
                 ct_kind::HAIRPIN | ct_kind::REV_HAIRPIN => {
                     return hairpin_rewrite(ctx, &ip, l4, &e);
@@ -276,7 +277,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
                         counters::add(Counter::RoutedOut, 1);
                         return deliver(ctx, ip.daddr);
                     }
-                    return out_to_world(ctx, &ip, l4, &e);
+                    return out_to_world(ctx, &ip, l4, &e, &key, Some(&hit));
                 }
                 // A connection this container routed to a `routed`
                 // network's container.
@@ -350,7 +351,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     if net.flags & NET_INTERNAL != 0 {
         return Err(DropReason::InternalNetwork);
     }
-    if too_big(ctx, rc, fib, &ip, l4.map_or(0, |l| l.hlen)) {
+    if too_big(ctx, fib_mtu(rc, fib), fib.ifindex, &ip, l4.map_or(0, |l| l.hlen)) {
         return frag_needed(ctx, &ip);
     }
     let Some(l4) = l4 else {
@@ -365,7 +366,8 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         return Err(DropReason::FragmentUnknown);
     }
     let e = snat_new_flow(&ip, &l4, &cfg, &ep, net.flags & NET_MASQUERADE != 0)?;
-    out_to_world(ctx, &ip, &l4, &e)
+    let key = ct::key(ip.saddr, ip.daddr, ip.proto, &l4);
+    out_to_world(ctx, &ip, &l4, &e, &key, None)
 }
 
 /// Container -> container: another network is isolated, icc=false
@@ -418,14 +420,15 @@ impl Egress {
 /// The FIB's egress for a packet that will leave with source `new_saddr`,
 /// and whether it fits there: a packet that does not is handed to the
 /// kernel untranslated (DF set, see `frag_needed`), never sent out as it is
-/// nor dropped silently.
+/// nor dropped silently. With it, what a flow may cache of the lookup
+/// (next hop, MTU): a successful lookup whose egress is the uplink.
 #[inline(always)]
 fn egress_to_world(
     ctx: &TcContext,
     ip: &Ipv4,
     l4_hlen: u32,
     new_saddr: u32,
-) -> Result<Egress, DropReason> {
+) -> Result<(Egress, Option<(u32, u32)>), DropReason> {
     let cfg = config().ok_or(DropReason::Unsupported)?;
     let mut buf = MaybeUninit::uninit();
     let fib = fib_params(&mut buf, ip, new_saddr, cfg.uplink_ifindex);
@@ -433,26 +436,65 @@ fn egress_to_world(
         rc @ (BPF_FIB_LKUP_RET_SUCCESS
         | BPF_FIB_LKUP_RET_NO_NEIGH
         | BPF_FIB_LKUP_RET_FRAG_NEEDED) => {
-            if too_big(ctx, rc, fib, ip, l4_hlen) {
+            let mtu = fib_mtu(rc, fib);
+            if too_big(ctx, mtu, fib.ifindex, ip, l4_hlen) {
                 frag_needed(ctx, ip)?;
-                return Ok(Egress::Kernel);
+                return Ok((Egress::Kernel, None));
             }
-            Ok(Egress::Redirect(fib.ifindex, next_hop(fib)))
+            let nh = next_hop(fib);
+            let cache = match mtu {
+                Some(m) if m != 0 && fib.ifindex == cfg.uplink_ifindex => Some((nh, m)),
+                _ => None,
+            };
+            Ok((Egress::Redirect(fib.ifindex, nh), cache))
         }
         // A reply to the host itself: the stack routes it.
-        BPF_FIB_LKUP_RET_NOT_FWDED => Ok(Egress::Local),
+        BPF_FIB_LKUP_RET_NOT_FWDED => Ok((Egress::Local, None)),
         BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
-            Ok(Egress::Kernel)
+            Ok((Egress::Kernel, None))
         }
         _ => Err(DropReason::FibLookupFailed),
     }
 }
 
 /// Applies a tracked flow's source rewrite (SNAT, a published port's
-/// reply; ROUTED rewrites nothing) and sends the packet out.
+/// reply; ROUTED rewrites nothing) and sends the packet out. The egress
+/// is the flow's cached FIB result while it is valid (`ct::fib_cached`:
+/// looked up within the last ~1.07 s; a FIB lookup is the costliest part
+/// of this path), else a lookup, whose result the flow's entry (`key`)
+/// caches when it may (`hit`: the conntrack hit, `None` for a flow this
+/// packet created).
 #[inline(always)]
-fn out_to_world(ctx: &TcContext, ip: &Ipv4, l4: &L4, e: &CtEntry) -> Result<i32, DropReason> {
-    let out = egress_to_world(ctx, ip, l4.hlen, e.addr)?;
+fn out_to_world(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    l4: &L4,
+    e: &CtEntry,
+    key: &CtKey,
+    hit: Option<&ct::Hit>,
+) -> Result<i32, DropReason> {
+    let out = match hit.and_then(ct::fib_cached) {
+        Some((nh, mtu)) => {
+            let uplink = config().ok_or(DropReason::Unsupported)?.uplink_ifindex;
+            if too_big(ctx, Some(mtu), uplink, ip, l4.hlen) {
+                frag_needed(ctx, ip)?;
+                Egress::Kernel
+            } else {
+                Egress::Redirect(uplink, nh)
+            }
+        }
+        None => {
+            let (out, cache) = egress_to_world(ctx, ip, l4.hlen, e.addr)?;
+            // Cache the result, or clear a stale one (the flow looks up
+            // again next time).
+            if cache.is_some() || hit.is_some_and(|h| h.e.fib_stamp != 0) {
+                let now = hit.map_or_else(ct::now, |h| h.now);
+                let (nh, mtu) = cache.unwrap_or((0, 0));
+                ct::fib_store(key, now, nh, mtu);
+            }
+            out
+        }
+    };
     if let Egress::Kernel = out {
         return Ok(tc::ACT_UNSPEC);
     }
@@ -465,21 +507,27 @@ fn out_to_world(ctx: &TcContext, ip: &Ipv4, l4: &L4, e: &CtEntry) -> Result<i32,
     out.verdict()
 }
 
-/// Too big for the FIB's egress `fib.ifindex` (GSO packets: any of their
-/// segments). After a successful lookup the packet is compared with the
-/// MTU the lookup reported (exact; the lookup's own check allows a VLAN
-/// tag's 4 bytes more and lets every GSO packet through): a plain packet
-/// by its length, a TCP/UDP GSO packet by its segments' (IP header + L4
-/// header `l4_hlen` + gso_size, what the kernel's
-/// skb_gso_validate_network_len computes). Other GSO packets and
+/// The egress MTU a FIB lookup reported: after a successful one (without
+/// tot_len, it sets mtu_result), none otherwise.
+#[inline(always)]
+fn fib_mtu(rc: u32, fib: &FibParams) -> Option<u32> {
+    // SAFETY: a successful lookup without tot_len sets mtu_result.
+    (rc == BPF_FIB_LKUP_RET_SUCCESS).then(|| u32::from(unsafe { fib.__bindgen_anon_1.mtu_result }))
+}
+
+/// Too big for the egress `ifindex` (GSO packets: any of their
+/// segments). With the MTU of a successful FIB lookup (`mtu`, or the one
+/// a flow cached from it) the packet is compared with it (exact; the
+/// lookup's own check allows a VLAN tag's 4 bytes more and lets every GSO
+/// packet through): a plain packet by its length, a TCP/UDP GSO packet by
+/// its segments' (IP header + L4 header `l4_hlen` + gso_size, what the
+/// kernel's skb_gso_validate_network_len computes). Other GSO packets and
 /// unresolved neighbours ask `bpf_check_mtu` (BPF_MTU_CHK_SEGS).
 #[inline(always)]
-fn too_big(ctx: &TcContext, rc: u32, fib: &FibParams, ip: &Ipv4, l4_hlen: u32) -> bool {
+fn too_big(ctx: &TcContext, mtu: Option<u32>, ifindex: u32, ip: &Ipv4, l4_hlen: u32) -> bool {
     // SAFETY: reading the context.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
-    if rc == BPF_FIB_LKUP_RET_SUCCESS {
-        // SAFETY: a successful lookup without tot_len sets mtu_result.
-        let mtu = u32::from(unsafe { fib.__bindgen_anon_1.mtu_result });
+    if let Some(mtu) = mtu {
         if gso_size == 0 {
             return ctx.len() > mtu + ETH_HLEN as u32;
         }
@@ -492,7 +540,7 @@ fn too_big(ctx: &TcContext, rc: u32, fib: &FibParams, ip: &Ipv4, l4_hlen: u32) -
     unsafe {
         bpf_check_mtu(
             ctx.skb.skb as *mut _,
-            fib.ifindex,
+            ifindex,
             &mut mtu_len,
             0,
             u64::from(BPF_MTU_CHK_SEGS),
@@ -808,7 +856,7 @@ fn cluster_out(
             _ => 0,
         }
     };
-    if too_big(ctx, rc, fib, ip, hlen) {
+    if too_big(ctx, fib_mtu(rc, fib), fib.ifindex, ip, hlen) {
         counters::add(Counter::FragNeeded, 1);
         return Ok(Some(tc::ACT_UNSPEC));
     }
@@ -909,7 +957,7 @@ fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
         ct::remove(&key.reverse(&old));
         ct::remove(&key);
     }
-    if let Some(e) = ct::lookup(&key, &l4)
+    if let Some(e) = ct::lookup(&key, &l4).map(|h| h.e)
         && matches!(
             e.kind,
             ct_kind::REV_SNAT | ct_kind::DNAT | ct_kind::REV_ROUTED | ct_kind::ROUTED_IN
@@ -1053,7 +1101,7 @@ fn hairpin_new_flow(
         container_ip: t.container_ip,
         addr2: ip.daddr,
         port2: 0,
-        _pad: 0,
+        fib_stamp: 0,
     };
     let mut found = false;
     for i in 0..NAT_PROBES {
@@ -1077,7 +1125,7 @@ fn hairpin_new_flow(
         container_ip: t.container_ip,
         addr2: ip.daddr,
         port2: l4.dport,
-        _pad: 0,
+        fib_stamp: 0,
     };
     match ct::create(&fwd_key, &fwd, &rev_key, &rev, false)? {
         Created::New => hairpin_rewrite(ctx, ip, l4, &fwd),

@@ -216,6 +216,14 @@ pub fn remove_network(p: &mut Programs, id: u32) {
     let _ = m.remove(&id);
 }
 
+/// Writes one conntrack entry (a test ages or rewrites what the programs
+/// stored).
+pub fn ct_set(p: &mut Programs, k: &CtKey, e: &CtEntry) {
+    let mut m: HashMap<&mut MapData, CtKey, CtEntry> =
+        HashMap::try_from(p.map_mut(maps::CT).unwrap()).unwrap();
+    m.insert(k, e, 0).unwrap();
+}
+
 pub fn ct_clear(p: &mut Programs) {
     let mut m: HashMap<&mut MapData, CtKey, CtEntry> =
         HashMap::try_from(p.map_mut(maps::CT).unwrap()).unwrap();

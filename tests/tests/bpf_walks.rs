@@ -416,6 +416,121 @@ fn snat_then_reverse_snat_tcp() {
     assert_eq!(bpfmaps::ct(&mut w.p).len(), 2);
 }
 
+/// An established flow to the world caches its FIB result (next hop,
+/// the uplink's MTU) in its forward entry and uses it for about a second
+/// (the stamp's unit); a stale one is looked up again: after a route
+/// change the flow's packets follow the new next hop, an unreachable
+/// route clears the cache and hands the packet to the kernel, a smaller
+/// MTU makes a packet that no longer fits go to the kernel (DF), and a
+/// packet fitting again is masqueraded.
+#[test]
+fn a_flows_cached_next_hop_is_refreshed_when_stale() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    let syn = a_to(OUTSIDE_IP).tcp(40000, 80, TCP_SYN, b"");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &syn).0, tc::ACT_REDIRECT);
+    let fwd = |w: &mut Walk| {
+        bpfmaps::ct(&mut w.p)
+            .into_iter()
+            .find(|(_, e)| e.kind == ct_kind::SNAT)
+            .unwrap()
+    };
+    let (k, e) = fwd(&mut w);
+    assert_eq!(
+        (e.addr2, e.port2),
+        (be(OUTSIDE_IP), 1500),
+        "the first packet cached the next hop (the default gateway) and the MTU"
+    );
+    assert_ne!(e.fib_stamp, 0);
+    let rev = bpfmaps::ct(&mut w.p)
+        .into_iter()
+        .find(|(_, e)| e.kind == ct_kind::REV_SNAT)
+        .unwrap()
+        .1;
+    assert_eq!(
+        (rev.addr2, rev.port2, rev.fib_stamp),
+        (0, 0, 0),
+        "the reply direction caches nothing"
+    );
+    // Ages the forward entry's cache by a few units (what time does).
+    let age = |w: &mut Walk| {
+        let (k, mut e) = fwd(w);
+        e.fib_stamp = e.fib_stamp.wrapping_sub(3).max(1);
+        bpfmaps::ct_set(&mut w.p, &k, &e);
+    };
+    let ack = |len: usize| a_to(OUTSIDE_IP).tcp(40000, 80, packet::TCP_ACK, &vec![7u8; len]);
+
+    // A new route to the destination (through a router on the link).
+    let route = [
+        "ip",
+        "route",
+        "replace",
+        "198.18.0.1/32",
+        "via",
+        "198.18.0.3",
+    ];
+    w.tb.ok(&w.tb.host, &route).unwrap();
+    age(&mut w);
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &ack(100));
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(packet::fields(&out).src, HOST_IP);
+    assert!(packet::checksums_ok(&out));
+    let (_, e2) = fwd(&mut w);
+    assert_eq!(
+        (e2.addr2, e2.port2),
+        (be(Ipv4Addr::new(198, 18, 0, 3)), 1500),
+        "a stale cache is looked up again: the new next hop"
+    );
+    assert_ne!(e2.fib_stamp, 0);
+    assert_eq!(k, fwd(&mut w).0);
+
+    // No route any more: the kernel answers (ICMP unreachable), the cache goes.
+    w.tb.ok(
+        &w.tb.host,
+        &["ip", "route", "replace", "unreachable", "198.18.0.1/32"],
+    )
+    .unwrap();
+    age(&mut w);
+    let data = ack(100);
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &data);
+    assert_eq!(
+        (v, out == data),
+        (tc::ACT_UNSPEC, true),
+        "to the kernel, untranslated"
+    );
+    let (_, e3) = fwd(&mut w);
+    assert_eq!(
+        (e3.addr2, e3.port2, e3.fib_stamp),
+        (0, 0, 0),
+        "nothing cached"
+    );
+
+    // The route back, a smaller MTU: a packet that no longer fits goes to
+    // the kernel with DF, one that fits leaves, and the MTU is cached.
+    w.tb.ok(&w.tb.host, &["ip", "route", "del", "198.18.0.1/32"])
+        .unwrap();
+    let (v, _) = w.run(bpf::FROM_CONTAINER, &ack(1400));
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(fwd(&mut w).1.port2, 1500);
+    w.tb.ok(&w.tb.host, &["ip", "link", "set", "eth0", "mtu", "1400"])
+        .unwrap();
+    age(&mut w);
+    let big = ack(1400);
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &big);
+    assert_eq!(
+        (v, out == big),
+        (tc::ACT_UNSPEC, true),
+        "too big now: to the kernel"
+    );
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &ack(1300));
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(packet::fields(&out).src, HOST_IP);
+    let (_, e4) = fwd(&mut w);
+    assert_eq!((e4.addr2, e4.port2), (be(OUTSIDE_IP), 1400));
+    assert_eq!(w.counter("frag_needed"), 1);
+    assert_eq!(w.drops("fib-lookup-failed"), 0);
+}
+
 /// Masquerade with every port of the range taken (10 here) by flows to
 /// one destination: a new TCP flow is refused while they are open, and
 /// takes the port of one that has closed both ways (FIN each way), as a
