@@ -351,7 +351,13 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     if net.flags & NET_INTERNAL != 0 {
         return Err(DropReason::InternalNetwork);
     }
-    if too_big(ctx, fib_mtu(rc, fib), fib.ifindex, &ip, l4.map_or(0, |l| l.hlen)) {
+    if too_big(
+        ctx,
+        fib_mtu(rc, fib),
+        fib.ifindex,
+        &ip,
+        l4.map_or(0, |l| l.hlen),
+    ) {
         return frag_needed(ctx, &ip);
     }
     let Some(l4) = l4 else {
