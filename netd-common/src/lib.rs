@@ -63,8 +63,15 @@ pub mod maps {
     /// published container ports reachable by routing to the container's
     /// address (`routed` networks, `nat` without masquerade).
     pub const DIRECT: &str = "NETD_DIRECT";
+    /// Array of [`EP_CACHE_SIZE`](super::EP_CACHE_SIZE)
+    /// [`Endpoint`](super::Endpoint)s: a direct-mapped cache of
+    /// `ENDPOINTS`, slot [`ep_cache_slot_ip`](super::ep_cache_slot_ip).
+    pub const ENDPOINTS_CACHE: &str = "NETD_EP_C";
+    /// The same for `ENDPOINTS_BY_IF`, slot
+    /// [`ep_cache_slot_if`](super::ep_cache_slot_if).
+    pub const ENDPOINTS_BY_IF_CACHE: &str = "NETD_EP_IF_C";
     /// Every map netd pins, for cleanup.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         COUNTERS,
         DROPS,
         ENDPOINTS,
@@ -79,6 +86,8 @@ pub mod maps {
         FRAGS,
         CT_NEW,
         DIRECT,
+        ENDPOINTS_CACHE,
+        ENDPOINTS_BY_IF_CACHE,
     ];
 }
 
@@ -93,6 +102,42 @@ pub const MAX_SOCKETS: u32 = 65536;
 pub const MAX_FRAGS: u32 = 8192;
 /// Recently created flows remembered as eviction candidates.
 pub const CT_NEW_QUEUE: u32 = 16384;
+
+/// Slots of the direct-mapped endpoint caches (`NETD_EP_C`,
+/// `NETD_EP_IF_C`): a power of two. An endpoint sits in its slot of each
+/// cache unless another one took it first (then the programs find it in
+/// the hash maps, which always hold every endpoint). A cache hit is an
+/// array lookup (inlined by the verifier: no call, no hashing), where a
+/// hash map lookup cost a packet about 25 ns; containers' addresses (IPAM
+/// hands them out in order) and veths' ifindexes (the kernel too) rarely
+/// share a slot.
+pub const EP_CACHE_SIZE: u32 = 4096;
+
+/// The endpoint cache slot of an IPv4 address (network order): its low
+/// bits.
+#[inline(always)]
+pub const fn ep_cache_slot_ip(ip: u32) -> u32 {
+    u32::from_be(ip) & (EP_CACHE_SIZE - 1)
+}
+
+/// The endpoint cache slot of a host veth's ifindex: its low bits.
+#[inline(always)]
+pub const fn ep_cache_slot_if(ifindex: u32) -> u32 {
+    ifindex & (EP_CACHE_SIZE - 1)
+}
+
+/// Whether a cache slot's entry is the endpoint with address `ip`
+/// (a zeroed slot is nobody's: no endpoint has ifindex 0).
+#[inline(always)]
+pub const fn ep_cached_ip(e: &Endpoint, ip: u32) -> bool {
+    e.ifindex != 0 && e.ip == ip
+}
+
+/// Whether a cache slot's entry is the endpoint on host veth `ifindex`.
+#[inline(always)]
+pub const fn ep_cached_if(e: &Endpoint, ifindex: u32) -> bool {
+    e.ifindex != 0 && e.ifindex == ifindex
+}
 
 /// Why a program dropped a packet. Values are indexes into the per-CPU
 /// `NETD_DROPS` array and are part of the on-disk (pinned) ABI: never

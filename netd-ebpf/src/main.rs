@@ -62,17 +62,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netd_common::{
-    Config, Counter, CtEntry, CtKey, DropReason, Endpoint, EndpointKey, FRAG_FROM_CONTAINER,
-    FRAG_FROM_WORLD, NET_CLUSTER, NET_DIRECT_ALL, NET_DIRECT_ICMP, NET_DIRECT_PORTS,
-    NET_FROM_NETWORKS, NET_ICC, NET_INTERNAL, NET_MASQUERADE, Network, PORT_KEY_FULL_PREFIX,
-    PortKey, ct_kind, ct_state, tc,
+    Config, Counter, CtEntry, CtKey, DropReason, Endpoint, FRAG_FROM_CONTAINER, FRAG_FROM_WORLD,
+    NET_CLUSTER, NET_DIRECT_ALL, NET_DIRECT_ICMP, NET_DIRECT_PORTS, NET_FROM_NETWORKS, NET_ICC,
+    NET_INTERNAL, NET_MASQUERADE, Network, PORT_KEY_FULL_PREFIX, PortKey, ct_kind, ct_state, tc,
 };
 
 use crate::{
     ct::Created,
-    maps::{
-        NETD_CFG, NETD_DIRECT, NETD_EP, NETD_EP_IF, NETD_LOCAL, NETD_NET, NETD_PORTS, PortLpmKey,
-    },
+    maps::{NETD_CFG, NETD_DIRECT, NETD_LOCAL, NETD_NET, NETD_PORTS, PortLpmKey},
     parse::{
         ETH_HLEN, ETH_P_ARP, ETH_P_IP, IP_DADDR_OFF, IP_SADDR_OFF, IPPROTO_ICMP, IPPROTO_TCP,
         IPPROTO_UDP, Ipv4, L4,
@@ -142,7 +139,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     // Fail closed: a veth whose endpoint (or network) the maps do not
     // know carries nothing.
     // SAFETY: map value copied out.
-    let Some(ep) = (unsafe { NETD_EP_IF.get(EndpointKey { ifindex }) }).copied() else {
+    let Some(ep) = maps::endpoint_by_if(ifindex) else {
         return Err(DropReason::NoEndpoint);
     };
     counters::endpoint_rx(&ep, len);
@@ -193,8 +190,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     if !ip.is_fragment()
         && ip.proto != IPPROTO_ICMP
         && (ip.daddr ^ ep.ip) & ep.mask == 0
-        // SAFETY: map value copied out.
-        && let Some(peer) = unsafe { NETD_EP.get(ip.daddr) }.copied()
+        && let Some(peer) = maps::endpoint(ip.daddr)
         && peer.net_id == ep.net_id
     {
         return to_peer(ctx, &ep, ep.net_flags, &peer, Some(ip.proto));
@@ -270,10 +266,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
                     }
                     // The reply of a connection a container of another
                     // network routed in: back into that container.
-                    // SAFETY: presence check only.
-                    if e.kind == ct_kind::REV_ROUTED_IN
-                        && unsafe { NETD_EP.get(ip.daddr) }.is_some()
-                    {
+                    if e.kind == ct_kind::REV_ROUTED_IN && maps::is_endpoint(ip.daddr) {
                         counters::add(Counter::RoutedOut, 1);
                         return deliver(ctx, ip.daddr);
                     }
@@ -308,8 +301,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     }
 
     // Another container (ICMP and fragments; the rest took the fast path).
-    // SAFETY: map value copied out.
-    if let Some(peer) = unsafe { NETD_EP.get(ip.daddr) }.copied() {
+    if let Some(peer) = maps::endpoint(ip.daddr) {
         if peer.net_id != ep.net_id {
             // A `routed` network takes connections routed from other
             // networks to its published container ports (and ICMP echo),
@@ -720,8 +712,7 @@ fn snat_new_flow(
 /// (Docker 28 drops those in the raw table).
 #[inline(always)]
 fn pass_world(daddr: u32) -> Result<i32, DropReason> {
-    // SAFETY: presence check only.
-    if unsafe { NETD_EP.get(daddr) }.is_some() {
+    if maps::is_endpoint(daddr) {
         return Err(DropReason::NotPublished);
     }
     Ok(tc::ACT_UNSPEC)
@@ -736,8 +727,7 @@ fn pass_world(daddr: u32) -> Result<i32, DropReason> {
 /// to a container is dropped (`nat`: Docker 28's raw-table rule).
 #[inline(always)]
 fn to_address(ctx: &TcContext, ip: &Ipv4, l4: Option<&L4>) -> Result<i32, DropReason> {
-    // SAFETY: map value copied out.
-    let Some(ep) = (unsafe { NETD_EP.get(ip.daddr) }).copied() else {
+    let Some(ep) = maps::endpoint(ip.daddr) else {
         return Ok(tc::ACT_UNSPEC);
     };
     let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
@@ -836,8 +826,7 @@ fn cluster_out(
     ifindex: u32,
     cfg: &Config,
 ) -> Result<Option<i32>, DropReason> {
-    // SAFETY: presence check only.
-    if unsafe { NETD_EP.get(ip.daddr) }.is_some() {
+    if maps::is_endpoint(ip.daddr) {
         return Ok(None);
     }
     let mut buf = MaybeUninit::uninit();
@@ -922,8 +911,7 @@ fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
     // untracked (fragments too).
     if let Some(cfg) = config()
         && cfg.in_cluster(ip.saddr)
-        // SAFETY: map value copied out.
-        && let Some(ep) = unsafe { NETD_EP.get(ip.daddr) }.copied()
+        && let Some(ep) = maps::endpoint(ip.daddr)
         && network(ep.net_id).is_some_and(|n| n.flags & NET_CLUSTER != 0)
     {
         counters::add(Counter::ClusterIn, 1);
@@ -983,8 +971,7 @@ fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(t) = published(ip.proto, ip.daddr, l4.dport) else {
         return to_address(ctx, &ip, Some(&l4));
     };
-    // SAFETY: map value copied out.
-    let Some(ep) = (unsafe { NETD_EP.get(t.container_ip) }).copied() else {
+    let Some(ep) = maps::endpoint(t.container_ip) else {
         return pass_world(ip.daddr);
     };
     let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
@@ -1080,8 +1067,7 @@ fn hairpin_new_flow(
     from: &Endpoint,
 ) -> Result<i32, DropReason> {
     let cfg = config().ok_or(DropReason::Unsupported)?;
-    // SAFETY: map value copied out.
-    let Some(target) = (unsafe { NETD_EP.get(t.container_ip) }).copied() else {
+    let Some(target) = maps::endpoint(t.container_ip) else {
         return Ok(tc::ACT_UNSPEC);
     };
     let tnet = network(target.net_id).ok_or(DropReason::NoEndpoint)?;
@@ -1190,8 +1176,7 @@ fn to_container(
 /// match.
 #[inline(always)]
 fn deliver(ctx: &TcContext, addr: u32) -> Result<i32, DropReason> {
-    // SAFETY: map value copied out.
-    let Some(ep) = (unsafe { NETD_EP.get(addr) }).copied() else {
+    let Some(ep) = maps::endpoint(addr) else {
         return Err(DropReason::NoEndpoint);
     };
     deliver_ep(ctx, &ep)

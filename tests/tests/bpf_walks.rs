@@ -144,6 +144,107 @@ fn forward_same_network_redirects_to_the_peer_unchanged() {
     );
 }
 
+/// The endpoint caches (direct-mapped arrays in front of the endpoint
+/// hash maps): endpoints that share a slot with another are found in the
+/// hash maps all the same, by address (a peer on the fast path, a flow's
+/// delivery) and by veth (the sender's own checks, anti-spoofing
+/// included); a removed endpoint leaves its slot and gets nothing.
+#[test]
+fn endpoints_sharing_a_cache_slot_are_found_all_the_same() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    let a = Endpoint {
+        ifindex: LO,
+        net_id: 1,
+        ip: be(A_IP),
+        mac: A_MAC,
+        gw_mac: GW_MAC,
+        ..Endpoint::default()
+    };
+    // X takes A's veth slot (ifindex 1 + the cache size) before A is
+    // written again: A is in the hash map only.
+    bpfmaps::remove_endpoint(&mut w.p, &a);
+    let x = Endpoint {
+        ifindex: LO + netd_common::EP_CACHE_SIZE,
+        net_id: 1,
+        ip: be(Ipv4Addr::new(172, 17, 0, 50)),
+        mac: [2, 0x42, 0, 0, 0, 0x50],
+        gw_mac: GW_MAC,
+        ..Endpoint::default()
+    };
+    bpfmaps::add_endpoint(&mut w.p, x);
+    bpfmaps::add_endpoint(&mut w.p, a);
+    // C shares B's address slot (the low 12 bits: 172.17.16.3 and
+    // 172.17.0.3), B holds it.
+    const C_IP: Ipv4Addr = Ipv4Addr::new(172, 17, 16, 3);
+    const C_VETH: u32 = 5151;
+    bpfmaps::add_endpoint(
+        &mut w.p,
+        Endpoint {
+            ifindex: C_VETH,
+            net_id: 1,
+            ip: be(C_IP),
+            mac: [2, 0x42, 172, 17, 16, 3],
+            gw_mac: GW_MAC,
+            ..Endpoint::default()
+        },
+    );
+    let (by_ip, by_if) = bpfmaps::ep_cache_slots(&mut w.p, C_IP, LO);
+    assert_eq!(
+        (by_ip.ip, by_if.ifindex),
+        (be(B_IP), x.ifindex),
+        "both slots taken by others"
+    );
+
+    let to = |dst: Ipv4Addr| a_to(dst).tcp(40000, 80, packet::TCP_ACK, b"x");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &to(C_IP)).0, tc::ACT_REDIRECT);
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &to(B_IP)).0, tc::ACT_REDIRECT);
+    assert_eq!(bpfmaps::endpoint_stats(&mut w.p, C_VETH).tx_packets, 1);
+    assert_eq!(bpfmaps::endpoint_stats(&mut w.p, B_VETH).tx_packets, 1);
+    assert_eq!(
+        bpfmaps::endpoint_stats(&mut w.p, LO).rx_packets,
+        2,
+        "A's own slot: its counters"
+    );
+    // A's checks come from the hash map: a spoofed source is dropped.
+    let spoofed = Frame {
+        src: Ipv4Addr::new(172, 17, 0, 50),
+        ..a_to(B_IP)
+    }
+    .tcp(40000, 80, packet::TCP_ACK, b"x");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &spoofed).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("spoofed-source"), 1);
+    // A flow into C (a published port) is delivered through the hash map.
+    bpfmaps::add_ports(&mut w.p, 6, Ipv4Addr::UNSPECIFIED, 8080, 8080, C_IP, 80);
+    let (v, out) = w.run(
+        bpf::FROM_WORLD,
+        &world_to_host().tcp(5555, 8080, TCP_SYN, b""),
+    );
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(packet::fields(&out).dst, C_IP);
+    assert_eq!(bpfmaps::endpoint_stats(&mut w.p, C_VETH).tx_packets, 2);
+
+    // B goes: its slot is freed, C is still found; B gets nothing.
+    let b = bpfmaps::ep_cache_slots(&mut w.p, B_IP, B_VETH).0;
+    bpfmaps::remove_endpoint(&mut w.p, &b);
+    assert_eq!(
+        bpfmaps::ep_cache_slots(&mut w.p, C_IP, LO).0,
+        Endpoint::default()
+    );
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &to(C_IP)).0, tc::ACT_REDIRECT);
+    assert_eq!(bpfmaps::endpoint_stats(&mut w.p, C_VETH).tx_packets, 3);
+    // (Its address is nobody's now: the packet takes the full walk, here
+    // the default route.)
+    let forwarded = w.counter("forwarded");
+    w.run(bpf::FROM_CONTAINER, &to(B_IP));
+    assert_eq!(
+        w.counter("forwarded"),
+        forwarded,
+        "a removed endpoint gets nothing"
+    );
+    assert_eq!(bpfmaps::endpoint_stats(&mut w.p, B_VETH).tx_packets, 1);
+}
+
 /// The same-network fast path (TCP/UDP, not fragmented): redirected
 /// byte for byte (checksums as they came, whether complete or not), no
 /// conntrack entry, counted like the full walk counts (packets, bytes,
