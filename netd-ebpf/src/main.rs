@@ -1159,8 +1159,13 @@ fn to_container(
     } else if !l4.hdr {
         counters::add(Counter::Fragments, 1);
     }
-    nat::translate(ctx, ip, l4, false, addr, port)?;
-    deliver(ctx, addr)
+    let Some(ep) = maps::endpoint(addr) else {
+        return Err(DropReason::NoEndpoint);
+    };
+    nat::translate_into(ctx, ip, l4, addr, port, &ep.gw_mac, &ep.mac)?;
+    counters::endpoint_tx(&ep, ctx.len());
+    // SAFETY: helper call.
+    Ok(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32)
 }
 
 /// Delivers an already translated packet into the container that has

@@ -777,6 +777,17 @@ fn dnat_to_a_published_range_then_reverse_dnat() {
     );
     assert_eq!((f.dst_mac, f.src_mac), (A_MAC, GW_MAC));
     assert!(packet::checksums_ok(&out));
+    // Everything else as it came (the MACs, the destination and its
+    // checksums go back in one store, the rest of the header rebuilt).
+    assert_eq!(
+        out[12..24],
+        syn[12..24],
+        "EtherType, IPv4 header to the checksum"
+    );
+    assert_eq!(out[26..30], syn[26..30], "source address");
+    assert_eq!(out[34..36], syn[34..36], "source port");
+    assert_eq!(out[38..50], syn[38..50], "the TCP header to its checksum");
+    assert_eq!(out[52..], syn[52..], "and after it");
     let ct = bpfmaps::ct(&mut w.p);
     assert!(
         ct.iter()
