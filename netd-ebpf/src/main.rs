@@ -196,9 +196,14 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         return to_peer(ctx, &ep, ep.net_flags, &peer, Some(ip.proto));
     }
     counters::add(Counter::FromContainerIpv4, 1);
-    let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
+    // Until a new flow is decided, the endpoint's copy of its network's
+    // flags decides, as on the fast path (userspace writes an endpoint
+    // after its network and removes it before): an established flow
+    // costs no NETD_NET lookup. Anything new needs the network itself
+    // (below: fail closed).
+    let flags = ep.net_flags;
     // A pod's traffic to another node's pod: untranslated, untracked.
-    if net.flags & NET_CLUSTER != 0
+    if flags & NET_CLUSTER != 0
         && let Some(cfg) = config()
         && cfg.in_cluster(ip.daddr)
         && let Some(v) = cluster_out(ctx, &ip, ifindex, &cfg)?
@@ -226,7 +231,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
             if e.container_ip != ep.ip {
                 return Err(DropReason::SpoofedSource);
             }
-            if net.flags & NET_INTERNAL != 0 {
+            if flags & NET_INTERNAL != 0 {
                 return Err(DropReason::InternalNetwork);
             }
             let (out, _) = egress_to_world(ctx, &ip, 0, e.addr)?;
@@ -261,7 +266,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
                     return hairpin_rewrite(ctx, &ip, l4, &e);
                 }
                 ct_kind::SNAT | ct_kind::REV_DNAT | ct_kind::ROUTED | ct_kind::REV_ROUTED_IN => {
-                    if net.flags & NET_INTERNAL != 0 {
+                    if flags & NET_INTERNAL != 0 {
                         return Err(DropReason::InternalNetwork);
                     }
                     // The reply of a connection a container of another
@@ -283,6 +288,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         }
     }
 
+    let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
     // A host address's published port (hairpin): translated both ways
     // and delivered straight into the target container.
     if let Some(l4) = &l4
