@@ -32,6 +32,7 @@
 mod counters;
 mod ct;
 mod ct6;
+mod fast;
 mod frag;
 mod icmp;
 mod maps;
@@ -86,6 +87,9 @@ pub fn from_container(ctx: TcContext) -> i32 {
     // verifier allows tail calls in a program's main function only).
     if v6::is_ipv6(&ctx) {
         return v6::jump(&ctx, v6::JMP_FROM_CONTAINER6);
+    }
+    if let Some(verdict) = fast::same_network(&ctx) {
+        return verdict;
     }
     match try_from_container(&ctx) {
         Ok(verdict) => verdict,

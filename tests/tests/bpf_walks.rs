@@ -245,6 +245,46 @@ fn endpoints_sharing_a_cache_slot_are_found_all_the_same() {
     assert_eq!(bpfmaps::endpoint_stats(&mut w.p, B_VETH).tx_packets, 1);
 }
 
+/// What the compact fast path at the top of `from_container` declines
+/// (IPv4 options, a 0.0.0.0 source, icc=false) the full walk decides as
+/// before, and a packet is counted once whichever of the two forwards it.
+#[test]
+fn the_full_walk_takes_what_the_compact_fast_path_declines() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    let to_b = |f: Frame| {
+        Frame {
+            dst_mac: B_MAC,
+            ..f
+        }
+        .tcp(40000, 80, packet::TCP_ACK, b"x")
+    };
+    let plain = to_b(a_to(B_IP));
+    let opts = packet::with_ip_options(&plain, &[7, 3, 4, 0]);
+    let zero = to_b(Frame {
+        src: Ipv4Addr::UNSPECIFIED,
+        ..a_to(B_IP)
+    });
+    for (n, f) in [&plain, &opts, &zero].into_iter().enumerate() {
+        let (v, out) = w.run(bpf::FROM_CONTAINER, f);
+        assert_eq!(
+            (v, &out),
+            (tc::ACT_REDIRECT, f),
+            "frame {n}: to B unchanged"
+        );
+    }
+    assert_eq!(w.counter("forwarded"), 3);
+    assert_eq!(w.counter("from_container.packets"), 3);
+    assert_eq!(w.counter("from_container.tcp"), 3);
+    assert_eq!(bpfmaps::endpoint_stats(&mut w.p, LO).rx_packets, 3);
+    assert_eq!(bpfmaps::endpoint_stats(&mut w.p, B_VETH).tx_packets, 3);
+    // icc=false: dropped and counted by the full walk.
+    let mut w = setup(NET_MASQUERADE, 1, 1024);
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &plain).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("icc-denied"), 1);
+    assert_eq!(w.counter("from_container.packets"), 1);
+}
+
 /// The same-network fast path (TCP/UDP, not fragmented): redirected
 /// byte for byte (checksums as they came, whether complete or not), no
 /// conntrack entry, counted like the full walk counts (packets, bytes,
