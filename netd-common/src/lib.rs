@@ -63,8 +63,15 @@ pub mod maps {
     /// published container ports reachable by routing to the container's
     /// address (`routed` networks, `nat` without masquerade).
     pub const DIRECT: &str = "NETD_DIRECT";
+    /// Array of [`EP_CACHE_SIZE`](super::EP_CACHE_SIZE)
+    /// [`Endpoint`](super::Endpoint)s: a direct-mapped cache of
+    /// `ENDPOINTS`, slot [`ep_cache_slot_ip`](super::ep_cache_slot_ip).
+    pub const ENDPOINTS_CACHE: &str = "NETD_EP_C";
+    /// The same for `ENDPOINTS_BY_IF`, slot
+    /// [`ep_cache_slot_if`](super::ep_cache_slot_if).
+    pub const ENDPOINTS_BY_IF_CACHE: &str = "NETD_EP_IF_C";
     /// Every map netd pins, for cleanup.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 16] = [
         COUNTERS,
         DROPS,
         ENDPOINTS,
@@ -79,6 +86,8 @@ pub mod maps {
         FRAGS,
         CT_NEW,
         DIRECT,
+        ENDPOINTS_CACHE,
+        ENDPOINTS_BY_IF_CACHE,
     ];
 }
 
@@ -93,6 +102,42 @@ pub const MAX_SOCKETS: u32 = 65536;
 pub const MAX_FRAGS: u32 = 8192;
 /// Recently created flows remembered as eviction candidates.
 pub const CT_NEW_QUEUE: u32 = 16384;
+
+/// Slots of the direct-mapped endpoint caches (`NETD_EP_C`,
+/// `NETD_EP_IF_C`): a power of two. An endpoint sits in its slot of each
+/// cache unless another one took it first (then the programs find it in
+/// the hash maps, which always hold every endpoint). A cache hit is an
+/// array lookup (inlined by the verifier: no call, no hashing), where a
+/// hash map lookup cost a packet about 25 ns; containers' addresses (IPAM
+/// hands them out in order) and veths' ifindexes (the kernel too) rarely
+/// share a slot.
+pub const EP_CACHE_SIZE: u32 = 4096;
+
+/// The endpoint cache slot of an IPv4 address (network order): its low
+/// bits.
+#[inline(always)]
+pub const fn ep_cache_slot_ip(ip: u32) -> u32 {
+    u32::from_be(ip) & (EP_CACHE_SIZE - 1)
+}
+
+/// The endpoint cache slot of a host veth's ifindex: its low bits.
+#[inline(always)]
+pub const fn ep_cache_slot_if(ifindex: u32) -> u32 {
+    ifindex & (EP_CACHE_SIZE - 1)
+}
+
+/// Whether a cache slot's entry is the endpoint with address `ip`
+/// (a zeroed slot is nobody's: no endpoint has ifindex 0).
+#[inline(always)]
+pub const fn ep_cached_ip(e: &Endpoint, ip: u32) -> bool {
+    e.ifindex != 0 && e.ip == ip
+}
+
+/// Whether a cache slot's entry is the endpoint on host veth `ifindex`.
+#[inline(always)]
+pub const fn ep_cached_if(e: &Endpoint, ifindex: u32) -> bool {
+    e.ifindex != 0 && e.ifindex == ifindex
+}
 
 /// Why a program dropped a packet. Values are indexes into the per-CPU
 /// `NETD_DROPS` array and are part of the on-disk (pinned) ABI: never
@@ -525,6 +570,13 @@ pub mod ct_kind {
     pub const ROUTED_IN: u8 = 9;
     /// The container's side of a ROUTED_IN flow: sent back untranslated.
     pub const REV_ROUTED_IN: u8 = 10;
+
+    /// Kinds whose packets leave by the uplink (a FIB lookup + redirect),
+    /// the entries that cache their FIB result (`CtEntry::addr2`).
+    #[inline(always)]
+    pub const fn leaves_by_uplink(kind: u8) -> bool {
+        matches!(kind, SNAT | REV_DNAT | ROUTED | REV_ROUTED_IN)
+    }
 }
 
 /// Conntrack states, for timeouts.
@@ -558,45 +610,71 @@ pub struct CtEntry {
     /// remove a container's or a port's entries.
     pub container_ip: u32,
     /// Hairpin kinds: the source to write (network order / host order).
+    /// Kinds that leave by the uplink (SNAT, REV_DNAT, ROUTED,
+    /// REV_ROUTED_IN; see [`ct_kind::leaves_by_uplink`]): the flow's
+    /// cached FIB result, the next hop (network order) and the uplink's
+    /// MTU, valid while `fib_stamp` is the current [`fib_stamp`] (0: none;
+    /// entries older netds wrote have zeros here).
     pub addr2: u32,
     pub port2: u16,
-    pub _pad: u16,
+    /// See `addr2`: when the cached FIB result was looked up.
+    pub fib_stamp: u16,
 }
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);
 
+/// The coarse clock's ns (CLOCK_MONOTONIC) bits below a FIB cache stamp's
+/// unit: 2^30 ns, about 1.07 s.
+pub const FIB_STAMP_SHIFT: u32 = 30;
+
+/// The FIB cache stamp of `now_ns` (CLOCK_MONOTONIC): its unit of about
+/// 1.07 s, never 0 (0 is "nothing cached"). It wraps after about 19.5
+/// hours; a cached result is only used by a flow that had a packet in
+/// the last unit too (see the eBPF `fib_cached`), so a wrapped stamp
+/// never passes for a fresh one.
+#[inline(always)]
+pub const fn fib_stamp(now_ns: u64) -> u16 {
+    let s = (now_ns >> FIB_STAMP_SHIFT) as u16;
+    if s == 0 { 1 } else { s }
+}
+
 impl CtKey {
+    /// A key with its padding zeroed. Built from four words: a `[0; 3]`
+    /// padding field is zeroed by a call to `memset` in the eBPF build
+    /// (bpf-linker expands memcpy in order, never memset), a byte loop
+    /// behind a BPF-to-BPF call on every packet that builds a key.
+    #[inline(always)]
+    pub const fn new(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
+        let [s0, s1] = sport.to_ne_bytes();
+        let [d0, d1] = dport.to_ne_bytes();
+        let w = [
+            saddr,
+            daddr,
+            u32::from_ne_bytes([s0, s1, d0, d1]),
+            u32::from_ne_bytes([proto, 0, 0, 0]),
+        ];
+        // SAFETY: CtKey is repr(C), 16 bytes without padding holes (the
+        // size assertion above; bytemuck's Pod derive proves it for the
+        // user build), and every bit pattern is a valid CtKey; the words
+        // hold its fields at their offsets in native byte order.
+        unsafe { core::mem::transmute::<[u32; 4], CtKey>(w) }
+    }
+
     /// The key under which the other direction of a flow is stored, given
     /// this key and its entry's rewrite (addr, port).
+    #[inline(always)]
     pub const fn reverse(&self, e: &CtEntry) -> CtKey {
         match e.kind {
             // Both rewritten: the reply comes from (addr, port) to (addr2, port2).
-            ct_kind::HAIRPIN | ct_kind::REV_HAIRPIN => CtKey {
-                saddr: e.addr,
-                daddr: e.addr2,
-                sport: e.port,
-                dport: e.port2,
-                proto: self.proto,
-                _pad: [0; 3],
-            },
+            ct_kind::HAIRPIN | ct_kind::REV_HAIRPIN => {
+                CtKey::new(e.addr, e.addr2, e.port, e.port2, self.proto)
+            }
             // Source rewritten (or kept, for ROUTED and REV_ROUTED_IN): the
             // reply comes from daddr to (addr, port).
-            ct_kind::SNAT | ct_kind::REV_DNAT | ct_kind::ROUTED | ct_kind::REV_ROUTED_IN => CtKey {
-                saddr: self.daddr,
-                daddr: e.addr,
-                sport: self.dport,
-                dport: e.port,
-                proto: self.proto,
-                _pad: [0; 3],
-            },
+            ct_kind::SNAT | ct_kind::REV_DNAT | ct_kind::ROUTED | ct_kind::REV_ROUTED_IN => {
+                CtKey::new(self.daddr, e.addr, self.dport, e.port, self.proto)
+            }
             // Destination rewritten: the reply comes from (addr, port).
-            _ => CtKey {
-                saddr: e.addr,
-                daddr: self.saddr,
-                sport: e.port,
-                dport: self.sport,
-                proto: self.proto,
-                _pad: [0; 3],
-            },
+            _ => CtKey::new(e.addr, self.saddr, e.port, self.sport, self.proto),
         }
     }
 }
@@ -686,4 +764,27 @@ mod user {
     unsafe impl aya::Pod for SockOrig {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragPorts {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `CtKey::new` (built from words) is the struct with its fields set
+    /// and its padding zero.
+    #[test]
+    fn ct_key_new_is_the_struct() {
+        let k = CtKey::new(0x0102_0304, 0x0a0b_0c0d, 40000, 80, 6);
+        assert_eq!(
+            k,
+            CtKey {
+                saddr: 0x0102_0304,
+                daddr: 0x0a0b_0c0d,
+                sport: 40000,
+                dport: 80,
+                proto: 6,
+                _pad: [0; 3],
+            }
+        );
+    }
 }

@@ -8,7 +8,7 @@ use netd_common::{Counter, Counters, DropReason, Endpoint, tc};
 use crate::maps::NETD_EP_STATS;
 
 #[btf_map]
-static NETD_COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
+pub static NETD_COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 
 #[btf_map]
 static NETD_DROPS: PerCpuArray<u64, { DropReason::COUNT as usize }> = PerCpuArray::new();

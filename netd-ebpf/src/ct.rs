@@ -4,7 +4,9 @@
 use aya_ebpf::{
     bindings::BPF_EXIST, bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns,
 };
-use netd_common::{Counter, CtEntry, CtKey, DropReason, ct_kind, ct_state};
+use netd_common::{
+    Counter, CtEntry, CtKey, DropReason, FIB_STAMP_SHIFT, ct_kind, ct_state, fib_stamp,
+};
 
 use crate::{
     counters,
@@ -19,14 +21,7 @@ const EVICT_TRIES: u32 = 8;
 
 #[inline(always)]
 pub fn key(saddr: u32, daddr: u32, proto: u8, l4: &L4) -> CtKey {
-    CtKey {
-        saddr,
-        daddr,
-        sport: l4.sport,
-        dport: l4.dport,
-        proto,
-        _pad: [0; 3],
-    }
+    CtKey::new(saddr, daddr, l4.sport, l4.dport, proto)
 }
 
 /// Entries holding the reply direction of a flow.
@@ -47,7 +42,7 @@ fn is_reply_kind(kind: u8) -> bool {
 /// ESTABLISHED, a FIN closes this direction, an RST the whole flow); other
 /// protocols become ESTABLISHED when their reply direction is seen.
 #[inline(always)]
-pub fn lookup(key: &CtKey, l4: &L4) -> Option<CtEntry> {
+pub fn lookup(key: &CtKey, l4: &L4) -> Option<Hit> {
     let p = NETD_CT.get_ptr_mut(key)?;
     // SAFETY: a valid map value pointer; concurrent updates of these
     // fields are benign (last writer wins).
@@ -55,7 +50,8 @@ pub fn lookup(key: &CtKey, l4: &L4) -> Option<CtEntry> {
         // Written only when the (tick-resolution) clock moved: the entry's
         // cache line stays clean for most packets.
         let now = now();
-        if (*p).last_seen != now {
+        let prev_seen = (*p).last_seen;
+        if prev_seen != now {
             (*p).last_seen = now;
         }
         if key.proto == IPPROTO_TCP {
@@ -78,7 +74,56 @@ pub fn lookup(key: &CtKey, l4: &L4) -> Option<CtEntry> {
         } else if (*p).state == ct_state::NEW && is_reply_kind((*p).kind) {
             (*p).state = ct_state::ESTABLISHED;
         }
-        Some(*p)
+        Some(Hit {
+            e: *p,
+            prev_seen,
+            now,
+        })
+    }
+}
+
+/// A conntrack hit: the entry (refreshed), when the flow's previous
+/// packet in this direction was seen, and now (coarse clock).
+pub struct Hit {
+    pub e: CtEntry,
+    pub prev_seen: u64,
+    pub now: u64,
+}
+
+/// The next hop and MTU a flow leaving by the uplink cached (`CtEntry`'s
+/// `addr2`/`port2`), if still valid: looked up in the current stamp unit
+/// (about 1.07 s: a route change reaches established flows within that),
+/// by a flow whose previous packet came within one unit (so a stamp that
+/// wrapped, after about 19.5 hours, never passes for a fresh one: a flow
+/// with packets that close together refreshed its stamp on the way).
+#[inline(always)]
+pub fn fib_cached(hit: &Hit) -> Option<(u32, u32)> {
+    let e = &hit.e;
+    if e.fib_stamp != 0
+        && e.port2 != 0
+        && e.fib_stamp == fib_stamp(hit.now)
+        && hit.now.wrapping_sub(hit.prev_seen) < 1 << FIB_STAMP_SHIFT
+    {
+        Some((e.addr2, u32::from(e.port2)))
+    } else {
+        None
+    }
+}
+
+/// Caches a flow's FIB result (next hop `nh`, egress MTU `mtu`; 0 and 0:
+/// nothing, the flow looks up again) in its entry at `key`.
+#[inline(always)]
+pub fn fib_store(key: &CtKey, now: u64, nh: u32, mtu: u32) {
+    if let Some(p) = NETD_CT.get_ptr_mut(key) {
+        // SAFETY: a valid map value pointer; a concurrent writer stores
+        // the same lookup's result (or clears it).
+        unsafe {
+            if ct_kind::leaves_by_uplink((*p).kind) {
+                (*p).addr2 = nh;
+                (*p).port2 = mtu as u16;
+                (*p).fib_stamp = if mtu == 0 { 0 } else { fib_stamp(now) };
+            }
+        }
     }
 }
 

@@ -90,14 +90,7 @@ impl Inner {
     /// sent; the error travels back along the flow).
     #[inline(always)]
     pub fn reply_key(&self) -> CtKey {
-        CtKey {
-            saddr: self.daddr,
-            daddr: self.saddr,
-            sport: self.dport,
-            dport: self.sport,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
+        CtKey::new(self.daddr, self.saddr, self.dport, self.sport, self.proto)
     }
 
     #[inline(always)]

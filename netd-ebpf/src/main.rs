@@ -32,6 +32,7 @@
 mod counters;
 mod ct;
 mod ct6;
+mod fast;
 mod frag;
 mod icmp;
 mod maps;
@@ -43,6 +44,8 @@ mod parse6;
 mod probe;
 mod sock;
 mod v6;
+
+use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{
@@ -60,17 +63,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netd_common::{
-    Config, Counter, CtEntry, CtKey, DropReason, Endpoint, EndpointKey, FRAG_FROM_CONTAINER,
-    FRAG_FROM_WORLD, NET_CLUSTER, NET_DIRECT_ALL, NET_DIRECT_ICMP, NET_DIRECT_PORTS,
-    NET_FROM_NETWORKS, NET_ICC, NET_INTERNAL, NET_MASQUERADE, Network, PORT_KEY_FULL_PREFIX,
-    PortKey, ct_kind, ct_state, tc,
+    Config, Counter, CtEntry, CtKey, DropReason, Endpoint, FRAG_FROM_CONTAINER, FRAG_FROM_WORLD,
+    NET_CLUSTER, NET_DIRECT_ALL, NET_DIRECT_ICMP, NET_DIRECT_PORTS, NET_FROM_NETWORKS, NET_ICC,
+    NET_INTERNAL, NET_MASQUERADE, Network, PORT_KEY_FULL_PREFIX, PortKey, ct_kind, ct_state, tc,
 };
 
 use crate::{
     ct::Created,
-    maps::{
-        NETD_CFG, NETD_DIRECT, NETD_EP, NETD_EP_IF, NETD_LOCAL, NETD_NET, NETD_PORTS, PortLpmKey,
-    },
+    maps::{NETD_CFG, NETD_DIRECT, NETD_LOCAL, NETD_NET, NETD_PORTS, PortLpmKey},
     parse::{
         ETH_HLEN, ETH_P_ARP, ETH_P_IP, IP_DADDR_OFF, IP_SADDR_OFF, IPPROTO_ICMP, IPPROTO_TCP,
         IPPROTO_UDP, Ipv4, L4,
@@ -87,6 +87,9 @@ pub fn from_container(ctx: TcContext) -> i32 {
     // verifier allows tail calls in a program's main function only).
     if v6::is_ipv6(&ctx) {
         return v6::jump(&ctx, v6::JMP_FROM_CONTAINER6);
+    }
+    if let Some(verdict) = fast::same_network(&ctx) {
+        return verdict;
     }
     match try_from_container(&ctx) {
         Ok(verdict) => verdict,
@@ -140,7 +143,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     // Fail closed: a veth whose endpoint (or network) the maps do not
     // know carries nothing.
     // SAFETY: map value copied out.
-    let Some(ep) = (unsafe { NETD_EP_IF.get(EndpointKey { ifindex }) }).copied() else {
+    let Some(ep) = maps::endpoint_by_if(ifindex) else {
         return Err(DropReason::NoEndpoint);
     };
     counters::endpoint_rx(&ep, len);
@@ -195,16 +198,20 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     if !ip.is_fragment()
         && ip.proto != IPPROTO_ICMP
         && (ip.daddr ^ ep.ip) & ep.mask == 0
-        // SAFETY: map value copied out.
-        && let Some(peer) = unsafe { NETD_EP.get(ip.daddr) }.copied()
+        && let Some(peer) = maps::endpoint(ip.daddr)
         && peer.net_id == ep.net_id
     {
         return to_peer(ctx, &ep, ep.net_flags, &peer, Some(ip.proto));
     }
     counters::add(Counter::FromContainerIpv4, 1);
-    let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
+    // Until a new flow is decided, the endpoint's copy of its network's
+    // flags decides, as on the fast path (userspace writes an endpoint
+    // after its network and removes it before): an established flow
+    // costs no NETD_NET lookup. Anything new needs the network itself
+    // (below: fail closed).
+    let flags = ep.net_flags;
     // A pod's traffic to another node's pod: untranslated, untracked.
-    if net.flags & NET_CLUSTER != 0
+    if flags & NET_CLUSTER != 0
         && let Some(cfg) = config()
         && cfg.in_cluster(ip.daddr)
         && let Some(v) = cluster_out(ctx, &ip, ifindex, &cfg)?
@@ -232,10 +239,10 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
             if e.container_ip != ep.ip {
                 return Err(DropReason::SpoofedSource);
             }
-            if net.flags & NET_INTERNAL != 0 {
+            if flags & NET_INTERNAL != 0 {
                 return Err(DropReason::InternalNetwork);
             }
-            let out = egress_to_world(ctx, &ip, 0, e.addr)?;
+            let (out, _) = egress_to_world(ctx, &ip, 0, e.addr)?;
             if let Egress::Kernel = out {
                 return Ok(tc::ACT_UNSPEC);
             }
@@ -260,25 +267,23 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         }
         // A flow netd tracks already.
         let key = ct::key(ip.saddr, ip.daddr, ip.proto, l4);
-        if let Some(e) = ct::lookup(&key, l4) {
+        if let Some(hit) = ct::lookup(&key, l4) {
+            let e = hit.e;
             match e.kind {
                 ct_kind::HAIRPIN | ct_kind::REV_HAIRPIN => {
                     return hairpin_rewrite(ctx, &ip, l4, &e);
                 }
                 ct_kind::SNAT | ct_kind::REV_DNAT | ct_kind::ROUTED | ct_kind::REV_ROUTED_IN => {
-                    if net.flags & NET_INTERNAL != 0 {
+                    if flags & NET_INTERNAL != 0 {
                         return Err(DropReason::InternalNetwork);
                     }
                     // The reply of a connection a container of another
                     // network routed in: back into that container.
-                    // SAFETY: presence check only.
-                    if e.kind == ct_kind::REV_ROUTED_IN
-                        && unsafe { NETD_EP.get(ip.daddr) }.is_some()
-                    {
+                    if e.kind == ct_kind::REV_ROUTED_IN && maps::is_endpoint(ip.daddr) {
                         counters::add(Counter::RoutedOut, 1);
                         return deliver(ctx, ip.daddr);
                     }
-                    return out_to_world(ctx, &ip, l4, &e);
+                    return out_to_world(ctx, &ip, l4, &e, &key, Some(&hit));
                 }
                 // A connection this container routed to a `routed`
                 // network's container.
@@ -291,6 +296,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         }
     }
 
+    let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
     // A host address's published port (hairpin): translated both ways
     // and delivered straight into the target container.
     if let Some(l4) = &l4
@@ -309,8 +315,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     }
 
     // Another container (ICMP and fragments; the rest took the fast path).
-    // SAFETY: map value copied out.
-    if let Some(peer) = unsafe { NETD_EP.get(ip.daddr) }.copied() {
+    if let Some(peer) = maps::endpoint(ip.daddr) {
         if peer.net_id != ep.net_id {
             // A `routed` network takes connections routed from other
             // networks to its published container ports (and ICMP echo),
@@ -334,8 +339,9 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     // Somewhere else: the host itself (pass), the world (masquerade), or
     // another network (isolation).
     let cfg = config().ok_or(DropReason::Unsupported)?;
-    let mut fib = fib_params(&ip, ifindex);
-    let rc = fib_lookup(ctx, &mut fib);
+    let mut buf = MaybeUninit::uninit();
+    let fib = fib_params(&mut buf, &ip, ip.saddr, ifindex);
+    let rc = fib_lookup(ctx, fib);
     match rc {
         BPF_FIB_LKUP_RET_NOT_FWDED => return Ok(tc::ACT_UNSPEC),
         // No route: the kernel drops it and answers (ICMP unreachable).
@@ -351,14 +357,20 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     if net.flags & NET_INTERNAL != 0 {
         return Err(DropReason::InternalNetwork);
     }
-    if too_big(ctx, rc, &fib, &ip, l4.map_or(0, |l| l.hlen)) {
+    if too_big(
+        ctx,
+        fib_mtu(rc, fib),
+        fib.ifindex,
+        &ip,
+        l4.map_or(0, |l| l.hlen),
+    ) {
         return frag_needed(ctx, &ip);
     }
     let Some(l4) = l4 else {
         if net.flags & NET_MASQUERADE == 0 {
             // Untracked protocols leave as they are (their replies are
             // not let in: nothing tracks them).
-            return redirect_neigh(cfg.uplink_ifindex, next_hop(&fib));
+            return redirect_neigh(cfg.uplink_ifindex, next_hop(fib));
         }
         return Err(DropReason::Unsupported);
     };
@@ -366,7 +378,8 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         return Err(DropReason::FragmentUnknown);
     }
     let e = snat_new_flow(&ip, &l4, &cfg, &ep, net.flags & NET_MASQUERADE != 0)?;
-    out_to_world(ctx, &ip, &l4, &e)
+    let key = ct::key(ip.saddr, ip.daddr, ip.proto, &l4);
+    out_to_world(ctx, &ip, &l4, &e, &key, None)
 }
 
 /// Container -> container: another network is isolated, icc=false
@@ -419,41 +432,81 @@ impl Egress {
 /// The FIB's egress for a packet that will leave with source `new_saddr`,
 /// and whether it fits there: a packet that does not is handed to the
 /// kernel untranslated (DF set, see `frag_needed`), never sent out as it is
-/// nor dropped silently.
+/// nor dropped silently. With it, what a flow may cache of the lookup
+/// (next hop, MTU): a successful lookup whose egress is the uplink.
 #[inline(always)]
 fn egress_to_world(
     ctx: &TcContext,
     ip: &Ipv4,
     l4_hlen: u32,
     new_saddr: u32,
-) -> Result<Egress, DropReason> {
+) -> Result<(Egress, Option<(u32, u32)>), DropReason> {
     let cfg = config().ok_or(DropReason::Unsupported)?;
-    let mut fib = fib_params(ip, cfg.uplink_ifindex);
-    fib.__bindgen_anon_3.ipv4_src = new_saddr;
-    match fib_lookup(ctx, &mut fib) {
+    let mut buf = MaybeUninit::uninit();
+    let fib = fib_params(&mut buf, ip, new_saddr, cfg.uplink_ifindex);
+    match fib_lookup(ctx, fib) {
         rc @ (BPF_FIB_LKUP_RET_SUCCESS
         | BPF_FIB_LKUP_RET_NO_NEIGH
         | BPF_FIB_LKUP_RET_FRAG_NEEDED) => {
-            if too_big(ctx, rc, &fib, ip, l4_hlen) {
+            let mtu = fib_mtu(rc, fib);
+            if too_big(ctx, mtu, fib.ifindex, ip, l4_hlen) {
                 frag_needed(ctx, ip)?;
-                return Ok(Egress::Kernel);
+                return Ok((Egress::Kernel, None));
             }
-            Ok(Egress::Redirect(fib.ifindex, next_hop(&fib)))
+            let nh = next_hop(fib);
+            let cache = match mtu {
+                Some(m) if m != 0 && fib.ifindex == cfg.uplink_ifindex => Some((nh, m)),
+                _ => None,
+            };
+            Ok((Egress::Redirect(fib.ifindex, nh), cache))
         }
         // A reply to the host itself: the stack routes it.
-        BPF_FIB_LKUP_RET_NOT_FWDED => Ok(Egress::Local),
+        BPF_FIB_LKUP_RET_NOT_FWDED => Ok((Egress::Local, None)),
         BPF_FIB_LKUP_RET_BLACKHOLE | BPF_FIB_LKUP_RET_UNREACHABLE | BPF_FIB_LKUP_RET_PROHIBIT => {
-            Ok(Egress::Kernel)
+            Ok((Egress::Kernel, None))
         }
         _ => Err(DropReason::FibLookupFailed),
     }
 }
 
 /// Applies a tracked flow's source rewrite (SNAT, a published port's
-/// reply; ROUTED rewrites nothing) and sends the packet out.
+/// reply; ROUTED rewrites nothing) and sends the packet out. The egress
+/// is the flow's cached FIB result while it is valid (`ct::fib_cached`:
+/// looked up within the last ~1.07 s; a FIB lookup is the costliest part
+/// of this path), else a lookup, whose result the flow's entry (`key`)
+/// caches when it may (`hit`: the conntrack hit, `None` for a flow this
+/// packet created).
 #[inline(always)]
-fn out_to_world(ctx: &TcContext, ip: &Ipv4, l4: &L4, e: &CtEntry) -> Result<i32, DropReason> {
-    let out = egress_to_world(ctx, ip, l4.hlen, e.addr)?;
+fn out_to_world(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    l4: &L4,
+    e: &CtEntry,
+    key: &CtKey,
+    hit: Option<&ct::Hit>,
+) -> Result<i32, DropReason> {
+    let out = match hit.and_then(ct::fib_cached) {
+        Some((nh, mtu)) => {
+            let uplink = config().ok_or(DropReason::Unsupported)?.uplink_ifindex;
+            if too_big(ctx, Some(mtu), uplink, ip, l4.hlen) {
+                frag_needed(ctx, ip)?;
+                Egress::Kernel
+            } else {
+                Egress::Redirect(uplink, nh)
+            }
+        }
+        None => {
+            let (out, cache) = egress_to_world(ctx, ip, l4.hlen, e.addr)?;
+            // Cache the result, or clear a stale one (the flow looks up
+            // again next time).
+            if cache.is_some() || hit.is_some_and(|h| h.e.fib_stamp != 0) {
+                let now = hit.map_or_else(ct::now, |h| h.now);
+                let (nh, mtu) = cache.unwrap_or((0, 0));
+                ct::fib_store(key, now, nh, mtu);
+            }
+            out
+        }
+    };
     if let Egress::Kernel = out {
         return Ok(tc::ACT_UNSPEC);
     }
@@ -466,21 +519,27 @@ fn out_to_world(ctx: &TcContext, ip: &Ipv4, l4: &L4, e: &CtEntry) -> Result<i32,
     out.verdict()
 }
 
-/// Too big for the FIB's egress `fib.ifindex` (GSO packets: any of their
-/// segments). After a successful lookup the packet is compared with the
-/// MTU the lookup reported (exact; the lookup's own check allows a VLAN
-/// tag's 4 bytes more and lets every GSO packet through): a plain packet
-/// by its length, a TCP/UDP GSO packet by its segments' (IP header + L4
-/// header `l4_hlen` + gso_size, what the kernel's
-/// skb_gso_validate_network_len computes). Other GSO packets and
+/// The egress MTU a FIB lookup reported: after a successful one (without
+/// tot_len, it sets mtu_result), none otherwise.
+#[inline(always)]
+fn fib_mtu(rc: u32, fib: &FibParams) -> Option<u32> {
+    // SAFETY: a successful lookup without tot_len sets mtu_result.
+    (rc == BPF_FIB_LKUP_RET_SUCCESS).then(|| u32::from(unsafe { fib.__bindgen_anon_1.mtu_result }))
+}
+
+/// Too big for the egress `ifindex` (GSO packets: any of their
+/// segments). With the MTU of a successful FIB lookup (`mtu`, or the one
+/// a flow cached from it) the packet is compared with it (exact; the
+/// lookup's own check allows a VLAN tag's 4 bytes more and lets every GSO
+/// packet through): a plain packet by its length, a TCP/UDP GSO packet by
+/// its segments' (IP header + L4 header `l4_hlen` + gso_size, what the
+/// kernel's skb_gso_validate_network_len computes). Other GSO packets and
 /// unresolved neighbours ask `bpf_check_mtu` (BPF_MTU_CHK_SEGS).
 #[inline(always)]
-fn too_big(ctx: &TcContext, rc: u32, fib: &FibParams, ip: &Ipv4, l4_hlen: u32) -> bool {
+fn too_big(ctx: &TcContext, mtu: Option<u32>, ifindex: u32, ip: &Ipv4, l4_hlen: u32) -> bool {
     // SAFETY: reading the context.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
-    if rc == BPF_FIB_LKUP_RET_SUCCESS {
-        // SAFETY: a successful lookup without tot_len sets mtu_result.
-        let mtu = u32::from(unsafe { fib.__bindgen_anon_1.mtu_result });
+    if let Some(mtu) = mtu {
         if gso_size == 0 {
             return ctx.len() > mtu + ETH_HLEN as u32;
         }
@@ -493,7 +552,7 @@ fn too_big(ctx: &TcContext, rc: u32, fib: &FibParams, ip: &Ipv4, l4_hlen: u32) -
     unsafe {
         bpf_check_mtu(
             ctx.skb.skb as *mut _,
-            fib.ifindex,
+            ifindex,
             &mut mtu_len,
             0,
             u64::from(BPF_MTU_CHK_SEGS),
@@ -667,8 +726,7 @@ fn snat_new_flow(
 /// (Docker 28 drops those in the raw table).
 #[inline(always)]
 fn pass_world(daddr: u32) -> Result<i32, DropReason> {
-    // SAFETY: presence check only.
-    if unsafe { NETD_EP.get(daddr) }.is_some() {
+    if maps::is_endpoint(daddr) {
         return Err(DropReason::NotPublished);
     }
     Ok(tc::ACT_UNSPEC)
@@ -683,8 +741,7 @@ fn pass_world(daddr: u32) -> Result<i32, DropReason> {
 /// to a container is dropped (`nat`: Docker 28's raw-table rule).
 #[inline(always)]
 fn to_address(ctx: &TcContext, ip: &Ipv4, l4: Option<&L4>) -> Result<i32, DropReason> {
-    // SAFETY: map value copied out.
-    let Some(ep) = (unsafe { NETD_EP.get(ip.daddr) }).copied() else {
+    let Some(ep) = maps::endpoint(ip.daddr) else {
         return Ok(tc::ACT_UNSPEC);
     };
     let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
@@ -783,12 +840,12 @@ fn cluster_out(
     ifindex: u32,
     cfg: &Config,
 ) -> Result<Option<i32>, DropReason> {
-    // SAFETY: presence check only.
-    if unsafe { NETD_EP.get(ip.daddr) }.is_some() {
+    if maps::is_endpoint(ip.daddr) {
         return Ok(None);
     }
-    let mut fib = fib_params(ip, ifindex);
-    let rc = fib_lookup(ctx, &mut fib);
+    let mut buf = MaybeUninit::uninit();
+    let fib = fib_params(&mut buf, ip, ip.saddr, ifindex);
+    let rc = fib_lookup(ctx, fib);
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH | BPF_FIB_LKUP_RET_FRAG_NEEDED => {}
         BPF_FIB_LKUP_RET_NOT_FWDED
@@ -808,12 +865,12 @@ fn cluster_out(
             _ => 0,
         }
     };
-    if too_big(ctx, rc, &fib, ip, hlen) {
+    if too_big(ctx, fib_mtu(rc, fib), fib.ifindex, ip, hlen) {
         counters::add(Counter::FragNeeded, 1);
         return Ok(Some(tc::ACT_UNSPEC));
     }
     counters::add(Counter::ClusterOut, 1);
-    redirect_neigh(fib.ifindex, next_hop(&fib)).map(Some)
+    redirect_neigh(fib.ifindex, next_hop(fib)).map(Some)
 }
 
 /// Whether a connected host socket owns this datagram's tuple (a host
@@ -868,8 +925,7 @@ fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
     // untracked (fragments too).
     if let Some(cfg) = config()
         && cfg.in_cluster(ip.saddr)
-        // SAFETY: map value copied out.
-        && let Some(ep) = unsafe { NETD_EP.get(ip.daddr) }.copied()
+        && let Some(ep) = maps::endpoint(ip.daddr)
         && network(ep.net_id).is_some_and(|n| n.flags & NET_CLUSTER != 0)
     {
         counters::add(Counter::ClusterIn, 1);
@@ -909,7 +965,7 @@ fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
         ct::remove(&key.reverse(&old));
         ct::remove(&key);
     }
-    if let Some(e) = ct::lookup(&key, &l4)
+    if let Some(e) = ct::lookup(&key, &l4).map(|h| h.e)
         && matches!(
             e.kind,
             ct_kind::REV_SNAT | ct_kind::DNAT | ct_kind::REV_ROUTED | ct_kind::ROUTED_IN
@@ -929,8 +985,7 @@ fn try_from_world(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(t) = published(ip.proto, ip.daddr, l4.dport) else {
         return to_address(ctx, &ip, Some(&l4));
     };
-    // SAFETY: map value copied out.
-    let Some(ep) = (unsafe { NETD_EP.get(t.container_ip) }).copied() else {
+    let Some(ep) = maps::endpoint(t.container_ip) else {
         return pass_world(ip.daddr);
     };
     let net = network(ep.net_id).ok_or(DropReason::NoEndpoint)?;
@@ -1026,8 +1081,7 @@ fn hairpin_new_flow(
     from: &Endpoint,
 ) -> Result<i32, DropReason> {
     let cfg = config().ok_or(DropReason::Unsupported)?;
-    // SAFETY: map value copied out.
-    let Some(target) = (unsafe { NETD_EP.get(t.container_ip) }).copied() else {
+    let Some(target) = maps::endpoint(t.container_ip) else {
         return Ok(tc::ACT_UNSPEC);
     };
     let tnet = network(target.net_id).ok_or(DropReason::NoEndpoint)?;
@@ -1053,7 +1107,7 @@ fn hairpin_new_flow(
         container_ip: t.container_ip,
         addr2: ip.daddr,
         port2: 0,
-        _pad: 0,
+        fib_stamp: 0,
     };
     let mut found = false;
     for i in 0..NAT_PROBES {
@@ -1077,7 +1131,7 @@ fn hairpin_new_flow(
         container_ip: t.container_ip,
         addr2: ip.daddr,
         port2: l4.dport,
-        _pad: 0,
+        fib_stamp: 0,
     };
     match ct::create(&fwd_key, &fwd, &rev_key, &rev, false)? {
         Created::New => hairpin_rewrite(ctx, ip, l4, &fwd),
@@ -1119,8 +1173,13 @@ fn to_container(
     } else if !l4.hdr {
         counters::add(Counter::Fragments, 1);
     }
-    nat::translate(ctx, ip, l4, false, addr, port)?;
-    deliver(ctx, addr)
+    let Some(ep) = maps::endpoint(addr) else {
+        return Err(DropReason::NoEndpoint);
+    };
+    nat::translate_into(ctx, ip, l4, addr, port, &ep.gw_mac, &ep.mac)?;
+    counters::endpoint_tx(&ep, ctx.len());
+    // SAFETY: helper call.
+    Ok(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32)
 }
 
 /// Delivers an already translated packet into the container that has
@@ -1136,8 +1195,7 @@ fn to_container(
 /// match.
 #[inline(always)]
 fn deliver(ctx: &TcContext, addr: u32) -> Result<i32, DropReason> {
-    // SAFETY: map value copied out.
-    let Some(ep) = (unsafe { NETD_EP.get(addr) }).copied() else {
+    let Some(ep) = maps::endpoint(addr) else {
         return Err(DropReason::NoEndpoint);
     };
     deliver_ep(ctx, &ep)
@@ -1169,18 +1227,62 @@ fn redirect_neigh(ifindex: u32, next_hop: u32) -> Result<i32, DropReason> {
     } as i32)
 }
 
+/// FIB lookup parameters for `ip` from `saddr` arriving on `ifindex`,
+/// every other byte zero, in `buf`. Written word by word: `mem::zeroed` (and a `[0; 6]` MAC) becomes
+/// a call to `memset` in the eBPF build (bpf-linker expands memcpy in
+/// order, never memset), a byte loop behind a BPF-to-BPF call on every
+/// packet that takes a FIB lookup.
 #[inline(always)]
-fn fib_params(ip: &Ipv4, ifindex: u32) -> FibParams {
-    // SAFETY: an all-zero bpf_fib_lookup is valid.
-    let mut p: FibParams = unsafe { core::mem::zeroed() };
-    p.family = AF_INET;
-    p.l4_protocol = ip.proto;
-    // tot_len 0: the kernel checks the MTU GSO-aware (is_skb_forwardable).
-    p.ifindex = ifindex;
-    p.__bindgen_anon_2.tos = ip.tos;
-    p.__bindgen_anon_3.ipv4_src = ip.saddr;
-    p.__bindgen_anon_4.ipv4_dst = ip.daddr;
-    p
+fn fib_params<'a>(
+    buf: &'a mut MaybeUninit<FibParams>,
+    ip: &Ipv4,
+    saddr: u32,
+    ifindex: u32,
+) -> &'a mut FibParams {
+    use core::mem::offset_of;
+    const _: () = {
+        assert!(core::mem::size_of::<FibParams>() == 64);
+        assert!(offset_of!(FibParams, l4_protocol) == 1);
+        assert!(offset_of!(FibParams, ifindex) == 8);
+        assert!(offset_of!(FibParams, __bindgen_anon_2) == 12);
+        assert!(offset_of!(FibParams, __bindgen_anon_3) == 16);
+        assert!(offset_of!(FibParams, __bindgen_anon_4) == 32);
+    };
+    let w: [u32; 16] = [
+        // family, l4_protocol, sport
+        u32::from_ne_bytes([AF_INET, ip.proto, 0, 0]),
+        // dport, tot_len (0: the kernel checks the MTU GSO-aware,
+        // is_skb_forwardable)
+        0,
+        ifindex,
+        // tos
+        u32::from_ne_bytes([ip.tos, 0, 0, 0]),
+        saddr,
+        0,
+        0,
+        0,
+        ip.daddr,
+        0,
+        0,
+        0,
+        // VLAN / table id, MACs
+        0,
+        0,
+        0,
+        0,
+    ];
+    // Volatile stores, in the caller's buffer: LLVM merges a run of plain
+    // zero stores (or a copy of known zeros) back into a memset call.
+    let dst = buf.as_mut_ptr() as *mut u32;
+    // SAFETY: bpf_fib_lookup is plain integers (and unions of them), 64
+    // bytes, 4-aligned: the 16 words initialise all of it, holding the
+    // fields at the offsets asserted above.
+    unsafe {
+        for (i, v) in w.iter().enumerate() {
+            dst.add(i).write_volatile(*v);
+        }
+        buf.assume_init_mut()
+    }
 }
 
 #[cfg(not(test))]

@@ -17,6 +17,51 @@ pub static NETD_EP: HashMap<u32, Endpoint, { MAX_ENDPOINTS as usize }> = HashMap
 #[btf_map]
 pub static NETD_EP_IF: HashMap<EndpointKey, Endpoint, { MAX_ENDPOINTS as usize }> = HashMap::new();
 
+/// Direct-mapped caches of NETD_EP and NETD_EP_IF (see
+/// `netd_common::EP_CACHE_SIZE`); a miss falls back to the hash maps.
+#[btf_map]
+pub static NETD_EP_C: Array<Endpoint, { netd_common::EP_CACHE_SIZE as usize }> = Array::new();
+
+#[btf_map]
+pub static NETD_EP_IF_C: Array<Endpoint, { netd_common::EP_CACHE_SIZE as usize }> = Array::new();
+
+/// The endpoint with IPv4 address `ip` (network order): its cache slot,
+/// else the hash map.
+#[inline(always)]
+pub fn endpoint(ip: u32) -> Option<Endpoint> {
+    if let Some(e) = NETD_EP_C.get(netd_common::ep_cache_slot_ip(ip))
+        && netd_common::ep_cached_ip(e, ip)
+    {
+        return Some(*e);
+    }
+    // SAFETY: map value copied out.
+    unsafe { NETD_EP.get(ip) }.copied()
+}
+
+/// Whether `ip` (network order) is a local endpoint's address.
+#[inline(always)]
+pub fn is_endpoint(ip: u32) -> bool {
+    if let Some(e) = NETD_EP_C.get(netd_common::ep_cache_slot_ip(ip))
+        && netd_common::ep_cached_ip(e, ip)
+    {
+        return true;
+    }
+    // SAFETY: presence check only.
+    unsafe { NETD_EP.get(ip) }.is_some()
+}
+
+/// The endpoint on host veth `ifindex`: its cache slot, else the hash map.
+#[inline(always)]
+pub fn endpoint_by_if(ifindex: u32) -> Option<Endpoint> {
+    if let Some(e) = NETD_EP_IF_C.get(netd_common::ep_cache_slot_if(ifindex))
+        && netd_common::ep_cached_if(e, ifindex)
+    {
+        return Some(*e);
+    }
+    // SAFETY: map value copied out.
+    unsafe { NETD_EP_IF.get(EndpointKey { ifindex }) }.copied()
+}
+
 #[btf_map]
 pub static NETD_NET: HashMap<u32, Network, { MAX_NETWORKS as usize }> = HashMap::new();
 

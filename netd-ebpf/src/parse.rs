@@ -105,6 +105,10 @@ pub struct Ipv4 {
     pub daddr: u32,
     /// The header checksum as it lies in the packet (read natively).
     pub csum: u16,
+    /// Total length and TTL (host order): with the fields above, the
+    /// header a rewrite stores back whole (`nat::translate_into`).
+    pub tot_len: u16,
+    pub ttl: u8,
 }
 
 impl Ipv4 {
@@ -155,6 +159,9 @@ pub fn ipv4(ctx: &TcContext, off: usize) -> Result<Ipv4, DropReason> {
         daddr: raw32(p, 16),
         // SAFETY: within the checked 20 bytes.
         csum: unsafe { core::ptr::read_unaligned(p.add(10) as *const u16) },
+        tot_len: be16(p, 2),
+        // SAFETY: within the checked 20 bytes.
+        ttl: unsafe { *p.add(8) },
     })
 }
 

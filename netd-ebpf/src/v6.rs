@@ -82,11 +82,14 @@ const TO_ADDRESS: i32 = -1004;
 const TO_NEW_FLOW: i32 = -1005;
 const TO_EVICT: i32 = -1006;
 
-/// An IPv6 frame (EtherType 0x86dd).
+/// An IPv6 frame (EtherType 0x86dd): `skb->protocol`, which
+/// eth_type_trans set from the same two bytes (a context read, where a
+/// bpf_skb_load_bytes of the EtherType cost every packet a helper call).
 #[inline(always)]
 pub fn is_ipv6(ctx: &TcContext) -> bool {
-    ctx.load::<u16>(12)
-        .is_ok_and(|p| u16::from_be(p) == crate::parse::ETH_P_IPV6)
+    // SAFETY: reading the context.
+    let proto = unsafe { (*ctx.skb.skb).protocol };
+    u16::from_be(proto as u16) == crate::parse::ETH_P_IPV6
 }
 
 /// Tail-calls slot `slot` (a fresh BPF stack); returns only if the slot

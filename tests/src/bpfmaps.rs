@@ -68,6 +68,34 @@ pub fn add_endpoint(p: &mut Programs, mut e: Endpoint) {
     let mut m: HashMap<&mut MapData, EndpointKey, Endpoint> =
         HashMap::try_from(p.map_mut(maps::ENDPOINTS_BY_IF).unwrap()).unwrap();
     m.insert(EndpointKey { ifindex: e.ifindex }, e, 0).unwrap();
+    // The caches, as the daemon fills them: a slot that is free or this
+    // endpoint's.
+    let mut c: Array<&mut MapData, Endpoint> =
+        Array::try_from(p.map_mut(maps::ENDPOINTS_CACHE).unwrap()).unwrap();
+    let slot = netd_common::ep_cache_slot_ip(e.ip);
+    let cur = c.get(&slot, 0).unwrap();
+    if cur == Endpoint::default() || cur.ip == e.ip {
+        c.set(slot, e, 0).unwrap();
+    }
+    let mut c: Array<&mut MapData, Endpoint> =
+        Array::try_from(p.map_mut(maps::ENDPOINTS_BY_IF_CACHE).unwrap()).unwrap();
+    let slot = netd_common::ep_cache_slot_if(e.ifindex);
+    let cur = c.get(&slot, 0).unwrap();
+    if cur == Endpoint::default() || cur.ifindex == e.ifindex {
+        c.set(slot, e, 0).unwrap();
+    }
+}
+
+/// The endpoint caches' slot entries for address `ip` and veth `ifindex`
+/// (zeroed: free).
+pub fn ep_cache_slots(p: &mut Programs, ip: Ipv4Addr, ifindex: u32) -> (Endpoint, Endpoint) {
+    let c: Array<&mut MapData, Endpoint> =
+        Array::try_from(p.map_mut(maps::ENDPOINTS_CACHE).unwrap()).unwrap();
+    let by_ip = c.get(&netd_common::ep_cache_slot_ip(be(ip)), 0).unwrap();
+    let c: Array<&mut MapData, Endpoint> =
+        Array::try_from(p.map_mut(maps::ENDPOINTS_BY_IF_CACHE).unwrap()).unwrap();
+    let by_if = c.get(&netd_common::ep_cache_slot_if(ifindex), 0).unwrap();
+    (by_ip, by_if)
 }
 
 /// The stats slot tests give the endpoint on veth `ifindex`.
@@ -206,6 +234,18 @@ pub fn control_maps_snapshot(p: &mut Programs) -> Vec<(String, Vec<u8>, Vec<u8>)
 }
 
 pub fn remove_endpoint(p: &mut Programs, e: &Endpoint) {
+    let mut c: Array<&mut MapData, Endpoint> =
+        Array::try_from(p.map_mut(maps::ENDPOINTS_CACHE).unwrap()).unwrap();
+    let slot = netd_common::ep_cache_slot_ip(e.ip);
+    if c.get(&slot, 0).unwrap().ip == e.ip {
+        c.set(slot, Endpoint::default(), 0).unwrap();
+    }
+    let mut c: Array<&mut MapData, Endpoint> =
+        Array::try_from(p.map_mut(maps::ENDPOINTS_BY_IF_CACHE).unwrap()).unwrap();
+    let slot = netd_common::ep_cache_slot_if(e.ifindex);
+    if c.get(&slot, 0).unwrap().ifindex == e.ifindex {
+        c.set(slot, Endpoint::default(), 0).unwrap();
+    }
     let mut m: HashMap<&mut MapData, u32, Endpoint> =
         HashMap::try_from(p.map_mut(maps::ENDPOINTS).unwrap()).unwrap();
     let _ = m.remove(&e.ip);
@@ -218,6 +258,14 @@ pub fn remove_network(p: &mut Programs, id: u32) {
     let mut m: HashMap<&mut MapData, u32, Network> =
         HashMap::try_from(p.map_mut(maps::NETWORKS).unwrap()).unwrap();
     let _ = m.remove(&id);
+}
+
+/// Writes one conntrack entry (a test ages or rewrites what the programs
+/// stored).
+pub fn ct_set(p: &mut Programs, k: &CtKey, e: &CtEntry) {
+    let mut m: HashMap<&mut MapData, CtKey, CtEntry> =
+        HashMap::try_from(p.map_mut(maps::CT).unwrap()).unwrap();
+    m.insert(k, e, 0).unwrap();
 }
 
 pub fn ct_clear(p: &mut Programs) {

@@ -144,6 +144,147 @@ fn forward_same_network_redirects_to_the_peer_unchanged() {
     );
 }
 
+/// The endpoint caches (direct-mapped arrays in front of the endpoint
+/// hash maps): endpoints that share a slot with another are found in the
+/// hash maps all the same, by address (a peer on the fast path, a flow's
+/// delivery) and by veth (the sender's own checks, anti-spoofing
+/// included); a removed endpoint leaves its slot and gets nothing.
+#[test]
+fn endpoints_sharing_a_cache_slot_are_found_all_the_same() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    let a = Endpoint {
+        ifindex: LO,
+        net_id: 1,
+        ip: be(A_IP),
+        mac: A_MAC,
+        gw_mac: GW_MAC,
+        ..Endpoint::default()
+    };
+    // X takes A's veth slot (ifindex 1 + the cache size) before A is
+    // written again: A is in the hash map only.
+    bpfmaps::remove_endpoint(&mut w.p, &a);
+    let x = Endpoint {
+        ifindex: LO + netd_common::EP_CACHE_SIZE,
+        net_id: 1,
+        ip: be(Ipv4Addr::new(172, 17, 0, 50)),
+        mac: [2, 0x42, 0, 0, 0, 0x50],
+        gw_mac: GW_MAC,
+        ..Endpoint::default()
+    };
+    bpfmaps::add_endpoint(&mut w.p, x);
+    bpfmaps::add_endpoint(&mut w.p, a);
+    // C shares B's address slot (the low 12 bits: 172.17.16.3 and
+    // 172.17.0.3), B holds it.
+    const C_IP: Ipv4Addr = Ipv4Addr::new(172, 17, 16, 3);
+    const C_VETH: u32 = 5151;
+    bpfmaps::add_endpoint(
+        &mut w.p,
+        Endpoint {
+            ifindex: C_VETH,
+            net_id: 1,
+            ip: be(C_IP),
+            mac: [2, 0x42, 172, 17, 16, 3],
+            gw_mac: GW_MAC,
+            ..Endpoint::default()
+        },
+    );
+    let (by_ip, by_if) = bpfmaps::ep_cache_slots(&mut w.p, C_IP, LO);
+    assert_eq!(
+        (by_ip.ip, by_if.ifindex),
+        (be(B_IP), x.ifindex),
+        "both slots taken by others"
+    );
+
+    let to = |dst: Ipv4Addr| a_to(dst).tcp(40000, 80, packet::TCP_ACK, b"x");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &to(C_IP)).0, tc::ACT_REDIRECT);
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &to(B_IP)).0, tc::ACT_REDIRECT);
+    assert_eq!(bpfmaps::endpoint_stats(&mut w.p, C_VETH).tx_packets, 1);
+    assert_eq!(bpfmaps::endpoint_stats(&mut w.p, B_VETH).tx_packets, 1);
+    assert_eq!(
+        bpfmaps::endpoint_stats(&mut w.p, LO).rx_packets,
+        2,
+        "A's own slot: its counters"
+    );
+    // A's checks come from the hash map: a spoofed source is dropped.
+    let spoofed = Frame {
+        src: Ipv4Addr::new(172, 17, 0, 50),
+        ..a_to(B_IP)
+    }
+    .tcp(40000, 80, packet::TCP_ACK, b"x");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &spoofed).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("spoofed-source"), 1);
+    // A flow into C (a published port) is delivered through the hash map.
+    bpfmaps::add_ports(&mut w.p, 6, Ipv4Addr::UNSPECIFIED, 8080, 8080, C_IP, 80);
+    let (v, out) = w.run(
+        bpf::FROM_WORLD,
+        &world_to_host().tcp(5555, 8080, TCP_SYN, b""),
+    );
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(packet::fields(&out).dst, C_IP);
+    assert_eq!(bpfmaps::endpoint_stats(&mut w.p, C_VETH).tx_packets, 2);
+
+    // B goes: its slot is freed, C is still found; B gets nothing.
+    let b = bpfmaps::ep_cache_slots(&mut w.p, B_IP, B_VETH).0;
+    bpfmaps::remove_endpoint(&mut w.p, &b);
+    assert_eq!(
+        bpfmaps::ep_cache_slots(&mut w.p, C_IP, LO).0,
+        Endpoint::default()
+    );
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &to(C_IP)).0, tc::ACT_REDIRECT);
+    assert_eq!(bpfmaps::endpoint_stats(&mut w.p, C_VETH).tx_packets, 3);
+    // (Its address is nobody's now: the packet takes the full walk, here
+    // the default route.)
+    let forwarded = w.counter("forwarded");
+    w.run(bpf::FROM_CONTAINER, &to(B_IP));
+    assert_eq!(
+        w.counter("forwarded"),
+        forwarded,
+        "a removed endpoint gets nothing"
+    );
+    assert_eq!(bpfmaps::endpoint_stats(&mut w.p, B_VETH).tx_packets, 1);
+}
+
+/// What the compact fast path at the top of `from_container` declines
+/// (IPv4 options, a 0.0.0.0 source, icc=false) the full walk decides as
+/// before, and a packet is counted once whichever of the two forwards it.
+#[test]
+fn the_full_walk_takes_what_the_compact_fast_path_declines() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    let to_b = |f: Frame| {
+        Frame {
+            dst_mac: B_MAC,
+            ..f
+        }
+        .tcp(40000, 80, packet::TCP_ACK, b"x")
+    };
+    let plain = to_b(a_to(B_IP));
+    let opts = packet::with_ip_options(&plain, &[7, 3, 4, 0]);
+    let zero = to_b(Frame {
+        src: Ipv4Addr::UNSPECIFIED,
+        ..a_to(B_IP)
+    });
+    for (n, f) in [&plain, &opts, &zero].into_iter().enumerate() {
+        let (v, out) = w.run(bpf::FROM_CONTAINER, f);
+        assert_eq!(
+            (v, &out),
+            (tc::ACT_REDIRECT, f),
+            "frame {n}: to B unchanged"
+        );
+    }
+    assert_eq!(w.counter("forwarded"), 3);
+    assert_eq!(w.counter("from_container.packets"), 3);
+    assert_eq!(w.counter("from_container.tcp"), 3);
+    assert_eq!(bpfmaps::endpoint_stats(&mut w.p, LO).rx_packets, 3);
+    assert_eq!(bpfmaps::endpoint_stats(&mut w.p, B_VETH).tx_packets, 3);
+    // icc=false: dropped and counted by the full walk.
+    let mut w = setup(NET_MASQUERADE, 1, 1024);
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &plain).0, tc::ACT_SHOT);
+    assert_eq!(w.drops("icc-denied"), 1);
+    assert_eq!(w.counter("from_container.packets"), 1);
+}
+
 /// The same-network fast path (TCP/UDP, not fragmented): redirected
 /// byte for byte (checksums as they came, whether complete or not), no
 /// conntrack entry, counted like the full walk counts (packets, bytes,
@@ -416,6 +557,121 @@ fn snat_then_reverse_snat_tcp() {
     assert_eq!(bpfmaps::ct(&mut w.p).len(), 2);
 }
 
+/// An established flow to the world caches its FIB result (next hop,
+/// the uplink's MTU) in its forward entry and uses it for about a second
+/// (the stamp's unit); a stale one is looked up again: after a route
+/// change the flow's packets follow the new next hop, an unreachable
+/// route clears the cache and hands the packet to the kernel, a smaller
+/// MTU makes a packet that no longer fits go to the kernel (DF), and a
+/// packet fitting again is masqueraded.
+#[test]
+fn a_flows_cached_next_hop_is_refreshed_when_stale() {
+    root!();
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    let syn = a_to(OUTSIDE_IP).tcp(40000, 80, TCP_SYN, b"");
+    assert_eq!(w.run(bpf::FROM_CONTAINER, &syn).0, tc::ACT_REDIRECT);
+    let fwd = |w: &mut Walk| {
+        bpfmaps::ct(&mut w.p)
+            .into_iter()
+            .find(|(_, e)| e.kind == ct_kind::SNAT)
+            .unwrap()
+    };
+    let (k, e) = fwd(&mut w);
+    assert_eq!(
+        (e.addr2, e.port2),
+        (be(OUTSIDE_IP), 1500),
+        "the first packet cached the next hop (the default gateway) and the MTU"
+    );
+    assert_ne!(e.fib_stamp, 0);
+    let rev = bpfmaps::ct(&mut w.p)
+        .into_iter()
+        .find(|(_, e)| e.kind == ct_kind::REV_SNAT)
+        .unwrap()
+        .1;
+    assert_eq!(
+        (rev.addr2, rev.port2, rev.fib_stamp),
+        (0, 0, 0),
+        "the reply direction caches nothing"
+    );
+    // Ages the forward entry's cache by a few units (what time does).
+    let age = |w: &mut Walk| {
+        let (k, mut e) = fwd(w);
+        e.fib_stamp = e.fib_stamp.wrapping_sub(3).max(1);
+        bpfmaps::ct_set(&mut w.p, &k, &e);
+    };
+    let ack = |len: usize| a_to(OUTSIDE_IP).tcp(40000, 80, packet::TCP_ACK, &vec![7u8; len]);
+
+    // A new route to the destination (through a router on the link).
+    let route = [
+        "ip",
+        "route",
+        "replace",
+        "198.18.0.1/32",
+        "via",
+        "198.18.0.3",
+    ];
+    w.tb.ok(&w.tb.host, &route).unwrap();
+    age(&mut w);
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &ack(100));
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(packet::fields(&out).src, HOST_IP);
+    assert!(packet::checksums_ok(&out));
+    let (_, e2) = fwd(&mut w);
+    assert_eq!(
+        (e2.addr2, e2.port2),
+        (be(Ipv4Addr::new(198, 18, 0, 3)), 1500),
+        "a stale cache is looked up again: the new next hop"
+    );
+    assert_ne!(e2.fib_stamp, 0);
+    assert_eq!(k, fwd(&mut w).0);
+
+    // No route any more: the kernel answers (ICMP unreachable), the cache goes.
+    w.tb.ok(
+        &w.tb.host,
+        &["ip", "route", "replace", "unreachable", "198.18.0.1/32"],
+    )
+    .unwrap();
+    age(&mut w);
+    let data = ack(100);
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &data);
+    assert_eq!(
+        (v, out == data),
+        (tc::ACT_UNSPEC, true),
+        "to the kernel, untranslated"
+    );
+    let (_, e3) = fwd(&mut w);
+    assert_eq!(
+        (e3.addr2, e3.port2, e3.fib_stamp),
+        (0, 0, 0),
+        "nothing cached"
+    );
+
+    // The route back, a smaller MTU: a packet that no longer fits goes to
+    // the kernel with DF, one that fits leaves, and the MTU is cached.
+    w.tb.ok(&w.tb.host, &["ip", "route", "del", "198.18.0.1/32"])
+        .unwrap();
+    let (v, _) = w.run(bpf::FROM_CONTAINER, &ack(1400));
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(fwd(&mut w).1.port2, 1500);
+    w.tb.ok(&w.tb.host, &["ip", "link", "set", "eth0", "mtu", "1400"])
+        .unwrap();
+    age(&mut w);
+    let big = ack(1400);
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &big);
+    assert_eq!(
+        (v, out == big),
+        (tc::ACT_UNSPEC, true),
+        "too big now: to the kernel"
+    );
+    let (v, out) = w.run(bpf::FROM_CONTAINER, &ack(1300));
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(packet::fields(&out).src, HOST_IP);
+    let (_, e4) = fwd(&mut w);
+    assert_eq!((e4.addr2, e4.port2), (be(OUTSIDE_IP), 1400));
+    assert_eq!(w.counter("frag_needed"), 1);
+    assert_eq!(w.drops("fib-lookup-failed"), 0);
+}
+
 /// Masquerade with every port of the range taken (10 here) by flows to
 /// one destination: a new TCP flow is refused while they are open, and
 /// takes the port of one that has closed both ways (FIN each way), as a
@@ -561,6 +817,17 @@ fn dnat_to_a_published_range_then_reverse_dnat() {
     );
     assert_eq!((f.dst_mac, f.src_mac), (A_MAC, GW_MAC));
     assert!(packet::checksums_ok(&out));
+    // Everything else as it came (the MACs, the destination and its
+    // checksums go back in one store, the rest of the header rebuilt).
+    assert_eq!(
+        out[12..24],
+        syn[12..24],
+        "EtherType, IPv4 header to the checksum"
+    );
+    assert_eq!(out[26..30], syn[26..30], "source address");
+    assert_eq!(out[34..36], syn[34..36], "source port");
+    assert_eq!(out[38..50], syn[38..50], "the TCP header to its checksum");
+    assert_eq!(out[52..], syn[52..], "and after it");
     let ct = bpfmaps::ct(&mut w.p);
     assert!(
         ct.iter()
@@ -1641,7 +1908,9 @@ fn a_routed_networks_published_port_from_another_network() {
 /// kernel's run time of each hot path on a fixed frame (BPF_PROG_TEST_RUN,
 /// one run per call: a rewriting program must see a fresh frame each
 /// time), median and minimum of 20,000 runs (the minimum is the
-/// steadier figure on a shared machine): container to container, an established
+/// steadier figure on a shared machine): first the floor (`tc_pass`, a
+/// program that does nothing: what the harness adds to every figure, its
+/// clock reads included), then container to container, an established
 /// masqueraded flow out and its reply in, an established published-port
 /// flow in and its reply out, a pod to another node's pod and back (the
 /// cluster paths), an established connection routed to the container's
@@ -1692,6 +1961,11 @@ fn hot_path_cost() {
     );
     w.run(bpf::FROM_WORLD, &world_to(A_IP).tcp(5556, 80, TCP_SYN, b""));
     let paths: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "floor (tc_pass: an empty program)",
+            bpf::TC_PASS,
+            a_to(OUTSIDE_IP).tcp(40000, 80, packet::TCP_ACK, &payload),
+        ),
         (
             "floor (from_world, arp: pass)",
             bpf::FROM_WORLD,

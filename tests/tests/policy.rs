@@ -967,6 +967,57 @@ fn ebpf_upgrade_carries_connections_over() {
     rr(&mut conn).unwrap_or_else(|e| panic!("the connection across the upgrade: {e}"));
 }
 
+/// ebpf: the daemon keeps the direct-mapped endpoint caches (`NETD_EP_C`
+/// by address, `NETD_EP_IF_C` by host veth) in step with its endpoints:
+/// filled when containers start, a removed container's slots emptied,
+/// adopted as they are by a restarted daemon.
+#[test]
+fn ebpf_keeps_the_endpoint_caches() {
+    use aya::maps::{Array, Map, MapData};
+    use netd_common::{Endpoint, MAP_VERSION};
+    if !netd_tests::require_root("ebpf_keeps_the_endpoint_caches") {
+        return;
+    }
+    let mut n = Netd::start("ebpf").unwrap();
+    run(&n, "a", &[]);
+    run(&n, "b", &[]);
+    let maps = n.dir.join("bpffs/maps");
+    let cache = |name: &str| -> Vec<Endpoint> {
+        let m = MapData::from_pin(maps.join(format!("{name}_{MAP_VERSION}"))).unwrap();
+        let a: Array<MapData, Endpoint> = Array::try_from(Map::Array(m)).unwrap();
+        (0..netd_common::EP_CACHE_SIZE)
+            .map(|i| a.get(&i, 0).unwrap())
+            .filter(|e| *e != Endpoint::default())
+            .collect()
+    };
+    let (a, b) = (ip_of(&n, "a"), ip_of(&n, "b"));
+    let by_ip = cache("NETD_EP_C");
+    let by_if = cache("NETD_EP_IF_C");
+    for ip in [a, b] {
+        let e = by_ip
+            .iter()
+            .find(|e| e.ip == u32::from(ip).to_be())
+            .unwrap_or_else(|| panic!("{ip} cached: {by_ip:?}"));
+        assert!(by_if.contains(e), "its veth's slot holds the same endpoint");
+        assert_ne!(e.ifindex, 0);
+    }
+    n.ok(&["rm", "-f", "b"]);
+    let by_ip = cache("NETD_EP_C");
+    assert!(
+        by_ip.iter().all(|e| e.ip != u32::from(b).to_be()),
+        "b's slot emptied"
+    );
+    assert!(by_ip.iter().any(|e| e.ip == u32::from(a).to_be()));
+    let before = (by_ip, cache("NETD_EP_IF_C"));
+    n.stop_daemon(true);
+    n.start_daemon().unwrap();
+    assert_eq!(
+        (cache("NETD_EP_C"), cache("NETD_EP_IF_C")),
+        before,
+        "adopted"
+    );
+}
+
 /// ebpf: netd's containers get the NAT range as their ephemeral ports,
 /// and masquerade keeps a port of that range: the world sees the
 /// container's own port (a port outside the range would be rewritten

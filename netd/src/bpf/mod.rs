@@ -51,6 +51,9 @@ pub const SOCK_PROGRAMS: [&str; 8] = [
 
 /// The no-op XDP program (see [`attach_xdp_pass`]).
 pub const XDP_PASS: &str = "xdp_pass";
+/// A TC program that does nothing: the floor of BPF_PROG_TEST_RUN
+/// measurements (loaded on demand by [`Programs::program_fd`]).
+pub const TC_PASS: &str = "tc_pass";
 
 /// The no-op XDP program attached to an interface, until dropped.
 pub struct XdpPass {
@@ -446,10 +449,16 @@ impl Programs {
     }
 
     /// The file descriptor of a loaded classifier (tests drive it with
-    /// BPF_PROG_TEST_RUN from several threads).
+    /// BPF_PROG_TEST_RUN from several threads); [`TC_PASS`], which
+    /// [`load`](Self::load) leaves out, is loaded on first use.
     pub fn program_fd(&mut self, program: &str) -> Result<std::os::fd::RawFd> {
         use std::os::fd::{AsFd, AsRawFd};
-        Ok(self.classifier(program)?.fd()?.as_fd().as_raw_fd())
+        let prog = self.classifier(program)?;
+        if program == TC_PASS && prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("loading (verifying) {program}"))?;
+        }
+        Ok(prog.fd()?.as_fd().as_raw_fd())
     }
 
     /// Runs `program` once on `frame` with BPF_PROG_TEST_RUN; returns the

@@ -35,10 +35,10 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use netd_common::{
-    Config, CtEntry, CtKey, Endpoint, EndpointKey, EndpointStats, MAP_VERSION, MAX_ENDPOINTS,
-    MIGRATE_FROM, NET_CLUSTER, NET_DIRECT_ALL, NET_DIRECT_ICMP, NET_DIRECT_PORTS,
+    Config, CtEntry, CtKey, EP_CACHE_SIZE, Endpoint, EndpointKey, EndpointStats, MAP_VERSION,
+    MAX_ENDPOINTS, MIGRATE_FROM, NET_CLUSTER, NET_DIRECT_ALL, NET_DIRECT_ICMP, NET_DIRECT_PORTS,
     NET_FROM_NETWORKS, NET_ICC, NET_INTERNAL, NET_IPV6, NET_MASQUERADE, Network, PortKey,
-    PortTarget, SockKey, SockOrig, ct_kind, maps,
+    PortTarget, SockKey, SockOrig, ct_kind, ep_cache_slot_if, ep_cache_slot_ip, maps,
 };
 
 pub use self::ports::port_blocks;
@@ -471,6 +471,31 @@ impl Ebpf {
                 )?;
             }
         }
+        // The endpoint caches: a slot whose endpoint changes or goes is
+        // zeroed before the hash maps change and filled after them, so a
+        // packet finds the old endpoint, the hash maps' answer, or the new
+        // one (an array slot is written in place: a read racing with the
+        // fill mixes zeros with the new endpoint, which fails closed).
+        let want_ip = ep_cache(d.by_ip.iter().map(|(ip, e)| (ep_cache_slot_ip(*ip), *e)));
+        let want_if = ep_cache(
+            d.by_if
+                .iter()
+                .map(|(k, e)| (ep_cache_slot_if(k.ifindex), *e)),
+        );
+        let have_ip = match p {
+            Some(p) => ep_cache(p.by_ip.iter().map(|(ip, e)| (ep_cache_slot_ip(*ip), *e))),
+            None => ep_cache_read(progs, maps::ENDPOINTS_CACHE)?,
+        };
+        let have_if = match p {
+            Some(p) => ep_cache(
+                p.by_if
+                    .iter()
+                    .map(|(k, e)| (ep_cache_slot_if(k.ifindex), *e)),
+            ),
+            None => ep_cache_read(progs, maps::ENDPOINTS_BY_IF_CACHE)?,
+        };
+        ep_cache_clear(progs, maps::ENDPOINTS_CACHE, &have_ip, &want_ip)?;
+        ep_cache_clear(progs, maps::ENDPOINTS_BY_IF_CACHE, &have_if, &want_if)?;
         apply(
             &mut HashMap::try_from(progs.map_mut(maps::ENDPOINTS)?)?,
             p.map(|p| &p.by_ip),
@@ -481,6 +506,8 @@ impl Ebpf {
             p.map(|p| &p.by_if),
             &d.by_if,
         )?;
+        ep_cache_fill(progs, maps::ENDPOINTS_CACHE, &have_ip, &want_ip)?;
+        ep_cache_fill(progs, maps::ENDPOINTS_BY_IF_CACHE, &have_if, &want_if)?;
         if networks.len() != d.networks.len() {
             apply(
                 &mut HashMap::try_from(progs.map_mut(maps::NETWORKS)?)?,
@@ -849,6 +876,65 @@ fn port_id(k: &Key<PortKey>) -> PortId {
 
 /// Applies `want` to a hash map: against `have` (what the previous sync
 /// wrote) when known, else against the map's own contents.
+/// An endpoint cache's slots (`NETD_EP_C`, `NETD_EP_IF_C`) for
+/// endpoints given with their slots in key order: the first endpoint of a
+/// slot has it (the others are found in the hash maps).
+fn ep_cache(eps: impl Iterator<Item = (u32, Endpoint)>) -> BTreeMap<u32, Endpoint> {
+    let mut slots = BTreeMap::new();
+    for (slot, e) in eps {
+        slots.entry(slot).or_insert(e);
+    }
+    slots
+}
+
+/// The occupied slots of an endpoint cache map (the first sync after a
+/// start adopts what an earlier daemon left).
+fn ep_cache_read(progs: &mut Programs, name: &str) -> Result<BTreeMap<u32, Endpoint>> {
+    let arr: Array<&mut MapData, Endpoint> = Array::try_from(progs.map_mut(name)?)?;
+    let mut slots = BTreeMap::new();
+    for slot in 0..EP_CACHE_SIZE {
+        let e = arr.get(&slot, 0)?;
+        if e != Endpoint::default() {
+            slots.insert(slot, e);
+        }
+    }
+    Ok(slots)
+}
+
+/// Zeroes the slots whose endpoint changes or goes (before the hash maps
+/// change).
+fn ep_cache_clear(
+    progs: &mut Programs,
+    name: &str,
+    have: &BTreeMap<u32, Endpoint>,
+    want: &BTreeMap<u32, Endpoint>,
+) -> Result<()> {
+    let mut arr: Array<&mut MapData, Endpoint> = Array::try_from(progs.map_mut(name)?)?;
+    for (slot, e) in have {
+        if want.get(slot) != Some(e) {
+            arr.set(*slot, Endpoint::default(), 0)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the slots whose endpoint is new or changed (after the hash maps
+/// hold it).
+fn ep_cache_fill(
+    progs: &mut Programs,
+    name: &str,
+    have: &BTreeMap<u32, Endpoint>,
+    want: &BTreeMap<u32, Endpoint>,
+) -> Result<()> {
+    let mut arr: Array<&mut MapData, Endpoint> = Array::try_from(progs.map_mut(name)?)?;
+    for (slot, e) in want {
+        if have.get(slot) != Some(e) {
+            arr.set(*slot, *e, 0)?;
+        }
+    }
+    Ok(())
+}
+
 fn apply<K, V>(
     map: &mut HashMap<&mut MapData, K, V>,
     have: Option<&BTreeMap<K, V>>,
