@@ -23,6 +23,43 @@ use nix::{
 /// Directory `ip netns` uses for named namespaces.
 pub const IP_NETNS_DIR: &str = "/run/netns";
 
+/// Makes /run/netns a shared mount point of its own, as `ip netns add`
+/// does before its first namespace. A namespace file bind-mounted on the
+/// plain directory would be shadowed when another tool (`ip netns add`,
+/// an engine) later turns the directory into a mount point over it: the
+/// namespace could then be neither unmounted nor removed by its path.
+fn netns_dir_mount() -> Result<()> {
+    static DONE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if *done {
+        return Ok(());
+    }
+    std::fs::create_dir_all(IP_NETNS_DIR)?;
+    let shared = || {
+        mount(
+            None::<&str>,
+            IP_NETNS_DIR,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
+    if let Err(nix::errno::Errno::EINVAL) = shared() {
+        // Not a mount point yet.
+        mount(
+            Some(IP_NETNS_DIR),
+            IP_NETNS_DIR,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .with_context(|| format!("bind-mounting {IP_NETNS_DIR} on itself"))?;
+    }
+    shared().with_context(|| format!("making {IP_NETNS_DIR} a shared mount"))?;
+    *done = true;
+    Ok(())
+}
+
 /// A network namespace pinned by a bind-mounted file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetNs {
@@ -67,7 +104,7 @@ impl NetNs {
 
     /// Creates a named namespace under /run/netns (visible to `ip netns`).
     pub fn create_named(name: &str) -> Result<NetNs> {
-        std::fs::create_dir_all(IP_NETNS_DIR)?;
+        netns_dir_mount()?;
         Self::create(Path::new(IP_NETNS_DIR).join(name))
     }
 

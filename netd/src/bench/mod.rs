@@ -1357,7 +1357,7 @@ pub fn run(mut o: Opts) -> Result<()> {
                 .sum::<usize>()
                 + floor_loads)
             + scaling.len() * instances.len()
-            + usize::from(has("bpf")) * (3 * ebpf_instances + usize::from(n2n_bpf))
+            + usize::from(has("bpf")) * (6 * ebpf_instances + usize::from(n2n_bpf))
             + usize::from(has("xdp")) * 2 * XDP_LOADS.len() * ebpf_instances
             + if n2n.is_empty() {
                 0
@@ -1571,19 +1571,29 @@ pub fn run(mut o: Opts) -> Result<()> {
                 .context("enabling kernel.bpf_stats_enabled")?;
             let result = (|| -> Result<()> {
                 for round in 1..=o.rounds {
+                    // Per packet: under TCP_RR every packet is one small
+                    // packet on the wire (the targets' figure); under
+                    // TCP_STREAM one GSO packet of up to 64 KiB, its
+                    // copies evicting the maps from the caches.
                     for s in ["c2c", "dnat", "egress"] {
-                        pr.step(&format!("{} bpf stats {s} round {round}", lead.name()));
-                        let figures = bpf_ns_per_packet(i, || {
-                            measure(i, s, Load::Stream, o.duration, cpu).map(|_| ())
-                        })?;
-                        samples.push(Sample {
-                            placement: lead.name().into(),
-                            scenario: format!("bpf_{s}"),
-                            load: "TCP_STREAM".into(),
-                            datapath: i.dp.clone(),
-                            round,
-                            figures,
-                        });
+                        for load in [Load::Rr, Load::Stream] {
+                            pr.step(&format!(
+                                "{} bpf stats {s} {} round {round}",
+                                lead.name(),
+                                load.name()
+                            ));
+                            let figures = bpf_ns_per_packet(i, || {
+                                measure(i, s, load, o.duration, cpu).map(|_| ())
+                            })?;
+                            samples.push(Sample {
+                                placement: lead.name().into(),
+                                scenario: format!("bpf_{s}"),
+                                load: load.name().into(),
+                                datapath: i.dp.clone(),
+                                round,
+                                figures,
+                            });
+                        }
                     }
                     // Pod -> remote pod: node 1's from_container sends
                     // the data out (cluster out), node 2's from_world

@@ -282,27 +282,22 @@ fn targets(
     );
     let lp = lead.name();
     t.at_most(
-        "program cost, c2c (from_container, ns/packet)",
-        (lp, "bpf_c2c", "TCP_STREAM", "from_container_ns_per_packet"),
+        "program cost, c2c (from_container, TCP_RR, ns/packet)",
+        (lp, "bpf_c2c", "TCP_RR", "from_container_ns_per_packet"),
         "ebpf",
         150.0,
         "ns",
     );
     t.at_most(
-        "program cost, DNAT (from_world, published-port stream, ns/packet)",
-        (lp, "bpf_dnat", "TCP_STREAM", "from_world_ns_per_packet"),
+        "program cost, DNAT (from_world, published-port TCP_RR, ns/packet)",
+        (lp, "bpf_dnat", "TCP_RR", "from_world_ns_per_packet"),
         "ebpf",
         200.0,
         "ns",
     );
     t.at_most(
-        "program cost, masquerade (from_container, egress stream, ns/packet)",
-        (
-            lp,
-            "bpf_egress",
-            "TCP_STREAM",
-            "from_container_ns_per_packet",
-        ),
+        "program cost, masquerade (from_container, egress TCP_RR, ns/packet)",
+        (lp, "bpf_egress", "TCP_RR", "from_container_ns_per_packet"),
         "ebpf",
         250.0,
         "ns",

@@ -604,6 +604,10 @@ pub fn ipv6_traffic(dp: &str) {
         "v6a",
         "-p",
         "8080:80",
+        // A range: over IPv6 on ebpf, prefix blocks of one LPM entry each
+        // (18179/16, 18180/15), the port offset kept.
+        "-p",
+        "18179-18181:79-81",
         "--",
         "sleep",
         "600",
@@ -619,6 +623,17 @@ pub fn ipv6_traffic(dp: &str) {
     for c in ["a", "web", "q2"] {
         serve_http6(&n, c, 80);
     }
+    n.ok(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "{} tool http-serve [::]:81 --name web81 >/dev/null 2>&1 &",
+            me()
+        ),
+    ]);
 
     // Containers of one network: ping6 and TCP, each sees the other's
     // own IPv6 address (neighbour discovery works through the bridge).
@@ -675,6 +690,12 @@ pub fn ipv6_traffic(dp: &str) {
     assert!(
         got.contains("hello from web") && got.contains(&format!("to [{OUTSIDE6}]:")),
         "{dp}: {got}"
+    );
+    // The last port of a published range, to its own container port.
+    let got = tb_curl_wait(&n, &n.tb.outside, &format!("http://[{HOST6}]:18181/"));
+    assert!(
+        got.contains("hello from web81 "),
+        "{dp}: a published range over IPv6: {got}"
     );
     // ... over IPv4 too (0.0.0.0 is both families).
     let got = tb_curl_wait(&n, &n.tb.outside, "http://198.18.0.2:8080/");

@@ -91,6 +91,8 @@ pub struct Ebpf {
     /// (see `Links`), and each container's published ranges.
     links: Links,
     ranges: BTreeMap<String, ContainerPorts>,
+    /// Each container's published runs over IPv6.
+    ranges6: BTreeMap<String, v6::ContainerPorts6>,
     /// What the last sync wrote into the IPv6 maps.
     last6: Option<v6::Desired6>,
 }
@@ -201,6 +203,7 @@ impl Ebpf {
             slots: BTreeMap::new(),
             links: Links::default(),
             ranges: BTreeMap::new(),
+            ranges6: BTreeMap::new(),
             last6: None,
         }
     }
@@ -1113,7 +1116,14 @@ impl Datapath for Ebpf {
         let fresh = self.assign_slots(&mut d)?;
         let t_desired = t.elapsed();
         self.sync_maps(&d, &fresh)?;
-        let d6 = v6::Desired6::from_state(state, &self.slots, self.last6.as_ref(), &mut self.links);
+        let t_maps4 = t.elapsed();
+        let d6 = v6::Desired6::from_state(
+            state,
+            &self.slots,
+            self.last6.as_ref(),
+            &mut self.links,
+            &mut self.ranges6,
+        );
         if self.last6.as_ref() != Some(&d6) {
             let prev = self.last6.take();
             v6::sync(self.progs()?, prev.as_ref(), &d6)?;
@@ -1124,12 +1134,15 @@ impl Datapath for Ebpf {
         if !self.started {
             self.start(&d)?;
         }
+        let t_attach = t.elapsed();
         self.sync_reserved_ports(&d);
         tracing::debug!(
-            "ebpf sync: desired {:?}, maps {:?}, attach {:?}",
+            "ebpf sync: desired {:?}, IPv4 maps {:?}, IPv6 {:?}, attach {:?}, reserved ports {:?}",
             t_desired,
-            t_maps - t_desired,
-            t.elapsed() - t_maps
+            t_maps4 - t_desired,
+            t_maps - t_maps4,
+            t_attach - t_maps,
+            t.elapsed() - t_attach
         );
         Ok(())
     }

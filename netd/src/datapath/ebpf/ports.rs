@@ -27,39 +27,75 @@ pub fn port_blocks(lo: u16, hi: u16) -> Vec<(u16, u32)> {
     out
 }
 
-/// Published bindings grouped into ranges: consecutive host ports mapped
-/// to consecutive container ports of one container become one target.
-pub fn port_ranges(bindings: &[(Ipv4Addr, PortBinding)]) -> Vec<(u8, Ipv4Addr, PortTarget)> {
-    let mut sorted: Vec<&(Ipv4Addr, PortBinding)> = bindings.iter().collect();
-    sorted.sort_by_key(|(c, b)| (b.proto, b.host_ip, b.host_port, *c));
-    let mut out: Vec<(u8, Ipv4Addr, PortTarget, Ipv4Addr)> = Vec::new();
-    for (cip, b) in sorted {
-        let IpAddr::V4(hip) = b.host_ip else { continue };
-        let proto = b.proto.number();
-        if let Some((p, h, t, c)) = out.last_mut()
-            && *p == proto
-            && *h == hip
-            && *c == *cip
-            && t.host_port_max.checked_add(1) == Some(b.host_port)
-            && t.container_port_min + (b.host_port - t.host_port_min) == b.container_port
+/// A run of consecutive host ports going to consecutive container ports
+/// of one container: one published range, whatever the address family
+/// (`H`: the host address, `C`: the container's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortRun<H, C> {
+    pub proto: u8,
+    pub host: H,
+    pub container: C,
+    pub host_min: u16,
+    pub host_max: u16,
+    pub container_min: u16,
+}
+
+/// Bindings (proto, host address, container address, host port,
+/// container port) grouped into runs: 10,000 published ports of one
+/// container in one range are one run, a handful of LPM entries.
+pub fn coalesce<H: Ord + Copy, C: Ord + Copy>(
+    mut bindings: Vec<(u8, H, C, u16, u16)>,
+) -> Vec<PortRun<H, C>> {
+    bindings.sort_by_key(|&(proto, host, container, hport, _)| (proto, host, hport, container));
+    let mut out: Vec<PortRun<H, C>> = Vec::new();
+    for (proto, host, container, hport, cport) in bindings {
+        if let Some(r) = out.last_mut()
+            && (r.proto, r.host, r.container) == (proto, host, container)
+            && r.host_max.checked_add(1) == Some(hport)
+            && r.container_min.checked_add(hport - r.host_min) == Some(cport)
         {
-            t.host_port_max = b.host_port;
+            r.host_max = hport;
             continue;
         }
-        out.push((
+        out.push(PortRun {
             proto,
-            hip,
-            PortTarget {
-                container_ip: u32::from(*cip).to_be(),
-                host_port_min: b.host_port,
-                host_port_max: b.host_port,
-                container_port_min: b.container_port,
-                _pad: 0,
-            },
-            *cip,
-        ));
+            host,
+            container,
+            host_min: hport,
+            host_max: hport,
+            container_min: cport,
+        });
     }
-    out.into_iter().map(|(p, h, t, _)| (p, h, t)).collect()
+    out
+}
+
+/// Published IPv4 bindings grouped into ranges (see [`coalesce`]).
+pub fn port_ranges(bindings: &[(Ipv4Addr, PortBinding)]) -> Vec<(u8, Ipv4Addr, PortTarget)> {
+    let items = bindings
+        .iter()
+        .filter_map(|(cip, b)| {
+            let IpAddr::V4(hip) = b.host_ip else {
+                return None;
+            };
+            Some((b.proto.number(), hip, *cip, b.host_port, b.container_port))
+        })
+        .collect();
+    coalesce(items)
+        .into_iter()
+        .map(|r| {
+            (
+                r.proto,
+                r.host,
+                PortTarget {
+                    container_ip: u32::from(r.container).to_be(),
+                    host_port_min: r.host_min,
+                    host_port_max: r.host_max,
+                    container_port_min: r.container_min,
+                    _pad: 0,
+                },
+            )
+        })
+        .collect()
 }
 
 pub fn port_key(proto: u8, host: Ipv4Addr, port: u16, port_bits: u32) -> Key<PortKey> {
@@ -228,6 +264,44 @@ mod tests {
             assert!(blocks.len() <= 32);
         }
         assert_eq!(port_blocks(8080, 8080), vec![(8080, 16)]);
+    }
+
+    #[test]
+    fn bindings_coalesce_into_runs() {
+        // 30000-30009 -> 30000-30009 of container 1, out of order; 30010
+        // goes elsewhere in the container; 30011 to container 2; UDP apart.
+        let mut b: Vec<(u8, u8, u8, u16, u16)> = (0..10)
+            .rev()
+            .map(|i| (6, 0, 1, 30000 + i, 30000 + i))
+            .collect();
+        b.extend([
+            (6, 0, 1, 30010, 80),
+            (6, 0, 2, 30011, 30011),
+            (17, 0, 1, 30000, 30000),
+        ]);
+        let runs = coalesce(b);
+        let r = |proto, container, host_min, host_max, container_min| PortRun {
+            proto,
+            host: 0u8,
+            container,
+            host_min,
+            host_max,
+            container_min,
+        };
+        assert_eq!(
+            runs,
+            vec![
+                r(6, 1, 30000, 30009, 30000),
+                r(6, 1, 30010, 30010, 80),
+                r(6, 2, 30011, 30011, 30011),
+                r(17, 1, 30000, 30000, 30000),
+            ]
+        );
+        // A container port that would overflow ends the run.
+        assert_eq!(
+            coalesce(vec![(6, 0u8, 1u8, 10, 65535), (6, 0, 1, 11, 0)]).len(),
+            2
+        );
     }
 
     #[test]

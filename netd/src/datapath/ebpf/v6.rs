@@ -21,11 +21,15 @@ use netd_common::{
     },
 };
 
-use super::ct;
+use super::{
+    ct,
+    ports::{PortRun, coalesce, port_blocks},
+};
 use crate::{
     bpf::Programs,
     datapath::{ConntrackGc, GcRun},
     model::Status,
+    portspec::PortBinding,
     state::State,
 };
 
@@ -33,8 +37,90 @@ pub fn ip6(a: Ipv6Addr) -> Ip6 {
     Ip6::from_bytes(a.octets())
 }
 
-/// An LPM key as an orderable value.
-type PortId6 = (u8, [u8; 16], u16);
+/// An LPM key as an orderable value: (protocol, address, first port of
+/// the block, prefix bits of the port).
+type PortId6 = (u8, [u8; 16], u16, u32);
+
+/// A run of published ports over IPv6: host (or, routed, the
+/// container's own) address -> the container's IPv6 address.
+type Run6 = PortRun<[u8; 16], Ipv6Addr>;
+
+/// One container's published ports over IPv6 as runs, recomputed only
+/// when its bindings, its IPv6 address or its network's wire change (a
+/// container with 10,000 ports would otherwise be regrouped at every
+/// sync).
+pub(super) struct ContainerPorts6 {
+    ip: Ipv6Addr,
+    bindings: Vec<PortBinding>,
+    /// (host_ports, direct_ports) of its network's IPv6 wire.
+    wire: (bool, bool),
+    /// Published host ports (NETD_PORTS6).
+    host: Vec<Run6>,
+    /// Published container ports reachable by routing (NETD_DIRECT6).
+    direct: Vec<Run6>,
+}
+
+impl ContainerPorts6 {
+    fn new(ip: Ipv6Addr, bindings: &[PortBinding], wire: (bool, bool)) -> ContainerPorts6 {
+        let (host_ports, direct_ports) = wire;
+        let host = bindings
+            .iter()
+            .filter(|b| host_ports && b.host_port != 0)
+            .filter_map(|b| {
+                // 0.0.0.0 covers both families; [::] and an IPv6
+                // address IPv6 only; an IPv4 address none.
+                let host = match b.host_ip {
+                    IpAddr::V4(a) if a.is_unspecified() => Ipv6Addr::UNSPECIFIED,
+                    IpAddr::V4(_) => return None,
+                    IpAddr::V6(a) => a,
+                };
+                Some((
+                    b.proto.number(),
+                    host.octets(),
+                    ip,
+                    b.host_port,
+                    b.container_port,
+                ))
+            })
+            .collect();
+        // The container's own address and port, as a "host" binding of
+        // itself.
+        let direct = bindings
+            .iter()
+            .filter(|_| direct_ports)
+            .map(|b| {
+                (
+                    b.proto.number(),
+                    ip.octets(),
+                    ip,
+                    b.container_port,
+                    b.container_port,
+                )
+            })
+            .collect();
+        ContainerPorts6 {
+            ip,
+            bindings: bindings.to_vec(),
+            wire,
+            host: coalesce(host),
+            direct: coalesce(direct),
+        }
+    }
+}
+
+/// A run's LPM entries: prefix-aligned blocks of its host ports.
+fn run_entries(r: &Run6) -> impl Iterator<Item = (PortId6, PortTarget6)> + '_ {
+    let t = PortTarget6 {
+        container_ip: ip6(r.container),
+        host_port_min: r.host_min,
+        host_port_max: r.host_max,
+        container_port_min: r.container_min,
+        _pad: 0,
+    };
+    port_blocks(r.host_min, r.host_max)
+        .into_iter()
+        .map(move |(start, bits)| ((r.proto, r.host, start, bits), t))
+}
 
 #[derive(Default, Clone, PartialEq)]
 pub struct Desired6 {
@@ -44,8 +130,9 @@ pub struct Desired6 {
     ports: BTreeMap<PortId6, PortTarget6>,
     direct: BTreeMap<PortId6, PortTarget6>,
     local: BTreeMap<Ip6, u32>,
-    /// (proto, host port, container address) of every published port.
-    live_ports: BTreeSet<(u8, u16, Ip6)>,
+    /// (proto, container address, first and last host port) of every
+    /// published run.
+    live_ports: BTreeSet<(u8, Ip6, u16, u16)>,
 }
 
 impl Desired6 {
@@ -54,13 +141,16 @@ impl Desired6 {
     /// kept while the networks (their bridges' addresses) are the same:
     /// reading them lists every interface (getifaddrs), a cost every
     /// container operation would pay; the periodic refresh
-    /// ([`refresh_local`]) follows the rest.
+    /// ([`refresh_local`]) follows the rest. `ports`: each container's
+    /// runs of the last sync, replaced by this one's.
     pub(super) fn from_state(
         state: &State,
         slots: &BTreeMap<u32, u32>,
         prev: Option<&Desired6>,
         links: &mut super::Links,
+        ports: &mut BTreeMap<String, ContainerPorts6>,
     ) -> Desired6 {
+        let mut runs = BTreeMap::new();
         let mut d = Desired6::default();
         let mut gw_macs = BTreeMap::new();
         let mut wires = BTreeMap::new();
@@ -117,37 +207,25 @@ impl Desired6 {
             let (Some(cip), Some(w)) = (ep.ip6, wires.get(&ep.network)) else {
                 continue;
             };
-            for b in &c.ports {
-                let proto = b.proto.number();
-                let target = |min: u16, cport: u16| PortTarget6 {
-                    container_ip: ip6(cip),
-                    host_port_min: min,
-                    host_port_max: min,
-                    container_port_min: cport,
-                    _pad: 0,
-                };
-                if w.host_ports && b.host_port != 0 {
-                    // 0.0.0.0 covers both families; [::] and an IPv6
-                    // address IPv6 only; an IPv4 address none.
-                    let host = match b.host_ip {
-                        IpAddr::V4(a) if a.is_unspecified() => Some(Ipv6Addr::UNSPECIFIED),
-                        IpAddr::V4(_) => None,
-                        IpAddr::V6(a) => Some(a),
-                    };
-                    if let Some(h) = host {
-                        d.ports.insert(
-                            (proto, h.octets(), b.host_port),
-                            target(b.host_port, b.container_port),
-                        );
-                        d.live_ports.insert((proto, b.host_port, ip6(cip)));
-                    }
-                }
-                if w.direct_ports {
-                    d.direct.insert(
-                        (proto, cip.octets(), b.container_port),
-                        target(b.container_port, b.container_port),
-                    );
-                }
+            if c.ports.is_empty() {
+                continue;
+            }
+            let wire = (w.host_ports, w.direct_ports);
+            let cp = ports
+                .remove(&c.id)
+                .filter(|p| p.ip == cip && p.wire == wire && p.bindings == c.ports)
+                .unwrap_or_else(|| ContainerPorts6::new(cip, &c.ports, wire));
+            runs.insert(c.id.clone(), cp);
+        }
+        *ports = runs;
+        for cp in ports.values() {
+            for r in &cp.host {
+                d.live_ports
+                    .insert((r.proto, ip6(r.container), r.host_min, r.host_max));
+                d.ports.extend(run_entries(r));
+            }
+            for r in &cp.direct {
+                d.direct.extend(run_entries(r));
             }
         }
         d.local = match prev {
@@ -202,13 +280,24 @@ pub fn uplink_ip6(uplink: &str) -> Option<Ipv6Addr> {
 
 fn port_key(id: &PortId6) -> Key<PortKey6> {
     Key::new(
-        PORT_KEY6_FULL_PREFIX,
+        PORT_KEY6_FULL_PREFIX - 16 + id.3,
         PortKey6 {
             proto: id.0,
             addr: id.1,
             port: id.2.to_be_bytes(),
             _pad: 0,
         },
+    )
+}
+
+/// The inverse of [`port_key`].
+fn port_id(k: &Key<PortKey6>) -> PortId6 {
+    let d = k.data();
+    (
+        d.proto,
+        d.addr,
+        u16::from_be_bytes(d.port),
+        (k.prefix_len() + 16).saturating_sub(PORT_KEY6_FULL_PREFIX),
     )
 }
 
@@ -253,10 +342,7 @@ fn sync_lpm(
             .keys()
             .collect::<Result<Vec<_>, _>>()?
             .into_iter()
-            .filter(|k| {
-                let d = k.data();
-                !want.contains_key(&(d.proto, d.addr, u16::from_be_bytes(d.port)))
-            })
+            .filter(|k| !want.contains_key(&port_id(k)))
             .collect(),
     };
     for k in gone {
@@ -334,7 +420,10 @@ fn stale(k: &CtKey6, e: &CtEntry6, d: &Desired6) -> bool {
         ct_kind::REV_DNAT => e.port,
         _ => return false,
     };
-    !d.live_ports.contains(&(k.proto, host_port, e.container_ip))
+    let runs = (k.proto, e.container_ip, 0, 0)..=(k.proto, e.container_ip, host_port, u16::MAX);
+    !d.live_ports
+        .range(runs)
+        .any(|&(_, _, _, last)| last >= host_port)
 }
 
 /// Sets the NAT66 source (the uplink's global IPv6 address; unspecified
@@ -469,7 +558,7 @@ mod tests {
         let a = ip6("fd00::2".parse().unwrap());
         let mut d = Desired6::default();
         d.by_ip.insert(a, Endpoint6::default());
-        d.live_ports.insert((6, 8080, a));
+        d.live_ports.insert((6, a, 8080, 8080));
         let k = |dport| CtKey6 {
             dport,
             proto: 6,
@@ -486,5 +575,20 @@ mod tests {
         assert!(stale(&k(1), &e(ct_kind::REV_DNAT, 9090, a), &d));
         assert!(!stale(&k(1), &e(ct_kind::SNAT, 61000, a), &d));
         assert!(stale(&k(1), &e(ct_kind::SNAT, 61000, Ip6::UNSPECIFIED), &d));
+        // A published range: every port inside it lives, its neighbours not.
+        d.live_ports.insert((6, a, 30000, 39999));
+        for (port, gone) in [
+            (29999, true),
+            (30000, false),
+            (35000, false),
+            (39999, false),
+            (40000, true),
+        ] {
+            assert_eq!(
+                stale(&k(port), &e(ct_kind::DNAT, 80, a), &d),
+                gone,
+                "{port}"
+            );
+        }
     }
 }
