@@ -132,9 +132,18 @@ impl PortSet {
         self.0[usize::from(p / 64)] |= 1 << (p % 64);
     }
 
+    /// Inserts [lo, hi] a word at a time (the masquerade range alone is
+    /// tens of thousands of ports, inserted at every sync).
     pub fn insert_range(&mut self, lo: u16, hi: u16) {
-        for p in lo..=hi {
-            self.insert(p);
+        if lo > hi {
+            return;
+        }
+        let (lo, hi) = (usize::from(lo), usize::from(hi));
+        let (first, last) = (lo / 64, hi / 64);
+        for w in first..=last {
+            let from = if w == first { lo % 64 } else { 0 };
+            let to = if w == last { hi % 64 } else { 63 };
+            self.0[w] |= (u64::MAX >> (63 - to)) & (u64::MAX << from);
         }
     }
 
@@ -160,12 +169,38 @@ impl PortSet {
 
     /// The ports in order.
     pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
-        self.0.iter().enumerate().flat_map(|(w, bits)| {
-            let bits = *bits;
-            (0..64u32)
-                .filter(move |b| bits & (1 << b) != 0)
-                .map(move |b| (w as u32 * 64 + b) as u16)
-        })
+        self.runs().into_iter().flat_map(|(a, b)| a..=b)
+    }
+
+    /// The ports as runs of consecutive ports, in order, found a word at
+    /// a time.
+    pub fn runs(&self) -> Vec<(u16, u16)> {
+        let mut out = Vec::new();
+        let mut from = 0u32;
+        while let Some(start) = self.next_from(from, true) {
+            let end = self.next_from(start, false).map_or(65535, |e| e - 1);
+            out.push((start as u16, end as u16));
+            from = end + 1;
+        }
+        out
+    }
+
+    /// The first port >= `p` that is (`set`) or is not (`!set`) in the set.
+    fn next_from(&self, p: u32, set: bool) -> Option<u32> {
+        let word = |w: usize| if set { self.0[w] } else { !self.0[w] };
+        let mut w = (p / 64) as usize;
+        if w >= self.0.len() {
+            return None;
+        }
+        let mut bits = word(w) & (u64::MAX << (p % 64));
+        while bits == 0 {
+            w += 1;
+            if w == self.0.len() {
+                return None;
+            }
+            bits = word(w);
+        }
+        Some(w as u32 * 64 + bits.trailing_zeros())
     }
 }
 
@@ -185,19 +220,17 @@ pub fn parse_port_list(s: &str) -> PortSet {
 
 /// Renders ports as the sysctl wants them: sorted ranges.
 pub fn render_port_list(ports: &PortSet) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut it = ports.iter().peekable();
-    while let Some(start) = it.next() {
-        let mut end = start;
-        while it.peek() == Some(&(end.wrapping_add(1))) && end < u16::MAX {
-            end = it.next().unwrap_or(end);
-        }
-        out.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
-        });
-    }
+    let out: Vec<String> = ports
+        .runs()
+        .into_iter()
+        .map(|(start, end)| {
+            if start == end {
+                start.to_string()
+            } else {
+                format!("{start}-{end}")
+            }
+        })
+        .collect();
     out.join(",")
 }
 
@@ -309,6 +342,18 @@ mod tests {
         let p = |s: &str| parse_port_list(s);
         assert_eq!(render_port_list(&p("9,1-3,5,4,65535")), "1-5,9,65535");
         assert_eq!(render_port_list(&p("")), "");
+        assert_eq!(render_port_list(&p("0-65535")), "0-65535");
+        assert_eq!(
+            render_port_list(&p("63-64,127,128-191,65534")),
+            "63-64,127-191,65534"
+        );
+        let mut big = PortSet::default();
+        big.insert_range(32768, 60999);
+        big.insert_range(61000, 61000);
+        big.insert_range(5, 5);
+        assert_eq!(render_port_list(&big), "5,32768-61000");
+        assert_eq!(big.iter().count(), 28234);
+        assert!(big.contains(32768) && big.contains(61000) && !big.contains(32767));
         assert_eq!(render_port_list(&p("x,7-3,8")), "8");
         let mut r = Reserved::default();
         let ours = p("8080,61000-61002");
