@@ -31,33 +31,49 @@ pub const IP_NETNS_DIR: &str = "/run/netns";
 fn netns_dir_mount() -> Result<()> {
     static DONE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
-    if *done {
-        return Ok(());
+    if !*done {
+        std::fs::create_dir_all(IP_NETNS_DIR)?;
+        share_mount(Path::new(IP_NETNS_DIR))?;
+        *done = true;
     }
-    std::fs::create_dir_all(IP_NETNS_DIR)?;
-    let shared = || {
+    Ok(())
+}
+
+/// Makes `dir` a shared mount point (bind-mounting it on itself first
+/// when it is not a mount point), as `ip netns add` does with /run/netns:
+/// the namespace files mounted under it then show in every mount
+/// namespace that shares it, not only the caller's.
+pub fn share_mount(dir: &Path) -> Result<()> {
+    if !is_mount_point(dir) {
         mount(
-            None::<&str>,
-            IP_NETNS_DIR,
-            None::<&str>,
-            MsFlags::MS_SHARED | MsFlags::MS_REC,
-            None::<&str>,
-        )
-    };
-    if let Err(nix::errno::Errno::EINVAL) = shared() {
-        // Not a mount point yet.
-        mount(
-            Some(IP_NETNS_DIR),
-            IP_NETNS_DIR,
+            Some(dir),
+            dir,
             None::<&str>,
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None::<&str>,
         )
-        .with_context(|| format!("bind-mounting {IP_NETNS_DIR} on itself"))?;
+        .with_context(|| format!("bind-mounting {} on itself", dir.display()))?;
     }
-    shared().with_context(|| format!("making {IP_NETNS_DIR} a shared mount"))?;
-    *done = true;
-    Ok(())
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .with_context(|| format!("making {} a shared mount", dir.display()))
+}
+
+/// Whether `dir` is a mount point of this mount namespace.
+fn is_mount_point(dir: &Path) -> bool {
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .any(|m| Path::new(m) == dir)
 }
 
 /// A network namespace pinned by a bind-mounted file.

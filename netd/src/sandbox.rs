@@ -59,7 +59,7 @@ impl Sandboxes {
         let netns = exec_root.join("netns");
         std::fs::create_dir_all(&netns).with_context(|| format!("creating {}", netns.display()))?;
         std::fs::create_dir_all(exec_root.join("containers"))?;
-        share_mount(&netns)?;
+        crate::netns::share_mount(&netns)?;
         Ok(Sandboxes {
             exec_root: exec_root.to_path_buf(),
             marker: format!("netd:{instance}"),
@@ -330,44 +330,6 @@ fn enable_ipv6_forwarding() -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Makes `dir` a shared mount point (bind-mounting it on itself first
-/// when it is not a mount point), as `ip netns add` does with /run/netns:
-/// the namespace files mounted under it then show in every mount
-/// namespace that shares it, not only the daemon's.
-fn share_mount(dir: &Path) -> Result<()> {
-    use nix::mount::{MsFlags, mount};
-    if !is_mount_point(dir) {
-        mount(
-            Some(dir),
-            dir,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .with_context(|| format!("bind-mounting {} on itself", dir.display()))?;
-    }
-    mount(
-        None::<&str>,
-        dir,
-        None::<&str>,
-        MsFlags::MS_SHARED | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .with_context(|| format!("making {} a shared mount", dir.display()))
-}
-
-/// Whether `dir` is a mount point of this mount namespace.
-fn is_mount_point(dir: &Path) -> bool {
-    let Ok(dir) = dir.canonicalize() else {
-        return false;
-    };
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .any(|m| Path::new(m) == dir)
 }
 
 /// Replaces a file's contents in place (keeping its inode, which bind

@@ -318,6 +318,12 @@ pub(super) fn serve_outside6(n: &mut Netd) {
 /// Starts an HTTP server (reports the client address) in a container on
 /// `[::]:port` (both families).
 pub(super) fn serve_http6(n: &Netd, name: &str, port: u16) {
+    serve_http6_as(n, name, port, name);
+}
+
+/// An HTTP server on `[::]:port` in container `name` that answers as
+/// `label` (`hello from LABEL to ...`).
+fn serve_http6_as(n: &Netd, name: &str, port: u16, label: &str) {
     let out = n.ok(&[
         "exec",
         name,
@@ -325,7 +331,7 @@ pub(super) fn serve_http6(n: &Netd, name: &str, port: u16) {
         "sh",
         "-c",
         &format!(
-            "{} tool http-serve [::]:{port} --name {name} >/dev/null 2>&1 & echo $!",
+            "{} tool http-serve [::]:{port} --name {label} >/dev/null 2>&1 & echo $!",
             me()
         ),
     ]);
@@ -623,17 +629,7 @@ pub fn ipv6_traffic(dp: &str) {
     for c in ["a", "web", "q2"] {
         serve_http6(&n, c, 80);
     }
-    n.ok(&[
-        "exec",
-        "web",
-        "--",
-        "sh",
-        "-c",
-        &format!(
-            "{} tool http-serve [::]:81 --name web81 >/dev/null 2>&1 &",
-            me()
-        ),
-    ]);
+    serve_http6_as(&n, "web", 81, "web81");
 
     // Containers of one network: ping6 and TCP, each sees the other's
     // own IPv6 address (neighbour discovery works through the bridge).
