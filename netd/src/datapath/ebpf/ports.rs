@@ -167,11 +167,6 @@ impl PortSet {
         out
     }
 
-    /// The ports in order.
-    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
-        self.runs().into_iter().flat_map(|(a, b)| a..=b)
-    }
-
     /// The ports as runs of consecutive ports, in order, found a word at
     /// a time.
     pub fn runs(&self) -> Vec<(u16, u16)> {
@@ -352,7 +347,13 @@ mod tests {
         big.insert_range(61000, 61000);
         big.insert_range(5, 5);
         assert_eq!(render_port_list(&big), "5,32768-61000");
-        assert_eq!(big.iter().count(), 28234);
+        assert_eq!(
+            big.runs()
+                .iter()
+                .map(|(a, b)| u32::from(b - a) + 1)
+                .sum::<u32>(),
+            28234
+        );
         assert!(big.contains(32768) && big.contains(61000) && !big.contains(32767));
         assert_eq!(render_port_list(&p("x,7-3,8")), "8");
         let mut r = Reserved::default();
