@@ -88,7 +88,7 @@ pub fn from_container(ctx: TcContext) -> i32 {
     if v6::is_ipv6(&ctx) {
         return v6::jump(&ctx, v6::JMP_FROM_CONTAINER6);
     }
-    if let Some(verdict) = fast::same_network(&ctx) {
+    if let Some(verdict) = fast::from_container(&ctx) {
         return verdict;
     }
     match try_from_container(&ctx) {
@@ -101,6 +101,9 @@ pub fn from_container(ctx: TcContext) -> i32 {
 pub fn from_world(ctx: TcContext) -> i32 {
     if v6::is_ipv6(&ctx) {
         return v6::jump(&ctx, v6::JMP_FROM_WORLD6);
+    }
+    if let Some(verdict) = fast::tracked_in(&ctx) {
+        return verdict;
     }
     match try_from_world(&ctx) {
         Ok(verdict) => verdict,
@@ -536,7 +539,7 @@ fn fib_mtu(rc: u32, fib: &FibParams) -> Option<u32> {
 /// kernel's skb_gso_validate_network_len computes). Other GSO packets and
 /// unresolved neighbours ask `bpf_check_mtu` (BPF_MTU_CHK_SEGS).
 #[inline(always)]
-fn too_big(ctx: &TcContext, mtu: Option<u32>, ifindex: u32, ip: &Ipv4, l4_hlen: u32) -> bool {
+pub(crate) fn too_big(ctx: &TcContext, mtu: Option<u32>, ifindex: u32, ip: &Ipv4, l4_hlen: u32) -> bool {
     // SAFETY: reading the context.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
     if let Some(mtu) = mtu {
@@ -1211,7 +1214,7 @@ fn deliver_ep(ctx: &TcContext, ep: &Endpoint) -> Result<i32, DropReason> {
 }
 
 #[inline(always)]
-fn redirect_neigh(ifindex: u32, next_hop: u32) -> Result<i32, DropReason> {
+pub(crate) fn redirect_neigh(ifindex: u32, next_hop: u32) -> Result<i32, DropReason> {
     let mut nh = bpf_redir_neigh {
         nh_family: u32::from(AF_INET),
         __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: next_hop },

@@ -557,6 +557,220 @@ fn snat_then_reverse_snat_tcp() {
     assert_eq!(bpfmaps::ct(&mut w.p).len(), 2);
 }
 
+/// The tracked fast paths (`fast.rs`): a packet of an established flow,
+/// in each of the four kinds they take (SNAT out, its reply in, DNAT in,
+/// its reply out), TCP and UDP, is translated (checksums verifying),
+/// counted (global counters, endpoint stats) and refreshes its entry as
+/// the full walk would; what they decline goes to the full walk all the
+/// same: a flow's first packets (NEW entries), a FIN (its state machine:
+/// CLOSING), a network made internal since the flow began (dropped).
+#[test]
+fn established_flows_translate_count_and_refresh_as_the_full_walk_does() {
+    root!();
+    use netd_common::ct_state;
+    const ACK: u8 = packet::TCP_ACK;
+    const FIN: u8 = 0x01;
+    let mut w = setup(NET_ICC | NET_MASQUERADE, 1, 1024);
+    bpfmaps::add_ports(&mut w.p, 6, Ipv4Addr::UNSPECIFIED, 9000, 9000, A_IP, 7000);
+    bpfmaps::add_ports(&mut w.p, 17, Ipv4Addr::UNSPECIFIED, 9053, 9053, A_IP, 53);
+    // A masqueraded TCP flow and a published port's, each established by
+    // its handshake (the full walk).
+    let (_, out) = w.run(
+        bpf::FROM_CONTAINER,
+        &a_to(OUTSIDE_IP).tcp(40000, 80, TCP_SYN, b""),
+    );
+    let nat = packet::fields(&out).sport;
+    w.run(
+        bpf::FROM_WORLD,
+        &world_to_host().tcp(80, nat, TCP_SYN | ACK, b""),
+    );
+    w.run(
+        bpf::FROM_CONTAINER,
+        &a_to(OUTSIDE_IP).tcp(40000, 80, ACK, b""),
+    );
+    w.run(
+        bpf::FROM_WORLD,
+        &world_to_host().tcp(5555, 9000, TCP_SYN, b""),
+    );
+    w.run(
+        bpf::FROM_CONTAINER,
+        &a_to(OUTSIDE_IP).tcp(7000, 5555, TCP_SYN | ACK, b""),
+    );
+    w.run(bpf::FROM_WORLD, &world_to_host().tcp(5555, 9000, ACK, b""));
+    // A published UDP port's first datagram: a NEW flow.
+    let (v, _) = w.run(bpf::FROM_WORLD, &world_to_host().udp(5353, 9053, b"q1"));
+    assert_eq!(v, tc::ACT_REDIRECT);
+    let ct = bpfmaps::ct(&mut w.p);
+    assert_eq!(ct.len(), 6, "{ct:?}");
+    assert!(
+        ct.iter()
+            .filter(|(k, _)| k.proto == 6)
+            .all(|(_, e)| e.state == ct_state::ESTABLISHED),
+        "{ct:?}"
+    );
+    // Every entry last seen long ago: the packets below refresh theirs.
+    for (k, mut e) in ct {
+        e.last_seen = 1;
+        bpfmaps::ct_set(&mut w.p, &k, &e);
+    }
+    let names = [
+        "snat",
+        "rev_snat",
+        "dnat",
+        "rev_dnat",
+        "from_container.packets",
+        "from_container.ipv4",
+        "from_container.tcp",
+        "from_world.packets",
+    ];
+    let before: Vec<u64> = names.iter().map(|n| w.counter(n)).collect();
+    let stats = bpfmaps::endpoint_stats(&mut w.p, LO);
+
+    // SNAT out, and its reply in.
+    let (v, out) = w.run(
+        bpf::FROM_CONTAINER,
+        &a_to(OUTSIDE_IP).tcp(40000, 80, ACK, b"request"),
+    );
+    let f = packet::fields(&out);
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(
+        (f.src, f.sport, f.dst, f.dport),
+        (HOST_IP, nat, OUTSIDE_IP, 80)
+    );
+    assert!(packet::checksums_ok(&out));
+    assert_eq!(&out[out.len() - 7..], b"request");
+    let (v, back) = w.run(
+        bpf::FROM_WORLD,
+        &world_to_host().tcp(80, nat, ACK, b"reply"),
+    );
+    let b = packet::fields(&back);
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(
+        (b.src, b.sport, b.dst, b.dport),
+        (OUTSIDE_IP, 80, A_IP, 40000)
+    );
+    assert_eq!((b.dst_mac, b.src_mac), (A_MAC, GW_MAC));
+    assert!(packet::checksums_ok(&back));
+    // DNAT in, and its reply out.
+    let (v, out) = w.run(
+        bpf::FROM_WORLD,
+        &world_to_host().tcp(5555, 9000, ACK, b"get"),
+    );
+    let f = packet::fields(&out);
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(
+        (f.src, f.sport, f.dst, f.dport),
+        (OUTSIDE_IP, 5555, A_IP, 7000)
+    );
+    assert_eq!((f.dst_mac, f.src_mac), (A_MAC, GW_MAC));
+    assert!(packet::checksums_ok(&out));
+    let (v, back) = w.run(
+        bpf::FROM_CONTAINER,
+        &a_to(OUTSIDE_IP).tcp(7000, 5555, ACK, b"ok"),
+    );
+    let b = packet::fields(&back);
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(
+        (b.src, b.sport, b.dst, b.dport),
+        (HOST_IP, 9000, OUTSIDE_IP, 5555)
+    );
+    assert!(packet::checksums_ok(&back));
+    let after: Vec<u64> = names.iter().map(|n| w.counter(n)).collect();
+    let delta: Vec<(&str, u64)> = names
+        .iter()
+        .zip(after.iter().zip(&before))
+        .map(|(n, (a, b))| (*n, a - b))
+        .collect();
+    assert_eq!(
+        delta,
+        [
+            ("snat", 1),
+            ("rev_snat", 1),
+            ("dnat", 1),
+            ("rev_dnat", 1),
+            ("from_container.packets", 2),
+            ("from_container.ipv4", 2),
+            ("from_container.tcp", 2),
+            ("from_world.packets", 2),
+        ]
+    );
+    let now = bpfmaps::endpoint_stats(&mut w.p, LO);
+    assert_eq!(
+        (
+            now.rx_packets - stats.rx_packets,
+            now.tx_packets - stats.tx_packets
+        ),
+        (2, 2),
+        "A's sent and delivered packets"
+    );
+    let ct = bpfmaps::ct(&mut w.p);
+    assert!(
+        ct.iter()
+            .filter(|(k, _)| k.proto == 6)
+            .all(|(_, e)| e.last_seen > 1 && e.state == ct_state::ESTABLISHED),
+        "every TCP entry refreshed, still established: {ct:?}"
+    );
+    assert!(bpfmaps::ct_consistent(&mut w.p).is_ok());
+
+    // UDP: the published port's next datagram (its entry stays NEW: the
+    // first direction), the reply (the full walk: NEW -> ESTABLISHED),
+    // the next reply.
+    let (v, out) = w.run(bpf::FROM_WORLD, &world_to_host().udp(5353, 9053, b"q2"));
+    let f = packet::fields(&out);
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(
+        (f.dst, f.dport, f.src, f.sport),
+        (A_IP, 53, OUTSIDE_IP, 5353)
+    );
+    assert!(packet::checksums_ok(&out));
+    for payload in [b"a1", b"a2"] {
+        let (v, back) = w.run(
+            bpf::FROM_CONTAINER,
+            &a_to(OUTSIDE_IP).udp(53, 5353, payload),
+        );
+        let b = packet::fields(&back);
+        assert_eq!(v, tc::ACT_REDIRECT);
+        assert_eq!(
+            (b.src, b.sport, b.dst, b.dport),
+            (HOST_IP, 9053, OUTSIDE_IP, 5353)
+        );
+        assert!(packet::checksums_ok(&back));
+    }
+    let udp: Vec<_> = bpfmaps::ct(&mut w.p)
+        .into_iter()
+        .filter(|(k, _)| k.proto == 17)
+        .collect();
+    assert!(
+        udp.iter().all(|(_, e)| e.last_seen > 1)
+            && udp
+                .iter()
+                .any(|(_, e)| e.kind == ct_kind::REV_DNAT && e.state == ct_state::ESTABLISHED),
+        "{udp:?}"
+    );
+    // Every packet of both published flows, handshakes included.
+    assert_eq!((w.counter("dnat"), w.counter("rev_dnat")), (5, 4));
+
+    // A FIN: the full walk's state machine closes that direction.
+    let (v, _) = w.run(
+        bpf::FROM_CONTAINER,
+        &a_to(OUTSIDE_IP).tcp(40000, 80, FIN | ACK, b""),
+    );
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert!(
+        bpfmaps::ct(&mut w.p)
+            .iter()
+            .any(|(_, e)| e.kind == ct_kind::SNAT && e.state == ct_state::CLOSING)
+    );
+    // The network made internal since: its established flows leave no more.
+    bpfmaps::add_network(&mut w.p, 1, NET_ICC | NET_MASQUERADE | NET_INTERNAL);
+    let (v, _) = w.run(
+        bpf::FROM_CONTAINER,
+        &a_to(OUTSIDE_IP).tcp(7000, 5555, ACK, b"more"),
+    );
+    assert_eq!(v, tc::ACT_SHOT);
+    assert_eq!(w.drops("internal-network"), 1);
+}
+
 /// An established flow to the world caches its FIB result (next hop,
 /// the uplink's MTU) in its forward entry and uses it for about a second
 /// (the stamp's unit); a stale one is looked up again: after a route
