@@ -42,7 +42,7 @@ use netd_common::{
 };
 
 pub use self::ports::port_blocks;
-use self::ports::{PortSet, RESERVED_SYSCTL, Reserved, port_key, port_ranges};
+use self::ports::{PortRun, PortSet, PublishedRuns, RESERVED_SYSCTL, Reserved, V4, port_key};
 use super::{ConntrackGc, Datapath, EndpointCounters, Stats};
 use crate::{
     bpf::{self, BpfLogLevel, Programs},
@@ -51,7 +51,6 @@ use crate::{
     model::{Owner, Status},
     netns::netns_cookie,
     netns::{sysctl_read, sysctl_write},
-    portspec::PortBinding,
     state::State,
 };
 
@@ -90,9 +89,8 @@ pub struct Ebpf {
     /// What a sync would otherwise ask the kernel for again and again
     /// (see `Links`), and each container's published ranges.
     links: Links,
-    ranges: BTreeMap<String, ContainerPorts>,
-    /// Each container's published runs over IPv6.
-    ranges6: BTreeMap<String, v6::ContainerPorts6>,
+    /// Each container's published runs, both families.
+    published: PublishedRuns,
     /// What the last sync wrote into the IPv6 maps.
     last6: Option<v6::Desired6>,
 }
@@ -138,53 +136,14 @@ impl Links {
     }
 }
 
-/// One container's published ports as ranges, recomputed only when its
-/// bindings, its address or its network's wire (host ports, direct ports)
-/// change.
-struct ContainerPorts {
-    ip: Ipv4Addr,
-    bindings: Vec<PortBinding>,
-    /// (host_ports, direct_ports) of its network's [`crate::model::Wire`].
-    wire: (bool, bool),
-    /// Published host ports (`nat` modes): NETD_PORTS.
-    ranges: Vec<(u8, Ipv4Addr, PortTarget)>,
-    /// Published container ports reachable by routing, keyed by the
-    /// container's address (`routed`, `nat` without masquerade):
-    /// NETD_DIRECT.
-    direct: Vec<(u8, Ipv4Addr, PortTarget)>,
-}
-
-impl ContainerPorts {
-    fn new(ip: Ipv4Addr, bindings: &[PortBinding], wire: (bool, bool)) -> ContainerPorts {
-        let (host_ports, direct_ports) = wire;
-        let host: Vec<(Ipv4Addr, PortBinding)> = bindings
-            .iter()
-            .filter(|b| host_ports && b.host_port != 0)
-            .map(|b| (ip, *b))
-            .collect();
-        // The container's own address and port, as a "host" binding of
-        // itself.
-        let direct: Vec<(Ipv4Addr, PortBinding)> = bindings
-            .iter()
-            .filter(|_| direct_ports)
-            .map(|b| {
-                (
-                    ip,
-                    PortBinding {
-                        host_ip: std::net::IpAddr::V4(ip),
-                        host_port: b.container_port,
-                        ..*b
-                    },
-                )
-            })
-            .collect();
-        ContainerPorts {
-            ip,
-            bindings: bindings.to_vec(),
-            wire,
-            ranges: port_ranges(&host),
-            direct: port_ranges(&direct),
-        }
+/// A run's NETD_PORTS / NETD_DIRECT value.
+fn port_target(r: &PortRun<Ipv4Addr, Ipv4Addr>) -> PortTarget {
+    PortTarget {
+        container_ip: u32::from(r.container).to_be(),
+        host_port_min: r.host_min,
+        host_port_max: r.host_max,
+        container_port_min: r.container_min,
+        _pad: 0,
     }
 }
 
@@ -202,8 +161,7 @@ impl Ebpf {
             reserved: Reserved::default(),
             slots: BTreeMap::new(),
             links: Links::default(),
-            ranges: BTreeMap::new(),
-            ranges6: BTreeMap::new(),
+            published: PublishedRuns::default(),
             last6: None,
         }
     }
@@ -331,7 +289,6 @@ impl Ebpf {
             };
             masks.insert(n.id.clone(), mask.to_be());
         }
-        let mut ranges = BTreeMap::new();
         for c in state
             .containers
             .values()
@@ -370,31 +327,25 @@ impl Ebpf {
                 && let Some(w) = wires.get(&ep.network)
             {
                 let wire = (w.host_ports, w.direct_ports);
-                let cached = self
-                    .ranges
-                    .remove(&c.id)
-                    .filter(|p| p.ip == ip && p.wire == wire && p.bindings == c.ports);
-                let cp = cached.unwrap_or_else(|| ContainerPorts::new(ip, &c.ports, wire));
-                ranges.insert(c.id.clone(), cp);
+                let runs = self.published.runs::<V4>(&c.id, &c.ports, ip, wire);
+                for r in &runs.host {
+                    let t = port_target(r);
+                    d.ranges.insert(RangeId::of(r.proto, r.host, &t));
+                    for (start, bits) in port_blocks(r.host_min, r.host_max) {
+                        let k = port_key(r.proto, r.host, start, bits);
+                        d.ports.insert(port_id(&k), (k, t));
+                    }
+                }
+                for r in &runs.direct {
+                    let t = port_target(r);
+                    for (start, bits) in port_blocks(r.host_min, r.host_max) {
+                        let k = port_key(r.proto, r.host, start, bits);
+                        d.direct.insert(port_id(&k), (k, t));
+                    }
+                }
             }
         }
         self.links.retain(&names);
-        self.ranges = ranges;
-        for cp in self.ranges.values() {
-            for (proto, host, t) in &cp.ranges {
-                d.ranges.insert(RangeId::of(*proto, *host, t));
-                for (start, bits) in port_blocks(t.host_port_min, t.host_port_max) {
-                    let k = port_key(*proto, *host, start, bits);
-                    d.ports.insert(port_id(&k), (k, *t));
-                }
-            }
-            for (proto, cip, t) in &cp.direct {
-                for (start, bits) in port_blocks(t.host_port_min, t.host_port_max) {
-                    let k = port_key(*proto, *cip, start, bits);
-                    d.direct.insert(port_id(&k), (k, *t));
-                }
-            }
-        }
         // The host's addresses: read again when the networks (their
         // bridges' addresses) change; the refresh every few seconds
         // follows the rest.
@@ -1112,6 +1063,7 @@ impl Datapath for Ebpf {
 
     fn sync(&mut self, state: &State) -> Result<()> {
         let t = std::time::Instant::now();
+        self.published.begin();
         let mut d = self.desired(state)?;
         let fresh = self.assign_slots(&mut d)?;
         let t_desired = t.elapsed();
@@ -1122,7 +1074,7 @@ impl Datapath for Ebpf {
             &self.slots,
             self.last6.as_ref(),
             &mut self.links,
-            &mut self.ranges6,
+            &mut self.published,
         );
         if self.last6.as_ref() != Some(&d6) {
             let prev = self.last6.take();

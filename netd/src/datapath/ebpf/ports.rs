@@ -1,9 +1,12 @@
 //! Published ports in the maps (LPM keys for ranges) and in the kernel's
 //! `ip_local_reserved_ports`.
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    collections::{BTreeMap, btree_map::Entry},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use aya::maps::lpm_trie::Key;
-use netd_common::{PORT_KEY_FULL_PREFIX, PortKey, PortTarget};
+use netd_common::{PORT_KEY_FULL_PREFIX, PortKey};
 
 use crate::portspec::PortBinding;
 
@@ -69,33 +72,143 @@ pub fn coalesce<H: Ord + Copy, C: Ord + Copy>(
     out
 }
 
-/// Published IPv4 bindings grouped into ranges (see [`coalesce`]).
-pub fn port_ranges(bindings: &[(Ipv4Addr, PortBinding)]) -> Vec<(u8, Ipv4Addr, PortTarget)> {
-    let items = bindings
-        .iter()
-        .filter_map(|(cip, b)| {
-            let IpAddr::V4(hip) = b.host_ip else {
-                return None;
-            };
-            Some((b.proto.number(), hip, *cip, b.host_port, b.container_port))
-        })
-        .collect();
-    coalesce(items)
-        .into_iter()
-        .map(|r| {
-            (
-                r.proto,
-                r.host,
-                PortTarget {
-                    container_ip: u32::from(r.container).to_be(),
-                    host_port_min: r.host_min,
-                    host_port_max: r.host_max,
-                    container_port_min: r.container_min,
-                    _pad: 0,
-                },
-            )
-        })
-        .collect()
+/// An address family's view of published ports: the host address a
+/// binding is published on in this family, if it is.
+pub trait Family {
+    type Addr: Ord + Copy;
+    fn host(ip: IpAddr) -> Option<Self::Addr>;
+    /// This family's runs in a container's entry.
+    fn runs(p: &mut Published) -> &mut Option<Runs<Self::Addr>>;
+}
+
+/// IPv4: bindings on an IPv4 address (0.0.0.0: all of them).
+pub enum V4 {}
+
+impl Family for V4 {
+    type Addr = Ipv4Addr;
+    fn host(ip: IpAddr) -> Option<Ipv4Addr> {
+        match ip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        }
+    }
+    fn runs(p: &mut Published) -> &mut Option<Runs<Ipv4Addr>> {
+        &mut p.v4
+    }
+}
+
+/// IPv6: 0.0.0.0 covers both families; [::] and an IPv6 address IPv6
+/// only; an IPv4 address none.
+pub enum V6 {}
+
+impl Family for V6 {
+    type Addr = Ipv6Addr;
+    fn host(ip: IpAddr) -> Option<Ipv6Addr> {
+        match ip {
+            IpAddr::V4(a) if a.is_unspecified() => Some(Ipv6Addr::UNSPECIFIED),
+            IpAddr::V4(_) => None,
+            IpAddr::V6(a) => Some(a),
+        }
+    }
+    fn runs(p: &mut Published) -> &mut Option<Runs<Ipv6Addr>> {
+        &mut p.v6
+    }
+}
+
+/// One container's published ports in one family, as runs.
+pub struct Runs<A> {
+    /// The container's address in the family.
+    ip: A,
+    /// (host_ports, direct_ports) of its network's wire in the family.
+    wire: (bool, bool),
+    /// Published host ports (`nat` modes): host address -> the container
+    /// (NETD_PORTS, NETD_PORTS6).
+    pub host: Vec<PortRun<A, A>>,
+    /// Published container ports reachable by routing (`routed`, `nat`
+    /// without masquerade): the container's own address and port, as a
+    /// "host" binding of itself (NETD_DIRECT, NETD_DIRECT6).
+    pub direct: Vec<PortRun<A, A>>,
+}
+
+impl<A: Ord + Copy> Runs<A> {
+    fn new<F: Family<Addr = A>>(ip: A, bindings: &[PortBinding], wire: (bool, bool)) -> Runs<A> {
+        let (host_ports, direct_ports) = wire;
+        let host = bindings
+            .iter()
+            .filter(|b| host_ports && b.host_port != 0)
+            .filter_map(|b| {
+                let host = F::host(b.host_ip)?;
+                Some((b.proto.number(), host, ip, b.host_port, b.container_port))
+            })
+            .collect();
+        let direct = bindings
+            .iter()
+            .filter(|_| direct_ports)
+            .map(|b| (b.proto.number(), ip, ip, b.container_port, b.container_port))
+            .collect();
+        Runs {
+            ip,
+            wire,
+            host: coalesce(host),
+            direct: coalesce(direct),
+        }
+    }
+}
+
+/// One container's published ports: its bindings and their runs per
+/// family (computed when a family's sync first asks).
+pub struct Published {
+    bindings: Vec<PortBinding>,
+    v4: Option<Runs<Ipv4Addr>>,
+    v6: Option<Runs<Ipv6Addr>>,
+}
+
+/// Each container's published runs, kept across syncs: a container with
+/// 10,000 published ports would otherwise be regrouped (and its bindings
+/// compared once per family) at every sync. A container's runs in a
+/// family are recomputed only when its bindings, its address in the
+/// family or its network's wire change; its bindings are compared once
+/// per sync.
+#[derive(Default)]
+pub struct PublishedRuns {
+    /// The previous sync's, taken over as this one asks.
+    last: BTreeMap<String, Published>,
+    this: BTreeMap<String, Published>,
+}
+
+impl PublishedRuns {
+    /// Starts a sync: containers not asked for by its end are forgotten
+    /// at the next one's start.
+    pub fn begin(&mut self) {
+        self.last = std::mem::take(&mut self.this);
+    }
+
+    /// Container `id`'s runs in family `F` (`ip`: its address there,
+    /// `wire`: its network's (host_ports, direct_ports)).
+    pub fn runs<F: Family>(
+        &mut self,
+        id: &str,
+        bindings: &[PortBinding],
+        ip: F::Addr,
+        wire: (bool, bool),
+    ) -> &Runs<F::Addr> {
+        let entry = match self.this.entry(id.to_string()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                let kept = self.last.remove(id).filter(|p| p.bindings == bindings);
+                v.insert(kept.unwrap_or_else(|| Published {
+                    bindings: bindings.to_vec(),
+                    v4: None,
+                    v6: None,
+                }))
+            }
+        };
+        let runs = F::runs(entry);
+        if !runs.as_ref().is_some_and(|r| r.ip == ip && r.wire == wire) {
+            *runs = None;
+        }
+        runs.get_or_insert_with(|| Runs::new::<F>(ip, bindings, wire))
+    }
 }
 
 pub fn port_key(proto: u8, host: Ipv4Addr, port: u16, port_bits: u32) -> Key<PortKey> {
@@ -330,6 +443,87 @@ mod tests {
             coalesce(vec![(6, 0u8, 1u8, 10, 65535), (6, 0, 1, 11, 0)]).len(),
             2
         );
+    }
+
+    /// Each family takes the bindings published on its addresses (0.0.0.0
+    /// both), and a container's runs follow its bindings, its address and
+    /// its network's wire from one sync to the next.
+    #[test]
+    fn published_runs_per_family_follow_bindings_address_and_wire() {
+        use crate::portspec::Proto;
+        let b = |host: &str, hp: u16, cp: u16| PortBinding {
+            host_ip: host.parse().unwrap(),
+            host_port: hp,
+            container_port: cp,
+            proto: Proto::Tcp,
+        };
+        let mut bindings = vec![b("0.0.0.0", 8080, 80), b("0.0.0.0", 8081, 81)];
+        bindings.extend([b("127.0.0.1", 9090, 90), b("::1", 9091, 91)]);
+        let (ip4, ip6): (Ipv4Addr, Ipv6Addr) =
+            ("10.0.0.2".parse().unwrap(), "fd00::2".parse().unwrap());
+        let hosts4 = |r: &Runs<Ipv4Addr>| -> Vec<(String, u16, u16, String)> {
+            r.host
+                .iter()
+                .map(|r| {
+                    (
+                        r.host.to_string(),
+                        r.host_min,
+                        r.host_max,
+                        r.container.to_string(),
+                    )
+                })
+                .collect()
+        };
+        let mut p = PublishedRuns::default();
+        p.begin();
+        let r4 = p.runs::<V4>("c", &bindings, ip4, (true, false));
+        assert_eq!(
+            hosts4(r4),
+            [
+                ("0.0.0.0".to_string(), 8080, 8081, "10.0.0.2".to_string()),
+                ("127.0.0.1".to_string(), 9090, 9090, "10.0.0.2".to_string()),
+            ]
+        );
+        assert!(r4.direct.is_empty());
+        let r6 = p.runs::<V6>("c", &bindings, ip6, (true, true));
+        let h6: Vec<_> = r6
+            .host
+            .iter()
+            .map(|r| (r.host.to_string(), r.host_min))
+            .collect();
+        assert_eq!(h6, [("::".to_string(), 8080), ("::1".to_string(), 9091)]);
+        let d6: Vec<_> = r6
+            .direct
+            .iter()
+            .map(|r| (r.host, r.host_min, r.host_max))
+            .collect();
+        assert_eq!(
+            d6,
+            [(ip6, 80, 81), (ip6, 90, 91)],
+            "the container's own ports"
+        );
+        // The next sync: a new address, then other bindings, then a wire
+        // with direct ports.
+        p.begin();
+        let moved: Ipv4Addr = "10.0.0.3".parse().unwrap();
+        let r4 = p.runs::<V4>("c", &bindings, moved, (true, false));
+        assert!(r4.host.iter().all(|r| r.container == moved));
+        p.begin();
+        bindings.truncate(1);
+        let r4 = p.runs::<V4>("c", &bindings, moved, (true, false));
+        assert_eq!(
+            hosts4(r4),
+            [("0.0.0.0".to_string(), 8080, 8080, "10.0.0.3".to_string())]
+        );
+        p.begin();
+        let r4 = p.runs::<V4>("c", &bindings, moved, (false, true));
+        assert!(r4.host.is_empty());
+        assert_eq!(r4.direct.len(), 1);
+        assert_eq!((r4.direct[0].host, r4.direct[0].host_min), (moved, 80));
+        // Its IPv6 runs, asked again in that sync, follow the bindings too.
+        let r6 = p.runs::<V6>("c", &bindings, ip6, (true, false));
+        assert_eq!(r6.host.len(), 1);
+        assert!(r6.direct.is_empty());
     }
 
     #[test]

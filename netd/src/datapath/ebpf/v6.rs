@@ -7,7 +7,7 @@
 //! garbage collection and stale entries.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv6Addr},
+    net::Ipv6Addr,
 };
 
 use anyhow::Result;
@@ -23,13 +23,12 @@ use netd_common::{
 
 use super::{
     ct,
-    ports::{PortRun, coalesce, port_blocks},
+    ports::{PortRun, PublishedRuns, V6, port_blocks},
 };
 use crate::{
     bpf::Programs,
     datapath::{ConntrackGc, GcRun},
     model::Status,
-    portspec::PortBinding,
     state::State,
 };
 
@@ -43,70 +42,7 @@ type PortId6 = (u8, [u8; 16], u16, u32);
 
 /// A run of published ports over IPv6: host (or, routed, the
 /// container's own) address -> the container's IPv6 address.
-type Run6 = PortRun<[u8; 16], Ipv6Addr>;
-
-/// One container's published ports over IPv6 as runs, recomputed only
-/// when its bindings, its IPv6 address or its network's wire change (a
-/// container with 10,000 ports would otherwise be regrouped at every
-/// sync).
-pub(super) struct ContainerPorts6 {
-    ip: Ipv6Addr,
-    bindings: Vec<PortBinding>,
-    /// (host_ports, direct_ports) of its network's IPv6 wire.
-    wire: (bool, bool),
-    /// Published host ports (NETD_PORTS6).
-    host: Vec<Run6>,
-    /// Published container ports reachable by routing (NETD_DIRECT6).
-    direct: Vec<Run6>,
-}
-
-impl ContainerPorts6 {
-    fn new(ip: Ipv6Addr, bindings: &[PortBinding], wire: (bool, bool)) -> ContainerPorts6 {
-        let (host_ports, direct_ports) = wire;
-        let host = bindings
-            .iter()
-            .filter(|b| host_ports && b.host_port != 0)
-            .filter_map(|b| {
-                // 0.0.0.0 covers both families; [::] and an IPv6
-                // address IPv6 only; an IPv4 address none.
-                let host = match b.host_ip {
-                    IpAddr::V4(a) if a.is_unspecified() => Ipv6Addr::UNSPECIFIED,
-                    IpAddr::V4(_) => return None,
-                    IpAddr::V6(a) => a,
-                };
-                Some((
-                    b.proto.number(),
-                    host.octets(),
-                    ip,
-                    b.host_port,
-                    b.container_port,
-                ))
-            })
-            .collect();
-        // The container's own address and port, as a "host" binding of
-        // itself.
-        let direct = bindings
-            .iter()
-            .filter(|_| direct_ports)
-            .map(|b| {
-                (
-                    b.proto.number(),
-                    ip.octets(),
-                    ip,
-                    b.container_port,
-                    b.container_port,
-                )
-            })
-            .collect();
-        ContainerPorts6 {
-            ip,
-            bindings: bindings.to_vec(),
-            wire,
-            host: coalesce(host),
-            direct: coalesce(direct),
-        }
-    }
-}
+type Run6 = PortRun<Ipv6Addr, Ipv6Addr>;
 
 /// A run's LPM entries: prefix-aligned blocks of its host ports.
 fn run_entries(r: &Run6) -> impl Iterator<Item = (PortId6, PortTarget6)> + '_ {
@@ -119,7 +55,7 @@ fn run_entries(r: &Run6) -> impl Iterator<Item = (PortId6, PortTarget6)> + '_ {
     };
     port_blocks(r.host_min, r.host_max)
         .into_iter()
-        .map(move |(start, bits)| ((r.proto, r.host, start, bits), t))
+        .map(move |(start, bits)| ((r.proto, r.host.octets(), start, bits), t))
 }
 
 #[derive(Default, Clone, PartialEq)]
@@ -148,9 +84,8 @@ impl Desired6 {
         slots: &BTreeMap<u32, u32>,
         prev: Option<&Desired6>,
         links: &mut super::Links,
-        ports: &mut BTreeMap<String, ContainerPorts6>,
+        ports: &mut PublishedRuns,
     ) -> Desired6 {
-        let mut runs = BTreeMap::new();
         let mut d = Desired6::default();
         let mut gw_macs = BTreeMap::new();
         let mut wires = BTreeMap::new();
@@ -211,20 +146,13 @@ impl Desired6 {
                 continue;
             }
             let wire = (w.host_ports, w.direct_ports);
-            let cp = ports
-                .remove(&c.id)
-                .filter(|p| p.ip == cip && p.wire == wire && p.bindings == c.ports)
-                .unwrap_or_else(|| ContainerPorts6::new(cip, &c.ports, wire));
-            runs.insert(c.id.clone(), cp);
-        }
-        *ports = runs;
-        for cp in ports.values() {
-            for r in &cp.host {
+            let runs = ports.runs::<V6>(&c.id, &c.ports, cip, wire);
+            for r in &runs.host {
                 d.live_ports
                     .insert((r.proto, ip6(r.container), r.host_min, r.host_max));
                 d.ports.extend(run_entries(r));
             }
-            for r in &cp.direct {
+            for r in &runs.direct {
                 d.direct.extend(run_entries(r));
             }
         }
