@@ -8,7 +8,7 @@ use netd_common::{Counter, Counters, DropReason, Endpoint, tc};
 use crate::maps::NETD_EP_STATS;
 
 #[btf_map]
-pub static NETD_COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
+static NETD_COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 
 #[btf_map]
 static NETD_DROPS: PerCpuArray<u64, { DropReason::COUNT as usize }> = PerCpuArray::new();
@@ -30,6 +30,40 @@ pub fn add_packet(packets: Counter, bytes: Counter, len: u32) {
         unsafe {
             (*c).v[packets as usize] += 1;
             (*c).v[bytes as usize] += u64::from(len);
+        }
+    }
+}
+
+/// A container's IPv4 packet a fast path handled (`fast.rs`): its
+/// packet, bytes, IPv4 and (`tcp`) TCP counts and `what` it was
+/// (forwarded, masqueraded, a published port's reply), in one lookup.
+#[inline(always)]
+pub fn from_container_ipv4(len: u64, tcp: bool, what: Counter) {
+    if let Some(c) = NETD_COUNTERS.get_ptr_mut(0) {
+        // SAFETY: as in `add`.
+        unsafe {
+            (*c).v[Counter::FromContainerPackets as usize] += 1;
+            (*c).v[Counter::FromContainerBytes as usize] += len;
+            (*c).v[Counter::FromContainerIpv4 as usize] += 1;
+            if tcp {
+                (*c).v[Counter::FromContainerTcp as usize] += 1;
+            }
+            (*c).v[what as usize] += 1;
+        }
+    }
+}
+
+/// A packet from outside a fast path handled: its packet and bytes
+/// counts and `what` it was (a published port's, a masqueraded flow's
+/// reply), in one lookup.
+#[inline(always)]
+pub fn from_world(len: u64, what: Counter) {
+    if let Some(c) = NETD_COUNTERS.get_ptr_mut(0) {
+        // SAFETY: as in `add`.
+        unsafe {
+            (*c).v[Counter::FromWorldPackets as usize] += 1;
+            (*c).v[Counter::FromWorldBytes as usize] += len;
+            (*c).v[what as usize] += 1;
         }
     }
 }

@@ -31,9 +31,9 @@ use netd_common::{
 };
 
 use crate::{
-    counters::{self, NETD_COUNTERS},
+    counters,
     ct,
-    maps::{NETD_CFG, NETD_CT, NETD_EP_C, NETD_EP_IF_C, NETD_EP_STATS},
+    maps::{NETD_CFG, NETD_CT, NETD_EP_C, NETD_EP_IF_C},
     nat,
     parse::{
         ETH_HLEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4, L4, TCP_FLAG_FIN,
@@ -229,33 +229,10 @@ fn same_network(ctx: &TcContext, ep: &Endpoint, daddr: u32, proto: u8) -> Option
     }
     // Forwarded: the counters the full walk bumps on this path, the
     // global ones in one lookup.
-    let len = u64::from(ctx.len());
-    if let Some(c) = NETD_COUNTERS.get_ptr_mut(0) {
-        // SAFETY: this CPU's value; no concurrent writer on this CPU.
-        unsafe {
-            (*c).v[Counter::FromContainerPackets as usize] += 1;
-            (*c).v[Counter::FromContainerBytes as usize] += len;
-            (*c).v[Counter::FromContainerIpv4 as usize] += 1;
-            (*c).v[Counter::Forwarded as usize] += 1;
-            if proto == IPPROTO_TCP {
-                (*c).v[Counter::FromContainerTcp as usize] += 1;
-            }
-        }
-    }
-    if let Some(s) = NETD_EP_STATS.get_ptr_mut(ep.slot) {
-        // SAFETY: this CPU's value of the sender's slot.
-        unsafe {
-            (*s).rx_packets += 1;
-            (*s).rx_bytes += len;
-        }
-    }
-    if let Some(s) = NETD_EP_STATS.get_ptr_mut(peer.slot) {
-        // SAFETY: this CPU's value of the peer's slot.
-        unsafe {
-            (*s).tx_packets += 1;
-            (*s).tx_bytes += len;
-        }
-    }
+    let len = ctx.len();
+    counters::from_container_ipv4(u64::from(len), proto == IPPROTO_TCP, Counter::Forwarded);
+    counters::endpoint_rx(ep, len);
+    counters::endpoint_tx(peer, len);
     // SAFETY: helper call.
     Some(unsafe { bpf_redirect_peer(peer.ifindex, 0) } as i32)
 }
@@ -302,25 +279,14 @@ fn tracked_out(ctx: &TcContext, ep: &Endpoint, proto: u8) -> Option<i32> {
     if let Err(reason) = nat::translate(ctx, &ip, &l4, true, e.addr, e.port) {
         return Some(counters::drop(ctx, reason));
     }
-    let len = u64::from(ctx.len());
-    if let Some(c) = NETD_COUNTERS.get_ptr_mut(0) {
-        // SAFETY: this CPU's value; no concurrent writer on this CPU.
-        unsafe {
-            (*c).v[Counter::FromContainerPackets as usize] += 1;
-            (*c).v[Counter::FromContainerBytes as usize] += len;
-            (*c).v[Counter::FromContainerIpv4 as usize] += 1;
-            if proto == IPPROTO_TCP {
-                (*c).v[Counter::FromContainerTcp as usize] += 1;
-            }
-            let kind = if e.kind == ct_kind::SNAT {
-                Counter::Snat
-            } else {
-                Counter::RevDnat
-            };
-            (*c).v[kind as usize] += 1;
-        }
-    }
-    counters::endpoint_rx(ep, len as u32);
+    let what = if e.kind == ct_kind::SNAT {
+        Counter::Snat
+    } else {
+        Counter::RevDnat
+    };
+    let len = ctx.len();
+    counters::from_container_ipv4(u64::from(len), proto == IPPROTO_TCP, what);
+    counters::endpoint_rx(ep, len);
     Some(match crate::redirect_neigh(uplink, nh) {
         Ok(v) => v,
         Err(reason) => counters::drop(ctx, reason),
@@ -367,20 +333,13 @@ pub fn tracked_in(ctx: &TcContext) -> Option<i32> {
     {
         return Some(counters::drop(ctx, reason));
     }
+    let what = if e.kind == ct_kind::DNAT {
+        Counter::Dnat
+    } else {
+        Counter::RevSnat
+    };
     let len = ctx.len();
-    if let Some(c) = NETD_COUNTERS.get_ptr_mut(0) {
-        // SAFETY: this CPU's value; no concurrent writer on this CPU.
-        unsafe {
-            (*c).v[Counter::FromWorldPackets as usize] += 1;
-            (*c).v[Counter::FromWorldBytes as usize] += u64::from(len);
-            let kind = if e.kind == ct_kind::DNAT {
-                Counter::Dnat
-            } else {
-                Counter::RevSnat
-            };
-            (*c).v[kind as usize] += 1;
-        }
-    }
+    counters::from_world(u64::from(len), what);
     counters::endpoint_tx(ep, len);
     // SAFETY: helper call.
     Some(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32)
