@@ -21,18 +21,14 @@
 //! same-network forward, which writes nothing, then paid a copy of the
 //! headers per packet (101 -> 143 ns per packet under TCP_RR here).
 
-use aya_ebpf::{
-    helpers::generated::bpf_redirect_peer,
-    programs::TcContext,
-};
+use aya_ebpf::{helpers::generated::bpf_redirect_peer, programs::TcContext};
 use netd_common::{
     Config, Counter, CtEntry, CtKey, Endpoint, NET_CLUSTER, NET_ICC, NET_INTERNAL, ct_kind,
     ct_state, ep_cache_slot_if, ep_cache_slot_ip, ep_cached_if, ep_cached_ip,
 };
 
 use crate::{
-    counters,
-    ct,
+    counters, ct,
     maps::{NETD_CFG, NETD_CT, NETD_EP_C, NETD_EP_IF_C},
     nat,
     parse::{
@@ -145,8 +141,7 @@ fn settled_flow(key: &CtKey, a: u8, b: u8) -> Option<(*mut CtEntry, CtEntry)> {
     if e.kind != a && e.kind != b {
         return None;
     }
-    if e.state != ct_state::ESTABLISHED
-        && !(key.proto == IPPROTO_UDP && !ct::is_reply_kind(e.kind))
+    if e.state != ct_state::ESTABLISHED && !(key.proto == IPPROTO_UDP && !ct::is_reply_kind(e.kind))
     {
         return None;
     }
@@ -329,8 +324,7 @@ pub fn tracked_in(ctx: &TcContext) -> Option<i32> {
         return None;
     }
     refresh(entry, e.last_seen, ct::now());
-    if let Err(reason) = nat::translate_into(ctx, &ip, &l4, e.addr, e.port, &ep.gw_mac, &ep.mac)
-    {
+    if let Err(reason) = nat::translate_into(ctx, &ip, &l4, e.addr, e.port, &ep.gw_mac, &ep.mac) {
         return Some(counters::drop(ctx, reason));
     }
     let what = if e.kind == ct_kind::DNAT {

@@ -539,7 +539,13 @@ fn fib_mtu(rc: u32, fib: &FibParams) -> Option<u32> {
 /// kernel's skb_gso_validate_network_len computes). Other GSO packets and
 /// unresolved neighbours ask `bpf_check_mtu` (BPF_MTU_CHK_SEGS).
 #[inline(always)]
-pub(crate) fn too_big(ctx: &TcContext, mtu: Option<u32>, ifindex: u32, ip: &Ipv4, l4_hlen: u32) -> bool {
+pub(crate) fn too_big(
+    ctx: &TcContext,
+    mtu: Option<u32>,
+    ifindex: u32,
+    ip: &Ipv4,
+    l4_hlen: u32,
+) -> bool {
     // SAFETY: reading the context.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
     if let Some(mtu) = mtu {
