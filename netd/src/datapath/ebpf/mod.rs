@@ -136,14 +136,35 @@ impl Links {
     }
 }
 
-/// A run's NETD_PORTS / NETD_DIRECT value.
-fn port_target(r: &PortRun<Ipv4Addr, Ipv4Addr>) -> PortTarget {
-    PortTarget {
+/// A run of published IPv4 ports: host (or, routed, the container's own)
+/// address -> the container's address.
+type Run4 = PortRun<Ipv4Addr, Ipv4Addr>;
+
+/// A run's LPM entries (NETD_PORTS, NETD_DIRECT): prefix-aligned blocks
+/// of its host ports.
+fn run_entries(r: &Run4) -> impl Iterator<Item = (PortId, (Key<PortKey>, PortTarget))> + '_ {
+    let t = PortTarget {
         container_ip: u32::from(r.container).to_be(),
         host_port_min: r.host_min,
         host_port_max: r.host_max,
         container_port_min: r.container_min,
         _pad: 0,
+    };
+    port_blocks(r.host_min, r.host_max)
+        .into_iter()
+        .map(move |(start, bits)| {
+            let k = port_key(r.proto, r.host, start, bits);
+            (port_id(&k), (k, t))
+        })
+}
+
+/// What the conntrack cleanup needs of a published run.
+fn live_range(r: &Run4) -> ct::LiveRange {
+    ct::LiveRange {
+        proto: r.proto,
+        container_ip: u32::from(r.container).to_be(),
+        host_min: r.host_min,
+        host_max: r.host_max,
     }
 }
 
@@ -329,19 +350,11 @@ impl Ebpf {
                 let wire = (w.host_ports, w.direct_ports);
                 let runs = self.published.runs::<V4>(&c.id, &c.ports, ip, wire);
                 for r in &runs.host {
-                    let t = port_target(r);
-                    d.ranges.insert(RangeId::of(r.proto, r.host, &t));
-                    for (start, bits) in port_blocks(r.host_min, r.host_max) {
-                        let k = port_key(r.proto, r.host, start, bits);
-                        d.ports.insert(port_id(&k), (k, t));
-                    }
+                    d.ranges.insert(*r);
+                    d.ports.extend(run_entries(r));
                 }
                 for r in &runs.direct {
-                    let t = port_target(r);
-                    for (start, bits) in port_blocks(r.host_min, r.host_max) {
-                        let k = port_key(r.proto, r.host, start, bits);
-                        d.direct.insert(port_id(&k), (k, t));
-                    }
+                    d.direct.extend(run_entries(r));
                 }
             }
         }
@@ -495,7 +508,7 @@ impl Ebpf {
         // so a restarted service is never blackholed by a stale entry.
         let live = ct::Live {
             ips: d.by_ip.keys().copied().collect(),
-            ports: d.ranges.iter().map(|r| r.live()).collect(),
+            ports: d.ranges.iter().map(live_range).collect(),
         };
         let removed = match p {
             None => true,
@@ -743,7 +756,7 @@ struct Desired {
     by_if: BTreeMap<EndpointKey, Endpoint>,
     veths: BTreeMap<String, Attach>,
     /// Every published range (coalesced bindings of one container).
-    ranges: BTreeSet<RangeId>,
+    ranges: BTreeSet<Run4>,
     ports: BTreeMap<PortId, (Key<PortKey>, PortTarget)>,
     /// Published container ports reachable by routing, keyed by the
     /// container's address, and their LPM entries (NETD_DIRECT).
@@ -785,40 +798,6 @@ fn sync_lpm(
         }
     }
     Ok(())
-}
-
-/// A published range as an orderable value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct RangeId {
-    proto: u8,
-    host: u32,
-    container_ip: u32,
-    host_min: u16,
-    host_max: u16,
-    container_min: u16,
-}
-
-impl RangeId {
-    fn of(proto: u8, host: Ipv4Addr, t: &PortTarget) -> RangeId {
-        RangeId {
-            proto,
-            host: u32::from(host),
-            container_ip: t.container_ip,
-            host_min: t.host_port_min,
-            host_max: t.host_port_max,
-            container_min: t.container_port_min,
-        }
-    }
-
-    /// What the conntrack cleanup needs of it.
-    fn live(&self) -> ct::LiveRange {
-        ct::LiveRange {
-            proto: self.proto,
-            container_ip: self.container_ip,
-            host_min: self.host_min,
-            host_max: self.host_max,
-        }
-    }
 }
 
 /// An LPM key as an orderable value.
