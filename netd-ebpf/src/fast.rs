@@ -3,8 +3,9 @@
 //! `try_from_world`) for their common cases only, with the same checks
 //! and the same counters, before the full walk's function is called at
 //! all: a forward between two containers of one network, and a packet
-//! of an established flow netd translates (masquerade and published
-//! ports, both ways). Each forwards or declines: anything it is not sure
+//! of an established flow netd tracks to or from the world (masquerade,
+//! published ports and the gateway modes' untranslated flows, both
+//! ways). Each forwards or declines: anything it is not sure
 //! of (an endpoint outside the caches, a source of 0.0.0.0, IPv4 options,
 //! a fragment, ICMP, a header beyond the linear data, icc=false, a TCP
 //! SYN, FIN or RST, a flow whose entry the packet would change beyond its
@@ -29,7 +30,7 @@ use netd_common::{
 
 use crate::{
     counters, ct,
-    maps::{NETD_CFG, NETD_CT, NETD_EP_C, NETD_EP_IF_C},
+    maps::{self, NETD_CFG, NETD_CT, NETD_EP_C, NETD_EP_IF_C},
     nat,
     parse::{
         ETH_HLEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4, L4, TCP_FLAG_FIN,
@@ -128,17 +129,17 @@ fn l4(ctx: &TcContext, proto: u8) -> Option<L4> {
     }
 }
 
-/// The entry of the flow `key` if it is of kind `a` or `b` and this
+/// The entry of the flow `key` if its kind is one `takes` and this
 /// packet (no SYN, FIN or RST: see `l4`) leaves it as it is but for
 /// last_seen, which `ct::lookup` would otherwise change: an established
 /// flow, or a UDP flow's first direction (which stays NEW). The entry is
 /// not refreshed yet (`refresh`): the caller may still decline.
 #[inline(always)]
-fn settled_flow(key: &CtKey, a: u8, b: u8) -> Option<(*mut CtEntry, CtEntry)> {
+fn settled_flow(key: &CtKey, takes: fn(u8) -> bool) -> Option<(*mut CtEntry, CtEntry)> {
     let p = NETD_CT.get_ptr_mut(key)?;
     // SAFETY: a valid map value pointer, copied out.
     let e = unsafe { *p };
-    if e.kind != a && e.kind != b {
+    if !takes(e.kind) {
         return None;
     }
     if e.state != ct_state::ESTABLISHED && !(key.proto == IPPROTO_UDP && !ct::is_reply_kind(e.kind))
@@ -232,12 +233,17 @@ fn same_network(ctx: &TcContext, ep: &Endpoint, daddr: u32, proto: u8) -> Option
     Some(unsafe { bpf_redirect_peer(peer.ifindex, 0) } as i32)
 }
 
-/// A packet of an established masqueraded flow (SNAT) or the reply of a
-/// published port's (REV_DNAT), leaving by the uplink: its source
-/// rewritten, out to the next hop the flow cached (`ct::fib_cached`),
-/// counted as the full walk counts it. The full walk's checks on this
-/// path: not an internal network, not another node's pod (the cluster
-/// range), the packet fits the egress MTU.
+/// A packet of an established flow leaving by the uplink: masqueraded
+/// (SNAT), the reply of a published port's (REV_DNAT), or untranslated
+/// (ROUTED, REV_ROUTED_IN: the gateway modes without masquerade): its
+/// source rewritten (the first two), out to the next hop the flow cached
+/// (`ct::fib_cached`), counted as the full walk counts it. The full
+/// walk's checks on this path: not an internal network, not another
+/// node's pod (the cluster range), not the reply of a connection routed
+/// in from another network (REV_ROUTED_IN to a local endpoint: delivered
+/// by the full walk), the packet fits the egress MTU. The kinds are all
+/// the full walk sends out this way: an established flow never pays a
+/// second conntrack lookup there.
 ///
 /// Its own BPF function (not inlined): the stack it needs is not added to
 /// the full walk's (the verifier's limit is over a chain of calls), and
@@ -259,7 +265,15 @@ fn tracked_out(ctx: &TcContext, ep: &Endpoint, proto: u8) -> Option<i32> {
     }
     let l4 = l4(ctx, proto)?;
     let key = ct::key(ip.saddr, ip.daddr, proto, &l4);
-    let (entry, e) = settled_flow(&key, ct_kind::SNAT, ct_kind::REV_DNAT)?;
+    let (entry, e) = settled_flow(&key, |k| {
+        matches!(
+            k,
+            ct_kind::SNAT | ct_kind::REV_DNAT | ct_kind::ROUTED | ct_kind::REV_ROUTED_IN
+        )
+    })?;
+    if e.kind == ct_kind::REV_ROUTED_IN && maps::is_endpoint(ip.daddr) {
+        return None;
+    }
     let hit = ct::Hit {
         e,
         prev_seen: e.last_seen,
@@ -274,10 +288,10 @@ fn tracked_out(ctx: &TcContext, ep: &Endpoint, proto: u8) -> Option<i32> {
     if let Err(reason) = nat::translate(ctx, &ip, &l4, true, e.addr, e.port) {
         return Some(counters::drop(ctx, reason));
     }
-    let what = if e.kind == ct_kind::SNAT {
-        Counter::Snat
-    } else {
-        Counter::RevDnat
+    let what = match e.kind {
+        ct_kind::SNAT => Counter::Snat,
+        ct_kind::REV_DNAT => Counter::RevDnat,
+        _ => Counter::RoutedOut,
     };
     let len = ctx.len();
     counters::from_container_ipv4(u64::from(len), proto == IPPROTO_TCP, what);
@@ -289,10 +303,12 @@ fn tracked_out(ctx: &TcContext, ep: &Endpoint, proto: u8) -> Option<i32> {
 }
 
 /// A packet from outside of an established flow to a published port
-/// (DNAT) or of the reply to a masqueraded one (REV_SNAT): its
-/// destination rewritten, straight into the container that has the
-/// flow's address now (the endpoint cache), counted as the full walk
-/// counts it. The full walk's checks before its conntrack lookup: IPv4
+/// (DNAT), of the reply to a masqueraded one (REV_SNAT), or of a flow
+/// routed in or out untranslated (ROUTED_IN, REV_ROUTED): its
+/// destination rewritten (the first two), straight into the container
+/// that has the flow's address now (the endpoint cache), counted as the
+/// full walk counts it; the kinds are all the full walk delivers this
+/// way. The full walk's checks before its conntrack lookup: IPv4
 /// without options, no group destination, no loopback one, not from
 /// another node's pod (the cluster range, untranslated), neither a
 /// fragment nor ICMP.
@@ -318,7 +334,12 @@ pub fn tracked_in(ctx: &TcContext) -> Option<i32> {
     }
     let l4 = l4(ctx, ip.proto)?;
     let key = ct::key(ip.saddr, ip.daddr, ip.proto, &l4);
-    let (entry, e) = settled_flow(&key, ct_kind::DNAT, ct_kind::REV_SNAT)?;
+    let (entry, e) = settled_flow(&key, |k| {
+        matches!(
+            k,
+            ct_kind::DNAT | ct_kind::REV_SNAT | ct_kind::ROUTED_IN | ct_kind::REV_ROUTED
+        )
+    })?;
     let ep = NETD_EP_C.get(ep_cache_slot_ip(e.addr))?;
     if !ep_cached_ip(ep, e.addr) {
         return None;
@@ -327,10 +348,10 @@ pub fn tracked_in(ctx: &TcContext) -> Option<i32> {
     if let Err(reason) = nat::translate_into(ctx, &ip, &l4, e.addr, e.port, &ep.gw_mac, &ep.mac) {
         return Some(counters::drop(ctx, reason));
     }
-    let what = if e.kind == ct_kind::DNAT {
-        Counter::Dnat
-    } else {
-        Counter::RevSnat
+    let what = match e.kind {
+        ct_kind::DNAT => Counter::Dnat,
+        ct_kind::REV_SNAT => Counter::RevSnat,
+        _ => Counter::RoutedIn,
     };
     let len = ctx.len();
     counters::from_world(u64::from(len), what);

@@ -1966,6 +1966,31 @@ fn routed_mode_takes_published_container_ports_and_icmp() {
     assert_eq!((v, out == synack), (tc::ACT_REDIRECT, true));
     let ack = world_to(A_IP).tcp(5555, 80, packet::TCP_ACK, b"data");
     assert_eq!(w.run(bpf::FROM_WORLD, &ack).0, tc::ACT_REDIRECT);
+    // Established both ways (the tracked fast paths take these kinds
+    // too): untranslated, counted as routed.
+    let (ins, outs) = (w.counter("routed_in"), w.counter("routed_out"));
+    let reply = a_to(OUTSIDE_IP).tcp(80, 5555, packet::TCP_ACK, b"reply");
+    for _ in 0..2 {
+        let (v, out) = w.run(bpf::FROM_CONTAINER, &reply);
+        assert_eq!((v, out == reply), (tc::ACT_REDIRECT, true));
+    }
+    let more = world_to(A_IP).tcp(5555, 80, packet::TCP_ACK, b"more");
+    let (v, out) = w.run(bpf::FROM_WORLD, &more);
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert_eq!(
+        (out[12..] == more[12..], packet::fields(&out).dst_mac),
+        (true, A_MAC)
+    );
+    assert!(
+        bpfmaps::ct(&mut w.p)
+            .iter()
+            .filter(|(k, _)| k.proto == 6)
+            .all(|(_, e)| e.state == netd_common::ct_state::ESTABLISHED)
+    );
+    assert_eq!(
+        (w.counter("routed_in") - ins, w.counter("routed_out") - outs),
+        (1, 2)
+    );
     // UDP to the published port, ICMP echo and its reply.
     assert_eq!(
         w.run(bpf::FROM_WORLD, &world_to(A_IP).udp(5555, 53, b"q"))
