@@ -557,6 +557,16 @@ fn snat_then_reverse_snat_tcp() {
     assert_eq!(bpfmaps::ct(&mut w.p).len(), 2);
 }
 
+/// Runs `prog` on `frame` and asserts what every translated packet of
+/// an established flow gets: redirected, its checksums verifying; its
+/// fields and bytes, for the rest.
+fn redirected(w: &mut Walk, prog: &str, frame: &[u8]) -> (packet::Fields, Vec<u8>) {
+    let (v, out) = w.run(prog, frame);
+    assert_eq!(v, tc::ACT_REDIRECT);
+    assert!(packet::checksums_ok(&out), "{out:02x?}");
+    (packet::fields(&out), out)
+}
+
 /// The tracked fast paths (`fast.rs`): a packet of an established flow,
 /// in each of the four kinds they take (SNAT out, its reply in, DNAT in,
 /// its reply out), TCP and UDP, is translated (checksums verifying),
@@ -627,54 +637,46 @@ fn established_flows_translate_count_and_refresh_as_the_full_walk_does() {
     let stats = bpfmaps::endpoint_stats(&mut w.p, LO);
 
     // SNAT out, and its reply in.
-    let (v, out) = w.run(
+    let (f, out) = redirected(
+        &mut w,
         bpf::FROM_CONTAINER,
         &a_to(OUTSIDE_IP).tcp(40000, 80, ACK, b"request"),
     );
-    let f = packet::fields(&out);
-    assert_eq!(v, tc::ACT_REDIRECT);
     assert_eq!(
         (f.src, f.sport, f.dst, f.dport),
         (HOST_IP, nat, OUTSIDE_IP, 80)
     );
-    assert!(packet::checksums_ok(&out));
     assert_eq!(&out[out.len() - 7..], b"request");
-    let (v, back) = w.run(
+    let (b, _) = redirected(
+        &mut w,
         bpf::FROM_WORLD,
         &world_to_host().tcp(80, nat, ACK, b"reply"),
     );
-    let b = packet::fields(&back);
-    assert_eq!(v, tc::ACT_REDIRECT);
     assert_eq!(
         (b.src, b.sport, b.dst, b.dport),
         (OUTSIDE_IP, 80, A_IP, 40000)
     );
     assert_eq!((b.dst_mac, b.src_mac), (A_MAC, GW_MAC));
-    assert!(packet::checksums_ok(&back));
     // DNAT in, and its reply out.
-    let (v, out) = w.run(
+    let (f, _) = redirected(
+        &mut w,
         bpf::FROM_WORLD,
         &world_to_host().tcp(5555, 9000, ACK, b"get"),
     );
-    let f = packet::fields(&out);
-    assert_eq!(v, tc::ACT_REDIRECT);
     assert_eq!(
         (f.src, f.sport, f.dst, f.dport),
         (OUTSIDE_IP, 5555, A_IP, 7000)
     );
     assert_eq!((f.dst_mac, f.src_mac), (A_MAC, GW_MAC));
-    assert!(packet::checksums_ok(&out));
-    let (v, back) = w.run(
+    let (b, _) = redirected(
+        &mut w,
         bpf::FROM_CONTAINER,
         &a_to(OUTSIDE_IP).tcp(7000, 5555, ACK, b"ok"),
     );
-    let b = packet::fields(&back);
-    assert_eq!(v, tc::ACT_REDIRECT);
     assert_eq!(
         (b.src, b.sport, b.dst, b.dport),
         (HOST_IP, 9000, OUTSIDE_IP, 5555)
     );
-    assert!(packet::checksums_ok(&back));
     let after: Vec<u64> = names.iter().map(|n| w.counter(n)).collect();
     let delta: Vec<(&str, u64)> = names
         .iter()
@@ -715,26 +717,25 @@ fn established_flows_translate_count_and_refresh_as_the_full_walk_does() {
     // UDP: the published port's next datagram (its entry stays NEW: the
     // first direction), the reply (the full walk: NEW -> ESTABLISHED),
     // the next reply.
-    let (v, out) = w.run(bpf::FROM_WORLD, &world_to_host().udp(5353, 9053, b"q2"));
-    let f = packet::fields(&out);
-    assert_eq!(v, tc::ACT_REDIRECT);
+    let (f, _) = redirected(
+        &mut w,
+        bpf::FROM_WORLD,
+        &world_to_host().udp(5353, 9053, b"q2"),
+    );
     assert_eq!(
         (f.dst, f.dport, f.src, f.sport),
         (A_IP, 53, OUTSIDE_IP, 5353)
     );
-    assert!(packet::checksums_ok(&out));
     for payload in [b"a1", b"a2"] {
-        let (v, back) = w.run(
+        let (b, _) = redirected(
+            &mut w,
             bpf::FROM_CONTAINER,
             &a_to(OUTSIDE_IP).udp(53, 5353, payload),
         );
-        let b = packet::fields(&back);
-        assert_eq!(v, tc::ACT_REDIRECT);
         assert_eq!(
             (b.src, b.sport, b.dst, b.dport),
             (HOST_IP, 9053, OUTSIDE_IP, 5353)
         );
-        assert!(packet::checksums_ok(&back));
     }
     let udp: Vec<_> = bpfmaps::ct(&mut w.p)
         .into_iter()
