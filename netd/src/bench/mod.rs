@@ -4,6 +4,10 @@
 //! medians, min-max and ratios with their noise, per CPU placement, and
 //! against the targets of the performance issue.
 //!
+//! The floors' client and servers run as a container's processes do, each
+//! in a session and a cgroup of its own (`floor_procs`): a floor differs
+//! from the containers in the datapath only.
+//!
 //! Every datapath and peer gets its own throwaway host/outside namespaces
 //! and daemon, all built before the first measurement, so a round visits
 //! each in turn with nothing rebuilt in between. Each request/response
@@ -50,6 +54,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use self::floor_procs::FloorProcs;
 use crate::{
     api::Client,
     bpf,
@@ -61,6 +66,7 @@ use crate::{
     },
 };
 
+mod floor_procs;
 mod peer;
 mod report;
 
@@ -468,22 +474,26 @@ impl Instance {
     }
 }
 
-/// The floor: a bare veth pair between two namespaces, same servers.
+/// The floor: a bare veth pair between two namespaces, same servers,
+/// its processes placed as a container's are (`floor_procs`).
 struct Floor {
     tb: Testbed,
+    /// Dropped after `tb` (its processes gone).
+    procs: FloorProcs,
 }
 
 impl Floor {
     fn start(me: &str) -> Result<Floor> {
         // Reuses the testbed's host <-> outside veth: nothing else on it.
         let mut tb = Testbed::new("floor")?;
+        let procs = FloorProcs::new(&tb.stem)?;
         let peer = tb.outside.clone();
         // No forwarding, no bridge, no rule, no program: host and outside
         // are just the two ends of one veth pair.
         let srv = servers(me);
-        tb.spawn(&peer, &["sh", "-c", &srv])?;
+        procs.spawn(&mut tb, &peer, &["sh", "-c", &srv])?;
         std::thread::sleep(Duration::from_millis(500));
-        Ok(Floor { tb })
+        Ok(Floor { tb, procs })
     }
 }
 
@@ -597,6 +607,8 @@ struct RoutedFloor {
     _cluster: Cluster,
     /// Removed last, once the servers in them are gone.
     pods: Pods,
+    /// As `Floor`'s.
+    procs: FloorProcs,
 }
 
 struct Pods(Vec<NetNs>);
@@ -614,11 +626,14 @@ impl RoutedFloor {
 
     fn start(me: &str) -> Result<RoutedFloor> {
         let cluster = Cluster::new("bfl", 2)?;
+        let node1 = cluster.node_testbed(1);
+        let procs = FloorProcs::new(&node1.stem)?;
         let mut f = RoutedFloor {
-            node1: cluster.node_testbed(1),
+            node1,
             _node2: cluster.node_testbed(2),
             _cluster: cluster,
             pods: Pods(Vec::new()),
+            procs,
         };
         for n in [1u8, 2] {
             let pod = NetNs::create_named(&format!("{}-p{n}", f.node1.stem))?;
@@ -649,7 +664,7 @@ impl RoutedFloor {
         let cmd = ["sh".to_string(), "-c".into(), servers(me)];
         let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
         let server = f.pods.0[1].clone();
-        f.node1.spawn(&server, &args)?;
+        f.procs.spawn(&mut f.node1, &server, &args)?;
         std::thread::sleep(Duration::from_millis(500));
         Ok(f)
     }
@@ -669,7 +684,7 @@ impl RoutedFloor {
         let mut full = taskset(cpu);
         full.extend(load.args(me, &Self::SERVER.to_string(), port_of(load), secs));
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
-        load.parse(&self.node1.ok(&self.pods.0[0], &refs)?)
+        load.parse(&self.procs.run(&self.pods.0[0], &refs)?)
     }
 }
 
@@ -927,7 +942,7 @@ fn measure_floor(
     let mut full = taskset(cpu);
     full.extend(load.args(me, &OUTSIDE_IP.to_string(), port_of(load), secs));
     let refs: Vec<&str> = full.iter().map(String::as_str).collect();
-    load.parse(&f.tb.ok(&f.tb.host, &refs)?)
+    load.parse(&f.procs.run(&f.tb.host, &refs)?)
 }
 
 /// The eBPF programs' run time per packet during `f` (kernel.bpf_stats,
