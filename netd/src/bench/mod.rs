@@ -23,7 +23,8 @@
 //! Load generators (`netd tool`):
 //! - TCP_RR: one connection, 1-byte request, 1-byte response, back to back;
 //!   transactions/s and latency p50/p99 of each exchange.
-//! - TCP_CRR: connect, 1-byte request, 1-byte response, client closes;
+//! - TCP_CRR: connect, 1-byte request, 1-byte response, server closes
+//!   first (served where it is accepted: no thread per connection);
 //!   connections/s and latency p50/p99 of connect..close.
 //! - UDP_RR: 1-byte datagram and its echo, back to back.
 //! - TCP_STREAM: iperf3, one flow, Gbit/s received.
