@@ -252,16 +252,77 @@ fn set_lo_up() -> Result<()> {
 /// Writes a sysctl of the *current thread's* network namespace (call it
 /// inside [`NetNs::run`]), e.g. `net/ipv4/ip_forward`.
 pub fn sysctl_write(key: &str, value: &str) -> Result<()> {
-    let path = Path::new("/proc/sys").join(key);
-    std::fs::write(&path, value).with_context(|| format!("writing {} = {value}", path.display()))
+    SysctlFile::open(key)?.write(value)
 }
 
+/// Reads a sysctl of the current thread's network namespace (see
+/// [`SysctlFile::read`]), trimmed.
 pub fn sysctl_read(key: &str) -> Result<String> {
-    let path = Path::new("/proc/sys").join(key);
-    Ok(std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .trim()
-        .to_string())
+    SysctlFile::open(key)?.read()
+}
+
+/// The most a sysctl's value is read as: ip_local_reserved_ports with
+/// every other port reserved is ~190 KB.
+const SYSCTL_MAX: usize = 256 << 10;
+
+/// A sysctl file, opened in the network namespace of the thread that
+/// opens it and bound to that namespace for as long as it is open.
+/// Keeping one open saves a lookup under /proc/sys per access, most of
+/// what an access costs.
+pub struct SysctlFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl SysctlFile {
+    pub fn open(key: &str) -> Result<SysctlFile> {
+        let path = Path::new("/proc/sys").join(key);
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .or_else(|_| File::open(&path))
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(SysctlFile { file, path })
+    }
+
+    /// The value, trimmed, from one read at offset 0. Some handlers
+    /// (proc_do_large_bitmap: ip_local_reserved_ports) answer a read at
+    /// any other offset with end of file, so a value read in pieces (as
+    /// `read_to_string` does, starting with a 32-byte probe) stops after
+    /// the first one.
+    pub fn read(&self) -> Result<String> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; SYSCTL_MAX];
+        let n = self
+            .file
+            .read_at(&mut buf, 0)
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        buf.truncate(n);
+        let v = String::from_utf8(buf)
+            .with_context(|| format!("{} is not UTF-8", self.path.display()))?;
+        Ok(v.trim().to_string())
+    }
+
+    /// Sets the value in one write at offset 0, newline-terminated: a
+    /// handler parses what one write gives it, and an empty write is no
+    /// write at all (an empty value is "\n", as `echo > file` writes it).
+    pub fn write(&self, value: &str) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let line = format!("{value}\n");
+        let n = self
+            .file
+            .write_at(line.as_bytes(), 0)
+            .with_context(|| format!("writing {} = {value}", self.path.display()))?;
+        if n != line.len() {
+            bail!(
+                "writing {} = {value}: {n} of {} bytes taken",
+                self.path.display(),
+                line.len()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Pids of the processes (other than this one) whose network namespace has

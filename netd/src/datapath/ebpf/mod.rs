@@ -50,7 +50,7 @@ use crate::{
     link::{default_route_iface, ifindex, link_ipv4, link_mac},
     model::{Owner, Status},
     netns::netns_cookie,
-    netns::{sysctl_read, sysctl_write},
+    netns::{SysctlFile, sysctl_read, sysctl_write},
     state::State,
 };
 
@@ -82,6 +82,10 @@ pub struct Ebpf {
     /// swapped the programs over to the new maps.
     carry: Vec<(&'static str, MapData)>,
     reserved: Reserved,
+    /// The reserved-ports sysctl, kept open from the first sync (a sync
+    /// reads it to follow the administrator's changes, and a lookup
+    /// under /proc/sys cost more than the rest of that).
+    reserved_file: Option<SysctlFile>,
     /// Each endpoint's slot in NETD_EP_STATS, by host veth ifindex
     /// (adopted from the pinned endpoints on start, so counters survive a
     /// restart).
@@ -180,6 +184,7 @@ impl Ebpf {
             started: false,
             carry: Vec::new(),
             reserved: Reserved::default(),
+            reserved_file: None,
             slots: BTreeMap::new(),
             links: Links::default(),
             published: PublishedRuns::default(),
@@ -655,11 +660,25 @@ impl Ebpf {
         if lo <= hi {
             ours.insert_range(lo, hi);
         }
-        let Ok(current) = sysctl_read(RESERVED_SYSCTL) else {
-            return;
+        let file = match &mut self.reserved_file {
+            Some(f) => f,
+            slot => match SysctlFile::open(RESERVED_SYSCTL) {
+                Ok(f) => slot.insert(f),
+                Err(e) => {
+                    tracing::warn!("reserving published ports: {e:#}");
+                    return;
+                }
+            },
+        };
+        let current = match file.read() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("reserving published ports: {e:#}");
+                return;
+            }
         };
         if let Some(v) = self.reserved.update(&current, &ours)
-            && let Err(e) = sysctl_write(RESERVED_SYSCTL, &v)
+            && let Err(e) = file.write(&v)
         {
             tracing::warn!("reserving published ports: {e:#}");
         }
@@ -1100,6 +1119,7 @@ impl Datapath for Ebpf {
         let _ = std::fs::remove_dir_all(self.links_dir());
         let _ = std::fs::remove_dir_all(self.maps_dir());
         self.attached.clear();
+        self.reserved_file = None;
         if let Some(v) = self.reserved.restore() {
             let _ = sysctl_write(RESERVED_SYSCTL, &v);
         }
