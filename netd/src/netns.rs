@@ -291,14 +291,25 @@ impl SysctlFile {
     /// any other offset with end of file, so a value read in pieces (as
     /// `read_to_string` does, starting with a 32-byte probe) stops after
     /// the first one.
+    ///
+    /// A read at offset 0 can be made again: 4 KiB first (the kernel
+    /// allocates and zeroes what a read asks for), and, while a read fills
+    /// the buffer, again with a larger one.
     pub fn read(&self) -> Result<String> {
         use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; SYSCTL_MAX];
-        let n = self
-            .file
-            .read_at(&mut buf, 0)
-            .with_context(|| format!("reading {}", self.path.display()))?;
-        buf.truncate(n);
+        let mut size = 4 << 10;
+        let buf = loop {
+            let mut buf = vec![0u8; size];
+            let n = self
+                .file
+                .read_at(&mut buf, 0)
+                .with_context(|| format!("reading {}", self.path.display()))?;
+            if n < size || size >= SYSCTL_MAX {
+                buf.truncate(n);
+                break buf;
+            }
+            size *= 4;
+        };
         let v = String::from_utf8(buf)
             .with_context(|| format!("{} is not UTF-8", self.path.display()))?;
         Ok(v.trim().to_string())
