@@ -660,28 +660,23 @@ impl Ebpf {
         if lo <= hi {
             ours.insert_range(lo, hi);
         }
-        let file = match &mut self.reserved_file {
-            Some(f) => f,
-            slot => match SysctlFile::open(RESERVED_SYSCTL) {
-                Ok(f) => slot.insert(f),
-                Err(e) => {
-                    tracing::warn!("reserving published ports: {e:#}");
-                    return;
-                }
-            },
-        };
-        let current = match file.read() {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!("reserving published ports: {e:#}");
-                return;
-            }
-        };
-        if let Some(v) = self.reserved.update(&current, &ours)
-            && let Err(e) = file.write(&v)
-        {
+        if let Err(e) = self.reserve(&ours) {
             tracing::warn!("reserving published ports: {e:#}");
         }
+    }
+
+    /// Sets the sysctl to the administrator's ports and `ours`, through
+    /// the file kept open (opened at the first call).
+    fn reserve(&mut self, ours: &PortSet) -> Result<()> {
+        let file = match &mut self.reserved_file {
+            Some(f) => f,
+            slot => slot.insert(SysctlFile::open(RESERVED_SYSCTL)?),
+        };
+        let current = file.read()?;
+        if let Some(v) = self.reserved.update(&current, ours) {
+            file.write(&v)?;
+        }
+        Ok(())
     }
 
     /// Follows the uplink: its address (the masquerade source) and index,
